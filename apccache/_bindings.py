@@ -1,0 +1,90 @@
+"""The one place that loads the compiled engine and maps its return codes.
+
+``ffi`` and ``lib`` come from ``apccache._engine``, or from
+``apccache._engine_debug`` when ``APCCACHE_DEBUG=1`` is set (assertions and
+the named fault-injection points; ``APCCACHE_FAULT=<point>`` arms one).
+Only this module and ``cache.py`` (whose hot paths call ``lib`` directly, one
+C call per operation) touch ``lib``.
+"""
+import os
+
+from .errors import (
+    CacheError,
+    CacheFullError,
+    CacheLockError,
+    CorruptSegmentError,
+    IncompatibleSegmentError,
+)
+
+DEBUG = os.environ.get("APCCACHE_DEBUG", "") not in ("", "0")
+
+if DEBUG:
+    from ._engine_debug import ffi, lib
+else:
+    from ._engine import ffi, lib
+
+if os.environ.get("APCCACHE_FAULT"):
+    if lib.apc_fault_arm(os.environ["APCCACHE_FAULT"].encode()) != 0:
+        raise RuntimeError("APCCACHE_FAULT needs the debug engine: set APCCACHE_DEBUG=1 as well")
+
+FORMAT = lib.APC_FORMAT
+MAX_KEY = lib.APC_MAX_KEY
+
+# Value type tags.  The engine knows only T_INT (inc, dec and cas work on
+# it); the others are the binding's own.
+T_BYTES = 1
+T_STR = 2
+T_INT = lib.APC_T_INT
+T_FLOAT = 4
+T_TRUE = 5
+T_FALSE = 6
+T_NONE = 7
+T_SER = 8
+PINNED = lib.APC_FETCH_PINNED
+TYPE_MASK = PINNED - 1
+
+OK = lib.APC_OK
+NOTFOUND = lib.APC_NOTFOUND
+EXISTS = lib.APC_EXISTS
+BUSY = lib.APC_BUSY
+BUSY_SELF = lib.APC_BUSY_SELF
+MISMATCH = lib.APC_MISMATCH
+E_TYPE = lib.APC_E_TYPE
+E_SMALL = lib.APC_E_SMALL
+E_NOTREADY = lib.APC_E_NOTREADY
+
+RC_ERRORS = {
+    lib.APC_E_NOMEM: CacheFullError,
+    lib.APC_E_TOOBIG: CacheFullError,
+    lib.APC_E_TYPE: TypeError,
+    lib.APC_E_OVERFLOW: OverflowError,
+    lib.APC_E_MAGIC: IncompatibleSegmentError,
+    lib.APC_E_FORMAT: IncompatibleSegmentError,
+    lib.APC_E_TRUNCATED: CorruptSegmentError,
+    lib.APC_E_CORRUPT: CorruptSegmentError,
+    lib.APC_E_ARG: ValueError,
+    lib.APC_E_LOCK: CacheLockError,
+    lib.APC_E_SMALL: CacheError,
+    lib.APC_E_NOTREADY: IncompatibleSegmentError,
+    lib.APC_E_SYS: OSError,
+    lib.APC_E_CLOSED: ValueError,
+}
+
+
+def strerror(rc):
+    return ffi.string(lib.apc_strerror(rc)).decode()
+
+
+def error(rc, what=""):
+    """The exception for a negative return code, with what was being done."""
+    cls = RC_ERRORS.get(rc, CacheError)
+    msg = strerror(rc)
+    if rc == lib.APC_E_CLOSED:
+        msg = "operation on a closed cache"
+    return cls(f"{what}: {msg}" if what else msg)
+
+
+def check(rc, what=""):
+    if rc < 0:
+        raise error(rc, what)
+    return rc

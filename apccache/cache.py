@@ -1,0 +1,896 @@
+"""The user cache: ``apccache.Cache``.
+
+A ``Cache`` is a handle on one shared-memory segment.  Every process that
+attaches the same name sees the same entries; each operation is one call
+into the C engine, which is atomic with respect to every other process:
+
+- ``store``, ``add``, ``delete``, ``inc``, ``dec`` and ``cas`` are
+  serialised by the segment's write lock, so concurrent ``inc`` calls sum
+  exactly and concurrent ``add`` calls have exactly one winner;
+- ``fetch`` and ``exists`` take no lock: readers never wait for each other,
+  and see either the value before a concurrent write or the value after it;
+- ``entry`` runs its generator once per missing key across all processes.
+
+Values are copied in and out: mutating a fetched object never changes the
+cache.  bytes, str, int (int64), float, bool and None are stored natively;
+anything else goes through the serializer (pickle by default: see
+``apccache.serializers`` for what that means for security).
+
+>>> import apccache, os
+>>> c = apccache.Cache.create(f"doctest-{os.getpid()}", size=1 << 20)
+>>> c.store("answer", 42)
+True
+>>> c.inc("answer")
+43
+>>> c.fetch("missing", "default")
+'default'
+>>> c.unlink(); c.close()
+"""
+import errno
+import os
+import re
+import struct
+import threading
+import time
+from multiprocessing import resource_tracker, shared_memory
+
+from xxhash import xxh3_64_intdigest as _hash
+
+from . import _bindings as B
+from .errors import CacheFullError, CorruptSegmentError, IncompatibleSegmentError
+from .serializers import PickleSerializer
+
+ffi, lib = B.ffi, B.lib
+
+_MISSING = object()
+_BUF = 4096  # values up to this size are copied straight into a per-thread buffer
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_F64 = struct.Struct("<d")
+_REC = struct.Struct("<10Q4I")  # apc_entry_rec
+
+_NATIVE = {bytes: B.T_BYTES, str: B.T_STR, float: B.T_FLOAT}
+
+_fetch = lib.apc_fetch
+_store = lib.apc_store
+_get = lib.apc_get
+_put = lib.apc_put
+_unpin = lib.apc_unpin
+_unpack = ffi.unpack
+
+
+def _untrack(shm):
+    """Stop Python's resource tracker from unlinking the segment when this
+    process exits (Python < 3.13 registers attaches too; see DESIGN.md)."""
+    try:
+        resource_tracker.unregister(shm._name, "shared_memory")
+    except Exception:
+        pass
+
+
+def _key_bytes(key):
+    """Validate a key and return its bytes (str keys as UTF-8)."""
+    if type(key) is str or isinstance(key, str):
+        try:
+            k = key.encode()
+        except UnicodeEncodeError:
+            raise ValueError("key is not encodable as UTF-8 (lone surrogate?)") from None
+    elif isinstance(key, bytes):
+        k = bytes(key)
+    else:
+        raise TypeError(f"key must be str or bytes, not {type(key).__name__}")
+    if len(k) > B.MAX_KEY:
+        raise ValueError(f"key is {len(k)} bytes; the limit is {B.MAX_KEY}")
+    return k
+
+
+def _check_ttl(ttl):
+    if type(ttl) is not int:
+        if isinstance(ttl, bool) or not isinstance(ttl, int):
+            raise TypeError(f"ttl must be an int number of seconds, not {type(ttl).__name__}")
+        ttl = int(ttl)
+    if ttl < 0:
+        raise ValueError(f"ttl must be >= 0 (got {ttl})")
+    return ttl
+
+
+def _check_int(name, v):
+    if type(v) is not int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{name} must be an int, not {type(v).__name__}")
+        v = int(v)
+    if not _INT64_MIN <= v <= _INT64_MAX:
+        raise OverflowError(f"{name} {v} is outside the int64 range")
+    return v
+
+
+def _human(n):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+
+
+def _key_out(k):
+    try:
+        return k.decode()
+    except UnicodeDecodeError:
+        return k
+
+
+class Cache:
+    """A handle on a shared-memory cache segment.  See the module docstring."""
+
+    def __init__(self, shm, seg, serializer=None, clock=None, owner=False):
+        self._shm = shm
+        self._seg = seg
+        self._mv = shm.buf
+        self._ser = serializer or PickleSerializer()
+        self._clock = clock
+        self._local = threading.local()
+        self._owner = owner
+        self.name = shm.name.lstrip("/")
+        if clock is not None:
+            # The io hot paths read the time from the call block; with a
+            # clock, set it before each call.
+            for meth in ("fetch", "get", "store"):
+                setattr(self, meth, self._clocked(getattr(self, meth)))
+
+    def _clocked(self, method):
+        def call(*args, **kwargs):
+            try:
+                io = self._local.io
+            except AttributeError:
+                io = self._io().io
+            io.now = int(self._clock())
+            return method(*args, **kwargs)
+
+        call.__doc__ = method.__doc__
+        return call
+
+    # ------------------------------------------------------------ life cycle
+
+    @classmethod
+    def create(cls, name, size=64 * 1024 * 1024, slots=None, ttl=0, gc_ttl=3600, *,
+               serializer=None, clock=None):
+        """Create the segment ``name`` (mode 0600) and return a handle on it.
+
+        ``size`` is the segment's size in bytes; ``slots`` a hint for the
+        number of hash buckets (the first prime >= it is used; by default
+        about 512 per MiB); ``ttl`` the cache-wide soft TTL (entries without
+        their own ttl that have not been read for that long go first when
+        room is needed; 0 = off); ``gc_ttl`` how long a deleted entry still
+        pinned by a reader waits before it is freed anyway.  ``clock`` (a
+        callable returning seconds) replaces the real clock, for tests.
+
+        Raises FileExistsError if the segment exists.
+        """
+        name = cls._check_name(name)
+        size = _check_int("size", size)
+        ttl, gc_ttl = _check_ttl(ttl), _check_ttl(gc_ttl)
+        if slots is None:
+            slots = max(64, size // (1 << 20) * 512)
+        slots = _check_int("slots", slots)
+        if not 1 <= slots <= 1 << 31:
+            raise ValueError(f"slots must be between 1 and 2**31 (got {slots})")
+        nslots = lib.apc_next_prime(slots)
+        nfiles = lib.apc_next_prime(max(61, nslots // 8))
+        minimum = lib.apc_layout_size(nslots, nfiles) + 65536
+        if size < minimum:
+            raise ValueError(
+                f"size {size} is too small for {nslots} slots: it must be at least {minimum} bytes"
+                " (pass a larger size or fewer slots)"
+            )
+        shm = shared_memory.SharedMemory(name, create=True, size=size)
+        _untrack(shm)
+        try:
+            os.fchmod(shm._fd, 0o600)
+            base = ffi.from_buffer(shm.buf)
+            now = int(clock()) if clock else 0
+            B.check(
+                lib.apc_format_segment(base, size, nslots, nfiles, ttl, gc_ttl, now, os.getpid()),
+                f"formatting segment {name!r}",
+            )
+            segp = ffi.new("apc_seg **")
+            B.check(lib.apc_open(base, shm.size, segp), f"opening segment {name!r}")
+            del base
+        except BaseException:
+            shm.close()
+            shm.unlink()
+            raise
+        return cls(shm, segp[0], serializer, clock, owner=True)
+
+    @classmethod
+    def attach(cls, name, *, serializer=None, clock=None, timeout=2.0):
+        """Attach the existing segment ``name``.  Attaching, closing and
+        exiting never remove it; only ``unlink()`` does.
+
+        Raises FileNotFoundError if there is no such segment, and
+        IncompatibleSegmentError if it is not an apccache segment of this
+        layout version.
+        """
+        name = cls._check_name(name)
+        try:
+            shm = shared_memory.SharedMemory(name)
+        except ValueError:
+            raise CorruptSegmentError(f"segment {name!r} is empty: not an apccache segment") from None
+        _untrack(shm)
+        deadline = time.monotonic() + timeout
+        try:
+            base = ffi.from_buffer(shm.buf)
+            segp = ffi.new("apc_seg **")
+            while True:
+                rc = lib.apc_open(base, shm.size, segp)
+                if rc != B.E_NOTREADY or time.monotonic() > deadline:
+                    break
+                time.sleep(0.005)
+            del base
+            if rc == lib.APC_E_FORMAT:
+                fmt = lib.apc_peek_format(ffi.from_buffer(shm.buf), shm.size)
+                raise IncompatibleSegmentError(
+                    f"segment {name!r} has layout version {fmt} (or was made on another ABI); this "
+                    f"apccache reads version {B.FORMAT}: stop its users and recreate it, or use the "
+                    "apccache version that created it"
+                )
+            if rc == lib.APC_E_MAGIC:
+                raise IncompatibleSegmentError(
+                    f"segment {name!r} is not an apccache segment (bad magic): choose another name"
+                )
+            if rc == lib.APC_E_TRUNCATED:
+                raise CorruptSegmentError(
+                    f"segment {name!r} is shorter ({shm.size} bytes) than its header says: it was "
+                    "truncated; unlink and recreate it"
+                )
+            if rc == B.E_NOTREADY:
+                raise IncompatibleSegmentError(
+                    f"segment {name!r} was never finished by its creator: unlink and recreate it"
+                )
+            B.check(rc, f"attaching segment {name!r}")
+        except BaseException:
+            shm.close()
+            raise
+        return cls(shm, segp[0], serializer, clock)
+
+    @staticmethod
+    def _check_name(name):
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        bare = name.lstrip("/")
+        if not bare or "/" in bare or len(bare) > 250 or "\0" in bare:
+            raise ValueError(f"invalid segment name {name!r}: use a short name without '/'")
+        return bare
+
+    def close(self):
+        """Release this handle (the segment stays).  Idempotent."""
+        seg, self._seg = self._seg, ffi.NULL
+        if seg != ffi.NULL:
+            lib.apc_close(seg)
+        self._mv = None
+        self._local = threading.local()
+        try:
+            self._shm.close()
+        except BufferError:
+            pass  # a memoryview of aux is still alive; the mapping goes with it
+
+    def unlink(self):
+        """Remove the segment's name.  Handles already attached keep
+        working; new attaches fail with FileNotFoundError."""
+        try:
+            shared_memory._posixshmem.shm_unlink("/" + self.name)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        seg = getattr(self, "_seg", ffi.NULL)
+        if seg != ffi.NULL:
+            self._seg = ffi.NULL
+            lib.apc_close(seg)
+
+    def __repr__(self):
+        state = "closed" if self._seg == ffi.NULL else f"{_human(self._shm.size)}"
+        return f"<apccache.Cache {self.name!r} {state}>"
+
+    @property
+    def closed(self):
+        return self._seg == ffi.NULL
+
+    @property
+    def aux(self):
+        """A writable view of the segment's 64 KiB aux area (zeroed at
+        create), which the supervisor uses for its scoreboard."""
+        if self._seg == ffi.NULL:
+            raise ValueError("operation on a closed cache")
+        off = lib.apc_aux_offset(self._seg)
+        return self._mv[off : off + lib.apc_aux_size(self._seg)]
+
+    # ------------------------------------------------------------- helpers
+
+    def _io(self):
+        """This thread's call block (the GIL is released during C calls, so
+        threads must not share one)."""
+        loc = self._local
+        io = ffi.new("apc_io *")
+        io.seg = self._seg
+        loc.io = io
+        loc.buf = io.buf
+        loc.view = ffi.buffer(io, _BUF)
+        loc.i64 = ffi.cast("int64_t *", io)
+        loc.u64 = ffi.cast("uint64_t *", io)
+        return loc
+
+    def _now(self):
+        c = self._clock
+        return int(c()) if c else 0
+
+    def _encode(self, value):
+        """(type tag, bytes, int) for a value; serialises outside any lock."""
+        t = type(value)
+        if t is bytes:
+            return B.T_BYTES, value, 0
+        if t is str:
+            return B.T_STR, value.encode("utf-8", "surrogatepass"), 0
+        if t is int and _INT64_MIN <= value <= _INT64_MAX:
+            return B.T_INT, b"", value
+        if t is bool:
+            return (B.T_TRUE if value else B.T_FALSE), b"", 0
+        if value is None:
+            return B.T_NONE, b"", 0
+        if t is float:
+            return B.T_FLOAT, _F64.pack(value), 0
+        return B.T_SER, self._ser.dumps(value), 0
+
+    def _decode(self, tag, data, ival=0):
+        if tag == B.T_BYTES:
+            return data
+        if tag == B.T_STR:
+            return data.decode("utf-8", "surrogatepass")
+        if tag == B.T_INT:
+            return ival
+        if tag == B.T_SER:
+            return self._ser.loads(data)
+        if tag == B.T_FLOAT:
+            return _F64.unpack(data)[0]
+        if tag == B.T_TRUE:
+            return True
+        if tag == B.T_FALSE:
+            return False
+        if tag == B.T_NONE:
+            return None
+        raise CorruptSegmentError(f"entry has an unknown type tag {tag}")
+
+    def _fetch_key(self, k, default, table=0):
+        """fetch for already-validated key bytes."""
+        try:
+            io = self._local
+            buf = io.buf
+        except AttributeError:
+            io = self._io()
+            buf = io.buf
+        c = self._clock
+        r = _fetch(self._seg, table, k, len(k), _hash(k), int(c()) if c else 0, buf, _BUF)
+        if r < 0:
+            if r == B.NOTFOUND:
+                return default
+            if r == B.E_SMALL:
+                return self._fetch_unbuffered(k, default, table, io.u64[0])
+            raise B.error(r, "fetch")
+        tag = r & 0x7F
+        if tag == B.T_INT:
+            return io.i64[0]
+        n = r >> 8
+        if r & B.PINNED:
+            off = io.u64[0]
+            rec = io.u64[1]
+            try:
+                data = bytes(self._mv[off : off + n])
+            finally:
+                _unpin(self._seg, rec)
+        else:
+            data = _unpack(buf, n)
+        if tag == B.T_BYTES:
+            return data
+        return self._decode(tag, data)
+
+    def _fetch_unbuffered(self, k, default, table, size):
+        """The rare path: every pin record is taken, so copy into a buffer
+        of the value's size."""
+        while True:
+            cap = max(size, 16)
+            buf = ffi.new("char[]", cap)
+            r = lib.apc_fetch(self._seg, table, k, len(k), _hash(k), self._now(), buf, cap)
+            if r == B.E_SMALL:
+                size = ffi.cast("uint64_t *", buf)[0]
+                continue
+            if r == B.NOTFOUND:
+                return default
+            B.check(r, "fetch")
+            tag = r & 0x7F
+            if tag == B.T_INT:
+                return ffi.cast("int64_t *", buf)[0]
+            return self._decode(tag, ffi.unpack(buf, r >> 8))
+
+    def _store_key(self, k, value, ttl, flags, table=0):
+        t = type(value)
+        if t is bytes:
+            tag, data, ival = B.T_BYTES, value, 0
+        else:
+            tag, data, ival = self._encode(value)
+        c = self._clock
+        rc = _store(self._seg, table, k, len(k), _hash(k), tag, data, len(data), ival, ttl,
+                    int(c()) if c else 0, flags)
+        if rc < 0:
+            if rc == B.EXISTS:
+                return False
+            raise self._store_error(k, len(data), rc)
+        return True
+
+    def _store_error(self, k, n, rc):
+        if rc == lib.APC_E_NOMEM or rc == lib.APC_E_TOOBIG:
+            return self._full_error(k, n, rc)
+        return B.error(rc, "store")
+
+    def _full_error(self, k, n, rc):
+        size = self._shm.size
+        sma = self.sma_info(limited=True)
+        if rc == lib.APC_E_TOOBIG:
+            return CacheFullError(
+                f"a {_human(n)} entry can never fit in {self.name!r} ({_human(size)} segment, "
+                f"{_human(sma['seg_size'])} arena): create a larger cache"
+            )
+        return CacheFullError(
+            f"no room for a {_human(n)} entry in {self.name!r} ({_human(size)} segment, "
+            f"{_human(sma['avail_mem'])} free after eviction; the rest is pinned or deleted "
+            "entries still in use)"
+        )
+
+    # ------------------------------------------------------------ the API
+
+    def fetch(self, key, default=None):
+        """The value stored under key, or default.  Expired entries are
+        misses.  Counts a hit or a miss.  Never blocks on writers."""
+        if type(key) is str:
+            k = key.encode()
+            if len(k) > 65535:
+                k = _key_bytes(key)
+        elif type(key) is bytes and len(key) <= 65535:
+            k = key
+        else:
+            k = _key_bytes(key)
+        try:
+            loc = self._local
+            io = loc.io
+        except AttributeError:
+            loc = self._io()
+            io = loc.io
+        r = _get(io, k, len(k), _hash(k))
+        if r >= 0 and r & 0xFF == 1:  # bytes, copied into the buffer
+            return loc.view[0 : r >> 8]
+        if r == -1:
+            return default
+        return self._fetch_slow(k, default, r)
+
+    def _fetch_slow(self, k, default, r):
+        if r < 0:
+            if r == B.E_SMALL:
+                return self._fetch_unbuffered(k, default, 0, self._local.u64[0])
+            raise B.error(r, "fetch")
+        io = self._local
+        tag = r & 0x7F
+        if tag == B.T_INT:
+            return io.i64[0]
+        n = r >> 8
+        if r & B.PINNED:
+            off = io.u64[0]
+            rec = io.u64[1]
+            try:
+                data = bytes(self._mv[off : off + n])
+            finally:
+                _unpin(self._seg, rec)
+        else:
+            data = io.view[0:n]
+        return self._decode(tag, data)
+
+    def store(self, key, value, ttl=0):
+        """Store value under key, replacing any entry.  Returns True.
+
+        ttl > 0: the entry is gone once ttl whole seconds have passed since
+        it was stored.  Raises CacheFullError if no room can be made, and
+        the serializer's error if the value cannot be serialised; either way
+        the previous value stays."""
+        if type(key) is str:
+            k = key.encode()
+            if len(k) > 65535:
+                k = _key_bytes(key)
+        elif type(key) is bytes and len(key) <= 65535:
+            k = key
+        else:
+            k = _key_bytes(key)
+        if type(ttl) is not int or ttl < 0:
+            ttl = _check_ttl(ttl)
+        if type(value) is bytes:
+            try:
+                io = self._local.io
+            except AttributeError:
+                io = self._io().io
+            rc = _put(io, k, len(k), _hash(k), 1, value, len(value), ttl)
+            if rc == 0:
+                return True
+            raise self._store_error(k, len(value), rc)
+        return self._store_key(k, value, ttl, 0)
+
+    def add(self, key, value, ttl=0):
+        """Store only if no live entry exists; True if stored.  Exactly one
+        of several processes adding the same key at once wins."""
+        return self._store_key(_key_bytes(key), value, _check_ttl(ttl), lib.APC_ADD)
+
+    def delete(self, key):
+        """Remove the entry; False if there was none (or it had expired)."""
+        k = _key_bytes(key)
+        rc = lib.apc_delete(self._seg, 0, k, len(k), _hash(k), self._now())
+        if rc == B.NOTFOUND:
+            return False
+        B.check(rc, "delete")
+        return True
+
+    def exists(self, key):
+        """Is there a live entry?  Counts neither a hit nor a miss."""
+        k = _key_bytes(key)
+        rc = lib.apc_exists(self._seg, 0, k, len(k), _hash(k), self._now())
+        if rc == B.NOTFOUND:
+            return False
+        B.check(rc, "exists")
+        return True
+
+    def inc(self, key, step=1, ttl=0):
+        """Add step to the int stored under key, atomically across processes,
+        and return the new value.  A missing or expired key is created as 0
+        first (with ttl).  TypeError if the value is not an int;
+        OverflowError if the result leaves int64; the value is then
+        unchanged."""
+        k = _key_bytes(key)
+        step = _check_int("step", step)
+        ttl = _check_ttl(ttl)
+        try:
+            io = self._local
+            i64 = io.i64
+        except AttributeError:
+            io = self._io()
+            i64 = io.i64
+        rc = lib.apc_inc(self._seg, 0, k, len(k), _hash(k), step, ttl, self._now(), i64)
+        if rc < 0:
+            if rc == B.E_TYPE:
+                raise TypeError(f"cannot inc/dec key {key!r}: its value is not an int")
+            if rc == lib.APC_E_OVERFLOW:
+                raise OverflowError(f"inc/dec of key {key!r} by {step} leaves the int64 range")
+            if rc == lib.APC_E_NOMEM or rc == lib.APC_E_TOOBIG:
+                raise self._full_error(k, 8, rc)
+            raise B.error(rc, "inc")
+        return i64[0]
+
+    def dec(self, key, step=1, ttl=0):
+        """Subtract step; see inc.  A missing key ends up as -step."""
+        step = _check_int("step", step)
+        if step == _INT64_MIN:
+            raise OverflowError(f"dec by {step} leaves the int64 range")
+        return self.inc(key, -step, ttl)
+
+    def cas(self, key, old, new):
+        """Replace the int old with new, atomically.  False if the key is
+        missing (cas never inserts), its value is not an int, or it is not
+        old."""
+        k = _key_bytes(key)
+        old = _check_int("old", old)
+        new = _check_int("new", new)
+        rc = lib.apc_cas(self._seg, 0, k, len(k), _hash(k), old, new, self._now())
+        if rc == 0:
+            return True
+        if rc in (B.NOTFOUND, B.MISMATCH, B.E_TYPE):
+            return False
+        raise B.error(rc, "cas")
+
+    def entry(self, key, generator, ttl=0):
+        """The value under key; if missing, ``generator(key)`` makes it, it
+        is stored with ttl, and returned.
+
+        Atomic across processes: when several race on a missing key, the
+        generator runs once and all get its value.  The others wait for
+        that key only (no lock is held while the generator runs), and take
+        over if the generating process dies.  The generator may call any
+        cache method, including entry() for another key (or the same key:
+        then it simply runs).  If it raises, nothing is stored and the
+        exception propagates."""
+        k = _key_bytes(key)
+        ttl = _check_ttl(ttl)
+        value = self._fetch_key(k, _MISSING)
+        if value is not _MISSING:
+            return value
+        tid = threading.get_ident()
+        out = ffi.new("int64_t[2]")
+        delay = 0.0005
+        while True:
+            rc = lib.apc_entry_begin(self._seg, 0, k, len(k), _hash(k), tid, self._now(), out)
+            if rc == B.EXISTS:
+                value = self._fetch_key(k, _MISSING)
+                if value is not _MISSING:
+                    return value
+                continue
+            if rc == B.BUSY_SELF:
+                value = generator(key)
+                self._store_key(k, value, ttl, 0)
+                return value
+            if rc == B.BUSY:
+                token, holder = out[0], out[1]
+                if token >= 0 and not lib.apc_pid_alive(holder):
+                    if lib.apc_entry_takeover(self._seg, token, holder, tid, self._now()) == 0:
+                        return self._generate(k, key, generator, ttl, token, tid)
+                    continue
+                time.sleep(delay)
+                delay = min(delay * 2, 0.02)
+                continue
+            B.check(rc, "entry")
+            return self._generate(k, key, generator, ttl, out[0], tid)
+
+    def _generate(self, k, key, generator, ttl, token, tid):
+        try:
+            value = generator(key)
+            self._store_key(k, value, ttl, 0)
+        finally:
+            lib.apc_entry_end(self._seg, token, tid)
+        return value
+
+    # --------------------------------------------------------- many at once
+
+    def store_many(self, mapping, ttl=0):
+        """Store every item; returns the keys that could not be stored (no
+        room, unserialisable value), [] on success.  Keys are all checked
+        first: a bad key raises before anything is stored."""
+        ttl = _check_ttl(ttl)
+        items = [(key, _key_bytes(key), v) for key, v in mapping.items()]
+        failed = []
+        for key, k, v in items:
+            try:
+                self._store_key(k, v, ttl, 0)
+            except (CacheFullError, TypeError, ValueError, AttributeError) as e:
+                if isinstance(e, (IncompatibleSegmentError, CorruptSegmentError)):
+                    raise
+                failed.append(key)
+            except Exception:
+                failed.append(key)
+        return failed
+
+    def add_many(self, mapping, ttl=0):
+        """add() for each item; returns the keys not added (a live entry
+        existed, or no room)."""
+        ttl = _check_ttl(ttl)
+        items = [(key, _key_bytes(key), v) for key, v in mapping.items()]
+        failed = []
+        for key, k, v in items:
+            try:
+                if not self._store_key(k, v, ttl, lib.APC_ADD):
+                    failed.append(key)
+            except (IncompatibleSegmentError, CorruptSegmentError):
+                raise
+            except Exception:
+                failed.append(key)
+        return failed
+
+    def fetch_many(self, keys):
+        """{key: value} for the keys that are present, keyed as given."""
+        pairs = [(key, _key_bytes(key)) for key in keys]
+        out = {}
+        for key, k in pairs:
+            v = self._fetch_key(k, _MISSING)
+            if v is not _MISSING:
+                out[key] = v
+        return out
+
+    def delete_many(self, keys):
+        """Delete each key; returns the keys that were missing."""
+        pairs = [(key, _key_bytes(key)) for key in keys]
+        missing = []
+        for key, k in pairs:
+            rc = lib.apc_delete(self._seg, 0, k, len(k), _hash(k), self._now())
+            if rc == B.NOTFOUND:
+                missing.append(key)
+            else:
+                B.check(rc, "delete")
+        return missing
+
+    # ------------------------------------------------------------ whole cache
+
+    def clear(self):
+        """Remove every entry of the user cache (the file cache keeps its
+        entries) and reset hits, misses, inserts and expunges."""
+        B.check(lib.apc_clear(self._seg, 0, self._now()), "clear")
+
+    def _info(self, table):
+        o = ffi.new("apc_info *")
+        B.check(lib.apc_info_get(self._seg, table, o), "info")
+        return {f: getattr(o, f) for f in dir(o)}
+
+    def info(self, limited=False):
+        """Counters of the user cache, as one snapshot; unless limited, also
+        'entries' and 'deleted_list' (entries waiting on the GC list)."""
+        i = self._info(0)
+        out = {
+            "num_slots": i["num_slots"],
+            "num_hits": i["num_hits"],
+            "num_misses": i["num_misses"],
+            "num_inserts": i["num_inserts"],
+            "num_entries": i["num_entries"],
+            "expunges": i["expunges"],
+            "evictions": i["evictions"],
+            "expired": i["expired"],
+            "start_time": i["start_time"],
+            "mem_size": i["mem_size"],
+            "ttl": i["ttl"],
+            "gc_ttl": i["gc_ttl"],
+            "gc_entries": i["gc_entries"],
+            "gc_mem_size": i["gc_mem_size"],
+            "gc_oldest": i["gc_oldest"],
+            "seg_size": i["seg_size"],
+            "format": i["format"],
+            "create_time": i["create_time"],
+            "creator_pid": i["creator_pid"],
+            "repairs": i["repairs"],
+            "compactions": i["compactions"],
+            "entries_in_progress": i["entry_locks"],
+            "pins": i["pins"],
+        }
+        if not limited:
+            now = self._now()
+            out["entries"] = [self._entry_dict(r, k) for r, k in self._snapshot(0, lib.APC_SNAP_LIVE, now)
+                              if not r[13] & lib.APC_REC_EXPIRED]
+            out["deleted_list"] = [self._entry_dict(r, k) for r, k in self._snapshot(0, lib.APC_SNAP_DELETED, now)]
+        return out
+
+    @staticmethod
+    def _entry_dict(r, k):
+        return {
+            "key": _key_out(k),
+            "hits": r[6],
+            "creation_time": r[1],
+            "mtime": r[2],
+            "access_time": r[3],
+            "deletion_time": r[4],
+            "ttl": r[5],
+            "mem_size": r[7],
+            "refs": r[10],
+        }
+
+    def _snapshot(self, table, flags, now):
+        """[(record tuple, key bytes)] copied out under one lock hold."""
+        cap = 1 << 16
+        while True:
+            buf = ffi.new("char[]", cap)
+            r = lib.apc_snapshot(self._seg, table, now, flags, buf, cap)
+            if r == B.E_SMALL:
+                cap = ffi.cast("uint64_t *", buf)[0] + 4096
+                continue
+            B.check(r, "snapshot")
+            data = ffi.buffer(buf, r)[:]
+            break
+        out = []
+        pos, rs = 0, _REC.size
+        while pos < len(data):
+            rec = _REC.unpack_from(data, pos)
+            klen = rec[11]
+            out.append((rec, data[pos + rs : pos + rs + klen]))
+            pos += rs + ((klen + 7) & ~7)
+        return out
+
+    def sma_info(self, limited=False):
+        """The allocator: seg_size (usable arena bytes), avail_mem (free
+        bytes), largest_free, and unless limited block_lists, the free
+        blocks as [[{size, offset}, ...]] (one list: one segment)."""
+        o = ffi.new("apc_sma_info *")
+        cap = 0 if limited else 4096
+        while True:
+            blocks = ffi.new("uint64_t[]", 2 * cap) if cap else ffi.NULL
+            n = B.check(lib.apc_sma_info_get(self._seg, o, blocks, cap), "sma_info")
+            if limited or n < cap or o.nfree <= cap:
+                break
+            cap = o.nfree + 256
+        out = {
+            "num_seg": 1,
+            "seg_size": o.arena_size,
+            "avail_mem": o.avail,
+            "used_mem": o.used,
+            "largest_free": o.largest_free,
+            "num_free_blocks": o.nfree,
+            "num_used_blocks": o.nused,
+        }
+        if not limited:
+            out["block_lists"] = [[{"size": blocks[2 * i], "offset": blocks[2 * i + 1]} for i in range(n)]]
+        return out
+
+    def key_info(self, key):
+        """hits, access_time, mtime, creation_time, deletion_time, ttl, refs
+        of a live entry, or None.  Not a hit."""
+        k = _key_bytes(key)
+        r = ffi.new("apc_entry_rec *")
+        rc = lib.apc_key_info(self._seg, 0, k, len(k), _hash(k), self._now(), r)
+        if rc == B.NOTFOUND:
+            return None
+        B.check(rc, "key_info")
+        return {
+            "hits": r.hits,
+            "access_time": r.atime,
+            "mtime": r.mtime,
+            "creation_time": r.ctime,
+            "deletion_time": r.dtime,
+            "ttl": r.ttl,
+            "refs": r.refs,
+            "mem_size": r.mem_size,
+        }
+
+    def keys(self, pattern=None):
+        """An iterator over the live keys (a snapshot: the cache may change
+        while it runs).  pattern: a regex applied with re.search.  Keys come
+        back as str, or as bytes where they are not valid UTF-8."""
+        rx = re.compile(pattern) if isinstance(pattern, str) else pattern
+        snap = self._snapshot(0, lib.APC_SNAP_LIVE, self._now())
+        for rec, k in snap:
+            if rec[13] & lib.APC_REC_EXPIRED:
+                continue
+            key = _key_out(k)
+            if rx is not None:
+                subject = key if isinstance(key, str) else k
+                if isinstance(subject, bytes) and isinstance(rx.pattern, str):
+                    continue
+                if not rx.search(subject):
+                    continue
+            yield key
+
+    def check(self):
+        """The broken invariants of the whole segment, in words ([] when it
+        is sound)."""
+        cap = 1 << 16
+        buf = ffi.new("char[]", cap)
+        n = lib.apc_check(self._seg, buf, cap)
+        if n == lib.APC_E_CLOSED:
+            raise ValueError("operation on a closed cache")
+        text = ffi.string(buf).decode(errors="replace")
+        lines = [ln for ln in text.split("\n") if ln]
+        if n > len(lines):
+            lines.append(f"... and {n - len(lines)} more")
+        return lines
+
+    def recover(self, pid):
+        """Release what the dead process pid still held: pins on large
+        values, and entry() generations in progress.  Returns how many."""
+        pid = _check_int("pid", pid)
+        if pid <= 0:
+            raise ValueError(f"pid must be > 0 (got {pid})")
+        return B.check(lib.apc_recover(self._seg, pid, self._now()), "recover")
+
+    # ---------------------------------------------------------- mapping protocol
+
+    def __len__(self):
+        return B.check(lib.apc_count_live(self._seg, 0, self._now()), "len")
+
+    def __contains__(self, key):
+        return self.exists(key)
+
+    def __getitem__(self, key):
+        v = self.fetch(key, _MISSING)
+        if v is _MISSING:
+            raise KeyError(key)
+        return v
+
+    def __setitem__(self, key, value):
+        self.store(key, value)
+
+    def __delitem__(self, key):
+        if not self.delete(key):
+            raise KeyError(key)
+
+    def __iter__(self):
+        return self.keys()
+
+    get = fetch

@@ -1,0 +1,49 @@
+"""Serializers for values that are not stored natively.
+
+bytes, str, int (int64), float, bool and None are stored with a type tag and
+never go through a serializer.  Everything else is turned into bytes by the
+cache's serializer, chosen when the handle is made::
+
+    Cache.create("web", serializer=JSONSerializer())
+
+SECURITY: the default, :class:`PickleSerializer`, runs ``pickle.loads`` on
+fetch, and unpickling can execute arbitrary code.  Anyone who can write the
+segment (its owner: it is created mode 0600) can therefore run code in every
+process that fetches from it.  Where that matters, use
+:class:`JSONSerializer`, which can only ever produce JSON data.
+"""
+import json
+import pickle
+
+
+class PickleSerializer:
+    """Any picklable object; fetch returns an equal copy of the same type.
+
+    Unpickling executes code chosen by whoever wrote the segment."""
+
+    name = "pickle"
+
+    def __init__(self, protocol=pickle.HIGHEST_PROTOCOL):
+        self.protocol = protocol
+
+    def dumps(self, value):
+        return pickle.dumps(value, self.protocol)
+
+    def loads(self, data):
+        return pickle.loads(data)
+
+
+class JSONSerializer:
+    """JSON data only (dict with str keys, list, str, int, float, bool,
+    None); tuples come back as lists.  Loading never executes code."""
+
+    name = "json"
+
+    def dumps(self, value):
+        try:
+            return json.dumps(value, separators=(",", ":"), allow_nan=True).encode()
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"value is not JSON-serialisable: {e}") from None
+
+    def loads(self, data):
+        return json.loads(data)

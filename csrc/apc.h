@@ -1,0 +1,213 @@
+/*
+ * apc.h -- the engine's public interface.
+ *
+ * apccache keeps an APC-style cache inside one shared-memory segment that
+ * every process on the host may map, each at its own address.  This header
+ * is the whole contract between the C engine and its Python binding: the
+ * part between CDEF BEGIN and CDEF END is read verbatim by cffi, so it holds
+ * only plain declarations.
+ *
+ * What crosses the boundary is deliberately dull: byte strings, integers and
+ * flat structs.  Hashing the key (XXH3-64), serialising values and every
+ * policy decision that is not about the segment's structure live in Python.
+ *
+ * THE SEGMENT
+ *
+ *   0            +--------------------------------------------+
+ *                | apc_header   magic "APCCACHE", format word |
+ *                |              geometry (set once)           |
+ *                |              write lock, seqlock word      |
+ *                |              allocator roots, counters     |
+ *                |              entry() locks, pin records     |
+ *                |              striped hit/miss counters     |
+ *   aux_off      +--------------------------------------------+
+ *                | aux area (64 KiB, Python-owned: the        |
+ *                |   supervisor's scoreboard)                 |
+ *   buckets_off  +--------------------------------------------+
+ *                | table 0 (user cache): nslots bucket heads  |
+ *                | table 1 (file cache): nslots bucket heads  |
+ *   arena_off    +--------------------------------------------+
+ *                | arena: boundary-tagged blocks; each used    |
+ *                | block holds one slot (entry): apc_slot,     |
+ *                | key bytes, value bytes                      |
+ *   seg_size     +--------------------------------------------+
+ *
+ * Everything inside is addressed by offsets from the segment's base.  The
+ * format word (APC_FORMAT) changes whenever any of this layout does; a
+ * segment of another format is refused with APC_E_FORMAT, never read.
+ *
+ * Return codes: every function returns 0 or a negative apc_rc; the fetch
+ * family returns a non-negative "meta" word on a hit (see apc_fetch).
+ */
+#ifndef APC_H
+#define APC_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+/* CDEF BEGIN */
+#define APC_FORMAT 1
+#define APC_TABLE_USER 0
+#define APC_TABLE_FILES 1
+#define APC_MAX_KEY 65535
+#define APC_T_INT 3
+#define APC_FETCH_PINNED 128
+#define APC_ADD 1
+
+enum apc_rc {
+    APC_OK = 0,
+    APC_NOTFOUND = -1,      /* no live entry under that key */
+    APC_EXISTS = -2,        /* add: a live entry exists; entry_begin: the value is there */
+    APC_BUSY = -3,          /* entry_begin: another process is generating the key */
+    APC_MISMATCH = -4,      /* cas: the current value is not the expected one */
+    APC_BUSY_SELF = -5,     /* entry_begin: this very thread is generating the key */
+    APC_E_NOMEM = -10,      /* no room even after expiry, eviction and compaction */
+    APC_E_TOOBIG = -11,     /* larger than the whole arena: can never fit */
+    APC_E_TYPE = -12,       /* inc/dec on a value that is not an int */
+    APC_E_OVERFLOW = -13,   /* inc/dec would leave int64 */
+    APC_E_MAGIC = -14,      /* not an apccache segment */
+    APC_E_FORMAT = -15,     /* an apccache segment of another layout version */
+    APC_E_TRUNCATED = -16,  /* the mapping is shorter than the header says */
+    APC_E_CORRUPT = -17,    /* an offset or a chain failed its bounds check */
+    APC_E_ARG = -18,        /* a malformed argument (the binding validates first) */
+    APC_E_LOCK = -19,       /* the write lock could not be taken or repaired */
+    APC_E_SMALL = -20,      /* the output buffer is too small */
+    APC_E_NOTREADY = -21,   /* the creator has not finished formatting the segment */
+    APC_E_SYS = -22,        /* a system call failed; see errno */
+    APC_E_CLOSED = -23      /* the handle is NULL: the cache was closed */
+};
+
+typedef struct apc_seg apc_seg;
+
+typedef struct apc_info {
+    uint64_t format;
+    uint64_t seg_size;
+    uint64_t arena_size;
+    uint64_t create_time;
+    int64_t creator_pid;
+    uint64_t ttl;
+    uint64_t gc_ttl;
+    uint64_t num_slots;
+    uint64_t num_entries;
+    uint64_t mem_size;
+    uint64_t num_hits;
+    uint64_t num_misses;
+    uint64_t num_inserts;
+    uint64_t expunges;
+    uint64_t evictions;
+    uint64_t expired;
+    uint64_t start_time;
+    uint64_t gc_entries;
+    uint64_t gc_mem_size;
+    uint64_t gc_oldest;
+    uint64_t repairs;
+    uint64_t compactions;
+    uint64_t entry_locks;
+    uint64_t pins;
+} apc_info;
+
+typedef struct apc_sma_info {
+    uint64_t arena_size;
+    uint64_t avail;
+    uint64_t used;
+    uint64_t largest_free;
+    uint64_t nfree;
+    uint64_t nused;
+} apc_sma_info;
+
+/* One entry as apc_snapshot and apc_key_info copy it out; in a snapshot the
+ * key's bytes follow each record, padded to a multiple of 8. */
+typedef struct apc_entry_rec {
+    uint64_t hash;
+    uint64_t ctime;
+    uint64_t mtime;
+    uint64_t atime;
+    uint64_t dtime;
+    uint64_t ttl;
+    uint64_t hits;
+    uint64_t mem_size;
+    uint64_t val_len;
+    uint64_t offset;
+    uint32_t refs;
+    uint32_t key_len;
+    uint32_t type;
+    uint32_t flags;
+} apc_entry_rec;
+
+#define APC_SNAP_LIVE 1
+#define APC_SNAP_DELETED 2
+#define APC_REC_DELETED 1
+#define APC_REC_EXPIRED 2
+
+/* A per-thread call block for the hot path: fewer arguments cross the
+ * boundary per call.  buf is first, so the value copied out starts at
+ * offset 0 of the struct. */
+#define APC_IO_BUF 4096
+typedef struct apc_io {
+    char buf[APC_IO_BUF];
+    apc_seg *seg;
+    uint64_t now; /* 0: the real clock */
+    int32_t table;
+    int32_t pad_;
+} apc_io;
+
+int64_t apc_get(apc_io *io, const char *key, uint32_t klen, uint64_t hash);
+int apc_put(apc_io *io, const char *key, uint32_t klen, uint64_t hash, int type,
+            const char *val, uint64_t vlen, uint64_t ttl);
+int apc_put_int(apc_io *io, const char *key, uint32_t klen, uint64_t hash, int64_t ival,
+                uint64_t ttl, int flags);
+int apc_incr(apc_io *io, const char *key, uint32_t klen, uint64_t hash, int64_t step,
+             uint64_t ttl);
+
+const char *apc_strerror(int rc);
+uint64_t apc_next_prime(uint64_t n);
+uint64_t apc_layout_size(uint64_t nslots_user, uint64_t nslots_files);
+int apc_format_segment(void *base, uint64_t size, uint64_t nslots_user,
+                       uint64_t nslots_files, uint64_t ttl, uint64_t gc_ttl,
+                       uint64_t now, int64_t pid);
+int apc_open(void *base, uint64_t mapped_size, apc_seg **out);
+void apc_close(apc_seg *seg);
+uint64_t apc_peek_format(void *base, uint64_t mapped_size);
+uint64_t apc_aux_offset(apc_seg *seg);
+uint64_t apc_aux_size(apc_seg *seg);
+
+int64_t apc_fetch(apc_seg *seg, int table, const char *key, uint32_t klen,
+                  uint64_t hash, uint64_t now, char *buf, uint64_t cap);
+void apc_unpin(apc_seg *seg, uint64_t rec);
+int apc_exists(apc_seg *seg, int table, const char *key, uint32_t klen,
+               uint64_t hash, uint64_t now);
+int apc_store(apc_seg *seg, int table, const char *key, uint32_t klen,
+              uint64_t hash, int type, const char *val, uint64_t vlen,
+              int64_t ival, uint64_t ttl, uint64_t now, int flags);
+int apc_delete(apc_seg *seg, int table, const char *key, uint32_t klen,
+               uint64_t hash, uint64_t now);
+int apc_inc(apc_seg *seg, int table, const char *key, uint32_t klen,
+            uint64_t hash, int64_t step, uint64_t ttl, uint64_t now,
+            int64_t *out);
+int apc_cas(apc_seg *seg, int table, const char *key, uint32_t klen,
+            uint64_t hash, int64_t old, int64_t new_, uint64_t now);
+int apc_clear(apc_seg *seg, int table, uint64_t now);
+int64_t apc_count_live(apc_seg *seg, int table, uint64_t now);
+
+int apc_entry_begin(apc_seg *seg, int table, const char *key, uint32_t klen,
+                    uint64_t hash, uint64_t tid, uint64_t now, int64_t *out);
+int apc_entry_end(apc_seg *seg, int64_t token, uint64_t tid);
+int apc_entry_takeover(apc_seg *seg, int64_t token, int64_t dead_pid,
+                       uint64_t tid, uint64_t now);
+int apc_pid_alive(int64_t pid);
+int apc_recover(apc_seg *seg, int64_t pid, uint64_t now);
+
+int apc_info_get(apc_seg *seg, int table, apc_info *out);
+int apc_sma_info_get(apc_seg *seg, apc_sma_info *out, uint64_t *blocks,
+                     uint64_t cap);
+int apc_key_info(apc_seg *seg, int table, const char *key, uint32_t klen,
+                 uint64_t hash, uint64_t now, apc_entry_rec *out);
+int64_t apc_snapshot(apc_seg *seg, int table, uint64_t now, int flags,
+                     char *buf, uint64_t cap);
+int64_t apc_check(apc_seg *seg, char *buf, uint64_t cap);
+
+int apc_debug_build(void);
+int apc_fault_arm(const char *name);
+/* CDEF END */
+
+#endif

@@ -1,0 +1,317 @@
+/*
+ * apc_internal.h -- the segment's structures, the lock order, the offset
+ * macros and the helpers that every engine file shares.
+ *
+ * LOCKS, AND THE ORDER IN WHICH THEY ARE TAKEN
+ *
+ * There is one lock and one sequence word per segment:
+ *
+ *   1. hdr->wlock   a process-shared ROBUST pthread mutex.  Every change to
+ *                   the segment's structure (chains, allocator, GC list,
+ *                   entry() locks, counters that are not atomics) happens
+ *                   with it held.  Writers are serialised; readers never
+ *                   take it on the fast path.
+ *   2. hdr->seq     a seqlock word.  A writer that unlinks or frees memory
+ *                   makes it odd first and even again when done.  Readers
+ *                   walk chains optimistically and throw away what they saw
+ *                   if seq moved.
+ *
+ * Order: wlock, then seq (seq is only ever written by the wlock holder).
+ * Nothing else is a lock.  Per-slot pin words are counted references taken
+ * with compare-and-swap; a pin never waits.
+ *
+ * PINS
+ *
+ * A reader that has found an entry pins it (slot->pin += 1, by CAS against
+ * the exact tag|version word it saw under a valid seq) before it copies the
+ * value or touches the entry's counters.  A writer never frees a pinned
+ * slot: it unlinks it, then tries to retire the pin word by CAS from
+ * (version, 0 refs) to DEAD; if that fails the slot goes to the GC list.
+ * Since the word includes a per-slot version and a 16-bit tag, a stale
+ * reader's CAS on memory that has been reused fails.
+ *
+ * CAVEATS
+ *
+ * - A process that dies holding wlock leaves the mutex in EOWNERDEAD.  The
+ *   next process to lock it runs apc_repair_wl() (lock.c) before anything
+ *   else, then marks the mutex consistent.  The repair rebuilds the
+ *   allocator from the set of reachable entries, so a writer killed at any
+ *   instruction leaves at worst lost entries, never lost memory.
+ * - A process that dies holding a pin leaves refs > 0.  The entry still
+ *   serves reads; once it is deleted or replaced it waits on the GC list and
+ *   is freed after gc_ttl seconds.  apc_recover(pid) releases the pins that
+ *   are recorded in the pin table (large values) straight away.
+ * - A reader that finds seq odd for long (its writer died with the segment
+ *   half changed) takes wlock itself, which triggers the repair.
+ */
+#ifndef APC_INTERNAL_H
+#define APC_INTERNAL_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#include "apc.h"
+
+/* ------------------------------------------------------------------ sizes */
+
+#define APC_MAGIC_U64 0x4548434143435041ULL /* "APCCACHE", little-endian */
+#define APC_ENDIAN_MARK 0x01020304u
+#define APC_NTABLES 2
+#define APC_NCLASSES 64
+#define APC_NSTRIPES 16
+#define APC_NPINS 256
+#define APC_NELOCKS 256
+#define APC_AUX_SIZE 65536
+#define APC_ALIGN 16
+#define APC_BLOCK_MIN 32
+#define APC_MIN_ARENA 65536
+
+/* ---------------------------------------------------------------- offsets */
+
+typedef uint64_t apc_off_t; /* an offset from the segment base; 0 means none */
+
+#define APC_PTR(seg, off) ((void *)((char *)(seg)->base + (off)))
+#define APC_OFF(seg, ptr) ((apc_off_t)((char *)(ptr) - (char *)(seg)->base))
+
+/* --------------------------------------------------------------- the slot */
+
+/*
+ * One cache entry.  A used arena block is [size word | apc_slot | key bytes
+ * | pad to 8 | value bytes | ... | size word]; the slot's offset is the
+ * block's offset + 8.
+ */
+typedef struct apc_slot {
+    /* Set once before the slot is published; read-only while reachable
+     * (compaction may move the whole slot, with wlock held and seq odd). */
+    uint64_t hash;
+    uint64_t ctime;
+    uint64_t ttl;
+    uint64_t val_len;
+    uint32_t key_len;
+    uint8_t type;
+    uint8_t table;
+    uint8_t flags; /* APC_SLOT_GC */
+    uint8_t pad_;
+
+    /* Guarded by wlock; read by optimistic readers with atomic loads. */
+    apc_off_t next_off; /* chain link, or GC list link when on the GC list */
+    uint64_t mtime;
+    uint64_t dtime;
+    int64_t ival; /* an int entry's value: atomic, updated in place */
+
+    /* Atomics written by readers (only while they hold a pin). */
+    uint64_t pin; /* APC_PIN_TAG | version << 16 | refs */
+    uint64_t atime;
+    uint64_t hits;
+} apc_slot;
+
+#define APC_SLOT_GC 1
+
+#define APC_PIN_TAG 0xA9C0000000000000ULL
+#define APC_PIN_TAGMASK 0xFFFF000000000000ULL
+#define APC_PIN_REFS 0xFFFFULL
+#define APC_PIN_DEAD APC_PIN_TAG /* version 0: retired, never pinnable */
+#define APC_PIN_MAKE(ver) (APC_PIN_TAG | ((uint64_t)((ver) & 0xFFFFFFFFu) << 16))
+
+static inline uint64_t apc_key_pad(uint32_t klen) { return ((uint64_t)klen + 7) & ~7ULL; }
+static inline char *apc_slot_key(apc_slot *s) { return (char *)(s + 1); }
+static inline char *apc_slot_val(apc_slot *s) { return (char *)(s + 1) + apc_key_pad(s->key_len); }
+static inline uint64_t apc_slot_need(uint32_t klen, uint64_t vlen)
+{
+    return sizeof(apc_slot) + apc_key_pad(klen) + vlen;
+}
+
+/* ------------------------------------------------------------ the header */
+
+typedef struct apc_table_geom {
+    apc_off_t buckets_off;
+    uint64_t nslots;
+} apc_table_geom;
+
+typedef struct apc_table_stats {
+    uint64_t num_entries;
+    uint64_t mem_size;
+    uint64_t num_inserts;
+    uint64_t expunges;
+    uint64_t evictions;
+    uint64_t expired;
+    uint64_t start_time;
+} apc_table_stats;
+
+/* A pin held across a call boundary (values too large for the caller's
+ * buffer).  pid > 0: held; pid < 0: being claimed; 0: free. */
+typedef struct apc_pin_rec {
+    int64_t pid;
+    apc_off_t slot_off;
+    uint64_t pinword; /* tag|version of the slot that is pinned */
+    uint64_t since;
+} apc_pin_rec;
+
+/* An entry() in progress: the key's hash and table, and who generates it. */
+typedef struct apc_elock {
+    uint64_t hash;
+    int64_t pid; /* 0: free */
+    uint64_t tid;
+    uint64_t since;
+    uint32_t table;
+    uint32_t pad_;
+} apc_elock;
+
+typedef struct apc_stripe {
+    uint64_t hits[APC_NTABLES];
+    uint64_t misses[APC_NTABLES];
+    uint64_t pad_[8 - 2 * APC_NTABLES];
+} apc_stripe;
+
+typedef struct apc_header {
+    /* Set once at create, read-only afterwards.  magic is written last. */
+    uint64_t magic;
+    uint32_t format;
+    uint32_t header_size;
+    uint32_t mutex_size;
+    uint32_t endian;
+    uint64_t seg_size;
+    uint64_t create_time;
+    int64_t creator_pid;
+    uint64_t ttl;
+    uint64_t gc_ttl;
+    apc_off_t aux_off;
+    uint64_t aux_size;
+    apc_off_t arena_off;
+    uint64_t arena_size;
+    apc_table_geom geom[APC_NTABLES];
+
+    /* The write lock, alone on its cache line(s). */
+    union {
+        pthread_mutex_t m;
+        char pad_[128];
+    } wlock __attribute__((aligned(64)));
+
+    /* The seqlock word, alone on its cache line. */
+    uint64_t seq __attribute__((aligned(64)));
+
+    /* Guarded by wlock. */
+    apc_off_t free_head[APC_NCLASSES] __attribute__((aligned(64)));
+    uint64_t free_map; /* bit c set: free_head[c] is not empty */
+    uint64_t free_bytes;
+    uint64_t nfree;
+    uint64_t nused;
+    apc_off_t gc_head;
+    uint64_t gc_count;
+    uint64_t next_version;
+    uint64_t repairs;
+    uint64_t compactions;
+    apc_table_stats stats[APC_NTABLES];
+    apc_elock elocks[APC_NELOCKS];
+
+    /* Claimed and released by readers with CAS; swept under wlock. */
+    apc_pin_rec pins[APC_NPINS] __attribute__((aligned(64)));
+
+    /* Atomic counters, may be slightly stale; summed on read. */
+    apc_stripe stripes[APC_NSTRIPES] __attribute__((aligned(64)));
+} apc_header;
+
+/* The process-local handle. */
+struct apc_seg {
+    void *base;
+    apc_header *hdr;
+    uint64_t size;
+    apc_off_t arena_off;
+    apc_off_t arena_end;
+    unsigned stripe;
+};
+
+/* ---------------------------------------------------------------- atomics */
+
+#define LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define LOADR(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#define STORER(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+#define ADD(p, v) __atomic_add_fetch((p), (v), __ATOMIC_RELAXED)
+#define CAS(p, expp, v) \
+    __atomic_compare_exchange_n((p), (expp), (v), 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)
+
+/* ---------------------------------------------------------- debug support */
+
+#ifdef APC_DEBUG
+#include <assert.h>
+#define APC_ASSERT(x) assert(x)
+void apc_fault_point(const char *name);
+#define APC_FAULT(name) apc_fault_point(name)
+#else
+#define APC_ASSERT(x) ((void)0)
+#define APC_FAULT(name) ((void)0)
+#endif
+
+/* ------------------------------------------------------ bounds-checked use */
+
+/* Is [off, off+len) inside the arena?  Overflow-safe. */
+static inline int apc_in_arena(const apc_seg *seg, apc_off_t off, uint64_t len)
+{
+    return off >= seg->arena_off && off <= seg->arena_end && len <= seg->arena_end - off;
+}
+
+/* A slot offset read from shared memory: aligned, inside the arena with its
+ * fixed part, the key and the value. */
+static inline apc_slot *apc_slot_at(const apc_seg *seg, apc_off_t off)
+{
+    if ((off & 7) != 0 || !apc_in_arena(seg, off, sizeof(apc_slot)))
+        return NULL;
+    apc_slot *s = (apc_slot *)APC_PTR(seg, off);
+    uint32_t klen = LOADR(&s->key_len);
+    uint64_t vlen = LOADR(&s->val_len);
+    if (vlen > seg->arena_end || !apc_in_arena(seg, off, apc_slot_need(klen, vlen)))
+        return NULL;
+    return s;
+}
+
+static inline apc_off_t *apc_buckets(const apc_seg *seg, int table)
+{
+    return (apc_off_t *)APC_PTR(seg, seg->hdr->geom[table].buckets_off);
+}
+
+static inline int apc_expired(const apc_slot *s, uint64_t now)
+{
+    uint64_t ttl = s->ttl;
+    return ttl > 0 && s->ctime + ttl < now;
+}
+
+/* The free-list class of a block size: four classes per power of two from
+ * 32 bytes, the last class taking everything from 1 MiB up. */
+static inline unsigned apc_class_of(uint64_t size)
+{
+    unsigned lg = 63u - (unsigned)__builtin_clzll(size);
+    if (lg < 5)
+        return 0;
+    unsigned c = (lg - 5) * 4 + (unsigned)((size >> (lg - 2)) & 3);
+    return c < APC_NCLASSES - 1 ? c : APC_NCLASSES - 1;
+}
+
+uint64_t apc_now(uint64_t now);
+uint64_t apc_walk_cap(const apc_seg *seg);
+
+/* lock.c */
+int apc_wl_lock(apc_seg *seg);
+void apc_wl_unlock(apc_seg *seg);
+void apc_seq_begin_wl(apc_seg *seg);
+void apc_seq_end_wl(apc_seg *seg);
+uint64_t apc_seq_read_begin(apc_seg *seg);
+int apc_seq_read_valid(apc_seg *seg, uint64_t s);
+int apc_wl_held(apc_seg *seg);
+
+/* sma.c: the block allocator; every function expects wlock held. */
+void apc_sma_init_wl(apc_seg *seg);
+apc_off_t apc_sma_alloc_wl(apc_seg *seg, uint64_t need);
+void apc_sma_free_wl(apc_seg *seg, apc_off_t payload);
+uint64_t apc_sma_block_size(apc_seg *seg, apc_off_t payload);
+uint64_t apc_sma_largest_wl(apc_seg *seg);
+uint64_t apc_sma_block_for(uint64_t need);
+int apc_sma_rebuild_wl(apc_seg *seg, apc_off_t *live, uint64_t nlive);
+int apc_sma_compact_wl(apc_seg *seg);
+
+/* table.c */
+int apc_repair_wl(apc_seg *seg, uint64_t now);
+int apc_slot_movable_wl(apc_seg *seg, apc_slot *s);
+apc_off_t *apc_find_link_wl(apc_seg *seg, apc_off_t slot_off);
+
+#endif

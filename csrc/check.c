@@ -1,0 +1,258 @@
+/*
+ * check.c -- the integrity checker.
+ *
+ * apc_check() walks every block of the arena, every free list, every chain
+ * of both tables and the GC list, and reports each broken invariant as one
+ * line of text ("slot 0x3a48 in bucket 17 of table 0 hashes to bucket 9").
+ * It takes the write lock (so a repair, if one is due, runs first), and it
+ * never follows an offset it has not bounds-checked, so it works on a
+ * segment in any state.
+ *
+ * The invariants:
+ *   - seq is even while nobody holds the lock;
+ *   - the arena is an exact run of blocks whose two tags agree, and no two
+ *     free blocks are neighbours;
+ *   - used + free == arena size, and the header's free byte and block
+ *     counts agree with the walk;
+ *   - every free block is on the list of its size class exactly once, the
+ *     lists are doubly linked consistently, and the class bitmap matches;
+ *   - every chain link is the payload of a used block, in the bucket its
+ *     hash says, of the table it is in, with no cycle;
+ *   - every used block is reached exactly once, from a chain or the GC
+ *     list (no leak, no sharing);
+ *   - each table's entry count and memory size match its chains.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include "apc_internal.h"
+
+typedef struct report {
+    char *buf;
+    uint64_t cap;
+    uint64_t used;
+    int64_t count;
+} report;
+
+__attribute__((format(printf, 2, 3))) static void say(report *r, const char *fmt, ...)
+{
+    r->count++;
+    if (!r->buf || r->used + 2 >= r->cap)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(r->buf + r->used, r->cap - r->used - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    r->used += (uint64_t)n < r->cap - r->used - 1 ? (uint64_t)n : r->cap - r->used - 2;
+    r->buf[r->used++] = '\n';
+    r->buf[r->used] = 0;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+#define MAX_REPORTED 64
+
+static void check_wl(apc_seg *seg, report *r)
+{
+    apc_header *h = seg->hdr;
+    uint64_t cap = apc_walk_cap(seg);
+
+    if (LOADR(&h->seq) & 1)
+        say(r, "seq is odd (%llu) while no writer holds the lock", (unsigned long long)h->seq);
+
+    /* 1. The arena walk. */
+    uint64_t *used = malloc(cap * sizeof *used), nused = 0;
+    uint64_t free_bytes = 0, used_bytes = 0, nfree = 0;
+    if (!used) {
+        say(r, "out of memory while checking");
+        return;
+    }
+    apc_off_t b = seg->arena_off;
+    int prev_free = 0;
+    while (b < seg->arena_end) {
+        uint64_t w = *(uint64_t *)APC_PTR(seg, b);
+        uint64_t size = w & ~15ULL;
+        if (size < APC_BLOCK_MIN || size > seg->arena_end - b) {
+            say(r, "block at 0x%llx has size %llu, outside the arena", (unsigned long long)b,
+                (unsigned long long)size);
+            break;
+        }
+        uint64_t ftr = *(uint64_t *)APC_PTR(seg, b + size - 8);
+        if (ftr != w)
+            say(r, "block at 0x%llx: header tag 0x%llx and footer tag 0x%llx differ",
+                (unsigned long long)b, (unsigned long long)w, (unsigned long long)ftr);
+        if (w & 1) {
+            used_bytes += size;
+            used[nused++] = b + 8;
+            prev_free = 0;
+        } else {
+            if (prev_free)
+                say(r, "free block at 0x%llx follows another free block (not coalesced)",
+                    (unsigned long long)b);
+            free_bytes += size;
+            nfree++;
+            prev_free = 1;
+        }
+        b += size;
+    }
+    if (b == seg->arena_end && used_bytes + free_bytes != h->arena_size)
+        say(r, "used + free == arena size fails: %llu + %llu != %llu",
+            (unsigned long long)used_bytes, (unsigned long long)free_bytes,
+            (unsigned long long)h->arena_size);
+    if (b == seg->arena_end && (free_bytes != h->free_bytes || nfree != h->nfree ||
+                                nused != h->nused))
+        say(r, "allocator counts are off: header says %llu free bytes in %llu blocks and %llu "
+               "used blocks, the walk finds %llu in %llu and %llu",
+            (unsigned long long)h->free_bytes, (unsigned long long)h->nfree,
+            (unsigned long long)h->nused, (unsigned long long)free_bytes,
+            (unsigned long long)nfree, (unsigned long long)nused);
+
+    /* 2. The free lists. */
+    uint64_t listed = 0;
+    for (unsigned c = 0; c < APC_NCLASSES; c++) {
+        int nonempty = h->free_head[c] != 0;
+        if (nonempty != !!(h->free_map & (1ULL << c)))
+            say(r, "free class %u: bitmap bit is %d but the list is %s", c,
+                !!(h->free_map & (1ULL << c)), nonempty ? "non-empty" : "empty");
+        apc_off_t prev = 0;
+        uint64_t wcap = cap;
+        for (apc_off_t f = h->free_head[c]; f; f = ((apc_off_t *)APC_PTR(seg, f + 8))[0]) {
+            if (--wcap == 0) {
+                say(r, "free class %u: the list has a cycle", c);
+                break;
+            }
+            if ((f & 15) || !apc_in_arena(seg, f, APC_BLOCK_MIN)) {
+                say(r, "free class %u: link 0x%llx is outside the arena", c, (unsigned long long)f);
+                break;
+            }
+            uint64_t w = *(uint64_t *)APC_PTR(seg, f);
+            if (w & 1)
+                say(r, "free class %u: block 0x%llx on the list is in use", c, (unsigned long long)f);
+            if (apc_class_of(w & ~15ULL) != c)
+                say(r, "free class %u: block 0x%llx of %llu bytes belongs to class %u", c,
+                    (unsigned long long)f, (unsigned long long)(w & ~15ULL), apc_class_of(w & ~15ULL));
+            if (((apc_off_t *)APC_PTR(seg, f + 8))[1] != prev)
+                say(r, "free class %u: block 0x%llx has a wrong back link", c, (unsigned long long)f);
+            prev = f;
+            listed++;
+        }
+    }
+    if (listed != nfree && b == seg->arena_end)
+        say(r, "%llu free blocks in the arena but %llu on the free lists",
+            (unsigned long long)nfree, (unsigned long long)listed);
+
+    /* 3. The chains and the GC list. */
+    uint64_t *reached = malloc(cap * sizeof *reached), nreached = 0;
+    if (!reached) {
+        free(used);
+        say(r, "out of memory while checking");
+        return;
+    }
+    qsort(used, nused, sizeof *used, cmp_u64);
+    for (int t = 0; t < APC_NTABLES; t++) {
+        uint64_t entries = 0, mem = 0;
+        apc_off_t *bk = apc_buckets(seg, t);
+        for (uint64_t i = 0; i < h->geom[t].nslots && r->count < MAX_REPORTED; i++) {
+            uint64_t wcap = cap;
+            for (apc_off_t off = bk[i]; off;) {
+                if (--wcap == 0) {
+                    say(r, "table %d bucket %llu: the chain has a cycle", t, (unsigned long long)i);
+                    break;
+                }
+                apc_slot *s = apc_slot_at(seg, off);
+                if (!s || !bsearch(&off, used, nused, sizeof *used, cmp_u64)) {
+                    say(r, "table %d bucket %llu: link 0x%llx is not a used block", t,
+                        (unsigned long long)i, (unsigned long long)off);
+                    break;
+                }
+                if (s->table != t)
+                    say(r, "slot 0x%llx in table %d says it belongs to table %d",
+                        (unsigned long long)off, t, s->table);
+                if (s->hash % h->geom[t].nslots != i)
+                    say(r, "slot 0x%llx in bucket %llu of table %d hashes to bucket %llu",
+                        (unsigned long long)off, (unsigned long long)i, t,
+                        (unsigned long long)(s->hash % h->geom[t].nslots));
+                if (s->flags & APC_SLOT_GC)
+                    say(r, "slot 0x%llx in table %d is marked deleted", (unsigned long long)off, t);
+                if (apc_sma_block_for(apc_slot_need(s->key_len, s->val_len)) >
+                    apc_sma_block_size(seg, off))
+                    say(r, "slot 0x%llx: key and value overrun its block", (unsigned long long)off);
+                if ((s->pin & APC_PIN_TAGMASK) != APC_PIN_TAG || (s->pin & ~APC_PIN_REFS) == APC_PIN_DEAD)
+                    say(r, "slot 0x%llx: pin word 0x%llx is not a live slot's",
+                        (unsigned long long)off, (unsigned long long)s->pin);
+                entries++;
+                mem += apc_sma_block_size(seg, off);
+                if (nreached < cap)
+                    reached[nreached++] = off;
+                off = s->next_off;
+            }
+        }
+        if (entries != h->stats[t].num_entries || mem != h->stats[t].mem_size)
+            say(r, "table %d: the header counts %llu entries in %llu bytes, the chains hold %llu "
+                   "in %llu",
+                t, (unsigned long long)h->stats[t].num_entries,
+                (unsigned long long)h->stats[t].mem_size, (unsigned long long)entries,
+                (unsigned long long)mem);
+    }
+    uint64_t gcn = 0, wcap = cap;
+    for (apc_off_t off = h->gc_head; off;) {
+        if (--wcap == 0) {
+            say(r, "the GC list has a cycle");
+            break;
+        }
+        apc_slot *s = apc_slot_at(seg, off);
+        if (!s || !bsearch(&off, used, nused, sizeof *used, cmp_u64)) {
+            say(r, "GC list: link 0x%llx is not a used block", (unsigned long long)off);
+            break;
+        }
+        if (!(s->flags & APC_SLOT_GC))
+            say(r, "GC list: slot 0x%llx is not marked deleted", (unsigned long long)off);
+        gcn++;
+        if (nreached < cap)
+            reached[nreached++] = off;
+        off = s->next_off;
+    }
+    if (gcn != h->gc_count)
+        say(r, "the header counts %llu deleted entries, the GC list holds %llu",
+            (unsigned long long)h->gc_count, (unsigned long long)gcn);
+
+    /* 4. Every used block reached exactly once. */
+    qsort(reached, nreached, sizeof *reached, cmp_u64);
+    for (uint64_t i = 1; i < nreached; i++)
+        if (reached[i] == reached[i - 1])
+            say(r, "slot 0x%llx is reached twice", (unsigned long long)reached[i]);
+    if (b == seg->arena_end) {
+        uint64_t j = 0;
+        for (uint64_t i = 0; i < nused && r->count < MAX_REPORTED; i++) {
+            while (j < nreached && reached[j] < used[i])
+                j++;
+            if (j >= nreached || reached[j] != used[i])
+                say(r, "block at 0x%llx is in use but no chain reaches it (leaked)",
+                    (unsigned long long)(used[i] - 8));
+        }
+    }
+    free(used);
+    free(reached);
+}
+
+int64_t apc_check(apc_seg *seg, char *buf, uint64_t cap)
+{
+    if (!seg)
+        return APC_E_CLOSED;
+    report r = {buf, cap, 0, 0};
+    if (buf && cap)
+        buf[0] = 0;
+    if (apc_wl_lock(seg) != APC_OK) {
+        say(&r, "the write lock cannot be taken");
+        return r.count;
+    }
+    check_wl(seg, &r);
+    apc_wl_unlock(seg);
+    return r.count;
+}

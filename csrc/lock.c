@@ -1,0 +1,165 @@
+/*
+ * lock.c -- the write lock, the seqlock, and what happens when a holder dies.
+ *
+ * The write lock is a process-shared robust mutex: when its owner dies, the
+ * kernel hands the next locker EOWNERDEAD instead of leaving it locked.
+ * That locker (there is exactly one) repairs the segment with
+ * apc_repair_wl() and then calls pthread_mutex_consistent(); all of that
+ * is in apc_wl_lock(), the one function that handles a dead owner.
+ *
+ * Readers do not lock.  They read the seqlock word, walk, and check that it
+ * did not move.  If it stays odd for long, its writer may be dead with the
+ * segment half changed: the reader then takes the write lock (which repairs
+ * if needed) and drops it again, and retries.
+ *
+ * Lock order: wlock, then seq.  There is no other lock.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+#include "apc_internal.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#define cpu_relax() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define cpu_relax() __asm__ __volatile__("yield" ::: "memory")
+#else
+#define cpu_relax() ((void)0)
+#endif
+
+/* Spins before a reader that sees an odd seq goes to the lock. */
+#define APC_SEQ_SPINS 4096
+
+uint64_t apc_now(uint64_t now)
+{
+    if (now)
+        return now;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+    return (uint64_t)ts.tv_sec;
+}
+
+int apc_wl_lock(apc_seg *seg)
+{
+    int rc = pthread_mutex_lock(&seg->hdr->wlock.m);
+    if (rc == 0)
+        return APC_OK;
+    if (rc == EOWNERDEAD) {
+        /* The previous holder died inside a write section. */
+        apc_repair_wl(seg, 0);
+        if (pthread_mutex_consistent(&seg->hdr->wlock.m) != 0) {
+            pthread_mutex_unlock(&seg->hdr->wlock.m);
+            return APC_E_LOCK;
+        }
+        return APC_OK;
+    }
+    return APC_E_LOCK;
+}
+
+void apc_wl_unlock(apc_seg *seg)
+{
+    pthread_mutex_unlock(&seg->hdr->wlock.m);
+}
+
+/* Only meaningful in debug builds: is the write lock held by someone?  (A
+ * robust mutex's owner field is not portable to read, so we only ask
+ * whether trylock fails.) */
+int apc_wl_held(apc_seg *seg)
+{
+    int rc = pthread_mutex_trylock(&seg->hdr->wlock.m);
+    if (rc == 0) {
+        pthread_mutex_unlock(&seg->hdr->wlock.m);
+        return 0;
+    }
+    return 1;
+}
+
+void apc_seq_begin_wl(apc_seg *seg)
+{
+    uint64_t s = LOADR(&seg->hdr->seq);
+    if (s & 1) /* left odd by a writer that died; repair already ran */
+        s++;
+    STORER(&seg->hdr->seq, s + 1);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
+void apc_seq_end_wl(apc_seg *seg)
+{
+    uint64_t s = LOADR(&seg->hdr->seq);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    STORE(&seg->hdr->seq, (s | 1) + 1);
+}
+
+uint64_t apc_seq_read_begin(apc_seg *seg)
+{
+    unsigned spins = 0;
+    for (;;) {
+        uint64_t s = LOAD(&seg->hdr->seq);
+        if (!(s & 1))
+            return s;
+        if (++spins < 64) {
+            cpu_relax();
+        } else if (spins < APC_SEQ_SPINS) {
+            sched_yield();
+        } else {
+            /* The writer is slow or dead: wait on its lock (repairing if it
+             * died), then look again. */
+            if (apc_wl_lock(seg) == APC_OK) {
+                if (LOADR(&seg->hdr->seq) & 1) {
+                    /* We hold the lock and seq is still odd: the section
+                     * was never finished.  Repair, which evens seq. */
+                    apc_repair_wl(seg, 0);
+                }
+                apc_wl_unlock(seg);
+            }
+            spins = 0;
+        }
+    }
+}
+
+int apc_seq_read_valid(apc_seg *seg, uint64_t s)
+{
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    return LOADR(&seg->hdr->seq) == s;
+}
+
+/* ------------------------------------------------------ fault injection */
+
+#ifdef APC_DEBUG
+static char fault_name[64];
+
+void apc_fault_point(const char *name)
+{
+    if (fault_name[0] && strcmp(fault_name, name) == 0) {
+        /* Die exactly here, holding whatever is held. */
+        kill(getpid(), SIGKILL);
+        for (;;)
+            pause();
+    }
+}
+
+int apc_fault_arm(const char *name)
+{
+    if (!name)
+        name = "";
+    if (strlen(name) >= sizeof(fault_name))
+        return APC_E_ARG;
+    strcpy(fault_name, name);
+    return APC_OK;
+}
+
+int apc_debug_build(void) { return 1; }
+#else
+int apc_fault_arm(const char *name)
+{
+    (void)name;
+    return APC_E_ARG;
+}
+
+int apc_debug_build(void) { return 0; }
+#endif

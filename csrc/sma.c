@@ -1,0 +1,323 @@
+/*
+ * sma.c -- the shared-memory block allocator.
+ *
+ * The arena is a run of boundary-tagged blocks.  Every block starts and
+ * ends with the same size word (the low bit set when the block is used),
+ * so the neighbours of any block are found in O(1) and two free neighbours
+ * always coalesce on free: the arena never holds two free blocks side by
+ * side.  A used block's payload is exactly one slot (an entry); nothing
+ * else is ever allocated here.
+ *
+ * Free blocks sit on one of 64 segregated lists, four per power of two
+ * from 32 bytes to 1 MiB, the last list taking everything larger.  A bitmap
+ * says which lists are non-empty, so finding a fit costs a few bit
+ * operations and a short scan:
+ *
+ *   - the request's own class is scanned for the best of its first eight
+ *     fitting blocks;
+ *   - failing that, the head of the next non-empty class is taken: every
+ *     block there is larger than anything the request's class holds, so
+ *     the fit is good to within a quarter of a power of two.
+ *
+ * The big free block a fresh arena starts as lives in the top class, so it
+ * is always found by the bitmap, and apc_sma_largest_wl() only scans that
+ * one list.
+ *
+ * WHAT IT DOES NOT DO
+ *
+ * It never trusts itself after a crash: when a writer dies inside it, the
+ * repair throws the lists away and rebuilds every free block from the gaps
+ * between reachable entries (apc_sma_rebuild_wl).  It does not move used
+ * blocks except in apc_sma_compact_wl, which runs only when free space is
+ * enough for a request but no single block is.
+ *
+ * Every function here expects the write lock held (suffix _wl).
+ */
+#include <stdlib.h>
+#include "apc_internal.h"
+
+#define USED 1ULL
+#define BSIZE(w) ((w) & ~15ULL)
+
+typedef struct free_links {
+    apc_off_t next; /* block offsets, 0 = end */
+    apc_off_t prev;
+} free_links;
+
+static inline uint64_t *tag_at(apc_seg *seg, apc_off_t b) { return (uint64_t *)APC_PTR(seg, b); }
+static inline free_links *links_at(apc_seg *seg, apc_off_t b) { return (free_links *)APC_PTR(seg, b + 8); }
+
+static void set_tags(apc_seg *seg, apc_off_t b, uint64_t size, uint64_t used)
+{
+    *tag_at(seg, b) = size | used;
+    *tag_at(seg, b + size - 8) = size | used;
+}
+
+uint64_t apc_sma_block_for(uint64_t need)
+{
+    uint64_t b = (need + 16 + (APC_ALIGN - 1)) & ~(uint64_t)(APC_ALIGN - 1);
+    return b < APC_BLOCK_MIN ? APC_BLOCK_MIN : b;
+}
+
+static void list_push(apc_seg *seg, apc_off_t b, uint64_t size)
+{
+    apc_header *h = seg->hdr;
+    unsigned c = apc_class_of(size);
+    free_links *l = links_at(seg, b);
+    l->prev = 0;
+    l->next = h->free_head[c];
+    if (l->next)
+        links_at(seg, l->next)->prev = b;
+    h->free_head[c] = b;
+    h->free_map |= 1ULL << c;
+    h->free_bytes += size;
+    h->nfree++;
+}
+
+static void list_remove(apc_seg *seg, apc_off_t b, uint64_t size)
+{
+    apc_header *h = seg->hdr;
+    unsigned c = apc_class_of(size);
+    free_links *l = links_at(seg, b);
+    if (l->prev)
+        links_at(seg, l->prev)->next = l->next;
+    else
+        h->free_head[c] = l->next;
+    if (l->next)
+        links_at(seg, l->next)->prev = l->prev;
+    if (!h->free_head[c])
+        h->free_map &= ~(1ULL << c);
+    h->free_bytes -= size;
+    h->nfree--;
+}
+
+static void reset_lists(apc_seg *seg)
+{
+    apc_header *h = seg->hdr;
+    memset(h->free_head, 0, sizeof h->free_head);
+    h->free_map = 0;
+    h->free_bytes = 0;
+    h->nfree = 0;
+    h->nused = 0;
+}
+
+/* Make [b, b+size) one free block: tags, poison, list. */
+static void make_free(apc_seg *seg, apc_off_t b, uint64_t size)
+{
+    set_tags(seg, b, size, 0);
+#ifdef APC_DEBUG
+    if (size > 32)
+        memset((char *)APC_PTR(seg, b) + 8 + sizeof(free_links), 0xDB, size - 16 - sizeof(free_links));
+#endif
+    list_push(seg, b, size);
+}
+
+void apc_sma_init_wl(apc_seg *seg)
+{
+    reset_lists(seg);
+    make_free(seg, seg->arena_off, seg->arena_end - seg->arena_off);
+}
+
+apc_off_t apc_sma_alloc_wl(apc_seg *seg, uint64_t need)
+{
+    apc_header *h = seg->hdr;
+    uint64_t want = apc_sma_block_for(need);
+    if (want > seg->arena_end - seg->arena_off)
+        return 0;
+    unsigned c = apc_class_of(want);
+    apc_off_t best = 0;
+    uint64_t best_size = 0;
+
+    /* The request's own class: best of the first few fits (all of the top
+     * class, which has no upper bound). */
+    unsigned scan = (c == APC_NCLASSES - 1) ? ~0u : 8u;
+    for (apc_off_t b = h->free_head[c]; b && scan; b = links_at(seg, b)->next) {
+        uint64_t sz = BSIZE(*tag_at(seg, b));
+        if (sz >= want && (!best || sz < best_size)) {
+            best = b;
+            best_size = sz;
+            if (sz == want)
+                break;
+            scan--;
+        }
+    }
+    if (!best && c < APC_NCLASSES - 1) {
+        uint64_t above = h->free_map & ~((2ULL << c) - 1);
+        if (above) {
+            unsigned c2 = (unsigned)__builtin_ctzll(above);
+            best = h->free_head[c2];
+            best_size = BSIZE(*tag_at(seg, best));
+        }
+    }
+    if (!best)
+        return 0;
+
+    list_remove(seg, best, best_size);
+    if (best_size - want >= APC_BLOCK_MIN) {
+        set_tags(seg, best, want, USED);
+        make_free(seg, best + want, best_size - want);
+    } else {
+        set_tags(seg, best, best_size, USED);
+    }
+    h->nused++;
+    return best + 8;
+}
+
+uint64_t apc_sma_block_size(apc_seg *seg, apc_off_t payload)
+{
+    return BSIZE(*tag_at(seg, payload - 8));
+}
+
+void apc_sma_free_wl(apc_seg *seg, apc_off_t payload)
+{
+    apc_header *h = seg->hdr;
+    apc_off_t b = payload - 8;
+    uint64_t size = BSIZE(*tag_at(seg, b));
+    APC_ASSERT(*tag_at(seg, b) & USED);
+    APC_FAULT("free.before_coalesce");
+    h->nused--;
+
+    apc_off_t next = b + size;
+    if (next < seg->arena_end) {
+        uint64_t w = *tag_at(seg, next);
+        if (!(w & USED)) {
+            list_remove(seg, next, BSIZE(w));
+            size += BSIZE(w);
+        }
+    }
+    if (b > seg->arena_off) {
+        uint64_t w = *tag_at(seg, b - 8);
+        if (!(w & USED)) {
+            apc_off_t prev = b - BSIZE(w);
+            list_remove(seg, prev, BSIZE(w));
+            size += BSIZE(w);
+            b = prev;
+        }
+    }
+    make_free(seg, b, size);
+}
+
+uint64_t apc_sma_largest_wl(apc_seg *seg)
+{
+    apc_header *h = seg->hdr;
+    if (!h->free_map)
+        return 0;
+    unsigned c = 63u - (unsigned)__builtin_clzll(h->free_map);
+    uint64_t best = 0;
+    uint64_t cap = h->nfree + 1;
+    for (apc_off_t b = h->free_head[c]; b && cap--; b = links_at(seg, b)->next) {
+        uint64_t sz = BSIZE(*tag_at(seg, b));
+        if (sz > best)
+            best = sz;
+    }
+    return best;
+}
+
+static int cmp_off(const void *a, const void *b)
+{
+    apc_off_t x = *(const apc_off_t *)a, y = *(const apc_off_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/*
+ * Rebuild every free block from the gaps between the live blocks.  live[]
+ * holds slot (payload) offsets whose block headers the caller has checked;
+ * it is sorted here.  Used after a crash, when the lists cannot be trusted.
+ */
+int apc_sma_rebuild_wl(apc_seg *seg, apc_off_t *live, uint64_t nlive)
+{
+    qsort(live, nlive, sizeof *live, cmp_off);
+    reset_lists(seg);
+    apc_off_t cursor = seg->arena_off;
+    for (uint64_t i = 0; i < nlive; i++) {
+        apc_off_t b = live[i] - 8;
+        uint64_t size = BSIZE(*tag_at(seg, b));
+        if (b < cursor)
+            return APC_E_CORRUPT; /* overlap: the caller drops one */
+        if (b > cursor)
+            make_free(seg, cursor, b - cursor);
+        set_tags(seg, b, size, USED);
+        seg->hdr->nused++;
+        cursor = b + size;
+    }
+    if (cursor < seg->arena_end)
+        make_free(seg, cursor, seg->arena_end - cursor);
+    return APC_OK;
+}
+
+/*
+ * COMPACTION
+ *
+ * Slide every movable used block down towards the start of the arena so
+ * that the free space becomes one block at the end.  A block is movable
+ * unless it is pinned or waits on the GC list.  Before a block moves, its
+ * pin word is retired by CAS (no reader can pin it mid-move); at its new
+ * place it gets a fresh version, so a reader holding the old word fails
+ * its CAS and looks again.  The one link that points at the slot (a bucket
+ * head or the previous slot's next_off) is rewritten after the copy.
+ *
+ * The caller holds wlock and has made seq odd, so no optimistic reader
+ * trusts anything it reads meanwhile.  Work: one pass over the arena, plus
+ * one chain walk per moved block.
+ *
+ * WHAT IF THE WRITER DIES HALF WAY?  A slot whose copy had begun may be
+ * garbage at its old place with its link still pointing there; the repair
+ * drops it (a lost entry) and rebuilds the free space.
+ */
+int apc_sma_compact_wl(apc_seg *seg)
+{
+    apc_header *h = seg->hdr;
+    apc_off_t cursor = seg->arena_off;
+    apc_off_t b = seg->arena_off;
+    h->compactions++;
+    while (b < seg->arena_end) {
+        uint64_t w = *tag_at(seg, b);
+        uint64_t size = BSIZE(w);
+        if (size < APC_BLOCK_MIN || size > seg->arena_end - b)
+            return APC_E_CORRUPT;
+        if (!(w & USED)) {
+            b += size;
+            continue;
+        }
+        apc_slot *s = (apc_slot *)APC_PTR(seg, b + 8);
+        apc_off_t *link = NULL;
+        uint64_t pw = LOAD(&s->pin);
+        int movable = cursor < b && apc_slot_movable_wl(seg, s) && (pw & APC_PIN_REFS) == 0 &&
+                      (link = apc_find_link_wl(seg, b + 8)) != NULL &&
+                      CAS(&s->pin, &pw, APC_PIN_DEAD);
+        if (!movable) {
+            if (cursor < b)
+                set_tags(seg, cursor, b - cursor, 0); /* a gap, listed below */
+            cursor = b + size;
+            b += size;
+            continue;
+        }
+        APC_FAULT("compact.before_move");
+        memmove(APC_PTR(seg, cursor), APC_PTR(seg, b), size);
+        set_tags(seg, cursor, size, USED);
+        apc_slot *moved = (apc_slot *)APC_PTR(seg, cursor + 8);
+        STORE(&moved->pin, APC_PIN_MAKE(++h->next_version));
+        STORE(link, cursor + 8);
+        cursor += size;
+        b += size;
+    }
+    if (cursor < seg->arena_end)
+        set_tags(seg, cursor, seg->arena_end - cursor, 0);
+
+    /* Relist the free blocks, merging gaps that now touch. */
+    reset_lists(seg);
+    b = seg->arena_off;
+    while (b < seg->arena_end) {
+        uint64_t size = BSIZE(*tag_at(seg, b));
+        if (*tag_at(seg, b) & USED) {
+            h->nused++;
+            b += size;
+            continue;
+        }
+        apc_off_t start = b;
+        while (b < seg->arena_end && !(*tag_at(seg, b) & USED))
+            b += BSIZE(*tag_at(seg, b));
+        make_free(seg, start, b - start);
+    }
+    return APC_OK;
+}

@@ -1,0 +1,1341 @@
+/*
+ * table.c -- the slot tables: chains, TTL, the GC list, making room,
+ * entry() locks, and the repair that runs after a writer died.
+ *
+ * Each table is a prime-sized array of bucket heads; a bucket holds a chain
+ * of slots linked by next_off.  A key's bucket is hash % nslots, the hash
+ * being the key's full XXH3-64, which every slot keeps so that a chain walk
+ * compares 8 bytes before it compares keys.
+ *
+ * HOW A READ WORKS
+ *
+ * A reader takes no lock.  It reads the seqlock word (waiting while it is
+ * odd), walks the chain with every offset bounds-checked and the walk
+ * capped, reads the found slot's pin word, and checks that seq has not
+ * moved: if it has, everything it saw may be freed memory, and it starts
+ * again.  Then it pins the slot by CAS on exactly the word it saw, so a
+ * slot that was retired or reused in the meantime cannot be pinned.  With
+ * the pin held it copies the value and bumps the entry's hits and atime;
+ * then it unpins.  Readers never block each other, and the only shared
+ * lines they write are the found slot's and their own counter stripe.
+ *
+ * HOW A WRITE WORKS
+ *
+ * A writer takes wlock and makes seq odd.  It builds the new slot in full
+ * in a free block, then publishes it with one atomic store into the link
+ * that pointed at the old slot (or the bucket head), which unlinks the old
+ * slot in the same store.  Only then does it retire the old slot: by CAS
+ * of its pin word from (version, 0 refs) to DEAD, freeing the block; or,
+ * if a reader holds a pin, by moving it to the GC list.  Unlink, then free:
+ * a writer killed between any two steps leaves either the old or the new
+ * entry reachable, and at worst an unreachable block, which the repair
+ * reclaims.
+ *
+ * THE GC LIST
+ *
+ * Deleted or replaced slots that are still pinned wait on the GC list with
+ * their deletion time.  Every write section sweeps it: a slot whose pins
+ * are gone is freed; one older than gc_ttl seconds is freed regardless
+ * (its pinner presumably died).  gc_ttl = 0 means never by age.
+ *
+ * Every function with the suffix _wl expects wlock held.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/types.h>
+#include <unistd.h>
+#include "apc_internal.h"
+
+#define RETRY 1
+
+static inline int bad_table(int table) { return table < 0 || table >= APC_NTABLES; }
+
+/* Every entry point checks its handle first: a closed cache passes NULL. */
+#define CHECK_SEG(seg)              \
+    do {                            \
+        if (!(seg))                 \
+            return APC_E_CLOSED;    \
+    } while (0)
+
+static apc_off_t *bucket_of(apc_seg *seg, int table, uint64_t hash)
+{
+    return &apc_buckets(seg, table)[hash % seg->hdr->geom[table].nslots];
+}
+
+/* ------------------------------------------------------------ lock-free */
+
+/* Walk table's chain for the key without a lock.  What it returns is only
+ * meaningful if seq did not move meanwhile. */
+static int walk(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash,
+                apc_off_t *out)
+{
+    apc_off_t off = LOAD(bucket_of(seg, table, hash));
+    uint64_t cap = apc_walk_cap(seg);
+    while (off) {
+        if ((off & 7) || !apc_in_arena(seg, off, sizeof(apc_slot)))
+            return APC_E_CORRUPT;
+        apc_slot *s = (apc_slot *)APC_PTR(seg, off);
+        if (LOADR(&s->hash) == hash && LOADR(&s->key_len) == klen) {
+            if (!apc_in_arena(seg, off, sizeof(apc_slot) + klen))
+                return APC_E_CORRUPT;
+            if (memcmp(apc_slot_key(s), key, klen) == 0) {
+                *out = off;
+                return APC_OK;
+            }
+        }
+        off = LOAD(&s->next_off);
+        if (--cap == 0)
+            return APC_E_CORRUPT;
+    }
+    return APC_NOTFOUND;
+}
+
+/* Find and pin.  Returns APC_OK with *out pinned, APC_NOTFOUND, or an
+ * error; *ident is the pin word's tag|version for the unpin. */
+static int find_pinned(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash,
+                       apc_slot **out, uint64_t *ident)
+{
+    for (;;) {
+        uint64_t sq = apc_seq_read_begin(seg);
+        apc_off_t off = 0;
+        int rc = walk(seg, table, key, klen, hash, &off);
+        if (rc != APC_OK) {
+            if (apc_seq_read_valid(seg, sq))
+                return rc;
+            continue;
+        }
+        apc_slot *s = (apc_slot *)APC_PTR(seg, off);
+        uint64_t w = LOAD(&s->pin);
+        if (!apc_seq_read_valid(seg, sq))
+            continue;
+        uint64_t id = w & ~APC_PIN_REFS;
+        if ((w & APC_PIN_TAGMASK) != APC_PIN_TAG || id == APC_PIN_DEAD)
+            return APC_E_CORRUPT; /* a live slot under a valid seq */
+        for (;;) {
+            if ((w & APC_PIN_REFS) == APC_PIN_REFS) {
+                /* 65535 pins: take the lock path instead. */
+                return APC_E_LOCK;
+            }
+            if (CAS(&s->pin, &w, w + 1)) {
+                *out = s;
+                *ident = id;
+                return APC_OK;
+            }
+            if ((w & ~APC_PIN_REFS) != id)
+                break; /* retired or reused: look again */
+        }
+    }
+}
+
+static void unpin(apc_slot *s, uint64_t ident)
+{
+    uint64_t w = LOAD(&s->pin);
+    while ((w & ~APC_PIN_REFS) == ident && (w & APC_PIN_REFS)) {
+        if (CAS(&s->pin, &w, w - 1))
+            return;
+    }
+}
+
+static inline void count_hit(apc_seg *seg, int table, apc_slot *s, uint64_t now)
+{
+    ADD(&s->hits, 1);
+    if (LOADR(&s->atime) != now)
+        STORER(&s->atime, now);
+    ADD(&seg->hdr->stripes[seg->stripe].hits[table], 1);
+}
+
+static inline void count_miss(apc_seg *seg, int table)
+{
+    ADD(&seg->hdr->stripes[seg->stripe].misses[table], 1);
+}
+
+/* Claim a pin record for a pin that outlives this call. */
+static int record_pin(apc_seg *seg, apc_slot *s, uint64_t ident, uint64_t now)
+{
+    apc_header *h = seg->hdr;
+    int64_t pid = (int64_t)getpid();
+    for (int i = 0; i < APC_NPINS; i++) {
+        int64_t expect = 0;
+        if (LOADR(&h->pins[i].pid) == 0 && CAS(&h->pins[i].pid, &expect, -pid)) {
+            h->pins[i].slot_off = APC_OFF(seg, s);
+            h->pins[i].pinword = ident;
+            h->pins[i].since = now;
+            STORE(&h->pins[i].pid, pid);
+            return i;
+        }
+    }
+    return -1;
+}
+
+int64_t apc_fetch(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash,
+                  uint64_t now, char *buf, uint64_t cap)
+{
+    CHECK_SEG(seg);
+    if (bad_table(table) || cap < 16)
+        return APC_E_ARG;
+    now = apc_now(now);
+    apc_slot *s;
+    uint64_t ident;
+    int rc = find_pinned(seg, table, key, klen, hash, &s, &ident);
+    if (rc != APC_OK) {
+        if (rc == APC_NOTFOUND)
+            count_miss(seg, table);
+        return rc;
+    }
+    if (apc_expired(s, now)) {
+        unpin(s, ident);
+        count_miss(seg, table);
+        return APC_NOTFOUND;
+    }
+    APC_FAULT("fetch.pinned");
+    count_hit(seg, table, s, now);
+    uint64_t type = s->type;
+    uint64_t vlen = s->val_len;
+    if (type == APC_T_INT) {
+        int64_t v = LOAD(&s->ival);
+        memcpy(buf, &v, sizeof v);
+        unpin(s, ident);
+        return (int64_t)((8 << 8) | type);
+    }
+    if (vlen <= cap) {
+        memcpy(buf, apc_slot_val(s), vlen);
+        unpin(s, ident);
+        return (int64_t)((vlen << 8) | type);
+    }
+    /* Too large for the caller's buffer: hand out the value's offset and
+     * keep the pin, recorded so that apc_recover() can release it. */
+    int r = record_pin(seg, s, ident, now);
+    if (r < 0) {
+        unpin(s, ident);
+        memcpy(buf, &vlen, sizeof vlen);
+        return APC_E_SMALL;
+    }
+    uint64_t out[2] = {APC_OFF(seg, apc_slot_val(s)), (uint64_t)r};
+    memcpy(buf, out, sizeof out);
+    return (int64_t)((vlen << 8) | type | APC_FETCH_PINNED);
+}
+
+void apc_unpin(apc_seg *seg, uint64_t rec)
+{
+    if (!seg)
+        return;
+    if (rec >= APC_NPINS)
+        return;
+    apc_pin_rec *r = &seg->hdr->pins[rec];
+    if (LOAD(&r->pid) != (int64_t)getpid())
+        return;
+    apc_off_t off = r->slot_off;
+    uint64_t ident = r->pinword;
+    /* Release the record first: dying between the two steps leaks a pin
+     * (reclaimed by gc_ttl), never drops one twice. */
+    STORE(&r->pid, 0);
+    if ((off & 7) == 0 && apc_in_arena(seg, off, sizeof(apc_slot)))
+        unpin((apc_slot *)APC_PTR(seg, off), ident);
+}
+
+int apc_exists(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash,
+               uint64_t now)
+{
+    CHECK_SEG(seg);
+    if (bad_table(table))
+        return APC_E_ARG;
+    now = apc_now(now);
+    for (;;) {
+        uint64_t sq = apc_seq_read_begin(seg);
+        apc_off_t off = 0;
+        int rc = walk(seg, table, key, klen, hash, &off);
+        int expired = 0;
+        if (rc == APC_OK) {
+            apc_slot *s = (apc_slot *)APC_PTR(seg, off);
+            uint64_t ttl = LOADR(&s->ttl), ctime = LOADR(&s->ctime);
+            expired = ttl > 0 && ctime + ttl < now;
+        }
+        if (!apc_seq_read_valid(seg, sq))
+            continue;
+        if (rc == APC_OK && expired)
+            return APC_NOTFOUND;
+        return rc;
+    }
+}
+
+/* -------------------------------------------------------- write sections */
+
+static int wl_enter(apc_seg *seg, int seq)
+{
+    int rc = apc_wl_lock(seg);
+    if (rc != APC_OK)
+        return rc;
+    if (seq)
+        apc_seq_begin_wl(seg);
+    return APC_OK;
+}
+
+static void wl_leave(apc_seg *seg, int seq)
+{
+    if (seq)
+        apc_seq_end_wl(seg);
+    apc_wl_unlock(seg);
+}
+
+/* Find under the lock; *linkp is what points at the slot. */
+static int find_wl(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash,
+                   apc_off_t **linkp, apc_slot **out)
+{
+    apc_off_t *link = bucket_of(seg, table, hash);
+    uint64_t cap = apc_walk_cap(seg);
+    while (*link) {
+        apc_slot *s = apc_slot_at(seg, *link);
+        if (!s || --cap == 0)
+            return APC_E_CORRUPT;
+        if (s->hash == hash && s->key_len == klen && memcmp(apc_slot_key(s), key, klen) == 0) {
+            *linkp = link;
+            *out = s;
+            return APC_OK;
+        }
+        link = &s->next_off;
+    }
+    *linkp = link;
+    *out = NULL;
+    return APC_NOTFOUND;
+}
+
+apc_off_t *apc_find_link_wl(apc_seg *seg, apc_off_t slot_off)
+{
+    apc_slot *s = (apc_slot *)APC_PTR(seg, slot_off);
+    if (s->table >= APC_NTABLES)
+        return NULL;
+    apc_off_t *link = bucket_of(seg, s->table, s->hash);
+    uint64_t cap = apc_walk_cap(seg);
+    while (*link && --cap) {
+        if (*link == slot_off)
+            return link;
+        apc_slot *n = apc_slot_at(seg, *link);
+        if (!n)
+            return NULL;
+        link = &n->next_off;
+    }
+    return NULL;
+}
+
+int apc_slot_movable_wl(apc_seg *seg, apc_slot *s)
+{
+    (void)seg;
+    return !(s->flags & APC_SLOT_GC);
+}
+
+/* The slot is unlinked; free it, or park it on the GC list while pinned. */
+static void retire_wl(apc_seg *seg, apc_slot *s, uint64_t now)
+{
+    apc_header *h = seg->hdr;
+    uint64_t w = LOAD(&s->pin);
+    for (;;) {
+        if (w & APC_PIN_REFS) {
+            s->flags |= APC_SLOT_GC;
+            s->dtime = now;
+            STORE(&s->next_off, h->gc_head);
+            h->gc_head = APC_OFF(seg, s);
+            h->gc_count++;
+            return;
+        }
+        if (CAS(&s->pin, &w, APC_PIN_DEAD)) {
+            apc_sma_free_wl(seg, APC_OFF(seg, s));
+            return;
+        }
+    }
+}
+
+/* Unlink the slot that *link points at, fix the counters, retire it. */
+static void remove_wl(apc_seg *seg, apc_off_t *link, apc_slot *s, uint64_t now)
+{
+    apc_table_stats *st = &seg->hdr->stats[s->table];
+    STORE(link, s->next_off);
+    APC_FAULT("remove.after_unlink");
+    st->num_entries--;
+    st->mem_size -= apc_sma_block_size(seg, APC_OFF(seg, s));
+    retire_wl(seg, s, now);
+}
+
+static void gc_sweep_wl(apc_seg *seg, uint64_t now)
+{
+    apc_header *h = seg->hdr;
+    apc_off_t *link = &h->gc_head;
+    uint64_t cap = apc_walk_cap(seg);
+    while (*link && --cap) {
+        apc_slot *s = apc_slot_at(seg, *link);
+        if (!s) {
+            *link = 0; /* corrupt tail: the repair reclaims it */
+            break;
+        }
+        uint64_t w = LOAD(&s->pin);
+        int freed = 0;
+        if (!(w & APC_PIN_REFS))
+            freed = CAS(&s->pin, &w, APC_PIN_DEAD);
+        if (!freed && h->gc_ttl && now >= s->dtime + h->gc_ttl) {
+            /* Pinned for longer than gc_ttl: the pinner is presumed dead.
+             * Retiring the word makes any late unpin a no-op. */
+            STORE(&s->pin, APC_PIN_DEAD);
+            freed = 1;
+        }
+        if (freed) {
+            *link = s->next_off;
+            h->gc_count--;
+            apc_sma_free_wl(seg, APC_OFF(seg, s));
+        } else {
+            link = &s->next_off;
+        }
+    }
+}
+
+/* ------------------------------------------------------------ making room */
+
+typedef struct cand {
+    uint64_t atime;
+    apc_off_t off;
+} cand;
+
+static int cmp_cand(const void *a, const void *b)
+{
+    const cand *x = a, *y = b;
+    if (x->atime != y->atime)
+        return x->atime < y->atime ? -1 : 1;
+    return x->off < y->off ? -1 : x->off > y->off;
+}
+
+/* Remove every entry of every table that pred() selects; returns how many. */
+static uint64_t sweep_wl(apc_seg *seg, uint64_t now, int (*pred)(apc_seg *, apc_slot *, uint64_t))
+{
+    uint64_t n = 0;
+    for (int t = 0; t < APC_NTABLES; t++) {
+        apc_off_t *b = apc_buckets(seg, t);
+        for (uint64_t i = 0; i < seg->hdr->geom[t].nslots; i++) {
+            apc_off_t *link = &b[i];
+            uint64_t cap = apc_walk_cap(seg);
+            while (*link && --cap) {
+                apc_slot *s = apc_slot_at(seg, *link);
+                if (!s)
+                    break;
+                if (pred(seg, s, now)) {
+                    remove_wl(seg, link, s, now);
+                    n++;
+                } else {
+                    link = &s->next_off;
+                }
+            }
+        }
+    }
+    return n;
+}
+
+static int pred_hard_expired(apc_seg *seg, apc_slot *s, uint64_t now)
+{
+    if (!apc_expired(s, now))
+        return 0;
+    seg->hdr->stats[s->table].expired++;
+    return 1;
+}
+
+static int pred_soft_expired(apc_seg *seg, apc_slot *s, uint64_t now)
+{
+    uint64_t ttl = seg->hdr->ttl;
+    if (s->ttl || !ttl || LOADR(&s->atime) + ttl >= now || (LOADR(&s->pin) & APC_PIN_REFS))
+        return 0;
+    seg->hdr->stats[s->table].evictions++;
+    return 1;
+}
+
+static int fits_wl(apc_seg *seg, uint64_t want)
+{
+    return apc_sma_largest_wl(seg) >= want;
+}
+
+/*
+ * EVICTION
+ *
+ * Called when an allocation of `need` bytes failed.  In order, stopping as
+ * soon as a block of the size exists:
+ *   1. free what the GC list no longer needs;
+ *   2. remove hard-expired entries (ttl > 0, past creation + ttl);
+ *   3. remove soft-expired ones (no own ttl, not read for the cache's ttl);
+ *   4. if the free space is enough but split up, compact;
+ *   5. evict live entries, least recently used first, until the free space
+ *      is enough plus 1/64 of the arena (so that a full cache does not scan
+ *      on every store), then compact if still split up.
+ * Steps 2, 3 and 5 visit every slot once; step 5 sorts the unpinned live
+ * entries by atime, which has one-second resolution: entries read in the
+ * same second go in arena order, so the LRU is exact to the second.
+ * Pinned entries are never evicted.  It never empties the cache to make
+ * room: it evicts only until the request fits.
+ */
+static int make_room_wl(apc_seg *seg, uint64_t need, uint64_t now, int table)
+{
+    apc_header *h = seg->hdr;
+    uint64_t want = apc_sma_block_for(need);
+    gc_sweep_wl(seg, now);
+    if (fits_wl(seg, want))
+        return APC_OK;
+    sweep_wl(seg, now, pred_hard_expired);
+    if (fits_wl(seg, want))
+        return APC_OK;
+    uint64_t soft = sweep_wl(seg, now, pred_soft_expired);
+    if (soft)
+        h->stats[table].expunges++;
+    if (fits_wl(seg, want))
+        return APC_OK;
+    if (h->free_bytes >= want) {
+        APC_FAULT("evict.before_compact");
+        apc_sma_compact_wl(seg);
+        if (fits_wl(seg, want))
+            return APC_OK;
+    }
+
+    uint64_t n = 0;
+    for (int t = 0; t < APC_NTABLES; t++)
+        n += h->stats[t].num_entries;
+    cand *c = n ? malloc(n * sizeof *c) : NULL;
+    uint64_t k = 0;
+    if (c) {
+        for (int t = 0; t < APC_NTABLES; t++) {
+            apc_off_t *b = apc_buckets(seg, t);
+            for (uint64_t i = 0; i < h->geom[t].nslots; i++) {
+                uint64_t cap = apc_walk_cap(seg);
+                for (apc_off_t off = b[i]; off && --cap && k < n;) {
+                    apc_slot *s = apc_slot_at(seg, off);
+                    if (!s)
+                        break;
+                    if (!(LOADR(&s->pin) & APC_PIN_REFS))
+                        c[k++] = (cand){LOADR(&s->atime), off};
+                    off = s->next_off;
+                }
+            }
+        }
+        qsort(c, k, sizeof *c, cmp_cand);
+    }
+    uint64_t slack = (seg->arena_end - seg->arena_off) / 64;
+    uint64_t evicted = 0;
+    int rc = APC_E_NOMEM;
+    for (uint64_t i = 0; i < k; i++) {
+        apc_off_t *link = apc_find_link_wl(seg, c[i].off);
+        if (!link)
+            continue;
+        apc_slot *s = (apc_slot *)APC_PTR(seg, c[i].off);
+        h->stats[s->table].evictions++;
+        remove_wl(seg, link, s, now);
+        APC_FAULT("evict.after_remove");
+        evicted++;
+        if (h->free_bytes < want + slack && i + 1 < k)
+            continue;
+        if (!fits_wl(seg, want))
+            apc_sma_compact_wl(seg);
+        if (fits_wl(seg, want)) {
+            rc = APC_OK;
+            break;
+        }
+    }
+    free(c);
+    if (rc != APC_OK && h->free_bytes >= want) {
+        apc_sma_compact_wl(seg);
+        if (fits_wl(seg, want))
+            rc = APC_OK;
+    }
+    if (evicted)
+        h->stats[table].expunges++;
+    return rc;
+}
+
+/* ------------------------------------------------------------- inserting */
+
+/* Insert or replace (table, key) with a fully built slot.  Expects wlock
+ * held and seq odd.  *replaced says whether a live entry was replaced. */
+static int insert_wl(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash,
+                     int type, const char *val, uint64_t vlen, int64_t ival, uint64_t ttl,
+                     uint64_t now)
+{
+    apc_header *h = seg->hdr;
+    uint64_t need = apc_slot_need(klen, vlen);
+    apc_off_t off = apc_sma_alloc_wl(seg, need);
+    if (!off) {
+        int rc = make_room_wl(seg, need, now, table);
+        if (rc != APC_OK)
+            return rc;
+        off = apc_sma_alloc_wl(seg, need);
+        if (!off)
+            return APC_E_NOMEM;
+    }
+    APC_FAULT("store.after_alloc");
+
+    apc_slot *s = (apc_slot *)APC_PTR(seg, off);
+    s->hash = hash;
+    s->ctime = now;
+    s->ttl = ttl;
+    s->val_len = vlen;
+    s->key_len = klen;
+    s->type = (uint8_t)type;
+    s->table = (uint8_t)table;
+    s->flags = 0;
+    s->pad_ = 0;
+    s->mtime = now;
+    s->dtime = 0;
+    s->ival = ival;
+    s->atime = now;
+    s->hits = 0;
+    s->pin = APC_PIN_MAKE(h->next_version);
+    if (++h->next_version > 0xFFFFFFFFu)
+        h->next_version = 1;
+    memcpy(apc_slot_key(s), key, klen);
+    if (vlen)
+        memcpy(apc_slot_val(s), val, vlen);
+
+    /* Look up the old entry only now: making room may have removed it. */
+    apc_off_t *link;
+    apc_slot *old;
+    int rc = find_wl(seg, table, key, klen, hash, &link, &old);
+    if (rc == APC_E_CORRUPT) {
+        apc_sma_free_wl(seg, off);
+        return rc;
+    }
+    s->next_off = old ? old->next_off : *bucket_of(seg, table, hash);
+    STORE(old ? link : bucket_of(seg, table, hash), off);
+    APC_FAULT("store.after_publish");
+
+    apc_table_stats *st = &h->stats[table];
+    st->num_inserts++;
+    st->num_entries++;
+    st->mem_size += apc_sma_block_size(seg, off);
+    if (old) {
+        if (apc_expired(old, now))
+            st->expired++;
+        st->num_entries--;
+        st->mem_size -= apc_sma_block_size(seg, APC_OFF(seg, old));
+        retire_wl(seg, old, now);
+    }
+    return APC_OK;
+}
+
+int apc_store(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash, int type,
+              const char *val, uint64_t vlen, int64_t ival, uint64_t ttl, uint64_t now,
+              int flags)
+{
+    CHECK_SEG(seg);
+    if (bad_table(table) || klen > APC_MAX_KEY || type < 0 || type > 255 || (vlen && !val))
+        return APC_E_ARG;
+    if (type == APC_T_INT)
+        vlen = 0;
+    if (apc_sma_block_for(apc_slot_need(klen, vlen)) > seg->arena_end - seg->arena_off)
+        return APC_E_TOOBIG;
+    now = apc_now(now);
+    int rc = wl_enter(seg, 1);
+    if (rc != APC_OK)
+        return rc;
+    if (seg->hdr->gc_head)
+        gc_sweep_wl(seg, now);
+    if (flags & APC_ADD) {
+        apc_off_t *link;
+        apc_slot *old;
+        rc = find_wl(seg, table, key, klen, hash, &link, &old);
+        if (rc == APC_OK && !apc_expired(old, now))
+            rc = APC_EXISTS;
+        else if (rc == APC_NOTFOUND || rc == APC_OK)
+            rc = APC_OK;
+    }
+    if (rc == APC_OK)
+        rc = insert_wl(seg, table, key, klen, hash, type, val, vlen, ival, ttl, now);
+    wl_leave(seg, 1);
+    return rc;
+}
+
+int apc_delete(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash,
+               uint64_t now)
+{
+    CHECK_SEG(seg);
+    if (bad_table(table) || klen > APC_MAX_KEY)
+        return APC_E_ARG;
+    now = apc_now(now);
+    int rc = wl_enter(seg, 1);
+    if (rc != APC_OK)
+        return rc;
+    apc_off_t *link;
+    apc_slot *s;
+    rc = find_wl(seg, table, key, klen, hash, &link, &s);
+    if (rc == APC_OK) {
+        int expired = apc_expired(s, now);
+        if (expired)
+            seg->hdr->stats[table].expired++;
+        remove_wl(seg, link, s, now);
+        APC_FAULT("delete.after_unlink");
+        if (expired)
+            rc = APC_NOTFOUND;
+    }
+    if (seg->hdr->gc_head)
+        gc_sweep_wl(seg, now);
+    wl_leave(seg, 1);
+    return rc;
+}
+
+int apc_inc(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash, int64_t step,
+            uint64_t ttl, uint64_t now, int64_t *out)
+{
+    CHECK_SEG(seg);
+    if (bad_table(table) || klen > APC_MAX_KEY || !out)
+        return APC_E_ARG;
+    now = apc_now(now);
+    int rc = wl_enter(seg, 0);
+    if (rc != APC_OK)
+        return rc;
+    apc_off_t *link;
+    apc_slot *s;
+    rc = find_wl(seg, table, key, klen, hash, &link, &s);
+    if (rc == APC_OK && !apc_expired(s, now)) {
+        int64_t v;
+        if (s->type != APC_T_INT) {
+            rc = APC_E_TYPE;
+        } else if (__builtin_add_overflow(LOADR(&s->ival), step, &v)) {
+            rc = APC_E_OVERFLOW;
+        } else {
+            APC_FAULT("inc.in_place");
+            STORE(&s->ival, v);
+            s->mtime = now;
+            *out = v;
+        }
+    } else if (rc == APC_OK || rc == APC_NOTFOUND) {
+        /* Missing or expired: created as 0, then updated. */
+        apc_seq_begin_wl(seg);
+        rc = insert_wl(seg, table, key, klen, hash, APC_T_INT, NULL, 0, step, ttl, now);
+        apc_seq_end_wl(seg);
+        if (rc == APC_OK)
+            *out = step;
+    }
+    wl_leave(seg, 0);
+    return rc;
+}
+
+int apc_cas(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash, int64_t old,
+            int64_t new_, uint64_t now)
+{
+    CHECK_SEG(seg);
+    if (bad_table(table) || klen > APC_MAX_KEY)
+        return APC_E_ARG;
+    now = apc_now(now);
+    int rc = wl_enter(seg, 0);
+    if (rc != APC_OK)
+        return rc;
+    apc_off_t *link;
+    apc_slot *s;
+    rc = find_wl(seg, table, key, klen, hash, &link, &s);
+    if (rc == APC_OK) {
+        if (apc_expired(s, now))
+            rc = APC_NOTFOUND;
+        else if (s->type != APC_T_INT)
+            rc = APC_E_TYPE;
+        else if (LOADR(&s->ival) != old)
+            rc = APC_MISMATCH;
+        else {
+            STORE(&s->ival, new_);
+            s->mtime = now;
+        }
+    }
+    wl_leave(seg, 0);
+    return rc;
+}
+
+int apc_clear(apc_seg *seg, int table, uint64_t now)
+{
+    CHECK_SEG(seg);
+    if (bad_table(table))
+        return APC_E_ARG;
+    now = apc_now(now);
+    int rc = wl_enter(seg, 1);
+    if (rc != APC_OK)
+        return rc;
+    apc_header *h = seg->hdr;
+    apc_off_t *b = apc_buckets(seg, table);
+    for (uint64_t i = 0; i < h->geom[table].nslots; i++) {
+        uint64_t cap = apc_walk_cap(seg);
+        while (b[i] && --cap) {
+            apc_slot *s = apc_slot_at(seg, b[i]);
+            if (!s) {
+                b[i] = 0;
+                break;
+            }
+            remove_wl(seg, &b[i], s, now);
+        }
+    }
+    gc_sweep_wl(seg, now);
+    apc_table_stats *st = &h->stats[table];
+    st->num_inserts = 0;
+    st->expunges = 0;
+    st->start_time = now;
+    for (int i = 0; i < APC_NSTRIPES; i++) {
+        STORER(&h->stripes[i].hits[table], 0);
+        STORER(&h->stripes[i].misses[table], 0);
+    }
+    wl_leave(seg, 1);
+    return APC_OK;
+}
+
+/* Entries that are not hard-expired at now (len() of a table). */
+int64_t apc_count_live(apc_seg *seg, int table, uint64_t now)
+{
+    CHECK_SEG(seg);
+    if (bad_table(table))
+        return APC_E_ARG;
+    now = apc_now(now);
+    int rc = wl_enter(seg, 0);
+    if (rc != APC_OK)
+        return rc;
+    int64_t n = 0;
+    apc_off_t *b = apc_buckets(seg, table);
+    for (uint64_t i = 0; i < seg->hdr->geom[table].nslots; i++) {
+        uint64_t cap = apc_walk_cap(seg);
+        for (apc_off_t off = b[i]; off && --cap;) {
+            apc_slot *s = apc_slot_at(seg, off);
+            if (!s)
+                break;
+            n += !apc_expired(s, now);
+            off = s->next_off;
+        }
+    }
+    wl_leave(seg, 0);
+    return n;
+}
+
+/* ------------------------------------------------------------ entry() */
+
+int apc_entry_begin(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash,
+                    uint64_t tid, uint64_t now, int64_t *out)
+{
+    CHECK_SEG(seg);
+    if (bad_table(table) || klen > APC_MAX_KEY || !out)
+        return APC_E_ARG;
+    now = apc_now(now);
+    int rc = wl_enter(seg, 0);
+    if (rc != APC_OK)
+        return rc;
+    apc_header *h = seg->hdr;
+    apc_off_t *link;
+    apc_slot *s;
+    rc = find_wl(seg, table, key, klen, hash, &link, &s);
+    if (rc == APC_OK && !apc_expired(s, now)) {
+        rc = APC_EXISTS;
+        goto out;
+    }
+    if (rc == APC_E_CORRUPT)
+        goto out;
+    int64_t pid = (int64_t)getpid();
+    int free_i = -1;
+    for (int i = 0; i < APC_NELOCKS; i++) {
+        apc_elock *e = &h->elocks[i];
+        if (!e->pid) {
+            if (free_i < 0)
+                free_i = i;
+            continue;
+        }
+        if (e->hash == hash && e->table == (uint32_t)table) {
+            out[0] = i;
+            out[1] = e->pid;
+            rc = (e->pid == pid && e->tid == tid) ? APC_BUSY_SELF : APC_BUSY;
+            goto out;
+        }
+    }
+    if (free_i < 0) {
+        out[0] = -1;
+        out[1] = 0;
+        rc = APC_BUSY; /* every record taken: wait for one */
+        goto out;
+    }
+    h->elocks[free_i] = (apc_elock){.hash = hash, .pid = pid, .tid = tid, .since = now,
+                                    .table = (uint32_t)table};
+    out[0] = free_i;
+    out[1] = pid;
+    rc = APC_OK;
+out:
+    wl_leave(seg, 0);
+    return rc;
+}
+
+int apc_entry_end(apc_seg *seg, int64_t token, uint64_t tid)
+{
+    CHECK_SEG(seg);
+    if (token < 0 || token >= APC_NELOCKS)
+        return APC_E_ARG;
+    int rc = wl_enter(seg, 0);
+    if (rc != APC_OK)
+        return rc;
+    apc_elock *e = &seg->hdr->elocks[token];
+    if (e->pid == (int64_t)getpid() && e->tid == tid)
+        e->pid = 0;
+    else
+        rc = APC_NOTFOUND;
+    wl_leave(seg, 0);
+    return rc;
+}
+
+int apc_entry_takeover(apc_seg *seg, int64_t token, int64_t dead_pid, uint64_t tid, uint64_t now)
+{
+    CHECK_SEG(seg);
+    if (token < 0 || token >= APC_NELOCKS || dead_pid <= 0)
+        return APC_E_ARG;
+    now = apc_now(now);
+    int rc = wl_enter(seg, 0);
+    if (rc != APC_OK)
+        return rc;
+    apc_elock *e = &seg->hdr->elocks[token];
+    if (e->pid == dead_pid) {
+        e->pid = (int64_t)getpid();
+        e->tid = tid;
+        e->since = now;
+    } else {
+        rc = APC_BUSY;
+    }
+    wl_leave(seg, 0);
+    return rc;
+}
+
+/* Is pid a running process?  A zombie (killed, not yet reaped) is not. */
+int apc_pid_alive(int64_t pid)
+{
+    if (pid <= 0)
+        return 0;
+    if (kill((pid_t)pid, 0) != 0 && errno != EPERM)
+        return 0;
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/proc/%lld/stat", (long long)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    if (p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X'))
+        return 0;
+    return 1;
+}
+
+int apc_recover(apc_seg *seg, int64_t pid, uint64_t now)
+{
+    CHECK_SEG(seg);
+    if (pid <= 0)
+        return APC_E_ARG;
+    now = apc_now(now);
+    int rc = wl_enter(seg, 1);
+    if (rc != APC_OK)
+        return rc;
+    apc_header *h = seg->hdr;
+    int n = 0;
+    for (int i = 0; i < APC_NELOCKS; i++) {
+        if (h->elocks[i].pid == pid) {
+            h->elocks[i].pid = 0;
+            n++;
+        }
+    }
+    for (int i = 0; i < APC_NPINS; i++) {
+        apc_pin_rec *r = &h->pins[i];
+        int64_t p = LOAD(&r->pid);
+        if (p == pid) {
+            apc_off_t off = r->slot_off;
+            uint64_t ident = r->pinword;
+            STORE(&r->pid, 0);
+            if ((off & 7) == 0 && apc_in_arena(seg, off, sizeof(apc_slot)))
+                unpin((apc_slot *)APC_PTR(seg, off), ident);
+            n++;
+        } else if (p == -pid) {
+            STORE(&r->pid, 0); /* died while claiming: no pin was counted */
+        }
+    }
+    gc_sweep_wl(seg, now);
+    wl_leave(seg, 1);
+    return n;
+}
+
+/* ------------------------------------------------------- the io hot path */
+
+int64_t apc_get(apc_io *io, const char *key, uint32_t klen, uint64_t hash)
+{
+    return apc_fetch(io->seg, io->table, key, klen, hash, io->now, io->buf, APC_IO_BUF);
+}
+
+int apc_put(apc_io *io, const char *key, uint32_t klen, uint64_t hash, int type,
+            const char *val, uint64_t vlen, uint64_t ttl)
+{
+    return apc_store(io->seg, io->table, key, klen, hash, type, val, vlen, 0, ttl, io->now, 0);
+}
+
+int apc_put_int(apc_io *io, const char *key, uint32_t klen, uint64_t hash, int64_t ival,
+                uint64_t ttl, int flags)
+{
+    return apc_store(io->seg, io->table, key, klen, hash, APC_T_INT, NULL, 0, ival, ttl, io->now,
+                     flags);
+}
+
+/* inc; the new value goes to the first 8 bytes of io->buf. */
+int apc_incr(apc_io *io, const char *key, uint32_t klen, uint64_t hash, int64_t step,
+             uint64_t ttl)
+{
+    int64_t v = 0;
+    int rc = apc_inc(io->seg, io->table, key, klen, hash, step, ttl, io->now, &v);
+    memcpy(io->buf, &v, sizeof v);
+    return rc;
+}
+
+/* ------------------------------------------------------------ reporting */
+
+static void rec_of(apc_seg *seg, apc_slot *s, uint64_t now, apc_entry_rec *r)
+{
+    r->hash = s->hash;
+    r->ctime = s->ctime;
+    r->mtime = s->mtime;
+    r->atime = LOADR(&s->atime);
+    r->dtime = s->dtime;
+    r->ttl = s->ttl;
+    r->hits = LOADR(&s->hits);
+    r->mem_size = apc_sma_block_size(seg, APC_OFF(seg, s));
+    r->val_len = s->type == APC_T_INT ? 8 : s->val_len;
+    r->offset = APC_OFF(seg, s);
+    r->refs = (uint32_t)(LOADR(&s->pin) & APC_PIN_REFS);
+    r->key_len = s->key_len;
+    r->type = s->type;
+    r->flags = ((s->flags & APC_SLOT_GC) ? APC_REC_DELETED : 0) |
+               (apc_expired(s, now) ? APC_REC_EXPIRED : 0);
+}
+
+int apc_info_get(apc_seg *seg, int table, apc_info *o)
+{
+    CHECK_SEG(seg);
+    if (bad_table(table) || !o)
+        return APC_E_ARG;
+    apc_header *h = seg->hdr;
+    memset(o, 0, sizeof *o);
+    o->format = h->format;
+    o->seg_size = h->seg_size;
+    o->arena_size = h->arena_size;
+    o->create_time = h->create_time;
+    o->creator_pid = h->creator_pid;
+    o->ttl = h->ttl;
+    o->gc_ttl = h->gc_ttl;
+    o->num_slots = h->geom[table].nslots;
+    const apc_table_stats *st = &h->stats[table];
+    o->num_entries = LOADR(&st->num_entries);
+    o->mem_size = LOADR(&st->mem_size);
+    o->num_inserts = LOADR(&st->num_inserts);
+    o->expunges = LOADR(&st->expunges);
+    o->evictions = LOADR(&st->evictions);
+    o->expired = LOADR(&st->expired);
+    o->start_time = LOADR(&st->start_time);
+    for (int i = 0; i < APC_NSTRIPES; i++) {
+        o->num_hits += LOADR(&h->stripes[i].hits[table]);
+        o->num_misses += LOADR(&h->stripes[i].misses[table]);
+    }
+    o->repairs = LOADR(&h->repairs);
+    o->compactions = LOADR(&h->compactions);
+    for (int i = 0; i < APC_NELOCKS; i++)
+        o->entry_locks += LOADR(&h->elocks[i].pid) != 0;
+    for (int i = 0; i < APC_NPINS; i++)
+        o->pins += LOADR(&h->pins[i].pid) > 0;
+    o->gc_entries = LOADR(&h->gc_count);
+    if (o->gc_entries) {
+        /* Only the GC list needs the lock. */
+        if (wl_enter(seg, 0) != APC_OK)
+            return APC_E_LOCK;
+        uint64_t cap = apc_walk_cap(seg);
+        o->gc_entries = 0;
+        for (apc_off_t off = h->gc_head; off && --cap;) {
+            apc_slot *s = apc_slot_at(seg, off);
+            if (!s)
+                break;
+            if (s->table == table) {
+                o->gc_entries++;
+                o->gc_mem_size += apc_sma_block_size(seg, off);
+                if (!o->gc_oldest || s->dtime < o->gc_oldest)
+                    o->gc_oldest = s->dtime;
+            }
+            off = s->next_off;
+        }
+        wl_leave(seg, 0);
+    }
+    return APC_OK;
+}
+
+int apc_sma_info_get(apc_seg *seg, apc_sma_info *o, uint64_t *blocks, uint64_t cap)
+{
+    CHECK_SEG(seg);
+    if (!o)
+        return APC_E_ARG;
+    int rc = wl_enter(seg, 0);
+    if (rc != APC_OK)
+        return rc;
+    apc_header *h = seg->hdr;
+    o->arena_size = h->arena_size;
+    o->avail = h->free_bytes;
+    o->used = h->arena_size - h->free_bytes;
+    o->largest_free = apc_sma_largest_wl(seg);
+    o->nfree = h->nfree;
+    o->nused = h->nused;
+    uint64_t k = 0;
+    for (int c = APC_NCLASSES - 1; c >= 0 && blocks; c--) {
+        uint64_t walk_cap = h->nfree + 1;
+        for (apc_off_t b = h->free_head[c]; b && k < cap && walk_cap--;) {
+            uint64_t *tag = (uint64_t *)APC_PTR(seg, b);
+            blocks[2 * k] = *tag & ~15ULL;
+            blocks[2 * k + 1] = b;
+            k++;
+            b = ((apc_off_t *)APC_PTR(seg, b + 8))[0];
+        }
+    }
+    wl_leave(seg, 0);
+    return (int)(k > 0x7fffffff ? 0x7fffffff : k);
+}
+
+int apc_key_info(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash,
+                 uint64_t now, apc_entry_rec *out)
+{
+    CHECK_SEG(seg);
+    if (bad_table(table) || klen > APC_MAX_KEY || !out)
+        return APC_E_ARG;
+    now = apc_now(now);
+    int rc = wl_enter(seg, 0);
+    if (rc != APC_OK)
+        return rc;
+    apc_off_t *link;
+    apc_slot *s;
+    rc = find_wl(seg, table, key, klen, hash, &link, &s);
+    if (rc == APC_OK) {
+        if (apc_expired(s, now))
+            rc = APC_NOTFOUND;
+        else
+            rec_of(seg, s, now, out);
+    }
+    wl_leave(seg, 0);
+    return rc;
+}
+
+/* Copy out entries (records followed by their keys) in one lock hold.  If
+ * cap is too small, returns APC_E_SMALL with the size needed in buf[0..8). */
+int64_t apc_snapshot(apc_seg *seg, int table, uint64_t now, int flags, char *buf, uint64_t cap)
+{
+    CHECK_SEG(seg);
+    if (bad_table(table) || !buf || cap < 8)
+        return APC_E_ARG;
+    now = apc_now(now);
+    int rc = wl_enter(seg, 0);
+    if (rc != APC_OK)
+        return rc;
+    apc_header *h = seg->hdr;
+    uint64_t used = 0;
+    apc_entry_rec r;
+#define EMIT(s)                                                              \
+    do {                                                                     \
+        uint64_t sz = sizeof r + apc_key_pad((s)->key_len);                  \
+        if (used + sz <= cap) {                                              \
+            rec_of(seg, (s), now, &r);                                       \
+            memcpy(buf + used, &r, sizeof r);                                \
+            memcpy(buf + used + sizeof r, apc_slot_key(s), (s)->key_len);    \
+        }                                                                    \
+        used += sz;                                                          \
+    } while (0)
+    if (flags & APC_SNAP_LIVE) {
+        apc_off_t *b = apc_buckets(seg, table);
+        for (uint64_t i = 0; i < h->geom[table].nslots; i++) {
+            uint64_t wcap = apc_walk_cap(seg);
+            for (apc_off_t off = b[i]; off && --wcap;) {
+                apc_slot *s = apc_slot_at(seg, off);
+                if (!s)
+                    break;
+                EMIT(s);
+                off = s->next_off;
+            }
+        }
+    }
+    if (flags & APC_SNAP_DELETED) {
+        uint64_t wcap = apc_walk_cap(seg);
+        for (apc_off_t off = h->gc_head; off && --wcap;) {
+            apc_slot *s = apc_slot_at(seg, off);
+            if (!s)
+                break;
+            if (s->table == table)
+                EMIT(s);
+            off = s->next_off;
+        }
+    }
+#undef EMIT
+    wl_leave(seg, 0);
+    if (used > cap) {
+        memcpy(buf, &used, sizeof used);
+        return APC_E_SMALL;
+    }
+    return (int64_t)used;
+}
+
+/* ------------------------------------------------------------- repair */
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Is this a plausible slot at the payload of a used block? */
+static int slot_sane(apc_seg *seg, apc_off_t off, int table, uint64_t bucket)
+{
+    if ((off & 15) != 8 || !apc_in_arena(seg, off - 8, APC_BLOCK_MIN))
+        return 0;
+    uint64_t w = *(uint64_t *)APC_PTR(seg, off - 8);
+    uint64_t size = w & ~15ULL;
+    if (!(w & 1) || size < APC_BLOCK_MIN || !apc_in_arena(seg, off - 8, size) ||
+        *(uint64_t *)APC_PTR(seg, off - 8 + size - 8) != w)
+        return 0;
+    apc_slot *s = (apc_slot *)APC_PTR(seg, off);
+    if (s->val_len > size || apc_sma_block_for(apc_slot_need(s->key_len, s->val_len)) > size)
+        return 0;
+    if ((s->pin & APC_PIN_TAGMASK) != APC_PIN_TAG)
+        return 0;
+    if (table >= 0 && (s->table != table || s->hash % seg->hdr->geom[table].nslots != bucket ||
+                       (s->flags & APC_SLOT_GC)))
+        return 0;
+    if (table < 0 && (!(s->flags & APC_SLOT_GC) || s->table >= APC_NTABLES))
+        return 0;
+    return 1;
+}
+
+/* Is off in the sorted bad[] list? */
+static int is_bad(const uint64_t *bad, uint64_t nbad, apc_off_t off)
+{
+    return nbad && bsearch(&off, bad, nbad, sizeof *bad, cmp_u64) != NULL;
+}
+
+/* Walk one chain, truncating it at the first link that fails its checks;
+ * append what it keeps to live[]. */
+static void collect_chain(apc_seg *seg, apc_off_t *link, int table, uint64_t bucket,
+                          const uint64_t *bad, uint64_t nbad, apc_off_t *live, uint64_t *nlive,
+                          uint64_t max)
+{
+    uint64_t cap = apc_walk_cap(seg);
+    while (*link) {
+        apc_off_t off = *link;
+        if (--cap == 0 || *nlive >= max || !slot_sane(seg, off, table, bucket) ||
+            is_bad(bad, nbad, off)) {
+            *link = 0;
+            return;
+        }
+        live[(*nlive)++] = off;
+        link = &((apc_slot *)APC_PTR(seg, off))->next_off;
+    }
+}
+
+/*
+ * REPAIR
+ *
+ * Runs with wlock held, when the previous holder died inside a write
+ * section.  It trusts nothing but what it checks:
+ *   1. walk every chain and the GC list, cutting each at the first slot
+ *      that is not sane (inside the arena, at a used block whose two tags
+ *      agree, big enough for its key and value, in the right bucket);
+ *   2. sort what was reached; where two blocks overlap, mark the later one
+ *      bad and walk again (a cut chain loses its tail: lost entries are
+ *      acceptable, a corrupt chain is not);
+ *   3. rebuild the allocator from the gaps between reachable blocks, which
+ *      reclaims anything the dead writer had allocated but not published;
+ *   4. recount the tables' entries and memory, and even out seq.
+ * Unreachable blocks that a reader still pins are not reclaimed here: they
+ * are put on the GC list, found by walking the arena while its tags hold.
+ */
+int apc_repair_wl(apc_seg *seg, uint64_t now)
+{
+    apc_header *h = seg->hdr;
+    now = apc_now(now);
+    h->repairs++;
+    uint64_t max = apc_walk_cap(seg);
+    apc_off_t *live = malloc(max * sizeof *live);
+    uint64_t *bad = NULL, nbad = 0;
+    if (!live)
+        return APC_E_SYS;
+    uint64_t nlive = 0;
+    for (int pass = 0; pass < 8; pass++) {
+        nlive = 0;
+        for (int t = 0; t < APC_NTABLES; t++) {
+            apc_off_t *b = apc_buckets(seg, t);
+            for (uint64_t i = 0; i < h->geom[t].nslots; i++)
+                collect_chain(seg, &b[i], t, i, bad, nbad, live, &nlive, max);
+        }
+        collect_chain(seg, &h->gc_head, -1, 0, bad, nbad, live, &nlive, max);
+        qsort(live, nlive, sizeof *live, cmp_u64);
+        uint64_t newbad = 0;
+        for (uint64_t i = 1; i < nlive; i++) {
+            apc_off_t prev_end = live[i - 1] - 8 + apc_sma_block_size(seg, live[i - 1]);
+            if (live[i] - 8 < prev_end)
+                newbad++;
+        }
+        if (!newbad)
+            break;
+        uint64_t *nb = realloc(bad, (nbad + newbad) * sizeof *nb);
+        if (!nb)
+            break;
+        bad = nb;
+        for (uint64_t i = 1; i < nlive; i++) {
+            apc_off_t prev_end = live[i - 1] - 8 + apc_sma_block_size(seg, live[i - 1]);
+            if (live[i] - 8 < prev_end)
+                bad[nbad++] = live[i];
+        }
+        qsort(bad, nbad, sizeof *bad, cmp_u64);
+    }
+
+    /* Pinned but unreachable slots: keep them, on the GC list. */
+    uint64_t extra = 0;
+    apc_off_t b = seg->arena_off;
+    while (b < seg->arena_end && nlive + extra < max) {
+        uint64_t w = *(uint64_t *)APC_PTR(seg, b);
+        uint64_t size = w & ~15ULL;
+        if (size < APC_BLOCK_MIN || size > seg->arena_end - b ||
+            *(uint64_t *)APC_PTR(seg, b + size - 8) != w)
+            break; /* tags no longer trustworthy from here */
+        apc_off_t off = b + 8;
+        if ((w & 1) && !bsearch(&off, live, nlive, sizeof *live, cmp_u64)) {
+            apc_slot *s = (apc_slot *)APC_PTR(seg, off);
+            uint64_t pw = s->pin;
+            if ((pw & APC_PIN_TAGMASK) == APC_PIN_TAG && (pw & ~APC_PIN_REFS) != APC_PIN_DEAD &&
+                (pw & APC_PIN_REFS) && s->table < APC_NTABLES &&
+                apc_sma_block_for(apc_slot_need(s->key_len, s->val_len)) <= size) {
+                s->flags |= APC_SLOT_GC;
+                s->dtime = now;
+                s->next_off = h->gc_head;
+                h->gc_head = off;
+                live[nlive + extra++] = off;
+            }
+        }
+        b += size;
+    }
+    nlive += extra;
+
+    if (apc_sma_rebuild_wl(seg, live, nlive) != APC_OK) {
+        /* Overlaps survived eight passes: drop every entry. */
+        for (int t = 0; t < APC_NTABLES; t++)
+            memset(apc_buckets(seg, t), 0, h->geom[t].nslots * sizeof(apc_off_t));
+        h->gc_head = 0;
+        apc_sma_init_wl(seg);
+        nlive = 0;
+    }
+
+    /* Recount. */
+    for (int t = 0; t < APC_NTABLES; t++) {
+        h->stats[t].num_entries = 0;
+        h->stats[t].mem_size = 0;
+    }
+    h->gc_count = 0;
+    for (uint64_t i = 0; i < nlive; i++) {
+        apc_slot *s = (apc_slot *)APC_PTR(seg, live[i]);
+        if (s->flags & APC_SLOT_GC) {
+            h->gc_count++;
+        } else {
+            h->stats[s->table].num_entries++;
+            h->stats[s->table].mem_size += apc_sma_block_size(seg, live[i]);
+        }
+    }
+    uint64_t sq = LOADR(&h->seq);
+    if (sq & 1)
+        STORE(&h->seq, sq + 1);
+    free(live);
+    free(bad);
+    return APC_OK;
+}
