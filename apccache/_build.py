@@ -19,7 +19,7 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(os.path.dirname(HERE), "csrc")
-SOURCES = ["segment.c", "lock.c", "sma.c", "table.c", "check.c"]
+SOURCES = ["segment.c", "lock.c", "sma.c", "table.c", "check.c", "xxh3.c"]
 
 
 def _cdef():

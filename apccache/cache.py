@@ -34,8 +34,6 @@ import threading
 import time
 from multiprocessing import resource_tracker, shared_memory
 
-from xxhash import xxh3_64_intdigest as _hash
-
 from . import _bindings as B
 from .errors import CacheFullError, CorruptSegmentError, IncompatibleSegmentError
 from .serializers import PickleSerializer
@@ -372,7 +370,7 @@ class Cache:
             io = self._io()
             buf = io.buf
         c = self._clock
-        r = _fetch(self._seg, table, k, len(k), _hash(k), int(c()) if c else 0, buf, _BUF)
+        r = _fetch(self._seg, table, k, len(k), int(c()) if c else 0, buf, _BUF)
         if r < 0:
             if r == B.NOTFOUND:
                 return default
@@ -402,7 +400,7 @@ class Cache:
         while True:
             cap = max(size, 16)
             buf = ffi.new("char[]", cap)
-            r = lib.apc_fetch(self._seg, table, k, len(k), _hash(k), self._now(), buf, cap)
+            r = lib.apc_fetch(self._seg, table, k, len(k), self._now(), buf, cap)
             if r == B.E_SMALL:
                 size = ffi.cast("uint64_t *", buf)[0]
                 continue
@@ -421,7 +419,7 @@ class Cache:
         else:
             tag, data, ival = self._encode(value)
         c = self._clock
-        rc = _store(self._seg, table, k, len(k), _hash(k), tag, data, len(data), ival, ttl,
+        rc = _store(self._seg, table, k, len(k), tag, data, len(data), ival, ttl,
                     int(c()) if c else 0, flags)
         if rc < 0:
             if rc == B.EXISTS:
@@ -467,7 +465,7 @@ class Cache:
         except AttributeError:
             loc = self._io()
             io = loc.io
-        r = _get(io, k, len(k), _hash(k))
+        r = _get(io, k, len(k))
         if r >= 0 and r & 0xFF == 1:  # bytes, copied into the buffer
             return loc.view[0 : r >> 8]
         if r == -1:
@@ -517,7 +515,7 @@ class Cache:
                 io = self._local.io
             except AttributeError:
                 io = self._io().io
-            rc = _put(io, k, len(k), _hash(k), 1, value, len(value), ttl)
+            rc = _put(io, k, len(k), 1, value, len(value), ttl)
             if rc == 0:
                 return True
             raise self._store_error(k, len(value), rc)
@@ -531,7 +529,7 @@ class Cache:
     def delete(self, key):
         """Remove the entry; False if there was none (or it had expired)."""
         k = _key_bytes(key)
-        rc = lib.apc_delete(self._seg, 0, k, len(k), _hash(k), self._now())
+        rc = lib.apc_delete(self._seg, 0, k, len(k), self._now())
         if rc == B.NOTFOUND:
             return False
         B.check(rc, "delete")
@@ -540,7 +538,7 @@ class Cache:
     def exists(self, key):
         """Is there a live entry?  Counts neither a hit nor a miss."""
         k = _key_bytes(key)
-        rc = lib.apc_exists(self._seg, 0, k, len(k), _hash(k), self._now())
+        rc = lib.apc_exists(self._seg, 0, k, len(k), self._now())
         if rc == B.NOTFOUND:
             return False
         B.check(rc, "exists")
@@ -561,7 +559,7 @@ class Cache:
         except AttributeError:
             io = self._io()
             i64 = io.i64
-        rc = lib.apc_inc(self._seg, 0, k, len(k), _hash(k), step, ttl, self._now(), i64)
+        rc = lib.apc_inc(self._seg, 0, k, len(k), step, ttl, self._now(), i64)
         if rc < 0:
             if rc == B.E_TYPE:
                 raise TypeError(f"cannot inc/dec key {key!r}: its value is not an int")
@@ -586,7 +584,7 @@ class Cache:
         k = _key_bytes(key)
         old = _check_int("old", old)
         new = _check_int("new", new)
-        rc = lib.apc_cas(self._seg, 0, k, len(k), _hash(k), old, new, self._now())
+        rc = lib.apc_cas(self._seg, 0, k, len(k), old, new, self._now())
         if rc == 0:
             return True
         if rc in (B.NOTFOUND, B.MISMATCH, B.E_TYPE):
@@ -613,7 +611,7 @@ class Cache:
         out = ffi.new("int64_t[2]")
         delay = 0.0005
         while True:
-            rc = lib.apc_entry_begin(self._seg, 0, k, len(k), _hash(k), tid, self._now(), out)
+            rc = lib.apc_entry_begin(self._seg, 0, k, len(k), tid, self._now(), out)
             if rc == B.EXISTS:
                 value = self._fetch_key(k, _MISSING)
                 if value is not _MISSING:
@@ -694,7 +692,7 @@ class Cache:
         pairs = [(key, _key_bytes(key)) for key in keys]
         missing = []
         for key, k in pairs:
-            rc = lib.apc_delete(self._seg, 0, k, len(k), _hash(k), self._now())
+            rc = lib.apc_delete(self._seg, 0, k, len(k), self._now())
             if rc == B.NOTFOUND:
                 missing.append(key)
             else:
@@ -814,7 +812,7 @@ class Cache:
         of a live entry, or None.  Not a hit."""
         k = _key_bytes(key)
         r = ffi.new("apc_entry_rec *")
-        rc = lib.apc_key_info(self._seg, 0, k, len(k), _hash(k), self._now(), r)
+        rc = lib.apc_key_info(self._seg, 0, k, len(k), self._now(), r)
         if rc == B.NOTFOUND:
             return None
         B.check(rc, "key_info")

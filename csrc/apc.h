@@ -151,12 +151,12 @@ typedef struct apc_io {
     int32_t pad_;
 } apc_io;
 
-int64_t apc_get(apc_io *io, const char *key, uint32_t klen, uint64_t hash);
-int apc_put(apc_io *io, const char *key, uint32_t klen, uint64_t hash, int type,
+int64_t apc_get(apc_io *io, const char *key, uint32_t klen);
+int apc_put(apc_io *io, const char *key, uint32_t klen, int type,
             const char *val, uint64_t vlen, uint64_t ttl);
-int apc_put_int(apc_io *io, const char *key, uint32_t klen, uint64_t hash, int64_t ival,
+int apc_put_int(apc_io *io, const char *key, uint32_t klen, int64_t ival,
                 uint64_t ttl, int flags);
-int apc_incr(apc_io *io, const char *key, uint32_t klen, uint64_t hash, int64_t step,
+int apc_incr(apc_io *io, const char *key, uint32_t klen, int64_t step,
              uint64_t ttl);
 
 const char *apc_strerror(int rc);
@@ -171,26 +171,19 @@ uint64_t apc_peek_format(void *base, uint64_t mapped_size);
 uint64_t apc_aux_offset(apc_seg *seg);
 uint64_t apc_aux_size(apc_seg *seg);
 
-int64_t apc_fetch(apc_seg *seg, int table, const char *key, uint32_t klen,
-                  uint64_t hash, uint64_t now, char *buf, uint64_t cap);
+int64_t apc_fetch(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now, char *buf, uint64_t cap);
 void apc_unpin(apc_seg *seg, uint64_t rec);
-int apc_exists(apc_seg *seg, int table, const char *key, uint32_t klen,
-               uint64_t hash, uint64_t now);
-int apc_store(apc_seg *seg, int table, const char *key, uint32_t klen,
-              uint64_t hash, int type, const char *val, uint64_t vlen,
+int apc_exists(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now);
+int apc_store(apc_seg *seg, int table, const char *key, uint32_t klen, int type, const char *val, uint64_t vlen,
               int64_t ival, uint64_t ttl, uint64_t now, int flags);
-int apc_delete(apc_seg *seg, int table, const char *key, uint32_t klen,
-               uint64_t hash, uint64_t now);
-int apc_inc(apc_seg *seg, int table, const char *key, uint32_t klen,
-            uint64_t hash, int64_t step, uint64_t ttl, uint64_t now,
+int apc_delete(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now);
+int apc_inc(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t step, uint64_t ttl, uint64_t now,
             int64_t *out);
-int apc_cas(apc_seg *seg, int table, const char *key, uint32_t klen,
-            uint64_t hash, int64_t old, int64_t new_, uint64_t now);
+int apc_cas(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t old, int64_t new_, uint64_t now);
 int apc_clear(apc_seg *seg, int table, uint64_t now);
 int64_t apc_count_live(apc_seg *seg, int table, uint64_t now);
 
-int apc_entry_begin(apc_seg *seg, int table, const char *key, uint32_t klen,
-                    uint64_t hash, uint64_t tid, uint64_t now, int64_t *out);
+int apc_entry_begin(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t tid, uint64_t now, int64_t *out);
 int apc_entry_end(apc_seg *seg, int64_t token, uint64_t tid);
 int apc_entry_takeover(apc_seg *seg, int64_t token, int64_t dead_pid,
                        uint64_t tid, uint64_t now);
@@ -200,12 +193,12 @@ int apc_recover(apc_seg *seg, int64_t pid, uint64_t now);
 int apc_info_get(apc_seg *seg, int table, apc_info *out);
 int apc_sma_info_get(apc_seg *seg, apc_sma_info *out, uint64_t *blocks,
                      uint64_t cap);
-int apc_key_info(apc_seg *seg, int table, const char *key, uint32_t klen,
-                 uint64_t hash, uint64_t now, apc_entry_rec *out);
+int apc_key_info(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now, apc_entry_rec *out);
 int64_t apc_snapshot(apc_seg *seg, int table, uint64_t now, int flags,
                      char *buf, uint64_t cap);
 int64_t apc_check(apc_seg *seg, char *buf, uint64_t cap);
 
+uint64_t apc_xxh3_64(const void *data, size_t len);
 int apc_debug_build(void);
 int apc_fault_arm(const char *name);
 /* CDEF END */

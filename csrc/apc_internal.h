@@ -218,6 +218,8 @@ struct apc_seg {
     uint64_t size;
     apc_off_t arena_off;
     apc_off_t arena_end;
+    apc_table_geom geom[APC_NTABLES]; /* copied at open: a later scribble on the
+                                         header cannot send a walk astray */
     unsigned stripe;
 };
 
@@ -260,14 +262,15 @@ static inline apc_slot *apc_slot_at(const apc_seg *seg, apc_off_t off)
     apc_slot *s = (apc_slot *)APC_PTR(seg, off);
     uint32_t klen = LOADR(&s->key_len);
     uint64_t vlen = LOADR(&s->val_len);
-    if (vlen > seg->arena_end || !apc_in_arena(seg, off, apc_slot_need(klen, vlen)))
+    if (vlen > seg->arena_end || !apc_in_arena(seg, off, apc_slot_need(klen, vlen)) ||
+        s->table >= APC_NTABLES)
         return NULL;
     return s;
 }
 
 static inline apc_off_t *apc_buckets(const apc_seg *seg, int table)
 {
-    return (apc_off_t *)APC_PTR(seg, seg->hdr->geom[table].buckets_off);
+    return (apc_off_t *)APC_PTR(seg, seg->geom[table].buckets_off);
 }
 
 static inline int apc_expired(const apc_slot *s, uint64_t now)

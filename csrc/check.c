@@ -158,7 +158,7 @@ static void check_wl(apc_seg *seg, report *r)
     for (int t = 0; t < APC_NTABLES; t++) {
         uint64_t entries = 0, mem = 0;
         apc_off_t *bk = apc_buckets(seg, t);
-        for (uint64_t i = 0; i < h->geom[t].nslots && r->count < MAX_REPORTED; i++) {
+        for (uint64_t i = 0; i < seg->geom[t].nslots && r->count < MAX_REPORTED; i++) {
             uint64_t wcap = cap;
             for (apc_off_t off = bk[i]; off;) {
                 if (--wcap == 0) {
@@ -174,10 +174,10 @@ static void check_wl(apc_seg *seg, report *r)
                 if (s->table != t)
                     say(r, "slot 0x%llx in table %d says it belongs to table %d",
                         (unsigned long long)off, t, s->table);
-                if (s->hash % h->geom[t].nslots != i)
+                if (s->hash % seg->geom[t].nslots != i)
                     say(r, "slot 0x%llx in bucket %llu of table %d hashes to bucket %llu",
                         (unsigned long long)off, (unsigned long long)i, t,
-                        (unsigned long long)(s->hash % h->geom[t].nslots));
+                        (unsigned long long)(s->hash % seg->geom[t].nslots));
                 if (s->flags & APC_SLOT_GC)
                     say(r, "slot 0x%llx in table %d is marked deleted", (unsigned long long)off, t);
                 if (apc_sma_block_for(apc_slot_need(s->key_len, s->val_len)) >

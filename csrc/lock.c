@@ -44,6 +44,16 @@ uint64_t apc_now(uint64_t now)
     return (uint64_t)ts.tv_sec;
 }
 
+/* The one place a dead lock holder is dealt with: repair the structure,
+ * then finish the write section it left open. */
+static void repair_dead_owner_wl(apc_seg *seg)
+{
+    apc_repair_wl(seg, 0);
+    uint64_t s = LOADR(&seg->hdr->seq);
+    if (s & 1)
+        STORE(&seg->hdr->seq, s + 1);
+}
+
 int apc_wl_lock(apc_seg *seg)
 {
     int rc = pthread_mutex_lock(&seg->hdr->wlock.m);
@@ -51,7 +61,7 @@ int apc_wl_lock(apc_seg *seg)
         return APC_OK;
     if (rc == EOWNERDEAD) {
         /* The previous holder died inside a write section. */
-        apc_repair_wl(seg, 0);
+        repair_dead_owner_wl(seg);
         if (pthread_mutex_consistent(&seg->hdr->wlock.m) != 0) {
             pthread_mutex_unlock(&seg->hdr->wlock.m);
             return APC_E_LOCK;
@@ -113,7 +123,7 @@ uint64_t apc_seq_read_begin(apc_seg *seg)
                 if (LOADR(&seg->hdr->seq) & 1) {
                     /* We hold the lock and seq is still odd: the section
                      * was never finished.  Repair, which evens seq. */
-                    apc_repair_wl(seg, 0);
+                    repair_dead_owner_wl(seg);
                 }
                 apc_wl_unlock(seg);
             }

@@ -204,6 +204,8 @@ int apc_open(void *base, uint64_t mapped_size, apc_seg **out)
     seg->arena_off = h->arena_off;
     seg->arena_end = h->arena_off + h->arena_size;
     seg->stripe = (unsigned)getpid() % APC_NSTRIPES;
+    for (int t = 0; t < APC_NTABLES; t++)
+        seg->geom[t] = h->geom[t]; /* validated above; never re-read */
     *out = seg;
     return APC_OK;
 }

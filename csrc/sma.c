@@ -47,6 +47,25 @@ typedef struct free_links {
 static inline uint64_t *tag_at(apc_seg *seg, apc_off_t b) { return (uint64_t *)APC_PTR(seg, b); }
 static inline free_links *links_at(apc_seg *seg, apc_off_t b) { return (free_links *)APC_PTR(seg, b + 8); }
 
+/* A free block as found through a list link or a neighbour's tag: aligned,
+ * inside the arena, not in use, both tags agreeing. */
+static int free_block_ok(apc_seg *seg, apc_off_t b)
+{
+    if (!b || (b & 15) || !apc_in_arena(seg, b, APC_BLOCK_MIN))
+        return 0;
+    uint64_t w = *tag_at(seg, b);
+    uint64_t size = BSIZE(w);
+    return !(w & USED) && size >= APC_BLOCK_MIN && apc_in_arena(seg, b, size) &&
+           *tag_at(seg, b + size - 8) == w;
+}
+
+/* The allocator found a bad link or tag: rebuild it from the reachable
+ * entries (the same repair as after a crash). */
+static void corrupt_wl(apc_seg *seg)
+{
+    apc_repair_wl(seg, 0);
+}
+
 static void set_tags(apc_seg *seg, apc_off_t b, uint64_t size, uint64_t used)
 {
     *tag_at(seg, b) = size | used;
@@ -74,11 +93,14 @@ static void list_push(apc_seg *seg, apc_off_t b, uint64_t size)
     h->nfree++;
 }
 
-static void list_remove(apc_seg *seg, apc_off_t b, uint64_t size)
+static int list_remove(apc_seg *seg, apc_off_t b, uint64_t size)
 {
     apc_header *h = seg->hdr;
     unsigned c = apc_class_of(size);
     free_links *l = links_at(seg, b);
+    if ((l->prev && !free_block_ok(seg, l->prev)) || (l->next && !free_block_ok(seg, l->next)) ||
+        (!l->prev && h->free_head[c] != b))
+        return APC_E_CORRUPT;
     if (l->prev)
         links_at(seg, l->prev)->next = l->next;
     else
@@ -89,6 +111,7 @@ static void list_remove(apc_seg *seg, apc_off_t b, uint64_t size)
         h->free_map &= ~(1ULL << c);
     h->free_bytes -= size;
     h->nfree--;
+    return APC_OK;
 }
 
 static void reset_lists(apc_seg *seg)
@@ -118,7 +141,20 @@ void apc_sma_init_wl(apc_seg *seg)
     make_free(seg, seg->arena_off, seg->arena_end - seg->arena_off);
 }
 
+static apc_off_t alloc_wl(apc_seg *seg, uint64_t need);
+
 apc_off_t apc_sma_alloc_wl(apc_seg *seg, uint64_t need)
+{
+    apc_off_t off = alloc_wl(seg, need);
+    if (off == 1) { /* a bad link: rebuild, then try once more */
+        corrupt_wl(seg);
+        off = alloc_wl(seg, need);
+    }
+    return off == 1 ? 0 : off;
+}
+
+/* 0: no fit; 1: a bad link or tag was found; otherwise the payload. */
+static apc_off_t alloc_wl(apc_seg *seg, uint64_t need)
 {
     apc_header *h = seg->hdr;
     uint64_t want = apc_sma_block_for(need);
@@ -132,6 +168,8 @@ apc_off_t apc_sma_alloc_wl(apc_seg *seg, uint64_t need)
      * class, which has no upper bound). */
     unsigned scan = (c == APC_NCLASSES - 1) ? ~0u : 8u;
     for (apc_off_t b = h->free_head[c]; b && scan; b = links_at(seg, b)->next) {
+        if (!free_block_ok(seg, b))
+            return 1;
         uint64_t sz = BSIZE(*tag_at(seg, b));
         if (sz >= want && (!best || sz < best_size)) {
             best = b;
@@ -146,13 +184,17 @@ apc_off_t apc_sma_alloc_wl(apc_seg *seg, uint64_t need)
         if (above) {
             unsigned c2 = (unsigned)__builtin_ctzll(above);
             best = h->free_head[c2];
+            if (!free_block_ok(seg, best))
+                return 1;
             best_size = BSIZE(*tag_at(seg, best));
         }
     }
     if (!best)
         return 0;
 
-    list_remove(seg, best, best_size);
+    if (list_remove(seg, best, best_size) != APC_OK)
+        return 1;
+    APC_FAULT("alloc.mid_split");
     if (best_size - want >= APC_BLOCK_MIN) {
         set_tags(seg, best, want, USED);
         make_free(seg, best + want, best_size - want);
@@ -172,8 +214,14 @@ void apc_sma_free_wl(apc_seg *seg, apc_off_t payload)
 {
     apc_header *h = seg->hdr;
     apc_off_t b = payload - 8;
-    uint64_t size = BSIZE(*tag_at(seg, b));
-    APC_ASSERT(*tag_at(seg, b) & USED);
+    uint64_t w0 = *tag_at(seg, b);
+    uint64_t size = BSIZE(w0);
+    APC_ASSERT(w0 & USED);
+    if (!(w0 & USED) || size < APC_BLOCK_MIN || !apc_in_arena(seg, b, size) ||
+        *tag_at(seg, b + size - 8) != w0) {
+        corrupt_wl(seg); /* the block is unreachable already: the rebuild frees it */
+        return;
+    }
     APC_FAULT("free.before_coalesce");
     h->nused--;
 
@@ -181,15 +229,23 @@ void apc_sma_free_wl(apc_seg *seg, apc_off_t payload)
     if (next < seg->arena_end) {
         uint64_t w = *tag_at(seg, next);
         if (!(w & USED)) {
-            list_remove(seg, next, BSIZE(w));
+            if (!free_block_ok(seg, next) || list_remove(seg, next, BSIZE(w)) != APC_OK) {
+                corrupt_wl(seg);
+                return;
+            }
             size += BSIZE(w);
+            APC_FAULT("free.mid_coalesce");
         }
     }
     if (b > seg->arena_off) {
         uint64_t w = *tag_at(seg, b - 8);
         if (!(w & USED)) {
             apc_off_t prev = b - BSIZE(w);
-            list_remove(seg, prev, BSIZE(w));
+            if (BSIZE(w) > b - seg->arena_off || !free_block_ok(seg, prev) ||
+                list_remove(seg, prev, BSIZE(w)) != APC_OK) {
+                corrupt_wl(seg);
+                return;
+            }
             size += BSIZE(w);
             b = prev;
         }
@@ -206,6 +262,8 @@ uint64_t apc_sma_largest_wl(apc_seg *seg)
     uint64_t best = 0;
     uint64_t cap = h->nfree + 1;
     for (apc_off_t b = h->free_head[c]; b && cap--; b = links_at(seg, b)->next) {
+        if (!free_block_ok(seg, b))
+            break;
         uint64_t sz = BSIZE(*tag_at(seg, b));
         if (sz > best)
             best = sz;
@@ -273,8 +331,10 @@ int apc_sma_compact_wl(apc_seg *seg)
     while (b < seg->arena_end) {
         uint64_t w = *tag_at(seg, b);
         uint64_t size = BSIZE(w);
-        if (size < APC_BLOCK_MIN || size > seg->arena_end - b)
+        if (size < APC_BLOCK_MIN || size > seg->arena_end - b) {
+            corrupt_wl(seg); /* what moved so far is linked; the rest is rebuilt */
             return APC_E_CORRUPT;
+        }
         if (!(w & USED)) {
             b += size;
             continue;
@@ -293,7 +353,14 @@ int apc_sma_compact_wl(apc_seg *seg)
             continue;
         }
         APC_FAULT("compact.before_move");
+#ifdef APC_DEBUG
+        /* The same copy in two halves, to die with the slot half moved. */
+        memmove(APC_PTR(seg, cursor), APC_PTR(seg, b), size / 2);
+        APC_FAULT("compact.mid_move");
+        memmove(APC_PTR(seg, cursor + size / 2), APC_PTR(seg, b + size / 2), size - size / 2);
+#else
         memmove(APC_PTR(seg, cursor), APC_PTR(seg, b), size);
+#endif
         set_tags(seg, cursor, size, USED);
         apc_slot *moved = (apc_slot *)APC_PTR(seg, cursor + 8);
         STORE(&moved->pin, APC_PIN_MAKE(++h->next_version));

@@ -48,6 +48,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 #include "apc_internal.h"
+#include "xxh3.h"
 
 #define RETRY 1
 
@@ -62,7 +63,7 @@ static inline int bad_table(int table) { return table < 0 || table >= APC_NTABLE
 
 static apc_off_t *bucket_of(apc_seg *seg, int table, uint64_t hash)
 {
-    return &apc_buckets(seg, table)[hash % seg->hdr->geom[table].nslots];
+    return &apc_buckets(seg, table)[hash % seg->geom[table].nslots];
 }
 
 /* ------------------------------------------------------------ lock-free */
@@ -170,10 +171,11 @@ static int record_pin(apc_seg *seg, apc_slot *s, uint64_t ident, uint64_t now)
     return -1;
 }
 
-int64_t apc_fetch(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash,
+int64_t apc_fetch(apc_seg *seg, int table, const char *key, uint32_t klen,
                   uint64_t now, char *buf, uint64_t cap)
 {
     CHECK_SEG(seg);
+    uint64_t hash = apc_xxh3_64(key, klen);
     if (bad_table(table) || cap < 16)
         return APC_E_ARG;
     now = apc_now(now);
@@ -236,10 +238,11 @@ void apc_unpin(apc_seg *seg, uint64_t rec)
         unpin((apc_slot *)APC_PTR(seg, off), ident);
 }
 
-int apc_exists(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash,
+int apc_exists(apc_seg *seg, int table, const char *key, uint32_t klen,
                uint64_t now)
 {
     CHECK_SEG(seg);
+    uint64_t hash = apc_xxh3_64(key, klen);
     if (bad_table(table))
         return APC_E_ARG;
     now = apc_now(now);
@@ -410,7 +413,7 @@ static uint64_t sweep_wl(apc_seg *seg, uint64_t now, int (*pred)(apc_seg *, apc_
     uint64_t n = 0;
     for (int t = 0; t < APC_NTABLES; t++) {
         apc_off_t *b = apc_buckets(seg, t);
-        for (uint64_t i = 0; i < seg->hdr->geom[t].nslots; i++) {
+        for (uint64_t i = 0; i < seg->geom[t].nslots; i++) {
             apc_off_t *link = &b[i];
             uint64_t cap = apc_walk_cap(seg);
             while (*link && --cap) {
@@ -499,7 +502,7 @@ static int make_room_wl(apc_seg *seg, uint64_t need, uint64_t now, int table)
     if (c) {
         for (int t = 0; t < APC_NTABLES; t++) {
             apc_off_t *b = apc_buckets(seg, t);
-            for (uint64_t i = 0; i < h->geom[t].nslots; i++) {
+            for (uint64_t i = 0; i < seg->geom[t].nslots; i++) {
                 uint64_t cap = apc_walk_cap(seg);
                 for (apc_off_t off = b[i]; off && --cap && k < n;) {
                     apc_slot *s = apc_slot_at(seg, off);
@@ -614,11 +617,12 @@ static int insert_wl(apc_seg *seg, int table, const char *key, uint32_t klen, ui
     return APC_OK;
 }
 
-int apc_store(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash, int type,
+int apc_store(apc_seg *seg, int table, const char *key, uint32_t klen, int type,
               const char *val, uint64_t vlen, int64_t ival, uint64_t ttl, uint64_t now,
               int flags)
 {
     CHECK_SEG(seg);
+    uint64_t hash = apc_xxh3_64(key, klen);
     if (bad_table(table) || klen > APC_MAX_KEY || type < 0 || type > 255 || (vlen && !val))
         return APC_E_ARG;
     if (type == APC_T_INT)
@@ -646,10 +650,11 @@ int apc_store(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t 
     return rc;
 }
 
-int apc_delete(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash,
+int apc_delete(apc_seg *seg, int table, const char *key, uint32_t klen,
                uint64_t now)
 {
     CHECK_SEG(seg);
+    uint64_t hash = apc_xxh3_64(key, klen);
     if (bad_table(table) || klen > APC_MAX_KEY)
         return APC_E_ARG;
     now = apc_now(now);
@@ -674,10 +679,11 @@ int apc_delete(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t
     return rc;
 }
 
-int apc_inc(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash, int64_t step,
+int apc_inc(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t step,
             uint64_t ttl, uint64_t now, int64_t *out)
 {
     CHECK_SEG(seg);
+    uint64_t hash = apc_xxh3_64(key, klen);
     if (bad_table(table) || klen > APC_MAX_KEY || !out)
         return APC_E_ARG;
     now = apc_now(now);
@@ -711,10 +717,11 @@ int apc_inc(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t ha
     return rc;
 }
 
-int apc_cas(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash, int64_t old,
+int apc_cas(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t old,
             int64_t new_, uint64_t now)
 {
     CHECK_SEG(seg);
+    uint64_t hash = apc_xxh3_64(key, klen);
     if (bad_table(table) || klen > APC_MAX_KEY)
         return APC_E_ARG;
     now = apc_now(now);
@@ -751,7 +758,7 @@ int apc_clear(apc_seg *seg, int table, uint64_t now)
         return rc;
     apc_header *h = seg->hdr;
     apc_off_t *b = apc_buckets(seg, table);
-    for (uint64_t i = 0; i < h->geom[table].nslots; i++) {
+    for (uint64_t i = 0; i < seg->geom[table].nslots; i++) {
         uint64_t cap = apc_walk_cap(seg);
         while (b[i] && --cap) {
             apc_slot *s = apc_slot_at(seg, b[i]);
@@ -760,6 +767,7 @@ int apc_clear(apc_seg *seg, int table, uint64_t now)
                 break;
             }
             remove_wl(seg, &b[i], s, now);
+            APC_FAULT("clear.mid");
         }
     }
     gc_sweep_wl(seg, now);
@@ -787,7 +795,7 @@ int64_t apc_count_live(apc_seg *seg, int table, uint64_t now)
         return rc;
     int64_t n = 0;
     apc_off_t *b = apc_buckets(seg, table);
-    for (uint64_t i = 0; i < seg->hdr->geom[table].nslots; i++) {
+    for (uint64_t i = 0; i < seg->geom[table].nslots; i++) {
         uint64_t cap = apc_walk_cap(seg);
         for (apc_off_t off = b[i]; off && --cap;) {
             apc_slot *s = apc_slot_at(seg, off);
@@ -803,10 +811,11 @@ int64_t apc_count_live(apc_seg *seg, int table, uint64_t now)
 
 /* ------------------------------------------------------------ entry() */
 
-int apc_entry_begin(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash,
+int apc_entry_begin(apc_seg *seg, int table, const char *key, uint32_t klen,
                     uint64_t tid, uint64_t now, int64_t *out)
 {
     CHECK_SEG(seg);
+    uint64_t hash = apc_xxh3_64(key, klen);
     if (bad_table(table) || klen > APC_MAX_KEY || !out)
         return APC_E_ARG;
     now = apc_now(now);
@@ -952,30 +961,30 @@ int apc_recover(apc_seg *seg, int64_t pid, uint64_t now)
 
 /* ------------------------------------------------------- the io hot path */
 
-int64_t apc_get(apc_io *io, const char *key, uint32_t klen, uint64_t hash)
+int64_t apc_get(apc_io *io, const char *key, uint32_t klen)
 {
-    return apc_fetch(io->seg, io->table, key, klen, hash, io->now, io->buf, APC_IO_BUF);
+    return apc_fetch(io->seg, io->table, key, klen, io->now, io->buf, APC_IO_BUF);
 }
 
-int apc_put(apc_io *io, const char *key, uint32_t klen, uint64_t hash, int type,
+int apc_put(apc_io *io, const char *key, uint32_t klen, int type,
             const char *val, uint64_t vlen, uint64_t ttl)
 {
-    return apc_store(io->seg, io->table, key, klen, hash, type, val, vlen, 0, ttl, io->now, 0);
+    return apc_store(io->seg, io->table, key, klen, type, val, vlen, 0, ttl, io->now, 0);
 }
 
-int apc_put_int(apc_io *io, const char *key, uint32_t klen, uint64_t hash, int64_t ival,
+int apc_put_int(apc_io *io, const char *key, uint32_t klen, int64_t ival,
                 uint64_t ttl, int flags)
 {
-    return apc_store(io->seg, io->table, key, klen, hash, APC_T_INT, NULL, 0, ival, ttl, io->now,
+    return apc_store(io->seg, io->table, key, klen, APC_T_INT, NULL, 0, ival, ttl, io->now,
                      flags);
 }
 
 /* inc; the new value goes to the first 8 bytes of io->buf. */
-int apc_incr(apc_io *io, const char *key, uint32_t klen, uint64_t hash, int64_t step,
+int apc_incr(apc_io *io, const char *key, uint32_t klen, int64_t step,
              uint64_t ttl)
 {
     int64_t v = 0;
-    int rc = apc_inc(io->seg, io->table, key, klen, hash, step, ttl, io->now, &v);
+    int rc = apc_inc(io->seg, io->table, key, klen, step, ttl, io->now, &v);
     memcpy(io->buf, &v, sizeof v);
     return rc;
 }
@@ -1015,7 +1024,7 @@ int apc_info_get(apc_seg *seg, int table, apc_info *o)
     o->creator_pid = h->creator_pid;
     o->ttl = h->ttl;
     o->gc_ttl = h->gc_ttl;
-    o->num_slots = h->geom[table].nslots;
+    o->num_slots = seg->geom[table].nslots;
     const apc_table_stats *st = &h->stats[table];
     o->num_entries = LOADR(&st->num_entries);
     o->mem_size = LOADR(&st->mem_size);
@@ -1077,6 +1086,8 @@ int apc_sma_info_get(apc_seg *seg, apc_sma_info *o, uint64_t *blocks, uint64_t c
     for (int c = APC_NCLASSES - 1; c >= 0 && blocks; c--) {
         uint64_t walk_cap = h->nfree + 1;
         for (apc_off_t b = h->free_head[c]; b && k < cap && walk_cap--;) {
+            if ((b & 15) || !apc_in_arena(seg, b, APC_BLOCK_MIN))
+                break;
             uint64_t *tag = (uint64_t *)APC_PTR(seg, b);
             blocks[2 * k] = *tag & ~15ULL;
             blocks[2 * k + 1] = b;
@@ -1088,10 +1099,11 @@ int apc_sma_info_get(apc_seg *seg, apc_sma_info *o, uint64_t *blocks, uint64_t c
     return (int)(k > 0x7fffffff ? 0x7fffffff : k);
 }
 
-int apc_key_info(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash,
+int apc_key_info(apc_seg *seg, int table, const char *key, uint32_t klen,
                  uint64_t now, apc_entry_rec *out)
 {
     CHECK_SEG(seg);
+    uint64_t hash = apc_xxh3_64(key, klen);
     if (bad_table(table) || klen > APC_MAX_KEY || !out)
         return APC_E_ARG;
     now = apc_now(now);
@@ -1137,7 +1149,7 @@ int64_t apc_snapshot(apc_seg *seg, int table, uint64_t now, int flags, char *buf
     } while (0)
     if (flags & APC_SNAP_LIVE) {
         apc_off_t *b = apc_buckets(seg, table);
-        for (uint64_t i = 0; i < h->geom[table].nslots; i++) {
+        for (uint64_t i = 0; i < seg->geom[table].nslots; i++) {
             uint64_t wcap = apc_walk_cap(seg);
             for (apc_off_t off = b[i]; off && --wcap;) {
                 apc_slot *s = apc_slot_at(seg, off);
@@ -1191,7 +1203,7 @@ static int slot_sane(apc_seg *seg, apc_off_t off, int table, uint64_t bucket)
         return 0;
     if ((s->pin & APC_PIN_TAGMASK) != APC_PIN_TAG)
         return 0;
-    if (table >= 0 && (s->table != table || s->hash % seg->hdr->geom[table].nslots != bucket ||
+    if (table >= 0 && (s->table != table || s->hash % seg->geom[table].nslots != bucket ||
                        (s->flags & APC_SLOT_GC)))
         return 0;
     if (table < 0 && (!(s->flags & APC_SLOT_GC) || s->table >= APC_NTABLES))
@@ -1237,7 +1249,10 @@ static void collect_chain(apc_seg *seg, apc_off_t *link, int table, uint64_t buc
  *      acceptable, a corrupt chain is not);
  *   3. rebuild the allocator from the gaps between reachable blocks, which
  *      reclaims anything the dead writer had allocated but not published;
- *   4. recount the tables' entries and memory, and even out seq.
+ *   4. recount the tables' entries and memory.
+ * It leaves seq alone: lock.c evens it out after a dead owner, and the
+ * allocator may call this in the middle of a live write section when it
+ * finds a bad link.
  * Unreachable blocks that a reader still pins are not reclaimed here: they
  * are put on the GC list, found by walking the arena while its tags hold.
  */
@@ -1256,7 +1271,7 @@ int apc_repair_wl(apc_seg *seg, uint64_t now)
         nlive = 0;
         for (int t = 0; t < APC_NTABLES; t++) {
             apc_off_t *b = apc_buckets(seg, t);
-            for (uint64_t i = 0; i < h->geom[t].nslots; i++)
+            for (uint64_t i = 0; i < seg->geom[t].nslots; i++)
                 collect_chain(seg, &b[i], t, i, bad, nbad, live, &nlive, max);
         }
         collect_chain(seg, &h->gc_head, -1, 0, bad, nbad, live, &nlive, max);
@@ -1311,7 +1326,7 @@ int apc_repair_wl(apc_seg *seg, uint64_t now)
     if (apc_sma_rebuild_wl(seg, live, nlive) != APC_OK) {
         /* Overlaps survived eight passes: drop every entry. */
         for (int t = 0; t < APC_NTABLES; t++)
-            memset(apc_buckets(seg, t), 0, h->geom[t].nslots * sizeof(apc_off_t));
+            memset(apc_buckets(seg, t), 0, seg->geom[t].nslots * sizeof(apc_off_t));
         h->gc_head = 0;
         apc_sma_init_wl(seg);
         nlive = 0;
@@ -1328,13 +1343,16 @@ int apc_repair_wl(apc_seg *seg, uint64_t now)
         if (s->flags & APC_SLOT_GC) {
             h->gc_count++;
         } else {
+            /* Retired for a move that never happened: live again. */
+            if ((s->pin & ~APC_PIN_REFS) == APC_PIN_DEAD) {
+                s->pin = APC_PIN_MAKE(h->next_version);
+                if (++h->next_version > 0xFFFFFFFFu)
+                    h->next_version = 1;
+            }
             h->stats[s->table].num_entries++;
             h->stats[s->table].mem_size += apc_sma_block_size(seg, live[i]);
         }
     }
-    uint64_t sq = LOADR(&h->seq);
-    if (sq & 1)
-        STORE(&h->seq, sq + 1);
     free(live);
     free(bad);
     return APC_OK;

@@ -1,0 +1,171 @@
+"""A corrupted or foreign segment gives a clear Python error, never a crash."""
+import os
+import struct
+
+import pytest
+
+import apccache
+from apccache import CorruptSegmentError, IncompatibleSegmentError
+
+from conftest import segment_name
+
+
+def _raw(name, size, data=b""):
+    fd = os.open(f"/dev/shm/{name}", os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        os.pwrite(fd, data, 0)
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def raw_name():
+    name = segment_name("raw")
+    yield name
+    try:
+        os.unlink(f"/dev/shm/{name}")
+    except FileNotFoundError:
+        pass
+
+
+def test_a_foreign_segment_is_refused_by_magic(raw_name):
+    _raw(raw_name, 1 << 20, b"NOTAPC!!" + b"\x01" * 100)
+    with pytest.raises(IncompatibleSegmentError, match="not an apccache segment"):
+        apccache.Cache.attach(raw_name)
+
+
+def test_an_empty_segment_is_refused(raw_name):
+    _raw(raw_name, 0)
+    with pytest.raises((CorruptSegmentError, IncompatibleSegmentError)):
+        apccache.Cache.attach(raw_name)
+
+
+def test_a_never_initialised_segment_is_refused_after_a_short_wait(raw_name):
+    _raw(raw_name, 1 << 20)
+    with pytest.raises(IncompatibleSegmentError, match="never finished"):
+        apccache.Cache.attach(raw_name, timeout=0.1)
+
+
+def test_another_layout_version_is_refused_with_what_to_do(segments):
+    c = segments(size=1 << 20)
+    c.store("k", 1)
+    c._mv[8:12] = struct.pack("<I", 999)
+    with pytest.raises(IncompatibleSegmentError, match="layout version 999.*recreate"):
+        apccache.Cache.attach(c.name)
+
+
+def test_a_truncated_segment_is_refused(segments):
+    c = segments(size=2 << 20)
+    os.truncate(f"/dev/shm/{c.name}", 1 << 20)
+    with pytest.raises(CorruptSegmentError, match="truncated"):
+        apccache.Cache.attach(c.name)
+
+
+def _slot_offsets(c):
+    return [r[9] for r, _ in c._snapshot(0, 1, 0)]
+
+
+def test_a_chain_pointing_outside_the_arena_raises_not_crashes(segments):
+    c = segments(size=1 << 20)
+    c.store("k", b"v")
+    (off,) = _slot_offsets(c)
+    next_off = off + 40  # apc_slot.next_off
+    c._mv[next_off : next_off + 8] = struct.pack("<Q", 1 << 40)
+    with pytest.raises(CorruptSegmentError):
+        for i in range(5000):  # some key lands in the same bucket chain
+            c.fetch(f"other{i}")
+    problems = c.check()
+    assert any("not a used block" in p for p in problems), problems
+
+
+def test_a_chain_cycle_is_capped(segments):
+    c = segments(size=1 << 20, slots=1)  # one bucket: every key in one chain
+    c.store("a", 1)
+    c.store("b", 2)
+    offs = _slot_offsets(c)
+    for off in offs:  # every slot links to the first: a cycle
+        c._mv[off + 40 : off + 48] = struct.pack("<Q", offs[0])
+    with pytest.raises(CorruptSegmentError):
+        c.fetch("missing")
+    assert any("cycle" in p for p in c.check())
+
+
+def test_check_names_a_slot_in_the_wrong_bucket(segments):
+    c = segments(size=1 << 20, slots=7)
+    c.store("k", 1)
+    (off,) = _slot_offsets(c)
+    h = struct.unpack_from("<Q", c._mv, off)[0]
+    c._mv[off : off + 8] = struct.pack("<Q", h + 1)  # hash no longer matches its bucket
+    assert any("hashes to bucket" in p for p in c.check())
+
+
+def test_check_reports_broken_block_tags(segments):
+    c = segments(size=1 << 20)
+    c.store("k", b"v" * 100)
+    (off,) = _slot_offsets(c)
+    c._mv[off - 8 : off] = struct.pack("<Q", 12345 | 1)
+    problems = c.check()
+    assert problems and any("block" in p for p in problems)
+
+
+def test_a_sound_segment_checks_clean(segments):
+    c = segments(size=1 << 20)
+    for i in range(100):
+        c.store(f"k{i}", b"x" * i)
+    for i in range(0, 100, 3):
+        c.delete(f"k{i}")
+    assert c.check() == []
+
+
+FUZZ = r"""
+import os, random, sys, apccache
+from apccache import CacheError
+seed, name = int(sys.argv[1]), sys.argv[2]
+rnd = random.Random(seed)
+c = apccache.Cache.create(name, size=1 << 20, slots=64)
+try:
+    for i in range(300):
+        c.store(f"k{i}", os.urandom(rnd.randrange(0, 3000)))
+    for i in range(0, 300, 3):
+        c.delete(f"k{i}")
+    start = c.sma_info()["block_lists"] and 0
+    mv = c._mv
+    lo = 0 if seed % 4 == 0 else 4096 + 65536  # sometimes the header too
+    for _ in range(rnd.choice([1, 5, 50])):
+        pos = rnd.randrange(lo, len(mv) - 8)
+        mv[pos : pos + 8] = os.urandom(8)
+    outcomes = set()
+    for i in range(400):
+        op = rnd.choice("fsdiakc")
+        k = f"k{rnd.randrange(400)}"
+        try:
+            if op == "f": c.fetch(k)
+            elif op == "s": c.store(k, os.urandom(rnd.randrange(0, 5000)))
+            elif op == "d": c.delete(k)
+            elif op == "i": c.inc("n")
+            elif op == "a": c.add(k, 1)
+            elif op == "k": list(c.keys())
+            elif op == "c": c.check()
+            outcomes.add("ok")
+        except (CacheError, TypeError, OverflowError, ValueError) as e:
+            outcomes.add(type(e).__name__)
+    print(sorted(outcomes))
+finally:
+    c.unlink()
+"""
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_random_corruption_never_crashes_the_process(seed):
+    import subprocess
+    import sys
+
+    name = segment_name("fuzz")
+    try:
+        p = subprocess.run([sys.executable, "-c", FUZZ, str(seed), name], capture_output=True,
+                           text=True, timeout=60)
+    finally:
+        if os.path.exists(f"/dev/shm/{name}"):
+            os.unlink(f"/dev/shm/{name}")
+    assert p.returncode == 0, f"seed {seed}: exit {p.returncode}\n{p.stderr[-2000:]}"
