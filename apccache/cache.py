@@ -602,41 +602,50 @@ class Cache:
         cache method, including entry() for another key (or the same key:
         then it simply runs).  If it raises, nothing is stored and the
         exception propagates."""
-        k = _key_bytes(key)
-        ttl = _check_ttl(ttl)
-        value = self._fetch_key(k, _MISSING)
+        return self._entry(_key_bytes(key), key, generator, _check_ttl(ttl), 0)
+
+    def _entry(self, k, key, generator, ttl, table, max_wait=None):
+        """entry() on any table.  With max_wait, a process that has waited
+        that long for another's generator runs its own (and its result is
+        stored only if the key is still missing)."""
+        value = self._fetch_key(k, _MISSING, table)
         if value is not _MISSING:
             return value
         tid = threading.get_ident()
         out = ffi.new("int64_t[2]")
         delay = 0.0005
+        deadline = None if max_wait is None else time.monotonic() + max_wait
         while True:
-            rc = lib.apc_entry_begin(self._seg, 0, k, len(k), tid, self._now(), out)
+            rc = lib.apc_entry_begin(self._seg, table, k, len(k), tid, self._now(), out)
             if rc == B.EXISTS:
-                value = self._fetch_key(k, _MISSING)
+                value = self._fetch_key(k, _MISSING, table)
                 if value is not _MISSING:
                     return value
                 continue
             if rc == B.BUSY_SELF:
                 value = generator(key)
-                self._store_key(k, value, ttl, 0)
+                self._store_key(k, value, ttl, 0, table)
                 return value
             if rc == B.BUSY:
                 token, holder = out[0], out[1]
                 if token >= 0 and not lib.apc_pid_alive(holder):
                     if lib.apc_entry_takeover(self._seg, token, holder, tid, self._now()) == 0:
-                        return self._generate(k, key, generator, ttl, token, tid)
+                        return self._generate(k, key, generator, ttl, table, token, tid)
                     continue
+                if deadline is not None and time.monotonic() >= deadline:
+                    value = generator(key)
+                    self._store_key(k, value, ttl, lib.APC_ADD, table)
+                    return value
                 time.sleep(delay)
                 delay = min(delay * 2, 0.02)
                 continue
             B.check(rc, "entry")
-            return self._generate(k, key, generator, ttl, out[0], tid)
+            return self._generate(k, key, generator, ttl, table, out[0], tid)
 
-    def _generate(self, k, key, generator, ttl, token, tid):
+    def _generate(self, k, key, generator, ttl, table, token, tid):
         try:
             value = generator(key)
-            self._store_key(k, value, ttl, 0)
+            self._store_key(k, value, ttl, 0, table)
         finally:
             lib.apc_entry_end(self._seg, token, tid)
         return value
@@ -892,3 +901,76 @@ class Cache:
         return self.keys()
 
     get = fetch
+
+    # ------------------------------------------------------------ file cache
+
+    @property
+    def files(self):
+        """The file-key cache (``apccache.files.FileCache``), kept in the
+        segment's second slot table: clear() of the user cache leaves it
+        alone, and info() reports it apart."""
+        fc = self.__dict__.get("_files")
+        if fc is None:
+            from .files import FileCache
+
+            fc = self.__dict__["_files"] = FileCache(self)
+        return fc
+
+    @property
+    def file_table(self):
+        """Bytes-level access to the file cache's slot table (for
+        ``apccache.files``)."""
+        return FileTable(self)
+
+
+class FileTable:
+    """The second slot table of a segment, bytes in and bytes out.
+
+    The same engine, locks and arena as the user cache, but its own buckets,
+    counters and clear(): APC kept compiled files apart from user entries,
+    and so does apccache.  Keys are bytes; values are stored as given
+    (bytes are not serialised)."""
+
+    TABLE = lib.APC_TABLE_FILES
+
+    def __init__(self, cache):
+        self._c = cache
+
+    def get(self, key, default=None):
+        """The bytes stored under key, or default (counts a hit or miss)."""
+        return self._c._fetch_key(key, default, self.TABLE)
+
+    def put(self, key, data, ttl=0):
+        """Store, replacing any entry."""
+        return self._c._store_key(key, data, ttl, 0, self.TABLE)
+
+    def add(self, key, data, ttl=0):
+        """Store only if absent; False if a live entry exists."""
+        return self._c._store_key(key, data, ttl, lib.APC_ADD, self.TABLE)
+
+    def delete(self, key):
+        c = self._c
+        rc = lib.apc_delete(c._seg, self.TABLE, key, len(key), c._now())
+        if rc == B.NOTFOUND:
+            return False
+        B.check(rc, "delete")
+        return True
+
+    def entry(self, key, generator, ttl=0, max_wait=None):
+        """Cache.entry() on this table; see Cache._entry for max_wait."""
+        return self._c._entry(key, key, generator, ttl, self.TABLE, max_wait)
+
+    def clear(self):
+        B.check(lib.apc_clear(self._c._seg, self.TABLE, self._c._now()), "clear")
+
+    def info(self):
+        return self._c._info(self.TABLE)
+
+    def entries(self):
+        """[(record dict, key bytes)] of the live entries."""
+        c = self._c
+        return [(c._entry_dict(r, k), k) for r, k in c._snapshot(self.TABLE, lib.APC_SNAP_LIVE, c._now())
+                if not r[13] & lib.APC_REC_EXPIRED]
+
+    def __len__(self):
+        return B.check(lib.apc_count_live(self._c._seg, self.TABLE, self._c._now()), "len")

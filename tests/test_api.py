@@ -656,3 +656,20 @@ def test_inc_keeps_the_ttl_of_the_entry(ccache, clock):
     assert ccache.inc("n") == 2
     clock.advance(3)
     assert ccache.fetch("n") is None
+
+
+def test_the_file_table_is_apart_from_the_user_cache(cache):
+    ft = cache.file_table
+    assert ft.add(b"file:1", b"code") is True
+    assert ft.add(b"file:1", b"other") is False
+    cache.store(b"file:1", "user value")  # same key, other table
+    assert ft.get(b"file:1") == b"code"
+    cache.clear()
+    assert ft.get(b"file:1") == b"code"
+    assert len(ft) == 1 and len(cache) == 0
+    assert ft.info()["num_entries"] == 1 and cache.info()["num_entries"] == 0
+    assert ft.entry(b"file:2", lambda k: b"made") == b"made"
+    assert [k for _, k in ft.entries()] and ft.delete(b"file:2")
+    ft.clear()
+    assert len(ft) == 0
+    assert cache.check() == []
