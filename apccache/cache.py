@@ -453,9 +453,7 @@ class Cache:
         misses.  Counts a hit or a miss.  Never blocks on writers."""
         if type(key) is str:
             k = key.encode()
-            if len(k) > 65535:
-                k = _key_bytes(key)
-        elif type(key) is bytes and len(key) <= 65535:
+        elif type(key) is bytes:
             k = key
         else:
             k = _key_bytes(key)
@@ -474,6 +472,8 @@ class Cache:
 
     def _fetch_slow(self, k, default, r):
         if r < 0:
+            if r == lib.APC_E_ARG:
+                _key_bytes(k)  # raises the error that says what is wrong
             if r == B.E_SMALL:
                 return self._fetch_unbuffered(k, default, 0, self._local.u64[0])
             raise B.error(r, "fetch")

@@ -175,9 +175,9 @@ int64_t apc_fetch(apc_seg *seg, int table, const char *key, uint32_t klen,
                   uint64_t now, char *buf, uint64_t cap)
 {
     CHECK_SEG(seg);
-    uint64_t hash = apc_xxh3_64(key, klen);
-    if (bad_table(table) || cap < 16)
+    if (bad_table(table) || cap < 16 || klen > APC_MAX_KEY)
         return APC_E_ARG;
+    uint64_t hash = apc_xxh3_64(key, klen);
     now = apc_now(now);
     apc_slot *s;
     uint64_t ident;
@@ -242,9 +242,9 @@ int apc_exists(apc_seg *seg, int table, const char *key, uint32_t klen,
                uint64_t now)
 {
     CHECK_SEG(seg);
-    uint64_t hash = apc_xxh3_64(key, klen);
-    if (bad_table(table))
+    if (bad_table(table) || klen > APC_MAX_KEY)
         return APC_E_ARG;
+    uint64_t hash = apc_xxh3_64(key, klen);
     now = apc_now(now);
     for (;;) {
         uint64_t sq = apc_seq_read_begin(seg);
@@ -622,8 +622,10 @@ int apc_store(apc_seg *seg, int table, const char *key, uint32_t klen, int type,
               int flags)
 {
     CHECK_SEG(seg);
+    if (klen > APC_MAX_KEY)
+        return APC_E_ARG;
     uint64_t hash = apc_xxh3_64(key, klen);
-    if (bad_table(table) || klen > APC_MAX_KEY || type < 0 || type > 255 || (vlen && !val))
+    if (bad_table(table) || type < 0 || type > 255 || (vlen && !val))
         return APC_E_ARG;
     if (type == APC_T_INT)
         vlen = 0;
@@ -654,8 +656,10 @@ int apc_delete(apc_seg *seg, int table, const char *key, uint32_t klen,
                uint64_t now)
 {
     CHECK_SEG(seg);
+    if (klen > APC_MAX_KEY)
+        return APC_E_ARG;
     uint64_t hash = apc_xxh3_64(key, klen);
-    if (bad_table(table) || klen > APC_MAX_KEY)
+    if (bad_table(table))
         return APC_E_ARG;
     now = apc_now(now);
     int rc = wl_enter(seg, 1);
@@ -683,8 +687,10 @@ int apc_inc(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t ste
             uint64_t ttl, uint64_t now, int64_t *out)
 {
     CHECK_SEG(seg);
+    if (klen > APC_MAX_KEY)
+        return APC_E_ARG;
     uint64_t hash = apc_xxh3_64(key, klen);
-    if (bad_table(table) || klen > APC_MAX_KEY || !out)
+    if (bad_table(table) || !out)
         return APC_E_ARG;
     now = apc_now(now);
     int rc = wl_enter(seg, 0);
@@ -721,8 +727,10 @@ int apc_cas(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t old
             int64_t new_, uint64_t now)
 {
     CHECK_SEG(seg);
+    if (klen > APC_MAX_KEY)
+        return APC_E_ARG;
     uint64_t hash = apc_xxh3_64(key, klen);
-    if (bad_table(table) || klen > APC_MAX_KEY)
+    if (bad_table(table))
         return APC_E_ARG;
     now = apc_now(now);
     int rc = wl_enter(seg, 0);
@@ -815,8 +823,10 @@ int apc_entry_begin(apc_seg *seg, int table, const char *key, uint32_t klen,
                     uint64_t tid, uint64_t now, int64_t *out)
 {
     CHECK_SEG(seg);
+    if (klen > APC_MAX_KEY)
+        return APC_E_ARG;
     uint64_t hash = apc_xxh3_64(key, klen);
-    if (bad_table(table) || klen > APC_MAX_KEY || !out)
+    if (bad_table(table) || !out)
         return APC_E_ARG;
     now = apc_now(now);
     int rc = wl_enter(seg, 0);
@@ -1103,8 +1113,10 @@ int apc_key_info(apc_seg *seg, int table, const char *key, uint32_t klen,
                  uint64_t now, apc_entry_rec *out)
 {
     CHECK_SEG(seg);
+    if (klen > APC_MAX_KEY)
+        return APC_E_ARG;
     uint64_t hash = apc_xxh3_64(key, klen);
-    if (bad_table(table) || klen > APC_MAX_KEY || !out)
+    if (bad_table(table) || !out)
         return APC_E_ARG;
     now = apc_now(now);
     int rc = wl_enter(seg, 0);
