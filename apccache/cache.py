@@ -54,6 +54,7 @@ _get = lib.apc_get
 _put = lib.apc_put
 _unpin = lib.apc_unpin
 _unpack = ffi.unpack
+_ident = threading.get_ident
 
 
 def _untrack(shm):
@@ -115,6 +116,20 @@ def _key_out(k):
         return k
 
 
+class _IO:
+    """A thread's call block and the views on it."""
+
+    __slots__ = ("io", "buf", "view", "i64", "u64")
+
+    def __init__(self, seg):
+        self.io = io = ffi.new("apc_io *")
+        io.seg = seg
+        self.buf = io.buf
+        self.view = ffi.buffer(io, _BUF)
+        self.i64 = ffi.cast("int64_t *", io)
+        self.u64 = ffi.cast("uint64_t *", io)
+
+
 class Cache:
     """A handle on a shared-memory cache segment.  See the module docstring."""
 
@@ -124,7 +139,7 @@ class Cache:
         self._mv = shm.buf
         self._ser = serializer or PickleSerializer()
         self._clock = clock
-        self._local = threading.local()
+        self._ios = {}  # thread ident -> _IO
         self._owner = owner
         self.name = shm.name.lstrip("/")
         if clock is not None:
@@ -135,10 +150,7 @@ class Cache:
 
     def _clocked(self, method):
         def call(*args, **kwargs):
-            try:
-                io = self._local.io
-            except AttributeError:
-                io = self._io().io
+            io = self._io().io
             io.now = int(self._clock())
             return method(*args, **kwargs)
 
@@ -263,7 +275,7 @@ class Cache:
         if seg != ffi.NULL:
             lib.apc_close(seg)
         self._mv = None
-        self._local = threading.local()
+        self._ios = {}
         try:
             self._shm.close()
         except BufferError:
@@ -311,15 +323,13 @@ class Cache:
     def _io(self):
         """This thread's call block (the GIL is released during C calls, so
         threads must not share one)."""
-        loc = self._local
-        io = ffi.new("apc_io *")
-        io.seg = self._seg
-        loc.io = io
-        loc.buf = io.buf
-        loc.view = ffi.buffer(io, _BUF)
-        loc.i64 = ffi.cast("int64_t *", io)
-        loc.u64 = ffi.cast("uint64_t *", io)
-        return loc
+        ios = self._ios
+        t = ios.get(_ident())
+        if t is None:
+            if len(ios) > 256:  # threads come and go: forget the old ones
+                ios.clear()
+            t = ios[_ident()] = _IO(self._seg)
+        return t
 
     def _now(self):
         c = self._clock
@@ -363,12 +373,8 @@ class Cache:
 
     def _fetch_key(self, k, default, table=0):
         """fetch for already-validated key bytes."""
-        try:
-            io = self._local
-            buf = io.buf
-        except AttributeError:
-            io = self._io()
-            buf = io.buf
+        io = self._io()
+        buf = io.buf
         c = self._clock
         r = _fetch(self._seg, table, k, len(k), int(c()) if c else 0, buf, _BUF)
         if r < 0:
@@ -458,12 +464,10 @@ class Cache:
         else:
             k = _key_bytes(key)
         try:
-            loc = self._local
-            io = loc.io
-        except AttributeError:
+            loc = self._ios[_ident()]
+        except KeyError:
             loc = self._io()
-            io = loc.io
-        r = _get(io, k, len(k))
+        r = _get(loc.io, k, len(k))
         if r >= 0 and r & 0xFF == 1:  # bytes, copied into the buffer
             return loc.view[0 : r >> 8]
         if r == -1:
@@ -475,9 +479,9 @@ class Cache:
             if r == lib.APC_E_ARG:
                 _key_bytes(k)  # raises the error that says what is wrong
             if r == B.E_SMALL:
-                return self._fetch_unbuffered(k, default, 0, self._local.u64[0])
+                return self._fetch_unbuffered(k, default, 0, self._io().u64[0])
             raise B.error(r, "fetch")
-        io = self._local
+        io = self._io()
         tag = r & 0x7F
         if tag == B.T_INT:
             return io.i64[0]
@@ -512,8 +516,8 @@ class Cache:
             ttl = _check_ttl(ttl)
         if type(value) is bytes:
             try:
-                io = self._local.io
-            except AttributeError:
+                io = self._ios[_ident()].io
+            except KeyError:
                 io = self._io().io
             rc = _put(io, k, len(k), 1, value, len(value), ttl)
             if rc == 0:
@@ -553,12 +557,7 @@ class Cache:
         k = _key_bytes(key)
         step = _check_int("step", step)
         ttl = _check_ttl(ttl)
-        try:
-            io = self._local
-            i64 = io.i64
-        except AttributeError:
-            io = self._io()
-            i64 = io.i64
+        i64 = self._io().i64
         rc = lib.apc_inc(self._seg, 0, k, len(k), step, ttl, self._now(), i64)
         if rc < 0:
             if rc == B.E_TYPE:
