@@ -291,6 +291,7 @@ static inline unsigned apc_class_of(uint64_t size)
 }
 
 uint64_t apc_now(uint64_t now);
+int64_t apc_pid(void);
 uint64_t apc_walk_cap(const apc_seg *seg);
 
 /* lock.c */

@@ -54,6 +54,25 @@ static void repair_dead_owner_wl(apc_seg *seg)
         STORE(&seg->hdr->seq, s + 1);
 }
 
+/* getpid() is a system call; the hot paths that record who holds a pin
+ * ask this instead.  A fork handler keeps it right in children. */
+static int64_t cached_pid;
+static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
+
+static void pid_after_fork(void) { cached_pid = (int64_t)getpid(); }
+
+static void pid_init(void)
+{
+    cached_pid = (int64_t)getpid();
+    pthread_atfork(NULL, NULL, pid_after_fork);
+}
+
+int64_t apc_pid(void)
+{
+    pthread_once(&pid_once, pid_init);
+    return cached_pid;
+}
+
 int apc_wl_lock(apc_seg *seg)
 {
     int rc = pthread_mutex_lock(&seg->hdr->wlock.m);

@@ -157,7 +157,7 @@ static inline void count_miss(apc_seg *seg, int table)
 static int record_pin(apc_seg *seg, apc_slot *s, uint64_t ident, uint64_t now)
 {
     apc_header *h = seg->hdr;
-    int64_t pid = (int64_t)getpid();
+    int64_t pid = apc_pid();
     for (int i = 0; i < APC_NPINS; i++) {
         int64_t expect = 0;
         if (LOADR(&h->pins[i].pid) == 0 && CAS(&h->pins[i].pid, &expect, -pid)) {
@@ -227,7 +227,7 @@ void apc_unpin(apc_seg *seg, uint64_t rec)
     if (rec >= APC_NPINS)
         return;
     apc_pin_rec *r = &seg->hdr->pins[rec];
-    if (LOAD(&r->pid) != (int64_t)getpid())
+    if (LOAD(&r->pid) != apc_pid())
         return;
     apc_off_t off = r->slot_off;
     uint64_t ident = r->pinword;
@@ -842,7 +842,7 @@ int apc_entry_begin(apc_seg *seg, int table, const char *key, uint32_t klen,
     }
     if (rc == APC_E_CORRUPT)
         goto out;
-    int64_t pid = (int64_t)getpid();
+    int64_t pid = apc_pid();
     int free_i = -1;
     for (int i = 0; i < APC_NELOCKS; i++) {
         apc_elock *e = &h->elocks[i];
@@ -883,7 +883,7 @@ int apc_entry_end(apc_seg *seg, int64_t token, uint64_t tid)
     if (rc != APC_OK)
         return rc;
     apc_elock *e = &seg->hdr->elocks[token];
-    if (e->pid == (int64_t)getpid() && e->tid == tid)
+    if (e->pid == apc_pid() && e->tid == tid)
         e->pid = 0;
     else
         rc = APC_NOTFOUND;
@@ -902,7 +902,7 @@ int apc_entry_takeover(apc_seg *seg, int64_t token, int64_t dead_pid, uint64_t t
         return rc;
     apc_elock *e = &seg->hdr->elocks[token];
     if (e->pid == dead_pid) {
-        e->pid = (int64_t)getpid();
+        e->pid = apc_pid();
         e->tid = tid;
         e->since = now;
     } else {

@@ -198,3 +198,29 @@ def test_a_creator_process_exiting_does_not_unlink_either(tmp_path):
         c.close()
     finally:
         os.unlink(f"/dev/shm/{name}")
+
+
+def _pin_and_die(c, q):
+    from apccache import _bindings as B
+
+    r = B.lib.apc_get(c._io().io, b"large", 5)
+    q.put(bool(r & B.PINNED))
+    q.close()
+    q.join_thread()
+    os._exit(0)  # leave without unpinning
+
+
+def test_a_forked_child_records_its_own_pid_for_its_pins(segments):
+    c = segments(size=1 << 20)
+    c.store("large", b"L" * 50_000)
+    c.fetch("large")  # the parent's engine state exists before the fork
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_pin_and_die, args=(c, q))
+    p.start()
+    assert q.get(timeout=30) is True
+    p.join(30)
+    assert c.info()["pins"] == 1
+    assert c.recover(os.getpid()) == 0  # not the parent's
+    assert c.recover(p.pid) == 1
+    assert c.key_info("large")["refs"] == 0
