@@ -434,6 +434,8 @@ class Cache:
         return True
 
     def _store_error(self, k, n, rc):
+        if rc == lib.APC_E_ARG:
+            _key_bytes(k)  # an oversized key: raises the error that names the limit
         if rc == lib.APC_E_NOMEM or rc == lib.APC_E_TOOBIG:
             return self._full_error(k, n, rc)
         return B.error(rc, "store")
@@ -506,24 +508,29 @@ class Cache:
         the previous value stays."""
         if type(key) is str:
             k = key.encode()
-            if len(k) > 65535:
-                k = _key_bytes(key)
-        elif type(key) is bytes and len(key) <= 65535:
+        elif type(key) is bytes:
             k = key
         else:
             k = _key_bytes(key)
-        if type(ttl) is not int or ttl < 0:
-            ttl = _check_ttl(ttl)
-        if type(value) is bytes:
-            try:
-                io = self._ios[_ident()].io
-            except KeyError:
-                io = self._io().io
-            rc = _put(io, k, len(k), 1, value, len(value), ttl)
-            if rc == 0:
-                return True
-            raise self._store_error(k, len(value), rc)
-        return self._store_key(k, value, ttl, 0)
+        t = type(value)
+        if t is bytes:
+            tag, data = 1, value
+        elif t is str:
+            tag, data = 2, value.encode("utf-8", "surrogatepass")
+        else:
+            return self._store_key(k, value, _check_ttl(ttl), 0)
+        try:
+            io = self._ios[_ident()].io
+        except KeyError:
+            io = self._io().io
+        try:
+            rc = _put(io, k, len(k), tag, data, len(data), ttl)
+        except (TypeError, OverflowError):
+            _check_ttl(ttl)  # says what is wrong with it
+            raise
+        if rc == 0:
+            return True
+        raise self._store_error(k, len(data), rc)
 
     def add(self, key, value, ttl=0):
         """Store only if no live entry exists; True if stored.  Exactly one
