@@ -32,7 +32,7 @@ MAX_KEY = lib.APC_MAX_KEY
 
 # Value type tags.  The engine knows only T_INT (inc, dec and cas work on
 # it); the others are the binding's own.
-T_BYTES = 1
+T_BYTES = 0  # 0, so that fetch tells a plain bytes hit with one test
 T_STR = 2
 T_INT = lib.APC_T_INT
 T_FLOAT = 4

@@ -46,7 +46,6 @@ _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _F64 = struct.Struct("<d")
 _REC = struct.Struct("<10Q4I")  # apc_entry_rec
 
-_NATIVE = {bytes: B.T_BYTES, str: B.T_STR, float: B.T_FLOAT}
 
 _fetch = lib.apc_fetch
 _store = lib.apc_store
@@ -470,7 +469,7 @@ class Cache:
         except KeyError:
             loc = self._io()
         r = _get(loc.io, k, len(k))
-        if r >= 0 and r & 0xFF == 1:  # bytes, copied into the buffer
+        if not r & 0xFF:  # a bytes value, copied into the buffer (errors have low bits set)
             return loc.view[0 : r >> 8]
         if r == -1:
             return default
@@ -514,7 +513,7 @@ class Cache:
             k = _key_bytes(key)
         t = type(value)
         if t is bytes:
-            tag, data = 1, value
+            tag, data = 0, value  # T_BYTES
         elif t is str:
             tag, data = 2, value.encode("utf-8", "surrogatepass")
         else:
