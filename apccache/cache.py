@@ -52,7 +52,6 @@ _store = lib.apc_store
 _get = lib.apc_get
 _put = lib.apc_put
 _unpin = lib.apc_unpin
-_unpack = ffi.unpack
 _ident = threading.get_ident
 
 
@@ -371,14 +370,19 @@ class Cache:
         raise CorruptSegmentError(f"entry has an unknown type tag {tag}")
 
     def _fetch_key(self, k, default, table=0):
-        """fetch for already-validated key bytes."""
+        """fetch for already-validated key bytes, on any table."""
         io = self._io()
-        buf = io.buf
-        c = self._clock
-        r = _fetch(self._seg, table, k, len(k), int(c()) if c else 0, buf, _BUF)
+        r = _fetch(self._seg, table, k, len(k), self._now(), io.buf, _BUF)
+        return self._result(io, r, k, default, table)
+
+    def _result(self, io, r, k, default, table):
+        """The value for what the engine's fetch returned (all but the
+        plain-bytes hit, which fetch() handles inline)."""
         if r < 0:
             if r == B.NOTFOUND:
                 return default
+            if r == lib.APC_E_ARG:
+                _key_bytes(k)  # raises the error that says what is wrong
             if r == B.E_SMALL:
                 return self._fetch_unbuffered(k, default, table, io.u64[0])
             raise B.error(r, "fetch")
@@ -387,16 +391,13 @@ class Cache:
             return io.i64[0]
         n = r >> 8
         if r & B.PINNED:
-            off = io.u64[0]
-            rec = io.u64[1]
+            off, rec = io.u64[0], io.u64[1]
             try:
                 data = bytes(self._mv[off : off + n])
             finally:
                 _unpin(self._seg, rec)
         else:
-            data = _unpack(buf, n)
-        if tag == B.T_BYTES:
-            return data
+            data = io.view[0:n]
         return self._decode(tag, data)
 
     def _fetch_unbuffered(self, k, default, table, size):
@@ -473,30 +474,7 @@ class Cache:
             return loc.view[0 : r >> 8]
         if r == -1:
             return default
-        return self._fetch_slow(k, default, r)
-
-    def _fetch_slow(self, k, default, r):
-        if r < 0:
-            if r == lib.APC_E_ARG:
-                _key_bytes(k)  # raises the error that says what is wrong
-            if r == B.E_SMALL:
-                return self._fetch_unbuffered(k, default, 0, self._io().u64[0])
-            raise B.error(r, "fetch")
-        io = self._io()
-        tag = r & 0x7F
-        if tag == B.T_INT:
-            return io.i64[0]
-        n = r >> 8
-        if r & B.PINNED:
-            off = io.u64[0]
-            rec = io.u64[1]
-            try:
-                data = bytes(self._mv[off : off + n])
-            finally:
-                _unpin(self._seg, rec)
-        else:
-            data = io.view[0:n]
-        return self._decode(tag, data)
+        return self._result(loc, r, k, default, 0)
 
     def store(self, key, value, ttl=0):
         """Store value under key, replacing any entry.  Returns True.
