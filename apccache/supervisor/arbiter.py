@@ -1,0 +1,1056 @@
+"""The master process: owns the cache segment and keeps pools of workers running.
+
+The shape is gunicorn's arbiter.  Signal handlers do nothing but append the
+signal to a queue; ``signal.set_wakeup_fd`` writes a byte to a self-pipe so
+the main loop wakes at once.  The loop is five named steps, each a method::
+
+    while not done:
+        wait_for_wakeup()      # sleep on the self-pipe, at most LOOP_INTERVAL
+        handle_signals()       # act on the queued signals, coalescing bursts
+        reap_workers()         # waitpid every exited worker and report it in words
+        check_deadlines()      # job time limits, start timeouts, stop timeout
+        maintain_workers()     # fork and retire to match the wanted generation
+        publish()              # write pool records and the heartbeat
+
+GENERATIONS
+
+    Every SIGHUP re-reads the config and starts a new generation.  For each
+    worker slot (pool, worker_id) the master forks a process of the new
+    generation next to the old one and retires the old one (SIGTERM: finish the
+    job in flight, then exit) only when the new one reports ready, so the
+    number of ready workers never drops.  A reload that arrives while another
+    is in progress supersedes it: new-generation processes that are not yet
+    ready are stopped, ready ones serve until their own replacement is ready.
+    So a burst of 50 SIGHUPs converges on the last generation.  If a process
+    of the new generation fails before it is ready (an import error, a
+    crash, ``start_timeout``), the reload fails: the new generation is
+    stopped and the old one keeps (or goes back to) serving.
+
+CRASHES
+
+    A worker that dies while the master wanted it running is a crash: it is
+    reported once, with the job it was in as lost, the engine's recovery API
+    releases what the dead pid held in the cache, and the slot restarts after
+    the pool's backoff.  ``max_crashes`` crashes within ``crash_window``
+    seconds mark the pool failed and stop the supervisor with
+    ``ExitCode.POOL_FAILED``.
+
+WHAT IT DOES NOT DO
+
+    It owns no jobs and no sockets: each worker reads its own job source.  It
+    never re-executes itself, so the segment (and everything cached in it)
+    survives every reload.  Changes to ``[cache]`` and ``[init]`` take effect
+    only on a restart.
+"""
+
+import collections
+import dataclasses
+import enum
+import fcntl
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import termios
+import time
+import traceback
+
+from . import config as _config
+from . import policy
+from . import scoreboard as sb
+from . import worker as _worker
+from .errors import ConfigError
+
+__all__ = ["Supervisor", "ExitCode"]
+
+log = logging.getLogger("apccache.supervisor")
+
+#: Seconds the main loop sleeps at most between passes when no signal arrives.
+LOOP_INTERVAL = 0.1
+#: Seconds a pool's rotation token may look lost before the master restores it.
+TOKEN_GRACE = 2.0
+
+
+class ExitCode(enum.IntEnum):
+    """Exit codes of ``apccache supervise``.
+
+    With ``[init] fail_on_error`` the supervisor exits with the init
+    command's own code instead (128 + N when a signal N killed it), so those
+    numbers may also come from the command; the log says which.
+    """
+
+    OK = 0               #: stopped on request (SIGTERM, SIGINT, --duration)
+    ERROR = 1            #: an unexpected error in the supervisor itself
+    USAGE = 2            #: bad command line
+    POOL_FAILED = 3      #: a pool hit max_crashes within crash_window
+    CACHE_ERROR = 4      #: the segment could not be created (in use, no memory, ...)
+    CONFIG_ERROR = 78    #: the configuration is invalid (EX_CONFIG)
+    INIT_TIMEOUT = 124   #: the init command ran past init.timeout (as timeout(1))
+    # A second SIGTERM/SIGINT, or a SIGQUIT, stops at once and exits 128 + that signal's number.
+
+
+_SIGNAMES = {getattr(signal, n): n for n in dir(signal) if n.startswith("SIG") and not n.startswith("SIG_")}
+_SIGNAL_HINTS = {
+    signal.SIGKILL: "; out of memory? (see dmesg) or killed by hand",
+    signal.SIGSEGV: " (segmentation fault)",
+    signal.SIGBUS: " (bus error)",
+    signal.SIGABRT: " (aborted)",
+    signal.SIGFPE: " (arithmetic fault)",
+}
+_HANDLED = (
+    signal.SIGHUP,
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGCHLD,
+)
+
+
+def signame(num):
+    return _SIGNAMES.get(num, f"signal {num}")
+
+
+def _secs(s):
+    s = float(s)
+    return f"{int(s)} s" if s == int(s) else f"{s:.1f} s"
+
+
+@dataclasses.dataclass
+class Proc:
+    """One worker process, as the master tracks it."""
+
+    pid: int
+    pool: str
+    worker_id: int
+    generation: int
+    record: int
+    forked: float
+    ready: float = 0.0               # monotonic time it reported ready, 0 = not yet
+    retiring: str = ""               # why the master asked it to stop, "" = not asked
+    kill: tuple = ()                 # why the master SIGKILLed it: (kind, details...)
+    last: dict = dataclasses.field(default_factory=dict)  # last scoreboard copy
+
+    def label(self):
+        return f"worker {self.worker_id} (pid {self.pid}) of pool {self.pool}"
+
+
+@dataclasses.dataclass
+class Slot:
+    """The history of one (pool, worker_id) across its processes."""
+
+    streak: policy.Streak = dataclasses.field(default_factory=policy.Streak)
+    restarts: int = 0
+    last_exit: str = ""
+    not_before: float = 0.0          # monotonic: backoff after a crash
+    replacing: bool = False          # the next process replaces one that exited
+    token_owed: bool = False         # put the rotation token back when a successor is ready
+
+
+class Pool:
+    """A pool's runtime state in the master."""
+
+    def __init__(self, cfg, index):
+        self.cfg = cfg
+        self.index = index
+        self.desired = cfg.workers
+        self.crashes = policy.CrashWindow(cfg.max_crashes, cfg.crash_window)
+        self.counters = dict.fromkeys(sb.POOL_COUNTERS, 0)
+        self.dead_totals = {"jobs": 0, "job_errors": 0, "time_limits": 0}
+        self.slots = collections.defaultdict(Slot)
+        self.failed = False
+        self.removed = False
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.write(w, b"r")
+        self.token_r, self.token_w = r, w
+        self.token_missing_since = 0.0
+
+    def set_config(self, cfg):
+        self.cfg = cfg
+        self.desired = cfg.workers
+        self.crashes.max_crashes = cfg.max_crashes
+        self.crashes.window = cfg.crash_window
+
+    def close(self):
+        for fd in (self.token_r, self.token_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def token_available(self):
+        buf = bytearray(4)
+        try:
+            fcntl.ioctl(self.token_r, termios.FIONREAD, buf)
+        except OSError:
+            return True
+        return int.from_bytes(buf, sys.byteorder) > 0
+
+    def return_token(self):
+        if not self.token_available():
+            os.write(self.token_w, b"r")
+
+
+@dataclasses.dataclass
+class Reload:
+    generation: int
+    previous_config: object
+    previous_generation: int
+    started: float
+
+
+class Supervisor:
+    """Run the pools of a config until stopped; ``run()`` returns an ExitCode (or int)."""
+
+    def __init__(self, config_path, *, duration=None, keep_cache=None, clock=time.monotonic):
+        self.config_path = os.fspath(config_path)
+        self.duration = duration
+        self.keep_cache = keep_cache
+        self.clock = clock
+        self.config = None
+        self.cache = None
+        self.board = None
+        self.pools = {}
+        self.procs = {}
+        self.generation = 0
+        self.next_generation = 1
+        self.reload = None
+        self.last_reload = 0
+        self.reload_generation = 0
+        self.stopping = False
+        self.stop_deadline = 0.0
+        self.exit_code = ExitCode.OK
+        self.started_wall = time.time()
+        self.started = 0.0
+        self.signals = []
+        self.wake_r = self.wake_w = -1
+        self.pid = os.getpid()
+        self.warned_full = False
+
+    # -- entry point ----------------------------------------------------------
+
+    def run(self):
+        """Start up, supervise until stopped, clean up; return the exit code."""
+        try:
+            self.config = _config.load(self.config_path)
+        except ConfigError as e:
+            log.error("%s", e)
+            return ExitCode.CONFIG_ERROR
+        if self.keep_cache is not None:
+            self.config = dataclasses.replace(
+                self.config, cache=dataclasses.replace(self.config.cache, keep=self.keep_cache))
+        self.install_signals()
+        try:
+            code = self.start_cache()
+            if code is not None:
+                return code
+            try:
+                code = self.run_init()
+                if code is not None:
+                    return code
+                self.start_pools()
+                self.announce()
+                self.main_loop()
+                return self.exit_code
+            finally:
+                self.shutdown()
+        except Exception:
+            log.critical("the supervisor failed:\n%s", traceback.format_exc().rstrip())
+            self.kill_all("the supervisor failed")
+            return ExitCode.ERROR
+        finally:
+            self.restore_signals()
+
+    def main_loop(self):
+        """Run the named steps until the last worker of a stop has exited."""
+        self.started = self.clock()
+        while True:
+            self.wait_for_wakeup()
+            self.handle_signals()
+            self.reap_workers()
+            if self.stopping and not self.procs:
+                break
+            self.check_deadlines()
+            self.maintain_workers()
+            self.publish()
+
+    # -- start-up -------------------------------------------------------------
+
+    def install_signals(self):
+        """Queue signals from handlers and wake the loop through a self-pipe."""
+        self.wake_r, self.wake_w = os.pipe()
+        for fd in (self.wake_r, self.wake_w):
+            os.set_blocking(fd, False)
+            os.set_inheritable(fd, False)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        self._previous_handlers = {}
+        for sig in _HANDLED:
+            self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
+
+    def restore_signals(self):
+        """Put back the handlers run() replaced and close the self-pipe."""
+        try:
+            signal.set_wakeup_fd(-1)
+        except ValueError:
+            pass
+        for sig, handler in getattr(self, "_previous_handlers", {}).items():
+            try:
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+            except (ValueError, TypeError):
+                pass
+        for fd in (self.wake_r, self.wake_w):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.wake_r = self.wake_w = -1
+
+    def _on_signal(self, signum, frame):
+        self.signals.append(signum)
+
+    def start_cache(self):
+        """Create the segment before any fork; return an exit code if that fails."""
+        import apccache
+
+        c = self.config.cache
+        kwargs = {"size": c.size, "slots": c.slots, "ttl": c.ttl, "gc_ttl": c.gc_ttl}
+        try:
+            self.cache = apccache.Cache.create(c.name, **kwargs)
+        except FileExistsError:
+            return self._take_over_existing(apccache, c, kwargs)
+        except Exception as e:
+            log.error("cannot create the cache segment %r (%s): %s", c.name,
+                      _config.format_size(c.size), e)
+            return ExitCode.CACHE_ERROR
+        self.board = sb.Board(self.cache)
+        self.board.initialise(self.pid, self.started_wall)
+        return None
+
+    def _take_over_existing(self, apccache, c, kwargs):
+        try:
+            old = apccache.Cache.attach(c.name)
+        except Exception as e:
+            log.error("the cache segment %r already exists and cannot be attached (%s); remove "
+                      "/dev/shm/%s or choose another [cache] name", c.name, e, c.name)
+            return ExitCode.CACHE_ERROR
+        try:
+            board = sb.Board(old)
+            owner = board.header_master_pid()
+        except Exception:
+            owner = 0
+        if not owner:
+            old.close()
+            log.error("the cache segment %r already exists and no supervisor owns it: another program "
+                      "may be using it; remove /dev/shm/%s or choose another [cache] name", c.name, c.name)
+            return ExitCode.CACHE_ERROR
+        if owner != self.pid and sb._alive(owner):
+            old.close()
+            log.error("the cache segment %r is in use by supervisor pid %d; stop it (kill -TERM %d) or "
+                      "choose another [cache] name", c.name, owner, owner)
+            return ExitCode.CACHE_ERROR
+        if c.keep:
+            log.info("reusing the cache segment %r left by supervisor pid %d, which is no longer running "
+                     "(keep = true)", c.name, owner)
+            self.cache = old
+        else:
+            log.warning("removing the stale cache segment %r left by supervisor pid %d, which is no longer "
+                        "running", c.name, owner)
+            try:
+                old.unlink()
+            finally:
+                old.close()
+            try:
+                self.cache = apccache.Cache.create(c.name, **kwargs)
+            except Exception as e:
+                log.error("cannot create the cache segment %r: %s", c.name, e)
+                return ExitCode.CACHE_ERROR
+        self.board = sb.Board(self.cache)
+        self.board.initialise(self.pid, self.started_wall)
+        return None
+
+    def run_init(self):
+        """Run [init] before anything forks; return an exit code if start-up must stop."""
+        init = self.config.init
+        if init is None:
+            return None
+        cmd = [sys.executable if arg == "{python}" else arg for arg in init.command]
+        env = dict(os.environ, APCCACHE_NAME=self.config.cache.name)
+        # The command imports what the workers import: python_path first, then
+        # the apccache this supervisor runs.
+        import apccache
+
+        paths = list(self.config.supervisor.python_path)
+        paths.append(os.path.dirname(os.path.dirname(os.path.abspath(apccache.__file__))))
+        paths += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        log.info("running the init command %s (timeout %s)", _shell(cmd), _secs(init.timeout))
+        try:
+            proc = subprocess.Popen(cmd, cwd=self.config.base_dir, env=env, start_new_session=True)
+        except OSError as e:
+            return self._init_failed(f"the init command {_shell(cmd)} could not start: {e.strerror or e}", 127)
+        deadline = self.clock() + init.timeout
+        while proc.poll() is None:
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                _killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(1.0)
+                except subprocess.TimeoutExpired:
+                    _killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                return self._init_failed(
+                    f"the init command {_shell(cmd)} did not finish within init.timeout "
+                    f"({_secs(init.timeout)}) and was killed", ExitCode.INIT_TIMEOUT)
+            self.wait_for_wakeup(min(remaining, LOOP_INTERVAL))
+            queued, self.signals = self.signals, []
+            stop = [s for s in queued if s in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)]
+            # Keep the others (SIGHUP, SIGTTIN, ...) for the main loop.
+            self.signals[:0] = [s for s in queued if s != signal.SIGCHLD and s not in stop]
+            if stop:
+                log.info("%s during the init command: stopping it and exiting", signame(stop[0]))
+                _killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(2.0)
+                except subprocess.TimeoutExpired:
+                    _killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                return ExitCode.OK
+        rc = proc.returncode
+        if rc == 0:
+            log.info("the init command succeeded")
+            return None
+        if rc < 0:
+            return self._init_failed(f"the init command {_shell(cmd)} was killed by {signame(-rc)}", 128 - rc)
+        return self._init_failed(f"the init command {_shell(cmd)} exited with code {rc}", rc)
+
+    def _init_failed(self, message, code):
+        if self.config.init.fail_on_error:
+            log.error("%s; start-up stopped (fail_on_error = true), exiting with code %d", message, int(code))
+            return int(code)
+        log.warning("%s; starting the workers anyway (fail_on_error = false)", message)
+        return None
+
+    def start_pools(self):
+        """Create the pools of the config as generation 1 (maintain_workers forks them)."""
+        self.generation = self.next_generation
+        self.next_generation += 1
+        for i, pcfg in enumerate(self.config.pools):
+            self.pools[pcfg.name] = Pool(pcfg, i)
+        self.write_header(state=2)
+
+    def announce(self):
+        """Say what runs and where to watch it."""
+        c = self.config.cache
+        pools = ", ".join(f"{p.name} ({p.workers} worker{'s' if p.workers != 1 else ''})"
+                          for p in self.config.pools)
+        log.info("supervisor pid %d serving cache %r (%s) with pools %s", self.pid, c.name,
+                 _config.format_size(c.size), pools)
+        log.info("watch it with: apccache status %s   (or: apcstat %s)", c.name, c.name)
+        log.info("reload with: kill -HUP %d; stop with Ctrl-C or: kill -TERM %d%s", self.pid, self.pid,
+                 f"; stopping by itself after {_secs(self.duration)}" if self.duration else "")
+
+    # -- the loop's steps -----------------------------------------------------
+
+    def wait_for_wakeup(self, timeout=LOOP_INTERVAL):
+        """Sleep until a signal arrives or *timeout* passes; drain the self-pipe."""
+        if not self.signals:
+            try:
+                select.select([self.wake_r], [], [], timeout)
+            except InterruptedError:
+                pass
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def handle_signals(self):
+        """Act on queued signals; a burst of SIGHUPs makes one reload."""
+        queued, self.signals = self.signals, []
+        if self.duration and not self.stopping and self.clock() - self.started >= self.duration:
+            log.info("ran for %s (--duration): stopping gracefully", _secs(self.duration))
+            self.begin_stop(ExitCode.OK)
+        reload = False
+        for sig in queued:
+            if sig == signal.SIGCHLD:
+                continue
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                if self.stopping:
+                    self.stop_now(sig)
+                else:
+                    log.info("%s: stopping gracefully (a second one stops at once; stop_timeout %s)",
+                             signame(sig), _secs(self.config.supervisor.stop_timeout))
+                    self.begin_stop(ExitCode.OK)
+            elif sig == signal.SIGQUIT:
+                self.stop_now(sig)
+            elif sig == signal.SIGHUP:
+                reload = True
+            elif sig in (signal.SIGTTIN, signal.SIGTTOU):
+                self.resize(+1 if sig == signal.SIGTTIN else -1)
+        if reload and not self.stopping:
+            self.begin_reload()
+
+    def reap_workers(self):
+        """Collect every exited worker, report how it ended, and release what it held."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if pid == 0:
+                return
+            proc = self.procs.pop(pid, None)
+            if proc is None:
+                continue
+            self.worker_exited(proc, status)
+
+    def check_deadlines(self):
+        """SIGKILL jobs past time limit + hard_kill_after, stuck starts, and a stop past stop_timeout."""
+        now = self.clock()
+        if self.stopping and now >= self.stop_deadline:
+            for proc in list(self.procs.values()):
+                if not proc.kill:
+                    self.kill(proc, ("stop_timeout",))
+            return
+        for proc in list(self.procs.values()):
+            if proc.kill:
+                continue
+            rec = self.board.record(proc.record)
+            if rec is None:
+                continue
+            proc.last = rec
+            if not proc.ready:
+                if rec["ready_at"] or rec["state"] in ("idle", "busy"):
+                    proc.ready = now
+                    self.worker_ready(proc)
+                elif now - proc.forked > self.config.supervisor.start_timeout:
+                    self.kill(proc, ("start_timeout", self.config.supervisor.start_timeout))
+                continue
+            if rec["state"] == "busy" and rec["job_deadline"]:
+                pool = self.pools.get(proc.pool)
+                grace = pool.cfg.hard_kill_after if pool else 5.0
+                # The worker publishes its deadline on CLOCK_MONOTONIC, shared by all processes.
+                if time.monotonic() > rec["job_deadline"] + grace:
+                    ran = time.time() - rec["job_started"] if rec["job_started"] else 0.0
+                    self.kill(proc, ("time_limit", rec["time_limit"] or 0.0, rec["job"], ran, grace))
+
+    def maintain_workers(self):
+        """Fork what the wanted generation lacks; retire what it has replaced."""
+        if self.stopping:
+            return
+        now = self.clock()
+        by_slot = collections.defaultdict(list)
+        for proc in self.procs.values():
+            by_slot[(proc.pool, proc.worker_id)].append(proc)
+        complete = True
+        for name, pool in self.pools.items():
+            if pool.removed or pool.failed:
+                continue
+            for wid in range(pool.desired):
+                procs = by_slot.get((name, wid), [])
+                current = [p for p in procs if p.generation == self.generation and not p.retiring]
+                if not current:
+                    complete = False
+                    slot = pool.slots[wid]
+                    if now >= slot.not_before:
+                        self.spawn(pool, wid)
+                    continue
+                ready = [p for p in current if p.ready]
+                if not ready:
+                    complete = False
+                    continue
+                for p in procs:
+                    if p not in current and not p.retiring:
+                        self.retire(p, f"replaced by generation {self.generation}"
+                                    if p.generation != self.generation else "replaced")
+                slot = pool.slots[wid]
+                if slot.token_owed:
+                    slot.token_owed = False
+                    pool.return_token()
+            # Slots beyond the wanted count (SIGTTOU, a smaller reload).
+            for (pname, wid), procs in by_slot.items():
+                if pname == name and wid >= pool.desired:
+                    for p in procs:
+                        if not p.retiring and (self.reload is None or p.generation == self.generation):
+                            self.retire(p, "the pool shrank")
+            for wid, slot in pool.slots.items():
+                if wid >= pool.desired and slot.token_owed:
+                    slot.token_owed = False
+                    pool.return_token()
+            self.check_token(pool, now)
+        if self.reload and complete:
+            self.finish_reload()
+        if self.reload is None:
+            for name, pool in list(self.pools.items()):
+                if pool.removed:
+                    for p in self.procs.values():
+                        if p.pool == name and not p.retiring:
+                            self.retire(p, "its pool was removed by a reload")
+                    if not any(p.pool == name for p in self.procs.values()):
+                        self.board.clear_pool(pool.index)
+                        pool.close()
+                        del self.pools[name]
+
+    def publish(self):
+        """Write the pool records and the header heartbeat."""
+        ready = collections.Counter()
+        live = {name: dict.fromkeys(("jobs", "job_errors", "time_limits"), 0) for name in self.pools}
+        for proc in self.procs.values():
+            rec = proc.last
+            if not rec:
+                continue
+            if proc.ready and rec.get("state") in ("idle", "busy"):
+                ready[proc.pool] += 1
+            if proc.pool in live:
+                for k in live[proc.pool]:
+                    live[proc.pool][k] += rec.get(k, 0)
+        for name, pool in self.pools.items():
+            counters = dict(pool.counters)
+            for k, v in pool.dead_totals.items():
+                counters[k] = v + live[name][k]
+            state = 2 if pool.failed else 3 if pool.removed else 1
+            self.board.write_pool(pool.index, name, state, pool.desired, self.generation, ready[name], counters)
+        self.write_header()
+
+    # -- what the steps do ----------------------------------------------------
+
+    def write_header(self, state=None):
+        if state is None:
+            state = 4 if self.stopping else 3 if self.reload else 2
+        self.board.write_header(self.pid, self.started_wall, self.generation, state, self.last_reload,
+                                self.reload_generation)
+
+    def spawn(self, pool, wid):
+        """Fork one worker of the wanted generation for slot (pool, wid)."""
+        index = self.board.free_record()
+        if index is None:
+            if not self.warned_full:
+                log.warning("the scoreboard has no free record (%d in use); waiting for workers to exit "
+                            "before starting more", sb.WORKER_COUNT)
+                self.warned_full = True
+            return None
+        self.warned_full = False
+        cfg = pool.cfg
+        slot = pool.slots[wid]
+        if slot.replacing:
+            slot.restarts += 1
+            pool.counters["restarts"] += 1
+            slot.replacing = False
+        rotate_at = policy.rotation_point(cfg.max_jobs, cfg.max_jobs_jitter)
+        rotate_cap = policy.rotation_cap(cfg.max_jobs, cfg.max_jobs_jitter)
+        self.board.claim_record(index, pool.index, wid, self.generation, slot.restarts, rotate_at, rotate_cap,
+                                slot.last_exit)
+        keep_fds = {pool.token_r}
+        close_fds = [self.wake_r, self.wake_w]
+        for p in self.pools.values():
+            close_fds.append(p.token_w)
+            if p.token_r not in keep_fds:
+                close_fds.append(p.token_r)
+        spec = {
+            "pool": pool.cfg.name,
+            "worker_id": wid,
+            "generation": self.generation,
+            "record": index,
+            "master_pid": self.pid,
+            "cache": self.cache,
+            "cache_name": self.config.cache.name,
+            "target": cfg.target,
+            "token_fd": pool.token_r if cfg.max_jobs or cfg.memory_limit else None,
+            "rotate_at": rotate_at,
+            "rotate_cap": rotate_cap,
+            "memory_limit": cfg.memory_limit,
+            "job_time_limit": cfg.job_time_limit,
+            "env": cfg.env,
+            "python_path": self.config.supervisor.python_path,
+            "close_fds": close_fds,
+        }
+        sys.stdout.flush()
+        sys.stderr.flush()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED + (signal.SIGALRM,))
+        try:
+            pid = os.fork()
+        except OSError as e:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            self.board.release_record(index)
+            log.error("cannot fork a worker for pool %s: %s; retrying in 1 s", pool.cfg.name, e.strerror)
+            slot.not_before = self.clock() + 1.0
+            return None
+        if pid == 0:
+            code = _worker.EXIT_BOOT_FAILED
+            try:
+                code = _worker.main(spec)
+            except BaseException:
+                try:
+                    traceback.print_exc()
+                except BaseException:
+                    pass
+            finally:
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                except BaseException:
+                    pass
+                os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        self.board.set_pid(index, pid)
+        proc = Proc(pid=pid, pool=pool.cfg.name, worker_id=wid, generation=self.generation, record=index,
+                    forked=self.clock())
+        self.procs[pid] = proc
+        log.debug("started %s, generation %d", proc.label(), self.generation)
+        return proc
+
+    def worker_ready(self, proc):
+        """A process reported ready; say so when it replaces or reloads."""
+        if proc.generation != 1 or proc.last.get("restarts"):
+            log.info("%s is ready (generation %d)", proc.label(), proc.generation)
+
+    def retire(self, proc, why):
+        """Ask *proc* to finish its job and exit (SIGTERM)."""
+        proc.retiring = why
+        self.send(proc, signal.SIGTERM)
+
+    def kill(self, proc, why):
+        """SIGKILL *proc* and remember why, for the exit report."""
+        proc.kill = why
+        if why[0] == "time_limit":
+            _, limit, job, ran, grace = why
+            log.warning("%s: job %r has run %s, past its %s time limit and hard_kill_after (%s); sending "
+                        "SIGKILL", proc.label(), job, _secs(ran), _secs(limit), _secs(grace))
+        self.send(proc, signal.SIGKILL)
+
+    def send(self, proc, sig):
+        try:
+            os.kill(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def worker_exited(self, proc, status):
+        """Report one reaped worker in words, count it, recover its cache state, plan its slot."""
+        now = self.clock()
+        rec = self.board.record(proc.record) or proc.last or {}
+        self.board.release_record(proc.record)
+        pool = self.pools.get(proc.pool)
+        if pool is not None:
+            for k in pool.dead_totals:
+                pool.dead_totals[k] += rec.get(k, 0)
+        self.recover(proc)
+
+        code = os.waitstatus_to_exitcode(status)
+        if code < 0:
+            how = f"was killed by {signame(-code)}"
+        else:
+            how = f"exited with code {code}"
+        jobs = rec.get("jobs", 0)
+        busy = rec.get("state") == "busy"
+        job = rec.get("job")
+        lost = f"; its job {job!r} is lost" if busy else ""
+        intent = rec.get("intent")
+        label = proc.label()
+        slot = pool.slots[proc.worker_id] if pool is not None else Slot()
+        if rec.get("rotating") and pool is not None:
+            slot.token_owed = True
+
+        if proc.kill and proc.kill[0] == "time_limit":
+            _, limit, jobname, ran, grace = proc.kill
+            msg = (f"{label} was killed by SIGKILL after exceeding its {_secs(limit)} job time limit "
+                   f"(job {jobname!r} ran {_secs(ran)}; hard_kill_after {_secs(grace)}); the job is lost")
+            log.error("%s", msg)
+            self._count(pool, "time_limit_kills", "lost_jobs")
+            slot.last_exit = f"killed after exceeding its {_secs(limit)} job time limit"
+            slot.replacing = True
+            slot.not_before = 0.0
+            return
+        if proc.kill and proc.kill[0] == "stop_timeout":
+            msg = (f"{label} was killed by SIGKILL: it did not stop within stop_timeout "
+                   f"({_secs(self.config.supervisor.stop_timeout)}){lost}")
+            log.warning("%s", msg)
+            if busy:
+                self._count(pool, "lost_jobs")
+            return
+        if proc.kill and proc.kill[0] == "now":
+            log.info("%s %s (immediate stop)%s", label, how, lost)
+            return
+        if proc.kill and proc.kill[0] == "start_timeout":
+            msg = f"{label} did not become ready within start_timeout ({_secs(proc.kill[1])}) and was killed"
+            self._crash(pool, slot, proc, msg, now)
+            return
+        # A rotation first: a worker that left on its own before a SIGTERM from
+        # a stop or reload reached it says so in its intent.
+        if code == 0 and intent in ("rotate (max_jobs)", "rotate (memory_limit)"):
+            limit = pool.cfg if pool else None
+            if intent == "rotate (max_jobs)":
+                why = (f"after {jobs} jobs (max_jobs {limit.max_jobs if limit else '?'}, its rotation point "
+                       f"{rec.get('rotate_at')})")
+            else:
+                why = (f"at {_mib(rec.get('memory'))} of private memory (memory_limit "
+                       f"{_mib(limit.memory_limit if limit else 0)}), after {jobs} jobs")
+            log.info("%s rotated %s", label, why)
+            slot.last_exit = f"rotated {why}"
+            slot.streak.clean_exit()
+            self._count(pool, "rotations")
+            slot.replacing = True
+            slot.token_owed = True
+            return
+        if proc.retiring:
+            if code == 0:
+                log.info("%s stopped after %d job%s (%s)", label, jobs, "" if jobs == 1 else "s", proc.retiring)
+            elif code == _worker.EXIT_BOOT_FAILED and not proc.ready:
+                log.info("%s failed to start as well (%s)", label, proc.retiring)
+            else:
+                log.warning("%s %s while stopping (%s)%s", label, how, proc.retiring, lost)
+                if busy:
+                    self._count(pool, "lost_jobs")
+            slot.last_exit = f"stopped after {jobs} jobs ({proc.retiring})"
+            slot.streak.clean_exit()
+            return
+        if code == _worker.EXIT_BOOT_FAILED or not (proc.ready or rec.get("ready_at")):
+            self._crash(pool, slot, proc, f"{label} failed to start: {rec.get('note') or how}", now)
+            return
+        if code == 0 and intent == "stop requested":
+            log.warning("%s stopped on a signal the supervisor did not send; starting another", label)
+            slot.last_exit = "stopped by an outside signal"
+            slot.replacing = True
+            return
+        if code == _worker.EXIT_TARGET_RETURNED:
+            msg = (f"{label} crashed: its target returned although the supervisor did not ask it to stop "
+                   "(loop while ctx.running)")
+        elif code == _worker.EXIT_TARGET_RAISED:
+            where = "inside" if busy else "outside"
+            msg = f"{label} crashed: its target raised {rec.get('note') or 'an exception'} {where} a job{lost}"
+        elif code < 0:
+            msg = f"{label} {how}{_SIGNAL_HINTS.get(-code, '')}{lost}"
+        else:
+            msg = f"{label} crashed: it {how}{lost}"
+        self._crash(pool, slot, proc, msg, now, busy=busy)
+
+    def _count(self, pool, *names):
+        if pool is not None:
+            for n in names:
+                pool.counters[n] += 1
+
+    def _crash(self, pool, slot, proc, msg, now, busy=False):
+        """Count a crash, plan the slot's restart with backoff, and notice a crash loop."""
+        slot.last_exit = msg.split(f"{proc.label()} ", 1)[-1][:72]
+        if pool is None:
+            log.error("%s", msg)
+            return
+        if self.reload and proc.generation == self.generation and not proc.ready:
+            log.error("%s", msg)
+            self.fail_reload(msg)
+            return
+        self._count(pool, "crashes")
+        if busy:
+            self._count(pool, "lost_jobs")
+        uptime = (now - proc.ready) if proc.ready else 0.0
+        n = slot.streak.crashed(uptime)
+        delay = policy.backoff_delay(n, *pool.cfg.restart_backoff)
+        slot.not_before = now + delay
+        slot.replacing = True
+        count = pool.crashes.record(now)
+        if pool.crashes.failed(now):
+            log.error("%s", msg)
+            log.critical("pool %s failed: %d crashes within %s (max_crashes = %d); stopping the supervisor",
+                         pool.cfg.name, count, _secs(pool.cfg.crash_window), pool.cfg.max_crashes)
+            pool.failed = True
+            self.begin_stop(ExitCode.POOL_FAILED)
+            return
+        log.error("%s; restarting it in %.2f s (crash %d in a row, %d within %s)", msg, delay, n, count,
+                  _secs(pool.cfg.crash_window))
+
+    def recover(self, proc):
+        """Release what a dead worker still held in the cache (pins, an entry() in progress)."""
+        try:
+            released = self.cache.recover(proc.pid)
+        except Exception as e:
+            log.error("could not release the cache state of %s: %s", proc.label(), e)
+            return
+        if released:
+            log.warning("released %d cache hold%s left by %s", released, "" if released == 1 else "s",
+                        proc.label())
+
+    def check_token(self, pool, now):
+        """Restore a rotation token whose holder died before it could say it held it."""
+        if pool.token_available() or any(s.token_owed for s in pool.slots.values()):
+            pool.token_missing_since = 0.0
+            return
+        holders = [p for p in self.procs.values() if p.pool == pool.cfg.name and p.last.get("rotating")]
+        if holders:
+            pool.token_missing_since = 0.0
+            return
+        if not pool.token_missing_since:
+            pool.token_missing_since = now
+        elif now - pool.token_missing_since > TOKEN_GRACE:
+            log.warning("pool %s: the rotation token was lost with a worker; restoring it", pool.cfg.name)
+            pool.return_token()
+            pool.token_missing_since = 0.0
+
+    def resize(self, delta):
+        """SIGTTIN / SIGTTOU: one worker more or less in each pool (never fewer than one)."""
+        if self.stopping:
+            return
+        for name, pool in self.pools.items():
+            if pool.removed:
+                continue
+            new = pool.desired + delta
+            if new < 1:
+                log.info("pool %s already runs a single worker; SIGTTOU leaves it at 1", name)
+                continue
+            if delta > 0 and sum(p.desired for p in self.pools.values()) + delta > _config.MAX_WORKERS:
+                log.warning("pool %s: SIGTTIN ignored, the pools would run more than %d workers", name,
+                            _config.MAX_WORKERS)
+                continue
+            pool.desired = new
+            log.info("%s: pool %s now runs %d worker%s", "SIGTTIN" if delta > 0 else "SIGTTOU", name, new,
+                     "" if new == 1 else "s")
+
+    def begin_reload(self):
+        """SIGHUP: re-read the config and start a new generation beside the serving one."""
+        try:
+            new = _config.load(self.config_path)
+        except ConfigError as e:
+            self.last_reload = 2
+            log.error("reload failed: %s; generation %d keeps serving", e, self.generation)
+            return
+        if new.cache != self.config.cache:
+            log.warning("reload: [cache] changed but the segment is kept as it is; restart the supervisor to "
+                        "apply it")
+        new = dataclasses.replace(new, cache=self.config.cache, init=self.config.init)
+        if self.reload is None:
+            self.reload = Reload(generation=0, previous_config=self.config, previous_generation=self.generation,
+                                 started=self.clock())
+        else:
+            superseded = self.generation
+            for p in list(self.procs.values()):
+                if p.generation == superseded and not p.ready and not p.retiring:
+                    self.retire(p, f"generation {superseded} was superseded")
+        self.generation = self.next_generation
+        self.next_generation += 1
+        self.reload.generation = self.generation
+        self.reload_generation = self.generation
+        self.config = new
+        self.apply_pools(new)
+        log.info("SIGHUP: reloading %s as generation %d", self.config_path, self.generation)
+
+    def apply_pools(self, cfg):
+        """Make the pool table match *cfg*: update, add, and mark removed pools."""
+        names = {p.name for p in cfg.pools}
+        used = {p.index for p in self.pools.values()}
+        for pcfg in cfg.pools:
+            pool = self.pools.get(pcfg.name)
+            if pool is None:
+                index = next(i for i in range(sb.POOL_COUNT) if i not in used)
+                used.add(index)
+                self.pools[pcfg.name] = Pool(pcfg, index)
+            else:
+                pool.set_config(pcfg)
+                pool.removed = False
+        for name, pool in self.pools.items():
+            if name not in names:
+                pool.removed = True
+
+    def finish_reload(self):
+        """Every slot of the new generation is ready: the reload succeeded."""
+        log.info("reload complete: generation %d is serving (%d workers)", self.generation,
+                 sum(1 for p in self.procs.values() if p.generation == self.generation and p.ready))
+        self.reload = None
+        self.last_reload = 1
+
+    def fail_reload(self, why):
+        """A process of the new generation failed to start: go back to the previous generation."""
+        r = self.reload
+        failed = self.generation
+        self.reload = None
+        self.last_reload = 2
+        self.config = r.previous_config
+        self.generation = r.previous_generation
+        self.apply_pools(self.config)
+        for p in list(self.procs.values()):
+            if p.generation == failed and not p.retiring:
+                self.retire(p, f"generation {failed} failed to start")
+        log.error("reload to generation %d failed (%s); generation %d keeps serving", failed, why,
+                  self.generation)
+
+    def begin_stop(self, code):
+        """Graceful stop: every worker finishes its job and exits; SIGKILL after stop_timeout."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.exit_code = code
+        self.stop_deadline = self.clock() + self.config.supervisor.stop_timeout
+        self.reload = None
+        for proc in list(self.procs.values()):
+            if not proc.retiring:
+                self.retire(proc, "the supervisor is stopping")
+        self.write_header(state=4)
+
+    def stop_now(self, sig):
+        """A second SIGTERM/SIGINT or a SIGQUIT: SIGKILL every worker and exit."""
+        log.warning("%s: stopping at once, killing %d worker%s", signame(sig), len(self.procs),
+                    "" if len(self.procs) == 1 else "s")
+        if not self.stopping:
+            self.begin_stop(ExitCode.OK)
+        self.exit_code = 128 + sig
+        for proc in list(self.procs.values()):
+            if not proc.kill:
+                proc.kill = ("now",)
+                self.send(proc, signal.SIGKILL)
+
+    def kill_all(self, why):
+        """SIGKILL and reap every worker (the master is going down on an error)."""
+        for proc in list(self.procs.values()):
+            self.send(proc, signal.SIGKILL)
+        for pid in list(self.procs):
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+            self.procs.pop(pid, None)
+
+    def shutdown(self):
+        """Make sure no worker is left, then close (and unless keep, unlink) the segment."""
+        if self.procs:
+            self.kill_all("shutdown")
+        for pool in self.pools.values():
+            pool.close()
+        if self.cache is None:
+            return
+        keep = self.config.cache.keep
+        try:
+            if self.board is not None:
+                self.board.write_header(self.pid, self.started_wall, self.generation,
+                                        6 if self.exit_code == ExitCode.POOL_FAILED else 5,
+                                        self.last_reload, self.reload_generation)
+            if not keep:
+                self.cache.unlink()
+        finally:
+            self.board = None
+            self.cache.close()
+            self.cache = None
+        if keep:
+            log.info("kept the cache segment %r (keep = true)", self.config.cache.name)
+        else:
+            log.info("removed the cache segment %r", self.config.cache.name)
+
+
+def _killpg(pid, sig):
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _shell(cmd):
+    import shlex
+
+    return shlex.join(cmd)
+
+
+def _mib(n):
+    return f"{(n or 0) / (1 << 20):.1f} MiB"
