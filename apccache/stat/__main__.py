@@ -1,0 +1,7 @@
+"""``python -m apccache.stat``: the same as the ``apcstat`` command."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
