@@ -13,6 +13,7 @@ from .errors import (
     IncompatibleSegmentError,
 )
 from .serializers import JSONSerializer, PickleSerializer
+from .supervisor.errors import JobTimeLimitExceeded
 
 __version__ = "0.1.0"
 
@@ -23,6 +24,7 @@ __all__ = [
     "CacheLockError",
     "CorruptSegmentError",
     "IncompatibleSegmentError",
+    "JobTimeLimitExceeded",
     "JSONSerializer",
     "PickleSerializer",
 ]

@@ -755,7 +755,10 @@ class Cache:
 
     def _snapshot(self, table, flags, now):
         """[(record tuple, key bytes)] copied out under one lock hold."""
-        cap = 1 << 16
+        # Sized from the entry count, so that a big cache is not walked twice.
+        i = self._info(table)
+        n = i["num_entries"] + i["gc_entries"]
+        cap = max(1 << 16, (n + 64) * (_REC.size + 48))
         while True:
             buf = ffi.new("char[]", cap)
             r = lib.apc_snapshot(self._seg, table, now, flags, buf, cap)

@@ -9,7 +9,7 @@ import pytest
 import apccache
 from apccache import CacheFullError
 
-from conftest import segment_name
+from apc_support import segment_name
 
 
 # ---------------------------------------------------------------- life cycle

@@ -7,7 +7,7 @@ import pytest
 import apccache
 from apccache import CorruptSegmentError, IncompatibleSegmentError
 
-from conftest import segment_name
+from apc_support import segment_name
 
 
 def _raw(name, size, data=b""):

@@ -125,7 +125,7 @@ def test_the_repair_is_counted_and_seq_is_even_again(segments):
 
 
 def test_a_reader_killed_while_pinning_is_reclaimed_after_gc_ttl(segments):
-    from conftest import FakeClock
+    from apc_support import FakeClock
 
     clock = FakeClock()
     c = segments(size=1 << 20, gc_ttl=60, clock=clock)
