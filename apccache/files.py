@@ -1,0 +1,655 @@
+"""The file-key cache: values derived from a file, shared by every process.
+
+APC had two caches in one segment: the user cache and the system cache of
+compiled files, keyed by the file.  This is the second one.  It lives in the
+segment's own file slot table (``Cache.file_table``), so ``Cache.clear()``
+never drops compiled code and ``Cache.info()`` does not count it::
+
+    code = c.files.compile("app/views.py")         # compiled once for all processes
+    cfg = c.files.load("app.toml", tomllib.loads)  # loader(bytes) -> value, shared
+    c.files.invalidate("app.toml"); c.files.reset(); c.files.info()
+
+KEYS AND MODES
+
+Every key is namespaced by what makes its value valid, so processes that
+disagree on any of it never see each other's entries: for code, the bytecode
+magic number, ``sys.implementation.cache_tag``, the optimisation level and
+the loader kind; for ``load()``, the loader's name and the serializer; for
+both, the mode.  Then the file's identity, which depends on the mode (APC's
+``apc.stat``):
+
+- **stat** (the default): the identity is ``(st_dev, st_ino)`` of the file
+  the path names *now* (``stat`` follows symlinks, so flipping
+  ``current -> releases/N`` reaches another file and another entry).  An
+  entry is valid while ``(st_mtime_ns, st_size, st_ctime_ns)`` match, so an
+  edit in place, even one that keeps size and mtime, is seen by the next
+  lookup.  One ``stat`` per lookup, or none for ``revalidate_s`` seconds
+  after this process last checked the path (OPcache's revalidate_freq).
+- **no-stat**: the identity is the absolute path, resolved through
+  ``search_path`` when it is relative (like APC's include_path; the import
+  hook uses the path ``sys.path`` gave).  A hit makes no system call at all.
+  Nothing notices a change on disk: after a deploy call ``invalidate(path)``
+  or ``reset()``, or restart with a new segment.
+
+WRITES
+
+A value is computed from one read of the file, taken between two ``fstat``
+calls on the open file: if the file changed during the read, or names
+another file than the lookup saw, the value is returned but not stored.  A
+file modified less than ``protect_s`` seconds ago (APC's
+file_update_protection) is not stored either: it may still be being
+written.  Both are counted in ``info()``.
+
+Stores are add-if-absent, made through ``FileTable.entry``: when several
+processes miss the same file at once, one computes it and the others wait
+for that key only, and for at most ``max_wait`` seconds, after which they
+compute it themselves.  No lock is held while anything is computed, so a
+slow or dead process never blocks another.  A full cache never fails a
+lookup: the value is returned unstored and the failure counted.
+
+SECURITY
+
+A code object taken from the segment is run.  ``compile()`` (and the import
+hook in ``apccache.opcode``) refuse a segment that is not owned by the
+current user or that group or others may write: see
+:func:`check_segment_for_code`.  Values of ``load()`` other than bytes and
+str go through the cache's serializer; with the default pickle, whoever can
+write the segment can run code in every process that loads from it (see
+``apccache.serializers``).
+
+>>> import apccache, os
+>>> c = apccache.Cache.create(f"doctest-files-{os.getpid()}", size=1 << 20)
+>>> p = f"/tmp/doctest-files-{os.getpid()}.txt"
+>>> _ = open(p, "w").write("hello")
+>>> c.files.configure(protect_s=0)
+>>> c.files.load(p, bytes.upper)
+b'HELLO'
+>>> c.files.info()["num_entries"]
+1
+>>> c.unlink(); c.close(); os.unlink(p)
+"""
+import importlib.util
+import marshal
+import os
+import stat as _stat
+import struct
+import sys
+import time
+
+from .errors import CacheError, CacheFullError
+
+__all__ = ["FileCache", "UnsafeSegmentError", "check_segment_for_code", "code_namespace", "MODES"]
+
+#: The two key modes, and the spellings accepted for them.
+MODES = ("stat", "no-stat")
+_MODE_ALIASES = {"stat": "stat", "no-stat": "no-stat", "nostat": "no-stat", "no_stat": "no-stat"}
+
+_MISSING = object()
+
+# An entry's value: a fixed header, the path the value was made from, the
+# payload.  The validators are those of the file when it was read.
+#   magic, kind, flags, reserved, mtime_ns, size, ctime_ns, path length
+_HDR = struct.Struct("<4sBBHqqqI")
+_MAGIC = b"APF1"
+_VAL = struct.Struct("<qqq")
+_VAL_AT = slice(8, 8 + _VAL.size)
+_ID = struct.Struct("<QQ")
+
+K_BYTES, K_STR, K_SER, K_CODE = 1, 2, 3, 4
+
+_PYC_MAGIC = importlib.util.MAGIC_NUMBER
+
+
+class UnsafeSegmentError(CacheError, PermissionError):
+    """The segment may have been written by someone else, so code from it
+    is not run: it is not owned by this user, or group/others may write it."""
+
+
+class _NoStore(Exception):
+    """Raised inside an entry() generator: return the value, store nothing."""
+
+
+def normalize_mode(mode):
+    """'stat' or 'no-stat' for any accepted spelling; ValueError otherwise."""
+    m = _MODE_ALIASES.get(mode) if isinstance(mode, str) else None
+    if m is None:
+        raise ValueError(f"mode must be 'stat' or 'no-stat' (got {mode!r})")
+    return m
+
+
+def code_namespace(kind="source", mode="stat"):
+    """The namespace of code entries: what a code object's validity depends
+    on besides the file.  Two processes share code entries only when all of
+    it is equal."""
+    return (
+        f"code|{_PYC_MAGIC.hex()}|{sys.implementation.cache_tag}|"
+        f"O{sys.flags.optimize}|{kind}|{normalize_mode(mode)}"
+    ).encode()
+
+
+def check_segment_for_code(cache):
+    """Raise UnsafeSegmentError unless the segment is owned by the current
+    user and writable by nobody else.
+
+    Code taken from the segment is executed, so anyone who can write the
+    segment could run code in every process using it.  The check looks at
+    the open segment (``fstat`` of its descriptor, else ``/dev/shm/<name>``)."""
+    st = None
+    fd = getattr(getattr(cache, "_shm", None), "_fd", -1)
+    if isinstance(fd, int) and fd >= 0:
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            st = None
+    if st is None:
+        try:
+            st = os.stat(f"/dev/shm/{cache.name}")
+        except OSError as e:
+            raise UnsafeSegmentError(
+                f"cannot check who may write segment {cache.name!r} ({e.strerror}): "
+                "refusing to run code from it"
+            ) from None
+    uid = os.geteuid()
+    if st.st_uid != uid:
+        raise UnsafeSegmentError(
+            f"segment {cache.name!r} is owned by uid {st.st_uid}, not by this user (uid {uid}): "
+            "refusing to run code from it; create the segment as the user that runs the code"
+        )
+    if st.st_mode & (_stat.S_IWGRP | _stat.S_IWOTH):
+        raise UnsafeSegmentError(
+            f"segment {cache.name!r} has mode {_stat.S_IMODE(st.st_mode):04o}, writable by "
+            f"{'group' if st.st_mode & _stat.S_IWGRP else 'others'}: refusing to run code from it; "
+            f"chmod it to 0600 (e.g. chmod 600 /dev/shm/{cache.name})"
+        )
+
+
+def fix_filename(code, path):
+    """code with co_filename set to path in it and every nested code object
+    (tracebacks then name the file that was imported, not the one the entry
+    was compiled from)."""
+    if code.co_filename == path:
+        return code
+    consts = code.co_consts
+    if any(type(c) is type(code) for c in consts):
+        consts = tuple(fix_filename(c, path) if type(c) is type(code) else c for c in consts)
+        return code.replace(co_filename=path, co_consts=consts)
+    return code.replace(co_filename=path)
+
+
+def _same_file(a, b):
+    return (a.st_dev, a.st_ino, a.st_mtime_ns, a.st_size, a.st_ctime_ns) == (
+        b.st_dev, b.st_ino, b.st_mtime_ns, b.st_size, b.st_ctime_ns)
+
+
+def _validators(st):
+    return _VAL.pack(st.st_mtime_ns, st.st_size, st.st_ctime_ns)
+
+
+def _fspath(path):
+    p = os.fspath(path)
+    if isinstance(p, bytes):
+        p = os.fsdecode(p)
+    if not isinstance(p, str):
+        raise TypeError(f"path must be str, bytes or os.PathLike, not {type(path).__name__}")
+    if not p or "\0" in p:
+        raise ValueError(f"invalid path {path!r}")
+    return p
+
+
+class FileCache:
+    """The file-key cache of one segment.  ``Cache.files`` returns the one
+    of its handle; see the module docstring for keys, modes and writes.
+
+    mode: 'stat' (default) or 'no-stat'.  protect_s: files modified less
+    than this many seconds ago are not stored (default 2).  revalidate_s:
+    in stat mode, trust what this process last saw of a path for that many
+    seconds without a stat (default 0: stat every time).  search_path: the
+    directories that resolve a relative path in no-stat mode (default: the
+    current directory).  max_wait: how long a process waits for another
+    that is computing the same file before it computes the value itself
+    (default 0.5 s).
+
+    Counters under 'process' in info() are this process's; the others are
+    the file table's, shared by all processes.
+    """
+
+    def __init__(self, cache, *, mode="stat", protect_s=2, revalidate_s=0, search_path=None, max_wait=0.5):
+        self._cache = cache
+        self._table = cache.file_table
+        self._code_checked = False
+        self._memo = {}  # (path, namespace) -> (key, validators, monotonic time): revalidate_s
+        self._resolved = {}  # (relative path, search path) -> absolute path: no-stat
+        self._stats = dict.fromkeys(
+            ("hits", "misses", "stale", "stored", "skipped_too_new", "skipped_changed",
+             "skipped_full", "skipped_key_too_long", "unreadable_entries", "waited_for_other"), 0)
+        self.mode = "stat"
+        self.protect_s = 2
+        self.revalidate_s = 0
+        self.search_path = None
+        self.max_wait = 0.5
+        self.configure(mode=mode, protect_s=protect_s, revalidate_s=revalidate_s,
+                       search_path=search_path, max_wait=max_wait)
+
+    # ------------------------------------------------------------ settings
+
+    def configure(self, *, mode=None, protect_s=None, revalidate_s=None, search_path=_MISSING, max_wait=None):
+        """Change settings of this handle (other processes keep theirs).
+        Arguments left out stay as they are; search_path=None means the
+        current directory."""
+        if mode is not None:
+            mode = normalize_mode(mode)
+        for name, v in (("protect_s", protect_s), ("revalidate_s", revalidate_s), ("max_wait", max_wait)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0):
+                raise ValueError(f"{name} must be a number of seconds >= 0 (got {v!r})")
+        if search_path is not _MISSING and search_path is not None:
+            if isinstance(search_path, (str, bytes)):
+                raise TypeError("search_path must be a list of directories, not one string")
+            search_path = tuple(_fspath(d) for d in search_path)
+        if mode is not None and mode != self.mode:
+            self._memo.clear()
+            self.mode = mode
+        if protect_s is not None:
+            self.protect_s = protect_s
+        if revalidate_s is not None:
+            self.revalidate_s = revalidate_s
+            self._memo.clear()
+        if search_path is not _MISSING:
+            self.search_path = search_path
+            self._resolved.clear()
+        if max_wait is not None:
+            self.max_wait = max_wait
+
+    # ------------------------------------------------------------ the API
+
+    def compile(self, path):
+        """The code object of the Python source file at path, as
+        ``compile(source, path, 'exec', dont_inherit=True)`` at this
+        interpreter's optimisation level makes it; compiled once for all
+        processes (or taken from a valid ``.pyc``).  co_filename is the
+        absolute path.  SyntaxError propagates and nothing is stored.
+        UnsafeSegmentError if the segment is not safe to run code from."""
+        self.check_code_safe()
+        return self._code(self._abspath(path), None, True)
+
+    def load(self, path, loader, *, kind=None):
+        """``loader(data)`` of the file's bytes, computed once for all
+        processes and returned from the cache while the file is unchanged
+        (stat mode) or until invalidated (no-stat mode).
+
+        Entries are keyed by the loader's name (module and qualified name)
+        unless ``kind`` names them: pass kind for a lambda or a local
+        function, whose names are not unique.  bytes and str values are
+        stored as they are, others with the cache's serializer.  What the
+        loader raises propagates, and nothing is stored."""
+        if not callable(loader):
+            raise TypeError(f"loader must be callable, not {type(loader).__name__}")
+        if kind is None:
+            module = getattr(loader, "__module__", None) or getattr(
+                getattr(loader, "__objclass__", None), "__module__", None)
+            qualname = getattr(loader, "__qualname__", None)
+            name = f"{module}.{qualname}"
+            if module is None or qualname is None or "<" in name:
+                raise ValueError(
+                    f"loader {loader!r} has no unique name ({name}): pass kind='...' to name its entries"
+                )
+            kind = name
+        elif not isinstance(kind, str) or not kind:
+            raise TypeError(f"kind must be a non-empty str (got {kind!r})")
+        ser = self._cache._ser
+        ns = f"load|{kind}|{getattr(ser, 'name', type(ser).__name__)}|{self.mode}".encode()
+        return self._value(self._abspath(path), ns, K_SER, lambda data, p, st: (lambda v: (v, v))(loader(data)))
+
+    def invalidate(self, path):
+        """Drop every entry made from path (code and loaded values, in both
+        modes, all namespaces), for all processes.  Returns how many.  The
+        next lookup reads the file again."""
+        p = _fspath(path)
+        prefixes = []
+        for cand in self._candidates(p):
+            prefixes.append(b"P" + os.fsencode(cand) + b"\0")
+            try:
+                st = os.stat(cand)
+            except OSError:
+                continue
+            prefixes.append(b"S" + _ID.pack(st.st_dev, st.st_ino) + b"\0")
+            for k in [k for k in self._memo if k[0] == cand]:
+                del self._memo[k]
+        if not os.path.isabs(p):
+            prefixes.append(b"R" + os.fsencode(p) + b"\0")
+            for k in [k for k in self._resolved if k[0] == p]:
+                del self._resolved[k]
+        n = 0
+        for _rec, key in self._table.entries():
+            if key.startswith(tuple(prefixes)) and self._table.delete(key):
+                n += 1
+        return n
+
+    def reset(self):
+        """Drop every entry of the file cache, for all processes, and zero
+        its counters (the user cache is not touched)."""
+        self._table.clear()
+        self._memo.clear()
+        self._resolved.clear()
+        for k in self._stats:
+            self._stats[k] = 0
+
+    def info(self, limited=True):
+        """One snapshot: the settings, the file table's shared counters
+        (num_entries, num_hits, num_misses, num_inserts, expunges,
+        evictions, mem_size), and under 'process' this process's counters,
+        including the skips (skipped_too_new: modified within protect_s;
+        skipped_changed: changed during the read; skipped_full: no room).
+        Unless limited, 'entries': one dict per entry with its mode,
+        namespace, identity (path, or dev and ino), hits and size."""
+        t = self._table.info()
+        out = {
+            "mode": self.mode,
+            "protect_s": self.protect_s,
+            "revalidate_s": self.revalidate_s,
+            "search_path": list(self.search_path) if self.search_path is not None else None,
+            "max_wait": self.max_wait,
+            "num_slots": t["num_slots"],
+            "num_entries": t["num_entries"],
+            "num_hits": t["num_hits"],
+            "num_misses": t["num_misses"],
+            "num_inserts": t["num_inserts"],
+            "expunges": t["expunges"],
+            "evictions": t["evictions"],
+            "mem_size": t["mem_size"],
+            "process": dict(self._stats),
+        }
+        if not limited:
+            out["entries"] = [dict(_describe_key(k), hits=r["hits"], mem_size=r["mem_size"],
+                                   creation_time=r["creation_time"]) for r, k in self._table.entries()]
+        return out
+
+    def check_code_safe(self):
+        """UnsafeSegmentError unless code from this segment may be run
+        (checked once per handle; see check_segment_for_code)."""
+        if not self._code_checked:
+            check_segment_for_code(self._cache)
+            self._code_checked = True
+
+    def __repr__(self):
+        return f"<apccache.files.FileCache of {self._cache.name!r} mode={self.mode}>"
+
+    # ------------------------------------------------------------ internals
+
+    def _abspath(self, path):
+        """The absolute path a lookup of path uses (no-stat mode resolves a
+        relative path through search_path: once per process and then from
+        the shared table, so a hit makes no system call)."""
+        p = _fspath(path)
+        if os.path.isabs(p):
+            return os.path.normpath(p)
+        if self.mode == "stat" and self.search_path is None:
+            return os.path.abspath(p)
+        sp = self.search_path or (os.getcwd(),)
+        memo = self._resolved.get((p, sp))
+        if memo is not None:
+            return memo
+        rkey = b"R" + os.fsencode(p) + b"\0" + os.fsencode("\0".join(sp))
+        found = self._table.get(rkey) if self.mode == "no-stat" and len(rkey) <= 65535 else None
+        if found is not None:
+            found = os.fsdecode(found)
+        else:
+            cands = self._candidates(p)
+            found = next((c for c in cands if os.path.isfile(c)), cands[0])
+            if self.mode == "no-stat" and len(rkey) <= 65535 and os.path.isfile(found):
+                try:
+                    self._table.add(rkey, os.fsencode(found))
+                except CacheFullError:
+                    self._stats["skipped_full"] += 1
+        self._resolved[(p, sp)] = found
+        return found
+
+    def _candidates(self, p):
+        if os.path.isabs(p):
+            return [os.path.normpath(p)]
+        sp = self.search_path or (os.getcwd(),)
+        return [os.path.abspath(os.path.join(d, p)) for d in sp]
+
+    def _code(self, path, loader, use_pyc):
+        """The code object for the source file path (absolute), from the
+        cache or made and stored.  On a miss a valid .pyc is used if
+        use_pyc; loader (the import hook's) also writes one after a
+        compile, as the stock loader does."""
+        def make(data, p, st):
+            return self._make_code(data, p, st, loader)
+
+        make.use_pyc = use_pyc
+        if self.mode == "stat":
+            return self._lookup_stat(path, code_namespace("source", "stat"), K_CODE, make)
+        return self._lookup_nostat(path, code_namespace("source", "no-stat"), K_CODE, make)
+
+    def _value(self, path, ns, kind, make):
+        if self.mode == "stat":
+            return self._lookup_stat(path, ns, kind, make)
+        return self._lookup_nostat(path, ns, kind, make)
+
+    # The lookups.  make(file bytes, path, fstat) -> (value, payload) where
+    # payload is what the entry stores (marshal data for code).
+
+    def _lookup_stat(self, path, ns, kind, make):
+        stats = self._stats
+        memo = self._memo.get((path, ns)) if self.revalidate_s else None
+        if memo is not None and time.monotonic() - memo[2] < self.revalidate_s:
+            key, val = memo[0], memo[1]
+            st = None
+        else:
+            st = os.stat(path)
+            key = b"S" + _ID.pack(st.st_dev, st.st_ino) + b"\0" + ns
+            val = _validators(st)
+        blob = self._table.get(key)
+        if blob is not None:
+            if blob[_VAL_AT] == val and blob[:4] == _MAGIC:
+                value = self._decode(blob, path, kind)
+                if value is not _MISSING:
+                    stats["hits"] += 1
+                    if self.revalidate_s and st is not None:
+                        self._memo[path, ns] = (key, val, time.monotonic())
+                    return value
+            stats["stale"] += 1
+            self._table.delete(key)
+        if st is None:  # the trusted memo was stale: look again
+            self._memo.pop((path, ns), None)
+            return self._lookup_stat(path, ns, kind, make)
+        stats["misses"] += 1
+        value = self._fill(key, path, kind, make, st, val)
+        if self.revalidate_s:
+            self._memo[path, ns] = (key, val, time.monotonic())
+        return value
+
+    def _lookup_nostat(self, path, ns, kind, make):
+        key = b"P" + os.fsencode(path) + b"\0" + ns
+        if len(key) > 65535:
+            self._stats["skipped_key_too_long"] += 1
+            value, _payload, _st = self._read_and_make(path, make)
+            return value
+        blob = self._table.get(key)
+        if blob is not None and blob[:4] == _MAGIC:
+            value = self._decode(blob, path, kind)
+            if value is not _MISSING:
+                self._stats["hits"] += 1
+                return value
+            self._table.delete(key)
+        self._stats["misses"] += 1
+        return self._fill(key, path, kind, make, None, None)
+
+    def _fill(self, key, path, kind, make, st, val):
+        """Make the value and store it add-if-absent, through entry(): one
+        process makes it, others wait at most max_wait, then make their own."""
+        box = []
+
+        def generate(_key):
+            value, payload, st1 = self._read_and_make(path, make, st)
+            box.append(value)
+            if payload is None:
+                raise _NoStore
+            return self._encode(kind, payload, path, st1)
+
+        try:
+            blob = self._table.entry(key, generate, 0, self.max_wait)
+        except _NoStore:
+            return box[0]
+        except CacheFullError:
+            if not box:
+                raise
+            self._stats["skipped_full"] += 1
+            return box[0]
+        if box:
+            self._stats["stored"] += 1
+            return box[0]
+        # Another process made it while we waited.
+        self._stats["waited_for_other"] += 1
+        if val is None or blob[_VAL_AT] == val:
+            value = self._decode(blob, path, kind)
+            if value is not _MISSING:
+                return value
+        value, _payload, _st = self._read_and_make(path, make, st)
+        return value
+
+    def _read_and_make(self, path, make, expected=None):
+        """(value, payload or None when it must not be stored, stat).
+
+        The file is read once, between two fstat calls on the open file.
+        For code with a valid .pyc the source is not read: the pyc is,
+        between two stat calls of the source."""
+        if getattr(make, "use_pyc", False):
+            try:
+                st0 = os.stat(path)
+            except OSError:
+                st0 = None
+            data = _read_valid_pyc(path, st0) if st0 is not None else None
+            if data is not None:
+                try:
+                    code = fix_filename(marshal.loads(data), path)
+                except (ValueError, EOFError, TypeError):
+                    code = None
+                if code is not None:
+                    return self._judge(code, data, st0, os.stat(path), expected)
+        with open(path, "rb") as f:
+            st1 = os.fstat(f.fileno())
+            data = f.read()
+            st2 = os.fstat(f.fileno())
+        value, payload = make(data, path, st1)
+        return self._judge(value, payload, st1, st2, expected)
+
+    def _judge(self, value, payload, st1, st2, expected):
+        """Withhold payload (None) if the file changed between st1 and st2,
+        is not the file the lookup saw, or is too new (protect_s)."""
+        if not _same_file(st1, st2) or (
+                expected is not None and (st1.st_dev, st1.st_ino) != (expected.st_dev, expected.st_ino)):
+            self._stats["skipped_changed"] += 1
+            return value, None, st1
+        if self.protect_s and time.time() - st1.st_mtime_ns / 1e9 < self.protect_s:
+            self._stats["skipped_too_new"] += 1
+            return value, None, st1
+        return value, payload, st1
+
+    def _make_code(self, source, path, st, loader):
+        """(code, marshal data) compiled from source read from path; with
+        the import hook's loader, a .pyc is written too, as the stock
+        import system does."""
+        code = compile(source, path, "exec", dont_inherit=True, optimize=-1)
+        data = marshal.dumps(code)
+        if loader is not None and not sys.dont_write_bytecode:
+            _write_pyc(loader, path, st, data)
+        return code, data
+
+    def _encode(self, kind, payload, path, st):
+        p = os.fsencode(path)
+        if kind == K_SER:
+            t = type(payload)
+            if t is bytes:
+                kind = K_BYTES
+            elif t is str:
+                kind, payload = K_STR, payload.encode("utf-8", "surrogatepass")
+            else:
+                payload = self._cache._ser.dumps(payload)
+        return b"".join((_HDR.pack(_MAGIC, kind, 0, 0, st.st_mtime_ns, st.st_size, st.st_ctime_ns, len(p)),
+                         p, payload))
+
+    def _decode(self, blob, path, kind):
+        """The value of an entry, or _MISSING if it cannot be read (it is
+        then treated as a miss and replaced)."""
+        try:
+            _m, k, _f, _r, _mt, _sz, _ct, plen = _HDR.unpack_from(blob)
+            start = _HDR.size + plen
+            if k == K_CODE:
+                if kind != K_CODE:
+                    raise ValueError("code entry in a value namespace")
+                code = marshal.loads(memoryview(blob)[start:])
+                if blob[_HDR.size:start] != os.fsencode(path):
+                    code = fix_filename(code, path)
+                return code
+            if kind == K_CODE:
+                raise ValueError("value entry in a code namespace")
+            if k == K_BYTES:
+                return blob[start:]
+            if k == K_STR:
+                return blob[start:].decode("utf-8", "surrogatepass")
+            if k == K_SER:
+                return self._cache._ser.loads(blob[start:])
+            raise ValueError(f"unknown entry kind {k}")
+        except Exception:
+            self._stats["unreadable_entries"] += 1
+            return _MISSING
+
+
+def _read_valid_pyc(source_path, st):
+    """The marshal data of source_path's .pyc if it is a timestamp pyc that
+    the stock import system would accept for the source as st describes
+    it, else None."""
+    try:
+        pyc = importlib.util.cache_from_source(source_path)
+        with open(pyc, "rb") as f:
+            data = f.read()
+    except (OSError, NotImplementedError, ValueError):
+        return None
+    if len(data) < 16 or data[:4] != _PYC_MAGIC or data[4:8] != b"\0\0\0\0":
+        return None
+    if int.from_bytes(data[8:12], "little") != int(st.st_mtime) & 0xFFFFFFFF:
+        return None
+    if int.from_bytes(data[12:16], "little") != st.st_size & 0xFFFFFFFF:
+        return None
+    return data[16:]
+
+
+def _write_pyc(loader, source_path, st, data):
+    """Write a timestamp .pyc as the stock SourceFileLoader would (errors
+    are ignored, as there)."""
+    try:
+        pyc = importlib.util.cache_from_source(source_path)
+    except (OSError, NotImplementedError, ValueError):
+        return
+    blob = b"".join((_PYC_MAGIC, b"\0\0\0\0", (int(st.st_mtime) & 0xFFFFFFFF).to_bytes(4, "little"),
+                     (st.st_size & 0xFFFFFFFF).to_bytes(4, "little"), data))
+    try:
+        cache_bytecode = getattr(loader, "_cache_bytecode", None)
+        if cache_bytecode is not None:
+            cache_bytecode(source_path, pyc, blob)
+        else:
+            loader.set_data(pyc, blob)
+    except (OSError, NotImplementedError):
+        pass
+
+
+def _describe_key(key):
+    """{'mode', 'namespace', 'path' or 'dev'/'ino'} for a file-table key."""
+    try:
+        if key[:1] == b"S":
+            dev, ino = _ID.unpack_from(key, 1)
+            return {"mode": "stat", "dev": dev, "ino": ino, "namespace": key[18:].decode(errors="replace")}
+        if key[:1] == b"P":
+            path, _, ns = key[1:].partition(b"\0")
+            return {"mode": "no-stat", "path": os.fsdecode(path), "namespace": ns.decode(errors="replace")}
+        if key[:1] == b"R":
+            rel, _, sp = key[1:].partition(b"\0")
+            return {"mode": "no-stat", "path": os.fsdecode(rel), "namespace": "resolve",
+                    "search_path": os.fsdecode(sp).split("\0")}
+        if key[:1] == b"J":
+            return {"mode": "jinja2", "namespace": key[1:].decode(errors="replace")}
+    except (struct.error, UnicodeError):
+        pass
+    return {"mode": "?", "namespace": "?", "key": key}
