@@ -252,6 +252,7 @@ class Supervisor:
                 code = self.run_init()
                 if code is not None:
                     return code
+                self.start_opcode()
                 self.start_pools()
                 self.announce()
                 self.main_loop()
@@ -372,6 +373,19 @@ class Supervisor:
         self.board = sb.Board(self.cache)
         self.board.initialise(self.pid, self.started_wall)
         return None
+
+    def start_opcode(self):
+        """Serve the workers' imports from the segment if [opcode] is enabled (before any fork)."""
+        if not self.config.opcode.enabled:
+            return
+        from apccache import opcode
+
+        summary = opcode.setup_for_supervisor(self.cache, self.config.opcode.table(),
+                                              base_dir=self.config.base_dir)
+        log.info("opcode cache on (%s mode): warmed %d files, %d stored, %d already there, %d skipped",
+                 summary["mode"], summary["files"], summary["stored"], summary["present"], summary["skipped"])
+        for err in summary["errors"][:5]:
+            log.warning("opcode warm: %s", err)
 
     def run_init(self):
         """Run [init] before anything forks; return an exit code if start-up must stop."""

@@ -31,6 +31,12 @@ The format, with every key and its default::
     timeout = 30
     fail_on_error = true
 
+    [opcode]                   # optional: serve the workers' imports from the segment
+    enabled = false
+    mode = "stat"              # or "no-stat" (see apccache.opcode)
+    warm = []                  # source trees compiled into the segment before forking,
+                               # relative to this file
+
     [pools.NAME]               # one table per pool; at least one
     target = "pkg.module:function"   # required
     workers = 1
@@ -132,6 +138,17 @@ class PoolConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class OpcodeConfig:
+    enabled: bool = False
+    mode: str = "stat"
+    warm: tuple = ()
+
+    def table(self):
+        """The [opcode] table as apccache.opcode.setup_for_supervisor takes it."""
+        return {"enabled": self.enabled, "mode": self.mode, "warm": list(self.warm)}
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     source: str
     base_dir: str
@@ -139,6 +156,7 @@ class Config:
     cache: CacheConfig
     init: Optional[InitConfig]
     pools: tuple  # of PoolConfig, in file order
+    opcode: OpcodeConfig = dataclasses.field(default_factory=OpcodeConfig)
 
     def pool(self, name):
         for p in self.pools:
@@ -177,7 +195,7 @@ def parse(data, source="<config>", base_dir=None):
     if not isinstance(data, dict):
         v.fail("the configuration must be a TOML table")
     base_dir = os.path.abspath(base_dir or os.getcwd())
-    v.known(data, "", ("supervisor", "cache", "init", "pools"))
+    v.known(data, "", ("supervisor", "cache", "init", "pools", "opcode"))
 
     sup = v.table(data, "supervisor", required=False)
     v.known(sup, "supervisor", ("stop_timeout", "start_timeout", "python_path"))
@@ -223,6 +241,14 @@ def parse(data, source="<config>", base_dir=None):
             fail_on_error=v.boolean(i, "init.fail_on_error", True),
         )
 
+    from .. import opcode as _opcode
+
+    try:
+        op = _opcode.parse_supervisor_config(data.get("opcode"))
+    except ValueError as e:
+        v.fail(str(e))
+    opcode = OpcodeConfig(enabled=op["enabled"], mode=op["mode"], warm=tuple(op["warm"]))
+
     pools_table = v.table(data, "pools", required=True)
     if not pools_table:
         v.fail("the configuration needs at least one pool: add a [pools.NAME] table with a target")
@@ -252,6 +278,7 @@ def parse(data, source="<config>", base_dir=None):
         cache=cache,
         init=init,
         pools=tuple(pools),
+        opcode=opcode,
     )
 
 

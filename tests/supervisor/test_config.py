@@ -182,3 +182,16 @@ def test_pool_env_is_kept_sorted_and_hashable(tmp_path):
     cfg = _load(tmp_path, _cfg(pool='env = { B = "2", A = "1" }'))
     assert cfg.pools[0].env == (("A", "1"), ("B", "2"))
     hash(cfg)
+
+
+def test_opcode_table_is_validated_and_defaults_to_off():
+    from apccache.supervisor.config import parse
+
+    base = {"cache": {"name": "x"}, "pools": {"p": {"target": "m:f"}}}
+    assert parse(base).opcode.enabled is False
+    cfg = parse(dict(base, opcode={"enabled": True, "mode": "no-stat", "warm": ["app"]}))
+    assert cfg.opcode.enabled and cfg.opcode.mode == "no-stat" and cfg.opcode.warm == ("app",)
+    with pytest.raises(ConfigError, match="mode"):
+        parse(dict(base, opcode={"enabled": True, "mode": "fast"}))
+    with pytest.raises(ConfigError, match="unknown key"):
+        parse(dict(base, opcode={"enable": True}))
