@@ -26,15 +26,13 @@ True
 'default'
 >>> c.unlink(); c.close()
 """
-import errno
 import os
-import re
 import struct
 import threading
 import time
-from multiprocessing import resource_tracker, shared_memory
 
 from . import _bindings as B
+from ._shm import Segment
 from .errors import CacheFullError, CorruptSegmentError, IncompatibleSegmentError
 from .serializers import PickleSerializer
 
@@ -53,15 +51,6 @@ _get = lib.apc_get
 _put = lib.apc_put
 _unpin = lib.apc_unpin
 _ident = threading.get_ident
-
-
-def _untrack(shm):
-    """Stop Python's resource tracker from unlinking the segment when this
-    process exits (Python < 3.13 registers attaches too; see DESIGN.md)."""
-    try:
-        resource_tracker.unregister(shm._name, "shared_memory")
-    except Exception:
-        pass
 
 
 def _key_bytes(key):
@@ -188,10 +177,8 @@ class Cache:
                 f"size {size} is too small for {nslots} slots: it must be at least {minimum} bytes"
                 " (pass a larger size or fewer slots)"
             )
-        shm = shared_memory.SharedMemory(name, create=True, size=size)
-        _untrack(shm)
+        shm = Segment(name, create=True, size=size)
         try:
-            os.fchmod(shm._fd, 0o600)
             base = ffi.from_buffer(shm.buf)
             now = int(clock()) if clock else 0
             B.check(
@@ -202,8 +189,11 @@ class Cache:
             B.check(lib.apc_open(base, shm.size, segp), f"opening segment {name!r}")
             del base
         except BaseException:
-            shm.close()
             shm.unlink()
+            try:
+                shm.close()
+            except BufferError:
+                pass
             raise
         return cls(shm, segp[0], serializer, clock, owner=True)
 
@@ -218,10 +208,9 @@ class Cache:
         """
         name = cls._check_name(name)
         try:
-            shm = shared_memory.SharedMemory(name)
+            shm = Segment(name)
         except ValueError:
             raise CorruptSegmentError(f"segment {name!r} is empty: not an apccache segment") from None
-        _untrack(shm)
         deadline = time.monotonic() + timeout
         try:
             base = ffi.from_buffer(shm.buf)
@@ -283,7 +272,7 @@ class Cache:
         """Remove the segment's name.  Handles already attached keep
         working; new attaches fail with FileNotFoundError."""
         try:
-            shared_memory._posixshmem.shm_unlink("/" + self.name)
+            self._shm.unlink()
         except FileNotFoundError:
             pass
 
@@ -826,6 +815,8 @@ class Cache:
         """An iterator over the live keys (a snapshot: the cache may change
         while it runs).  pattern: a regex applied with re.search.  Keys come
         back as str, or as bytes where they are not valid UTF-8."""
+        import re  # here: keys() is rare, and re costs start-up time
+
         rx = re.compile(pattern) if isinstance(pattern, str) else pattern
         snap = self._snapshot(0, lib.APC_SNAP_LIVE, self._now())
         for rec, k in snap:

@@ -12,7 +12,6 @@ segment (its owner: it is created mode 0600) can therefore run code in every
 process that fetches from it.  Where that matters, use
 :class:`JSONSerializer`, which can only ever produce JSON data.
 """
-import json
 import pickle
 
 
@@ -39,11 +38,16 @@ class JSONSerializer:
 
     name = "json"
 
+    def __init__(self):
+        import json  # only for caches that use it
+
+        self._json = json
+
     def dumps(self, value):
         try:
-            return json.dumps(value, separators=(",", ":"), allow_nan=True).encode()
+            return self._json.dumps(value, separators=(",", ":"), allow_nan=True).encode()
         except (TypeError, ValueError) as e:
             raise TypeError(f"value is not JSON-serialisable: {e}") from None
 
     def loads(self, data):
-        return json.loads(data)
+        return self._json.loads(data)

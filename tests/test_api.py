@@ -673,3 +673,16 @@ def test_the_file_table_is_apart_from_the_user_cache(cache):
     ft.clear()
     assert len(ft) == 0
     assert cache.check() == []
+
+
+def test_the_segment_is_the_object_multiprocessing_shared_memory_opens(cache):
+    from multiprocessing import resource_tracker, shared_memory
+
+    cache.store("k", b"v")
+    shm = shared_memory.SharedMemory(cache.name)
+    try:
+        resource_tracker.unregister(shm._name, "shared_memory")  # Python < 3.13 would unlink it at exit
+        assert shm.size == os.path.getsize(f"/dev/shm/{cache.name}")
+        assert bytes(shm.buf[:8]) == b"APCCACHE"
+    finally:
+        shm.close()
