@@ -14,7 +14,13 @@
  *   2. hdr->seq     a seqlock word.  A writer that unlinks or frees memory
  *                   makes it odd first and even again when done.  Readers
  *                   walk chains optimistically and throw away what they saw
- *                   if seq moved.
+ *                   if seq moved.  Building a slot in free memory and
+ *                   publishing it with one atomic store needs no bump: a
+ *                   reader that could still hold a pointer into that memory
+ *                   started before the section that freed it, whose bump
+ *                   already dooms its validation.  So a store of a new key
+ *                   never disturbs readers; replacing or deleting one
+ *                   bumps seq only around the retirement of the old slot.
  *
  * Order: wlock, then seq (seq is only ever written by the wlock holder).
  * Nothing else is a lock.  Per-slot pin words are counted references taken
@@ -221,6 +227,7 @@ struct apc_seg {
     apc_table_geom geom[APC_NTABLES]; /* copied at open: a later scribble on the
                                          header cannot send a walk astray */
     unsigned stripe;
+    unsigned seq_depth; /* nesting of seq-odd sections; valid under wlock */
 };
 
 /* ---------------------------------------------------------------- atomics */

@@ -76,6 +76,7 @@ int64_t apc_pid(void)
 int apc_wl_lock(apc_seg *seg)
 {
     int rc = pthread_mutex_lock(&seg->hdr->wlock.m);
+    seg->seq_depth = 0;
     if (rc == 0)
         return APC_OK;
     if (rc == EOWNERDEAD) {
@@ -108,8 +109,16 @@ int apc_wl_held(apc_seg *seg)
     return 1;
 }
 
+/*
+ * Write sections that make seq odd may nest (an insert that has to evict
+ * inside a store); only the outermost begin and end touch seq.  The depth
+ * lives in the handle and is reset whenever the lock is taken, since it
+ * means something only while the lock is held.
+ */
 void apc_seq_begin_wl(apc_seg *seg)
 {
+    if (seg->seq_depth++)
+        return;
     uint64_t s = LOADR(&seg->hdr->seq);
     if (s & 1) /* left odd by a writer that died; repair already ran */
         s++;
@@ -119,6 +128,9 @@ void apc_seq_begin_wl(apc_seg *seg)
 
 void apc_seq_end_wl(apc_seg *seg)
 {
+    APC_ASSERT(seg->seq_depth > 0);
+    if (--seg->seq_depth)
+        return;
     uint64_t s = LOADR(&seg->hdr->seq);
     __atomic_thread_fence(__ATOMIC_RELEASE);
     STORE(&seg->hdr->seq, (s | 1) + 1);

@@ -21,10 +21,10 @@
  *
  * HOW A WRITE WORKS
  *
- * A writer takes wlock and makes seq odd.  It builds the new slot in full
- * in a free block, then publishes it with one atomic store into the link
- * that pointed at the old slot (or the bucket head), which unlinks the old
- * slot in the same store.  Only then does it retire the old slot: by CAS
+ * A writer takes wlock.  It builds the new slot in full in a free block,
+ * then publishes it with one atomic store into the link that pointed at
+ * the old slot (or the bucket head), which unlinks the old slot in the
+ * same store.  Only then, with seq odd, does it retire the old slot: by CAS
  * of its pin word from (version, 0 refs) to DEAD, freeing the block; or,
  * if a reader holds a pin, by moving it to the GC list.  Unlink, then free:
  * a writer killed between any two steps leaves either the old or the new
@@ -560,7 +560,9 @@ static int insert_wl(apc_seg *seg, int table, const char *key, uint32_t klen, ui
     uint64_t need = apc_slot_need(klen, vlen);
     apc_off_t off = apc_sma_alloc_wl(seg, need);
     if (!off) {
+        apc_seq_begin_wl(seg); /* making room frees and moves entries */
         int rc = make_room_wl(seg, need, now, table);
+        apc_seq_end_wl(seg);
         if (rc != APC_OK)
             return rc;
         off = apc_sma_alloc_wl(seg, need);
@@ -596,7 +598,7 @@ static int insert_wl(apc_seg *seg, int table, const char *key, uint32_t klen, ui
     apc_slot *old;
     int rc = find_wl(seg, table, key, klen, hash, &link, &old);
     if (rc == APC_E_CORRUPT) {
-        apc_sma_free_wl(seg, off);
+        apc_sma_free_wl(seg, off); /* never reachable: no reader can see it */
         return rc;
     }
     s->next_off = old ? old->next_off : *bucket_of(seg, table, hash);
@@ -612,7 +614,9 @@ static int insert_wl(apc_seg *seg, int table, const char *key, uint32_t klen, ui
             st->expired++;
         st->num_entries--;
         st->mem_size -= apc_sma_block_size(seg, APC_OFF(seg, old));
+        apc_seq_begin_wl(seg); /* readers may be at the old slot */
         retire_wl(seg, old, now);
+        apc_seq_end_wl(seg);
     }
     return APC_OK;
 }
@@ -632,11 +636,14 @@ int apc_store(apc_seg *seg, int table, const char *key, uint32_t klen, int type,
     if (apc_sma_block_for(apc_slot_need(klen, vlen)) > seg->arena_end - seg->arena_off)
         return APC_E_TOOBIG;
     now = apc_now(now);
-    int rc = wl_enter(seg, 1);
+    int rc = wl_enter(seg, 0);
     if (rc != APC_OK)
         return rc;
-    if (seg->hdr->gc_head)
+    if (seg->hdr->gc_head) {
+        apc_seq_begin_wl(seg);
         gc_sweep_wl(seg, now);
+        apc_seq_end_wl(seg);
+    }
     if (flags & APC_ADD) {
         apc_off_t *link;
         apc_slot *old;
@@ -648,7 +655,7 @@ int apc_store(apc_seg *seg, int table, const char *key, uint32_t klen, int type,
     }
     if (rc == APC_OK)
         rc = insert_wl(seg, table, key, klen, hash, type, val, vlen, ival, ttl, now);
-    wl_leave(seg, 1);
+    wl_leave(seg, 0);
     return rc;
 }
 
@@ -713,9 +720,7 @@ int apc_inc(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t ste
         }
     } else if (rc == APC_OK || rc == APC_NOTFOUND) {
         /* Missing or expired: created as 0, then updated. */
-        apc_seq_begin_wl(seg);
         rc = insert_wl(seg, table, key, klen, hash, APC_T_INT, NULL, 0, step, ttl, now);
-        apc_seq_end_wl(seg);
         if (rc == APC_OK)
             *out = step;
     }
@@ -1262,13 +1267,23 @@ static void collect_chain(apc_seg *seg, apc_off_t *link, int table, uint64_t buc
  *   3. rebuild the allocator from the gaps between reachable blocks, which
  *      reclaims anything the dead writer had allocated but not published;
  *   4. recount the tables' entries and memory.
- * It leaves seq alone: lock.c evens it out after a dead owner, and the
- * allocator may call this in the middle of a live write section when it
- * finds a bad link.
+ * It runs inside a seq-odd section of its own (which nests when the
+ * allocator calls it in the middle of a write section on finding a bad
+ * link); lock.c evens out a seq that a dead owner left odd.
  * Unreachable blocks that a reader still pins are not reclaimed here: they
  * are put on the GC list, found by walking the arena while its tags hold.
  */
+static int repair_wl(apc_seg *seg, uint64_t now);
+
 int apc_repair_wl(apc_seg *seg, uint64_t now)
+{
+    apc_seq_begin_wl(seg);
+    int rc = repair_wl(seg, now);
+    apc_seq_end_wl(seg);
+    return rc;
+}
+
+static int repair_wl(apc_seg *seg, uint64_t now)
 {
     apc_header *h = seg->hdr;
     now = apc_now(now);

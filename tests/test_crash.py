@@ -40,8 +40,8 @@ SCENARIOS = {
     "remove.after_unlink": ("", "c.delete('victim')"),
     "delete.after_unlink": ("", "c.delete('victim')"),
     "free.before_coalesce": ("", "c.delete('victim')"),
-    # a fresh block is cut from the front of a free one, so its neighbour is free
-    "free.mid_coalesce": ("", "c.store('t', b't' * 5000); c.delete('t')"),
+    # a block only the big free block can hold: cut from its front, so its neighbour is free
+    "free.mid_coalesce": ("", "c.store('t', b't' * 500_000); c.delete('t')"),
     "inc.in_place": ("c.store('n', 41)", "c.inc('n')"),
     "clear.mid": ("", "c.clear()"),
     "evict.after_remove": (SETUP_FILL, "[c.store(f'more{j}', b'm' * 3000) for j in range(100)]"),
