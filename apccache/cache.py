@@ -39,7 +39,7 @@ from .serializers import PickleSerializer
 ffi, lib = B.ffi, B.lib
 
 _MISSING = object()
-_BUF = 4096  # values up to this size are copied straight into a per-thread buffer
+_BUF = lib.APC_IO_BUF  # values up to this size are copied straight into a per-thread buffer
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _F64 = struct.Struct("<d")
 _REC = struct.Struct("<10Q4I")  # apc_entry_rec
