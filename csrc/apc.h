@@ -154,6 +154,21 @@ typedef struct apc_io {
     int32_t pad_;
 } apc_io;
 
+/* A value held in place: what apc_fetch_ref hands back.  ptr stays valid
+ * (the entry is pinned) until apc_ref_release, which must follow at once:
+ * nothing that can block or run user code may come between. */
+typedef struct apc_ref {
+    const char *ptr;
+    uint64_t len;
+    int64_t ival;
+    void *slot;
+    uint64_t ident;
+    int64_t rec; /* the pin record (large values), or -1 */
+} apc_ref;
+
+int64_t apc_fetch_ref(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now,
+                      apc_ref *ref);
+void apc_ref_release(apc_seg *seg, apc_ref *ref);
 int64_t apc_get(apc_io *io, const char *key, uint32_t klen);
 int apc_put(apc_io *io, const char *key, uint32_t klen, int type,
             const char *val, uint64_t vlen, uint64_t ttl);

@@ -220,6 +220,58 @@ int64_t apc_fetch(apc_seg *seg, int table, const char *key, uint32_t klen,
     return (int64_t)((vlen << 8) | type | APC_FETCH_PINNED);
 }
 
+/* fetch without the copy: the caller copies straight from the segment
+ * (one copy instead of two) and releases at once.  Values larger than the
+ * io buffer get a recorded pin, as apc_fetch gives them, so apc_recover()
+ * can release it if the caller dies while copying. */
+int64_t apc_fetch_ref(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now,
+                      apc_ref *ref)
+{
+    CHECK_SEG(seg);
+    if (bad_table(table) || klen > APC_MAX_KEY || !ref)
+        return APC_E_ARG;
+    uint64_t hash = apc_xxh3_64(key, klen);
+    now = apc_now(now);
+    apc_slot *s;
+    uint64_t ident;
+    int rc = find_pinned(seg, table, key, klen, hash, &s, &ident);
+    if (rc != APC_OK) {
+        if (rc == APC_NOTFOUND)
+            count_miss(seg, table);
+        return rc;
+    }
+    if (apc_expired(s, now)) {
+        unpin(s, ident);
+        count_miss(seg, table);
+        return APC_NOTFOUND;
+    }
+    APC_FAULT("fetch.pinned");
+    count_hit(seg, table, s, now);
+    uint64_t type = s->type;
+    ref->ptr = apc_slot_val(s);
+    ref->len = type == APC_T_INT ? 8 : s->val_len;
+    ref->ival = LOAD(&s->ival);
+    ref->slot = s;
+    ref->ident = ident;
+    ref->rec = -1;
+    if (ref->len > APC_IO_BUF) {
+        int r = record_pin(seg, s, ident, now); /* the same pin, now on record */
+        if (r >= 0)
+            ref->rec = r;
+    }
+    return (int64_t)((ref->len << 8) | type);
+}
+
+void apc_ref_release(apc_seg *seg, apc_ref *ref)
+{
+    if (ref->rec >= 0)
+        apc_unpin(seg, (uint64_t)ref->rec);
+    else if (ref->slot)
+        unpin((apc_slot *)ref->slot, ref->ident);
+    ref->slot = NULL;
+    ref->rec = -1;
+}
+
 void apc_unpin(apc_seg *seg, uint64_t rec)
 {
     if (!seg)
