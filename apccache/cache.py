@@ -52,6 +52,17 @@ _put = lib.apc_put
 _unpin = lib.apc_unpin
 _ident = threading.get_ident
 
+if os.environ.get("APCCACHE_NO_FASTPATH", "") in ("", "0"):
+    try:
+        from . import _fastpath
+    except ImportError:  # a build without it: the cffi path does everything
+        _fastpath = None
+else:
+    _fastpath = None
+_FETCH_REF = int(ffi.cast("uintptr_t", ffi.addressof(lib, "apc_fetch_ref")))
+_RELEASE = int(ffi.cast("uintptr_t", ffi.addressof(lib, "apc_ref_release")))
+_STORE = int(ffi.cast("uintptr_t", ffi.addressof(lib, "apc_store")))
+
 
 def _key_bytes(key):
     """Validate a key and return its bytes (str keys as UTF-8)."""
@@ -129,6 +140,15 @@ class Cache:
         self._ios = {}  # thread ident -> _IO
         self._owner = owner
         self.name = shm.name.lstrip("/")
+        self._fast = None
+        if clock is None and _fastpath is not None:
+            # fetch and store as CPython methods (csrc/fastpath.c); what they
+            # do not handle themselves comes back to the methods below.
+            self._fast = h = _fastpath.Handle(
+                int(ffi.cast("uintptr_t", seg)), _FETCH_REF, _RELEASE, _STORE,
+                Cache.fetch.__get__(self), Cache.store.__get__(self), self._decode)
+            self.fetch = self.get = h.fetch
+            self.store = h.store
         if clock is not None:
             # The io hot paths read the time from the call block; with a
             # clock, set it before each call.
@@ -259,6 +279,8 @@ class Cache:
     def close(self):
         """Release this handle (the segment stays).  Idempotent."""
         seg, self._seg = self._seg, ffi.NULL
+        if self._fast is not None:
+            self._fast.close()
         if seg != ffi.NULL:
             lib.apc_close(seg)
         self._mv = None
@@ -284,6 +306,9 @@ class Cache:
 
     def __del__(self):
         seg = getattr(self, "_seg", ffi.NULL)
+        fast = getattr(self, "_fast", None)
+        if fast is not None:
+            fast.close()
         if seg != ffi.NULL:
             self._seg = ffi.NULL
             lib.apc_close(seg)

@@ -51,11 +51,17 @@ class CacheModel(RuleBasedStateMachine):
 
     @rule(k=KEYS, v=VALUES, ttl=TTLS)
     def store(self, k, v, ttl):
+        self.do_store(k, v, ttl)
+
+    def do_store(self, k, v, ttl):
         assert self.cache.store(k, v, ttl=ttl) is True
         self.model[norm(k)] = [v, self.clock.now, ttl]
 
     @rule(k=KEYS, v=VALUES, ttl=TTLS)
     def add(self, k, v, ttl):
+        self.do_add(k, v, ttl)
+
+    def do_add(self, k, v, ttl):
         expected = self.live(norm(k)) is None
         assert self.cache.add(k, v, ttl=ttl) is expected
         if expected:
@@ -82,6 +88,9 @@ class CacheModel(RuleBasedStateMachine):
 
     @rule(k=KEYS, step=st.integers(min_value=-(2**62), max_value=2**62), ttl=TTLS)
     def inc(self, k, step, ttl):
+        self.do_inc(k, step, ttl)
+
+    def do_inc(self, k, step, ttl):
         e = self.live(norm(k))
         if e is None:
             assert self.cache.inc(k, step, ttl=ttl) == step
@@ -116,6 +125,9 @@ class CacheModel(RuleBasedStateMachine):
 
     @rule(k=KEYS, v=VALUES, ttl=TTLS)
     def entry(self, k, v, ttl):
+        self.do_entry(k, v, ttl)
+
+    def do_entry(self, k, v, ttl):
         e = self.live(norm(k))
         got = self.cache.entry(k, lambda key: v, ttl=ttl)
         if e is None:
@@ -145,3 +157,38 @@ class CacheModel(RuleBasedStateMachine):
 
 CacheModel.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
 TestCacheModel = CacheModel.TestCase
+
+
+class CacheModelNoClock(CacheModel):
+    """The same machine on a cache without a clock, which takes the C fast
+    path for fetch and store; entries get no ttl and time does not move."""
+
+    def __init__(self):
+        RuleBasedStateMachine.__init__(self)
+        self.clock = FakeClock()  # never advanced: the model's own idea of "now"
+        self.cache = apccache.Cache.create(segment_name("smf"), size=2 << 20)
+        self.model = {}
+
+    @rule(k=KEYS, v=VALUES)
+    def store(self, k, v):
+        self.do_store(k, v, 0)
+
+    @rule(k=KEYS, v=VALUES)
+    def add(self, k, v):
+        self.do_add(k, v, 0)
+
+    @rule(k=KEYS, step=st.integers(min_value=-(2**62), max_value=2**62))
+    def inc(self, k, step):
+        self.do_inc(k, step, 0)
+
+    @rule(k=KEYS, v=VALUES)
+    def entry(self, k, v):
+        self.do_entry(k, v, 0)
+
+    @rule(seconds=st.just(0))
+    def tick(self, seconds):
+        pass
+
+
+CacheModelNoClock.TestCase.settings = settings(max_examples=40, stateful_step_count=40, deadline=None)
+TestCacheModelNoClock = CacheModelNoClock.TestCase

@@ -1,0 +1,104 @@
+"""The C fast path for fetch and store (csrc/fastpath.c) behaves exactly as
+the Python path it stands in for; and the whole API suite also passes with
+it switched off."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+import apccache
+from apccache import _bindings as B
+from apccache import cache as cache_module
+
+pytestmark = pytest.mark.skipif(cache_module._fastpath is None, reason="built without the fast path")
+
+
+def test_the_fast_path_is_what_a_cache_without_a_clock_uses(cache):
+    assert cache._fast is not None
+    assert type(cache.fetch).__name__ == "builtin_function_or_method"
+
+
+def test_its_type_tags_are_the_bindings(cache):
+    fp = cache_module._fastpath
+    for name in ("T_BYTES", "T_STR", "T_INT", "T_FLOAT", "T_TRUE", "T_FALSE", "T_NONE"):
+        assert getattr(fp, name) == getattr(B, name), name
+
+
+@pytest.mark.parametrize("value", [b"", b"x" * 10, b"y" * 20_000, b"z" * (1 << 20), "", "t\u00e9xt",
+                                   "s\udc80rrogate", 0, -5, 2**63 - 1, 2**64, 1.25, True, False, None,
+                                   {"a": [1]}, (1, 2)])
+def test_values_round_trip_through_it(cache, value):
+    assert cache.store("k", value) is True
+    got = cache.fetch("k")
+    assert got == value and type(got) is type(value)
+    assert cache.info()["pins"] == 0 and cache.key_info("k")["refs"] == 0
+
+
+def test_keys_and_defaults(cache):
+    cache.store(b"\x00bin", b"1")
+    assert cache.fetch(b"\x00bin") == b"1"
+    cache.store("\u00e9", b"2")
+    assert cache.fetch("\u00e9".encode()) == b"2"
+    assert cache.fetch("missing") is None
+    assert cache.fetch("missing", 7) == 7
+    assert cache.fetch("missing", default=8) == 8
+    assert cache.get("missing", 9) == 9
+    with pytest.raises(TypeError):
+        cache.fetch(5)
+    with pytest.raises(ValueError, match="65535"):
+        cache.fetch(b"k" * 65536)
+    with pytest.raises(ValueError, match="65535"):
+        cache.store(b"k" * 65536, b"v")
+    with pytest.raises(ValueError, match="surrogate"):
+        cache.fetch("\udc80")
+
+
+def test_ttl_positional_and_keyword(ccache_fast):
+    c = ccache_fast
+    c.store("a", b"1", 5)
+    c.store("b", b"2", ttl=7)
+    assert c.key_info("a")["ttl"] == 5 and c.key_info("b")["ttl"] == 7
+    with pytest.raises(ValueError, match="ttl must be >= 0"):
+        c.store("c", b"3", ttl=-1)
+    with pytest.raises(TypeError):
+        c.store("c", b"3", ttl="1")
+    with pytest.raises(TypeError):
+        c.store("c", b"3", tll=1)
+    assert "c" not in c
+
+
+def test_counts_like_the_python_path(ccache_fast):
+    c = ccache_fast
+    c.store("a", b"1")
+    c.fetch("a")
+    c.fetch("nope")
+    i = c.info()
+    assert (i["num_hits"], i["num_misses"], i["num_inserts"]) == (1, 1, 1)
+
+
+def test_errors_come_from_the_python_path(segments):
+    c = segments(size=1 << 20)
+    with pytest.raises(apccache.CacheFullError, match="can never fit"):
+        c.store("huge", b"x" * (2 << 20))
+    other = apccache.Cache.attach(c.name)
+    f = other.fetch
+    other.close()
+    with pytest.raises(ValueError, match="closed"):
+        f("k")
+    with pytest.raises(ValueError, match="closed"):
+        other.store("k", b"v")
+
+
+@pytest.fixture
+def ccache_fast(segments):
+    return segments(size=1 << 20)
+
+
+def test_the_api_suite_passes_without_the_fast_path():
+    here = os.path.dirname(__file__)
+    env = dict(os.environ, APCCACHE_NO_FASTPATH="1")
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        os.path.join(here, "test_api.py"), os.path.join(here, "test_stateful.py")],
+                       env=env, capture_output=True, text=True, timeout=600, cwd=here)
+    assert p.returncode == 0, p.stdout[-3000:]
