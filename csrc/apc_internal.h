@@ -11,8 +11,11 @@
  *                   entry() locks, counters that are not atomics) happens
  *                   with it held.  Writers are serialised; readers never
  *                   take it on the fast path.
- *   2. hdr->seq     a seqlock word.  A writer that unlinks or frees memory
- *                   makes it odd first and even again when done.  Readers
+ *   2. hdr->seq[]   seqlock words, one per stripe of buckets (bucket index
+ *                   % APC_NSEQ).  A writer that unlinks or frees memory
+ *                   reachable from a bucket makes that bucket's stripe
+ *                   odd first and even again when done (all stripes, for
+ *                   eviction, compaction, clear and repair).  Readers
  *                   walk chains optimistically and throw away what they saw
  *                   if seq moved.  Building a slot in free memory and
  *                   publishing it with one atomic store needs no bump: a
@@ -22,7 +25,7 @@
  *                   never disturbs readers; replacing or deleting one
  *                   bumps seq only around the retirement of the old slot.
  *
- * Order: wlock, then seq (seq is only ever written by the wlock holder).
+ * Order: wlock, then seq[] (only ever written by the wlock holder).
  * Nothing else is a lock.  Per-slot pin words are counted references taken
  * with compare-and-swap; a pin never waits.
  *
@@ -66,6 +69,8 @@
 #define APC_NCLASSES 64
 #define APC_NSTRIPES 16
 #define APC_NPINS 256
+#define APC_NSEQ 64 /* seqlock stripes; a bucket's stripe is its index % APC_NSEQ */
+#define APC_SEQ_ALL (-1)
 #define APC_NELOCKS 256
 #define APC_AUX_SIZE 65536
 #define APC_ALIGN 16
@@ -193,8 +198,12 @@ typedef struct apc_header {
         char pad_[128];
     } wlock __attribute__((aligned(64)));
 
-    /* The seqlock word, alone on its cache line. */
-    uint64_t seq __attribute__((aligned(64)));
+    /* The seqlock words, one cache line each: a store in one bucket does
+     * not make readers of other buckets miss. */
+    struct {
+        uint64_t v;
+        uint64_t pad_[7];
+    } seq[APC_NSEQ] __attribute__((aligned(64)));
 
     /* Guarded by wlock. */
     apc_off_t free_head[APC_NCLASSES] __attribute__((aligned(64)));
@@ -227,7 +236,8 @@ struct apc_seg {
     apc_table_geom geom[APC_NTABLES]; /* copied at open: a later scribble on the
                                          header cannot send a walk astray */
     unsigned stripe;
-    unsigned seq_depth; /* nesting of seq-odd sections; valid under wlock */
+    unsigned char seq_depth[APC_NSEQ]; /* nesting of seq-odd sections per stripe;
+                                          valid under wlock */
 };
 
 /* ---------------------------------------------------------------- atomics */
@@ -304,10 +314,10 @@ uint64_t apc_walk_cap(const apc_seg *seg);
 /* lock.c */
 int apc_wl_lock(apc_seg *seg);
 void apc_wl_unlock(apc_seg *seg);
-void apc_seq_begin_wl(apc_seg *seg);
-void apc_seq_end_wl(apc_seg *seg);
-uint64_t apc_seq_read_begin(apc_seg *seg);
-int apc_seq_read_valid(apc_seg *seg, uint64_t s);
+void apc_seq_begin_wl(apc_seg *seg, int stripe);
+void apc_seq_end_wl(apc_seg *seg, int stripe);
+uint64_t apc_seq_read_begin(apc_seg *seg, int stripe);
+int apc_seq_read_valid(apc_seg *seg, int stripe, uint64_t s);
 int apc_wl_held(apc_seg *seg);
 
 /* sma.c: the block allocator; every function expects wlock held. */

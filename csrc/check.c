@@ -63,8 +63,10 @@ static void check_wl(apc_seg *seg, report *r)
     apc_header *h = seg->hdr;
     uint64_t cap = apc_walk_cap(seg);
 
-    if (LOADR(&h->seq) & 1)
-        say(r, "seq is odd (%llu) while no writer holds the lock", (unsigned long long)h->seq);
+    for (int i = 0; i < APC_NSEQ; i++)
+        if (LOADR(&h->seq[i].v) & 1)
+            say(r, "seq stripe %d is odd (%llu) while no writer holds the lock", i,
+                (unsigned long long)h->seq[i].v);
 
     /* 1. The arena walk. */
     uint64_t *used = malloc(cap * sizeof *used), nused = 0;

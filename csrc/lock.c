@@ -49,9 +49,11 @@ uint64_t apc_now(uint64_t now)
 static void repair_dead_owner_wl(apc_seg *seg)
 {
     apc_repair_wl(seg, 0);
-    uint64_t s = LOADR(&seg->hdr->seq);
-    if (s & 1)
-        STORE(&seg->hdr->seq, s + 1);
+    for (int i = 0; i < APC_NSEQ; i++) {
+        uint64_t s = LOADR(&seg->hdr->seq[i].v);
+        if (s & 1)
+            STORE(&seg->hdr->seq[i].v, s + 1);
+    }
 }
 
 /* getpid() is a system call; the hot paths that record who holds a pin
@@ -76,7 +78,7 @@ int64_t apc_pid(void)
 int apc_wl_lock(apc_seg *seg)
 {
     int rc = pthread_mutex_lock(&seg->hdr->wlock.m);
-    seg->seq_depth = 0;
+    memset(seg->seq_depth, 0, sizeof seg->seq_depth);
     if (rc == 0)
         return APC_OK;
     if (rc == EOWNERDEAD) {
@@ -115,32 +117,50 @@ int apc_wl_held(apc_seg *seg)
  * lives in the handle and is reset whenever the lock is taken, since it
  * means something only while the lock is held.
  */
-void apc_seq_begin_wl(apc_seg *seg)
+static void seq_begin_one(apc_seg *seg, int i)
 {
-    if (seg->seq_depth++)
+    if (seg->seq_depth[i]++)
         return;
-    uint64_t s = LOADR(&seg->hdr->seq);
+    uint64_t s = LOADR(&seg->hdr->seq[i].v);
     if (s & 1) /* left odd by a writer that died; repair already ran */
         s++;
-    STORER(&seg->hdr->seq, s + 1);
+    STORER(&seg->hdr->seq[i].v, s + 1);
+}
+
+static void seq_end_one(apc_seg *seg, int i)
+{
+    APC_ASSERT(seg->seq_depth[i] > 0);
+    if (--seg->seq_depth[i])
+        return;
+    uint64_t s = LOADR(&seg->hdr->seq[i].v);
+    STORE(&seg->hdr->seq[i].v, (s | 1) + 1);
+}
+
+void apc_seq_begin_wl(apc_seg *seg, int stripe)
+{
+    if (stripe == APC_SEQ_ALL)
+        for (int i = 0; i < APC_NSEQ; i++)
+            seq_begin_one(seg, i);
+    else
+        seq_begin_one(seg, stripe);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
 }
 
-void apc_seq_end_wl(apc_seg *seg)
+void apc_seq_end_wl(apc_seg *seg, int stripe)
 {
-    APC_ASSERT(seg->seq_depth > 0);
-    if (--seg->seq_depth)
-        return;
-    uint64_t s = LOADR(&seg->hdr->seq);
     __atomic_thread_fence(__ATOMIC_RELEASE);
-    STORE(&seg->hdr->seq, (s | 1) + 1);
+    if (stripe == APC_SEQ_ALL)
+        for (int i = 0; i < APC_NSEQ; i++)
+            seq_end_one(seg, i);
+    else
+        seq_end_one(seg, stripe);
 }
 
-uint64_t apc_seq_read_begin(apc_seg *seg)
+uint64_t apc_seq_read_begin(apc_seg *seg, int stripe)
 {
     unsigned spins = 0;
     for (;;) {
-        uint64_t s = LOAD(&seg->hdr->seq);
+        uint64_t s = LOAD(&seg->hdr->seq[stripe].v);
         if (!(s & 1))
             return s;
         if (++spins < 64) {
@@ -151,9 +171,9 @@ uint64_t apc_seq_read_begin(apc_seg *seg)
             /* The writer is slow or dead: wait on its lock (repairing if it
              * died), then look again. */
             if (apc_wl_lock(seg) == APC_OK) {
-                if (LOADR(&seg->hdr->seq) & 1) {
-                    /* We hold the lock and seq is still odd: the section
-                     * was never finished.  Repair, which evens seq. */
+                if (LOADR(&seg->hdr->seq[stripe].v) & 1) {
+                    /* We hold the lock and the stripe is still odd: the
+                     * section was never finished.  Repair, which evens it. */
                     repair_dead_owner_wl(seg);
                 }
                 apc_wl_unlock(seg);
@@ -163,10 +183,10 @@ uint64_t apc_seq_read_begin(apc_seg *seg)
     }
 }
 
-int apc_seq_read_valid(apc_seg *seg, uint64_t s)
+int apc_seq_read_valid(apc_seg *seg, int stripe, uint64_t s)
 {
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
-    return LOADR(&seg->hdr->seq) == s;
+    return LOADR(&seg->hdr->seq[stripe].v) == s;
 }
 
 /* ------------------------------------------------------ fault injection */

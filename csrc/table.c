@@ -66,6 +66,12 @@ static apc_off_t *bucket_of(apc_seg *seg, int table, uint64_t hash)
     return &apc_buckets(seg, table)[hash % seg->geom[table].nslots];
 }
 
+/* The seqlock stripe that guards the bucket a key hashes to. */
+static inline int stripe_of(apc_seg *seg, int table, uint64_t hash)
+{
+    return (int)((hash % seg->geom[table].nslots) % APC_NSEQ);
+}
+
 /* ------------------------------------------------------------ lock-free */
 
 /* Walk table's chain for the key without a lock.  What it returns is only
@@ -99,18 +105,19 @@ static int walk(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_
 static int find_pinned(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash,
                        apc_slot **out, uint64_t *ident)
 {
+    int st = stripe_of(seg, table, hash);
     for (;;) {
-        uint64_t sq = apc_seq_read_begin(seg);
+        uint64_t sq = apc_seq_read_begin(seg, st);
         apc_off_t off = 0;
         int rc = walk(seg, table, key, klen, hash, &off);
         if (rc != APC_OK) {
-            if (apc_seq_read_valid(seg, sq))
+            if (apc_seq_read_valid(seg, st, sq))
                 return rc;
             continue;
         }
         apc_slot *s = (apc_slot *)APC_PTR(seg, off);
         uint64_t w = LOAD(&s->pin);
-        if (!apc_seq_read_valid(seg, sq))
+        if (!apc_seq_read_valid(seg, st, sq))
             continue;
         uint64_t id = w & ~APC_PIN_REFS;
         if ((w & APC_PIN_TAGMASK) != APC_PIN_TAG || id == APC_PIN_DEAD)
@@ -298,8 +305,9 @@ int apc_exists(apc_seg *seg, int table, const char *key, uint32_t klen,
         return APC_E_ARG;
     uint64_t hash = apc_xxh3_64(key, klen);
     now = apc_now(now);
+    int st = stripe_of(seg, table, hash);
     for (;;) {
-        uint64_t sq = apc_seq_read_begin(seg);
+        uint64_t sq = apc_seq_read_begin(seg, st);
         apc_off_t off = 0;
         int rc = walk(seg, table, key, klen, hash, &off);
         int expired = 0;
@@ -308,7 +316,7 @@ int apc_exists(apc_seg *seg, int table, const char *key, uint32_t klen,
             uint64_t ttl = LOADR(&s->ttl), ctime = LOADR(&s->ctime);
             expired = ttl > 0 && ctime + ttl < now;
         }
-        if (!apc_seq_read_valid(seg, sq))
+        if (!apc_seq_read_valid(seg, st, sq))
             continue;
         if (rc == APC_OK && expired)
             return APC_NOTFOUND;
@@ -318,20 +326,24 @@ int apc_exists(apc_seg *seg, int table, const char *key, uint32_t klen,
 
 /* -------------------------------------------------------- write sections */
 
-static int wl_enter(apc_seg *seg, int seq)
+#define NO_SEQ (-2) /* a write section that frees nothing readers can reach */
+
+/* Take the lock; make the stripe odd (APC_SEQ_ALL: every stripe) unless
+ * NO_SEQ. */
+static int wl_enter(apc_seg *seg, int stripe)
 {
     int rc = apc_wl_lock(seg);
     if (rc != APC_OK)
         return rc;
-    if (seq)
-        apc_seq_begin_wl(seg);
+    if (stripe != NO_SEQ)
+        apc_seq_begin_wl(seg, stripe);
     return APC_OK;
 }
 
-static void wl_leave(apc_seg *seg, int seq)
+static void wl_leave(apc_seg *seg, int stripe)
 {
-    if (seq)
-        apc_seq_end_wl(seg);
+    if (stripe != NO_SEQ)
+        apc_seq_end_wl(seg, stripe);
     apc_wl_unlock(seg);
 }
 
@@ -612,9 +624,9 @@ static int insert_wl(apc_seg *seg, int table, const char *key, uint32_t klen, ui
     uint64_t need = apc_slot_need(klen, vlen);
     apc_off_t off = apc_sma_alloc_wl(seg, need);
     if (!off) {
-        apc_seq_begin_wl(seg); /* making room frees and moves entries */
+        apc_seq_begin_wl(seg, APC_SEQ_ALL); /* making room frees and moves entries */
         int rc = make_room_wl(seg, need, now, table);
-        apc_seq_end_wl(seg);
+        apc_seq_end_wl(seg, APC_SEQ_ALL);
         if (rc != APC_OK)
             return rc;
         off = apc_sma_alloc_wl(seg, need);
@@ -666,9 +678,9 @@ static int insert_wl(apc_seg *seg, int table, const char *key, uint32_t klen, ui
             st->expired++;
         st->num_entries--;
         st->mem_size -= apc_sma_block_size(seg, APC_OFF(seg, old));
-        apc_seq_begin_wl(seg); /* readers may be at the old slot */
+        apc_seq_begin_wl(seg, stripe_of(seg, table, hash)); /* readers may be at the old slot */
         retire_wl(seg, old, now);
-        apc_seq_end_wl(seg);
+        apc_seq_end_wl(seg, stripe_of(seg, table, hash));
     }
     return APC_OK;
 }
@@ -688,13 +700,13 @@ int apc_store(apc_seg *seg, int table, const char *key, uint32_t klen, int type,
     if (apc_sma_block_for(apc_slot_need(klen, vlen)) > seg->arena_end - seg->arena_off)
         return APC_E_TOOBIG;
     now = apc_now(now);
-    int rc = wl_enter(seg, 0);
+    int rc = wl_enter(seg, NO_SEQ);
     if (rc != APC_OK)
         return rc;
     if (seg->hdr->gc_head) {
-        apc_seq_begin_wl(seg);
+        apc_seq_begin_wl(seg, APC_SEQ_ALL);
         gc_sweep_wl(seg, now);
-        apc_seq_end_wl(seg);
+        apc_seq_end_wl(seg, APC_SEQ_ALL);
     }
     if (flags & APC_ADD) {
         apc_off_t *link;
@@ -707,7 +719,7 @@ int apc_store(apc_seg *seg, int table, const char *key, uint32_t klen, int type,
     }
     if (rc == APC_OK)
         rc = insert_wl(seg, table, key, klen, hash, type, val, vlen, ival, ttl, now);
-    wl_leave(seg, 0);
+    wl_leave(seg, NO_SEQ);
     return rc;
 }
 
@@ -721,24 +733,30 @@ int apc_delete(apc_seg *seg, int table, const char *key, uint32_t klen,
     if (bad_table(table))
         return APC_E_ARG;
     now = apc_now(now);
-    int rc = wl_enter(seg, 1);
+    int rc = wl_enter(seg, NO_SEQ);
     if (rc != APC_OK)
         return rc;
     apc_off_t *link;
     apc_slot *s;
     rc = find_wl(seg, table, key, klen, hash, &link, &s);
     if (rc == APC_OK) {
+        int st = stripe_of(seg, table, hash);
         int expired = apc_expired(s, now);
         if (expired)
             seg->hdr->stats[table].expired++;
+        apc_seq_begin_wl(seg, st);
         remove_wl(seg, link, s, now);
         APC_FAULT("delete.after_unlink");
+        apc_seq_end_wl(seg, st);
         if (expired)
             rc = APC_NOTFOUND;
     }
-    if (seg->hdr->gc_head)
+    if (seg->hdr->gc_head) {
+        apc_seq_begin_wl(seg, APC_SEQ_ALL);
         gc_sweep_wl(seg, now);
-    wl_leave(seg, 1);
+        apc_seq_end_wl(seg, APC_SEQ_ALL);
+    }
+    wl_leave(seg, NO_SEQ);
     return rc;
 }
 
@@ -752,7 +770,7 @@ int apc_inc(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t ste
     if (bad_table(table) || !out)
         return APC_E_ARG;
     now = apc_now(now);
-    int rc = wl_enter(seg, 0);
+    int rc = wl_enter(seg, NO_SEQ);
     if (rc != APC_OK)
         return rc;
     apc_off_t *link;
@@ -776,7 +794,7 @@ int apc_inc(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t ste
         if (rc == APC_OK)
             *out = step;
     }
-    wl_leave(seg, 0);
+    wl_leave(seg, NO_SEQ);
     return rc;
 }
 
@@ -790,7 +808,7 @@ int apc_cas(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t old
     if (bad_table(table))
         return APC_E_ARG;
     now = apc_now(now);
-    int rc = wl_enter(seg, 0);
+    int rc = wl_enter(seg, NO_SEQ);
     if (rc != APC_OK)
         return rc;
     apc_off_t *link;
@@ -808,7 +826,7 @@ int apc_cas(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t old
             s->mtime = now;
         }
     }
-    wl_leave(seg, 0);
+    wl_leave(seg, NO_SEQ);
     return rc;
 }
 
@@ -818,7 +836,7 @@ int apc_clear(apc_seg *seg, int table, uint64_t now)
     if (bad_table(table))
         return APC_E_ARG;
     now = apc_now(now);
-    int rc = wl_enter(seg, 1);
+    int rc = wl_enter(seg, APC_SEQ_ALL);
     if (rc != APC_OK)
         return rc;
     apc_header *h = seg->hdr;
@@ -844,7 +862,7 @@ int apc_clear(apc_seg *seg, int table, uint64_t now)
         STORER(&h->stripes[i].hits[table], 0);
         STORER(&h->stripes[i].misses[table], 0);
     }
-    wl_leave(seg, 1);
+    wl_leave(seg, APC_SEQ_ALL);
     return APC_OK;
 }
 
@@ -855,7 +873,7 @@ int64_t apc_count_live(apc_seg *seg, int table, uint64_t now)
     if (bad_table(table))
         return APC_E_ARG;
     now = apc_now(now);
-    int rc = wl_enter(seg, 0);
+    int rc = wl_enter(seg, NO_SEQ);
     if (rc != APC_OK)
         return rc;
     int64_t n = 0;
@@ -870,7 +888,7 @@ int64_t apc_count_live(apc_seg *seg, int table, uint64_t now)
             off = s->next_off;
         }
     }
-    wl_leave(seg, 0);
+    wl_leave(seg, NO_SEQ);
     return n;
 }
 
@@ -886,7 +904,7 @@ int apc_entry_begin(apc_seg *seg, int table, const char *key, uint32_t klen,
     if (bad_table(table) || !out)
         return APC_E_ARG;
     now = apc_now(now);
-    int rc = wl_enter(seg, 0);
+    int rc = wl_enter(seg, NO_SEQ);
     if (rc != APC_OK)
         return rc;
     apc_header *h = seg->hdr;
@@ -927,7 +945,7 @@ int apc_entry_begin(apc_seg *seg, int table, const char *key, uint32_t klen,
     out[1] = pid;
     rc = APC_OK;
 out:
-    wl_leave(seg, 0);
+    wl_leave(seg, NO_SEQ);
     return rc;
 }
 
@@ -936,7 +954,7 @@ int apc_entry_end(apc_seg *seg, int64_t token, uint64_t tid)
     CHECK_SEG(seg);
     if (token < 0 || token >= APC_NELOCKS)
         return APC_E_ARG;
-    int rc = wl_enter(seg, 0);
+    int rc = wl_enter(seg, NO_SEQ);
     if (rc != APC_OK)
         return rc;
     apc_elock *e = &seg->hdr->elocks[token];
@@ -944,7 +962,7 @@ int apc_entry_end(apc_seg *seg, int64_t token, uint64_t tid)
         e->pid = 0;
     else
         rc = APC_NOTFOUND;
-    wl_leave(seg, 0);
+    wl_leave(seg, NO_SEQ);
     return rc;
 }
 
@@ -954,7 +972,7 @@ int apc_entry_takeover(apc_seg *seg, int64_t token, int64_t dead_pid, uint64_t t
     if (token < 0 || token >= APC_NELOCKS || dead_pid <= 0)
         return APC_E_ARG;
     now = apc_now(now);
-    int rc = wl_enter(seg, 0);
+    int rc = wl_enter(seg, NO_SEQ);
     if (rc != APC_OK)
         return rc;
     apc_elock *e = &seg->hdr->elocks[token];
@@ -965,7 +983,7 @@ int apc_entry_takeover(apc_seg *seg, int64_t token, int64_t dead_pid, uint64_t t
     } else {
         rc = APC_BUSY;
     }
-    wl_leave(seg, 0);
+    wl_leave(seg, NO_SEQ);
     return rc;
 }
 
@@ -996,7 +1014,7 @@ int apc_recover(apc_seg *seg, int64_t pid, uint64_t now)
     if (pid <= 0)
         return APC_E_ARG;
     now = apc_now(now);
-    int rc = wl_enter(seg, 1);
+    int rc = wl_enter(seg, APC_SEQ_ALL);
     if (rc != APC_OK)
         return rc;
     apc_header *h = seg->hdr;
@@ -1022,7 +1040,7 @@ int apc_recover(apc_seg *seg, int64_t pid, uint64_t now)
         }
     }
     gc_sweep_wl(seg, now);
-    wl_leave(seg, 1);
+    wl_leave(seg, APC_SEQ_ALL);
     return n;
 }
 
@@ -1113,7 +1131,7 @@ int apc_info_get(apc_seg *seg, int table, apc_info *o)
     o->gc_entries = LOADR(&h->gc_count);
     if (o->gc_entries) {
         /* Only the GC list needs the lock. */
-        if (wl_enter(seg, 0) != APC_OK)
+        if (wl_enter(seg, NO_SEQ) != APC_OK)
             return APC_E_LOCK;
         uint64_t cap = apc_walk_cap(seg);
         o->gc_entries = 0;
@@ -1129,7 +1147,7 @@ int apc_info_get(apc_seg *seg, int table, apc_info *o)
             }
             off = s->next_off;
         }
-        wl_leave(seg, 0);
+        wl_leave(seg, NO_SEQ);
     }
     return APC_OK;
 }
@@ -1139,7 +1157,7 @@ int apc_sma_info_get(apc_seg *seg, apc_sma_info *o, uint64_t *blocks, uint64_t c
     CHECK_SEG(seg);
     if (!o)
         return APC_E_ARG;
-    int rc = wl_enter(seg, 0);
+    int rc = wl_enter(seg, NO_SEQ);
     if (rc != APC_OK)
         return rc;
     apc_header *h = seg->hdr;
@@ -1162,7 +1180,7 @@ int apc_sma_info_get(apc_seg *seg, apc_sma_info *o, uint64_t *blocks, uint64_t c
             b = ((apc_off_t *)APC_PTR(seg, b + 8))[0];
         }
     }
-    wl_leave(seg, 0);
+    wl_leave(seg, NO_SEQ);
     return (int)(k > 0x7fffffff ? 0x7fffffff : k);
 }
 
@@ -1176,7 +1194,7 @@ int apc_key_info(apc_seg *seg, int table, const char *key, uint32_t klen,
     if (bad_table(table) || !out)
         return APC_E_ARG;
     now = apc_now(now);
-    int rc = wl_enter(seg, 0);
+    int rc = wl_enter(seg, NO_SEQ);
     if (rc != APC_OK)
         return rc;
     apc_off_t *link;
@@ -1188,7 +1206,7 @@ int apc_key_info(apc_seg *seg, int table, const char *key, uint32_t klen,
         else
             rec_of(seg, s, now, out);
     }
-    wl_leave(seg, 0);
+    wl_leave(seg, NO_SEQ);
     return rc;
 }
 
@@ -1200,7 +1218,7 @@ int64_t apc_snapshot(apc_seg *seg, int table, uint64_t now, int flags, char *buf
     if (bad_table(table) || !buf || cap < 8)
         return APC_E_ARG;
     now = apc_now(now);
-    int rc = wl_enter(seg, 0);
+    int rc = wl_enter(seg, NO_SEQ);
     if (rc != APC_OK)
         return rc;
     apc_header *h = seg->hdr;
@@ -1241,7 +1259,7 @@ int64_t apc_snapshot(apc_seg *seg, int table, uint64_t now, int flags, char *buf
         }
     }
 #undef EMIT
-    wl_leave(seg, 0);
+    wl_leave(seg, NO_SEQ);
     if (used > cap) {
         memcpy(buf, &used, sizeof used);
         return APC_E_SMALL;
@@ -1329,9 +1347,9 @@ static int repair_wl(apc_seg *seg, uint64_t now);
 
 int apc_repair_wl(apc_seg *seg, uint64_t now)
 {
-    apc_seq_begin_wl(seg);
+    apc_seq_begin_wl(seg, APC_SEQ_ALL);
     int rc = repair_wl(seg, now);
-    apc_seq_end_wl(seg);
+    apc_seq_end_wl(seg, APC_SEQ_ALL);
     return rc;
 }
 
