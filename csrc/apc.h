@@ -177,6 +177,15 @@ int apc_put_int(apc_io *io, const char *key, uint32_t klen, int64_t ival,
 int apc_incr(apc_io *io, const char *key, uint32_t klen, int64_t step,
              uint64_t ttl);
 
+/* Where the header keeps what a listing reads from the file without
+ * attaching (apcstat --list): byte offsets into apc_header. */
+typedef struct apc_header_map {
+    uint64_t header_size;
+    uint64_t free_bytes_off;
+    uint64_t num_entries_off; /* of the user table */
+} apc_header_map;
+void apc_header_map_get(apc_header_map *out);
+
 const char *apc_strerror(int rc);
 uint64_t apc_next_prime(uint64_t n);
 uint64_t apc_layout_size(uint64_t nslots_user, uint64_t nslots_files);

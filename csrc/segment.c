@@ -215,6 +215,13 @@ void apc_close(apc_seg *seg)
     free(seg);
 }
 
+void apc_header_map_get(apc_header_map *out)
+{
+    out->header_size = sizeof(apc_header);
+    out->free_bytes_off = offsetof(apc_header, free_bytes);
+    out->num_entries_off = offsetof(apc_header, stats[APC_TABLE_USER].num_entries);
+}
+
 uint64_t apc_aux_offset(apc_seg *seg) { return seg->hdr->aux_off; }
 uint64_t apc_aux_size(apc_seg *seg) { return seg->hdr->aux_size; }
 

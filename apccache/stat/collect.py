@@ -36,17 +36,21 @@ SHM_DIR = "/dev/shm"
 MAGIC = b"APCCACHE"  # APC_MAGIC_U64, little-endian
 ENDIAN_MARK = 0x01020304
 
-# apc_header as laid out by layout version 1 (csrc/apc_internal.h): the
-# fields --list reads without attaching.  Offsets are those of the C struct
-# on a 64-bit host: 128 bytes of set-once geometry, the write lock padded to
-# 128, the seqlock word on its own 64-byte line, 64 free-list heads, then the
-# allocator totals and the per-table statistics.
+# The start of apc_header (csrc/apc_internal.h): magic .. arena_size, the
+# set-once geometry; where the allocator's free bytes and the user table's
+# entry count sit, the engine says (apc_header_map_get), so that a listing
+# reads them from the file without attaching and without hard-coded offsets.
 _HEAD = struct.Struct("=8sIIIIQQqQQQQQQ")  # magic .. arena_size
-_ALLOC_OFF = 832  # free_map, free_bytes, nfree, nused, gc_head, gc_count, ...
-_ALLOC = struct.Struct("=QQQQQQ")
-_STATS_OFF = 904  # stats[0]: num_entries, mem_size, num_inserts, ...
-_STATS = struct.Struct("=QQQ")
-_HEADER_READ = _STATS_OFF + _STATS.size
+_U64 = struct.Struct("=Q")
+
+
+def _header_map():
+    m = B.ffi.new("apc_header_map *")
+    lib.apc_header_map_get(m)
+    return m.header_size, m.free_bytes_off, m.num_entries_off
+
+
+_HEADER_READ, _FREE_BYTES_OFF, _NUM_ENTRIES_OFF = _header_map()
 
 # The binding's value type tags (apccache._bindings), by name.
 TYPE_NAMES = {B.T_BYTES: "bytes", B.T_STR: "str", B.T_INT: "int", B.T_FLOAT: "float", B.T_TRUE: "bool",
@@ -118,10 +122,9 @@ def read_header(path):
         out["foreign_abi"] = True
         return out
     out.update(size=seg_size, created=ctime, creator_pid=cpid, arena_size=arena_size)
-    if fmt == 1 and len(raw) >= _HEADER_READ:
-        free_bytes = _ALLOC.unpack_from(raw, _ALLOC_OFF)[1]
-        out["memory_free"] = free_bytes
-        out["entries"] = _STATS.unpack_from(raw, _STATS_OFF)[0]
+    if fmt == B.FORMAT and len(raw) >= _HEADER_READ:
+        out["memory_free"] = _U64.unpack_from(raw, _FREE_BYTES_OFF)[0]
+        out["entries"] = _U64.unpack_from(raw, _NUM_ENTRIES_OFF)[0]
     return out
 
 
