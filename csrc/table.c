@@ -178,29 +178,42 @@ static int record_pin(apc_seg *seg, apc_slot *s, uint64_t ident, uint64_t now)
     return -1;
 }
 
-int64_t apc_fetch(apc_seg *seg, int table, const char *key, uint32_t klen,
-                  uint64_t now, char *buf, uint64_t cap)
+/* What both fetches share: find and pin a live entry, count the hit or the
+ * miss.  On APC_OK the caller owns one pin on *out (ident for the unpin). */
+static int fetch_pinned(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now,
+                        apc_slot **out, uint64_t *ident)
 {
-    CHECK_SEG(seg);
-    if (bad_table(table) || cap < 16 || klen > APC_MAX_KEY)
-        return APC_E_ARG;
     uint64_t hash = apc_xxh3_64(key, klen);
-    now = apc_now(now);
     apc_slot *s;
-    uint64_t ident;
-    int rc = find_pinned(seg, table, key, klen, hash, &s, &ident);
+    int rc = find_pinned(seg, table, key, klen, hash, &s, ident);
     if (rc != APC_OK) {
         if (rc == APC_NOTFOUND)
             count_miss(seg, table);
         return rc;
     }
     if (apc_expired(s, now)) {
-        unpin(s, ident);
+        unpin(s, *ident);
         count_miss(seg, table);
         return APC_NOTFOUND;
     }
     APC_FAULT("fetch.pinned");
     count_hit(seg, table, s, now);
+    *out = s;
+    return APC_OK;
+}
+
+int64_t apc_fetch(apc_seg *seg, int table, const char *key, uint32_t klen,
+                  uint64_t now, char *buf, uint64_t cap)
+{
+    CHECK_SEG(seg);
+    if (bad_table(table) || cap < 16 || klen > APC_MAX_KEY)
+        return APC_E_ARG;
+    now = apc_now(now);
+    apc_slot *s;
+    uint64_t ident;
+    int rc = fetch_pinned(seg, table, key, klen, now, &s, &ident);
+    if (rc != APC_OK)
+        return rc;
     uint64_t type = s->type;
     uint64_t vlen = s->val_len;
     if (type == APC_T_INT) {
@@ -237,23 +250,12 @@ int64_t apc_fetch_ref(apc_seg *seg, int table, const char *key, uint32_t klen, u
     CHECK_SEG(seg);
     if (bad_table(table) || klen > APC_MAX_KEY || !ref)
         return APC_E_ARG;
-    uint64_t hash = apc_xxh3_64(key, klen);
     now = apc_now(now);
     apc_slot *s;
     uint64_t ident;
-    int rc = find_pinned(seg, table, key, klen, hash, &s, &ident);
-    if (rc != APC_OK) {
-        if (rc == APC_NOTFOUND)
-            count_miss(seg, table);
+    int rc = fetch_pinned(seg, table, key, klen, now, &s, &ident);
+    if (rc != APC_OK)
         return rc;
-    }
-    if (apc_expired(s, now)) {
-        unpin(s, ident);
-        count_miss(seg, table);
-        return APC_NOTFOUND;
-    }
-    APC_FAULT("fetch.pinned");
-    count_hit(seg, table, s, now);
     uint64_t type = s->type;
     ref->ptr = apc_slot_val(s);
     ref->len = type == APC_T_INT ? 8 : s->val_len;
