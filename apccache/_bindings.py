@@ -88,3 +88,9 @@ def check(rc, what=""):
     if rc < 0:
         raise error(rc, what)
     return rc
+
+
+def pid_alive(pid):
+    """Is pid a running process on this host?  A zombie (killed, not yet
+    reaped) is not; one owned by another user is."""
+    return pid > 0 and bool(lib.apc_pid_alive(pid))

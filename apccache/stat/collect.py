@@ -82,17 +82,7 @@ def _user(uid):
         return None
 
 
-def pid_alive(pid):
-    """True if a process with this pid exists (on this host)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+pid_alive = B.pid_alive
 
 
 # ---------------------------------------------------------------- listing

@@ -349,7 +349,7 @@ class Supervisor:
             log.error("the cache segment %r already exists and no supervisor owns it: another program "
                       "may be using it; remove /dev/shm/%s or choose another [cache] name", c.name, c.name)
             return ExitCode.CACHE_ERROR
-        if owner != self.pid and sb._alive(owner):
+        if owner != self.pid and sb.pid_alive(owner):
             old.close()
             log.error("the cache segment %r is in use by supervisor pid %d; stop it (kill -TERM %d) or "
                       "choose another [cache] name", c.name, owner, owner)

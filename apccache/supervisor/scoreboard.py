@@ -113,6 +113,7 @@ import os
 import struct
 import time
 
+from .._bindings import pid_alive
 from .errors import ScoreboardError
 
 __all__ = [
@@ -262,7 +263,7 @@ def read(cache):
     workers.sort(key=lambda w: (w["pool"], w["worker_id"], w["generation"], w["forked"]))
     return {
         "master_pid": master_pid,
-        "master_alive": _alive(master_pid),
+        "master_alive": pid_alive(master_pid),
         "started": started,
         "updated": updated,
         "seq": seq,
@@ -273,18 +274,6 @@ def read(cache):
         "pools": pools,
         "workers": workers,
     }
-
-
-def _alive(pid):
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _read_record(buf, index):
