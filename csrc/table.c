@@ -178,11 +178,15 @@ static int record_pin(apc_seg *seg, apc_slot *s, uint64_t ident, uint64_t now)
     return -1;
 }
 
-/* What both fetches share: find and pin a live entry, count the hit or the
- * miss.  On APC_OK the caller owns one pin on *out (ident for the unpin). */
-static int fetch_pinned(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now,
+/* What both fetches share: check the key and table, read the clock (into
+ * *now), find and pin a live entry, count the hit or the miss.  On APC_OK
+ * the caller owns one pin on *out (ident for the unpin). */
+static int fetch_pinned(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t *now,
                         apc_slot **out, uint64_t *ident)
 {
+    if (bad_table(table) || klen > APC_MAX_KEY)
+        return APC_E_ARG;
+    *now = apc_now(*now);
     uint64_t hash = apc_xxh3_64(key, klen);
     apc_slot *s;
     int rc = find_pinned(seg, table, key, klen, hash, &s, ident);
@@ -191,13 +195,13 @@ static int fetch_pinned(apc_seg *seg, int table, const char *key, uint32_t klen,
             count_miss(seg, table);
         return rc;
     }
-    if (apc_expired(s, now)) {
+    if (apc_expired(s, *now)) {
         unpin(s, *ident);
         count_miss(seg, table);
         return APC_NOTFOUND;
     }
     APC_FAULT("fetch.pinned");
-    count_hit(seg, table, s, now);
+    count_hit(seg, table, s, *now);
     *out = s;
     return APC_OK;
 }
@@ -206,12 +210,11 @@ int64_t apc_fetch(apc_seg *seg, int table, const char *key, uint32_t klen,
                   uint64_t now, char *buf, uint64_t cap)
 {
     CHECK_SEG(seg);
-    if (bad_table(table) || cap < 16 || klen > APC_MAX_KEY)
+    if (cap < 16)
         return APC_E_ARG;
-    now = apc_now(now);
     apc_slot *s;
     uint64_t ident;
-    int rc = fetch_pinned(seg, table, key, klen, now, &s, &ident);
+    int rc = fetch_pinned(seg, table, key, klen, &now, &s, &ident);
     if (rc != APC_OK)
         return rc;
     uint64_t type = s->type;
@@ -248,12 +251,11 @@ int64_t apc_fetch_ref(apc_seg *seg, int table, const char *key, uint32_t klen, u
                       apc_ref *ref)
 {
     CHECK_SEG(seg);
-    if (bad_table(table) || klen > APC_MAX_KEY || !ref)
+    if (!ref)
         return APC_E_ARG;
-    now = apc_now(now);
     apc_slot *s;
     uint64_t ident;
-    int rc = fetch_pinned(seg, table, key, klen, now, &s, &ident);
+    int rc = fetch_pinned(seg, table, key, klen, &now, &s, &ident);
     if (rc != APC_OK)
         return rc;
     uint64_t type = s->type;

@@ -106,17 +106,22 @@ def test_entry_race_runs_the_generator_once(segments, method):
     assert c.info()["entries_in_progress"] == 0
 
 
-def test_entry_is_taken_over_when_the_generating_process_dies(segments):
-    c = segments(size=1 << 20)
+def _generating_child(name):
+    """A process stuck inside entry("k")'s generator; it says "generating"."""
     code = textwrap.dedent(f"""
-        import os, time, apccache
-        c = apccache.Cache.attach({c.name!r})
+        import time, apccache
+        c = apccache.Cache.attach({name!r})
         def gen(k):
             print("generating", flush=True)
             time.sleep(60)
         c.entry("k", gen)
     """)
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+
+
+def test_entry_is_taken_over_when_the_generating_process_dies(segments):
+    c = segments(size=1 << 20)
+    child = _generating_child(c.name)
     try:
         assert child.stdout.readline().strip() == "generating"
         assert c.info()["entries_in_progress"] == 1
@@ -132,15 +137,7 @@ def test_entry_is_taken_over_when_the_generating_process_dies(segments):
 
 def test_recover_releases_an_entry_in_progress(segments):
     c = segments(size=1 << 20)
-    code = textwrap.dedent(f"""
-        import time, apccache
-        c = apccache.Cache.attach({c.name!r})
-        def gen(k):
-            print("generating", flush=True)
-            time.sleep(60)
-        c.entry("k", gen)
-    """)
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = _generating_child(c.name)
     assert child.stdout.readline().strip() == "generating"
     child.kill()
     child.wait()
