@@ -13,7 +13,6 @@ from .errors import (
     IncompatibleSegmentError,
 )
 from .serializers import JSONSerializer, PickleSerializer
-from .supervisor.errors import JobTimeLimitExceeded
 
 __version__ = "0.1.0"
 
@@ -28,3 +27,13 @@ __all__ = [
     "JSONSerializer",
     "PickleSerializer",
 ]
+
+
+def __getattr__(name):
+    # The supervisor's exception, without importing the supervisor package
+    # into every process that only uses the cache.
+    if name == "JobTimeLimitExceeded":
+        from .supervisor.errors import JobTimeLimitExceeded
+
+        return JobTimeLimitExceeded
+    raise AttributeError(f"module 'apccache' has no attribute {name!r}")

@@ -12,24 +12,34 @@ segment (its owner: it is created mode 0600) can therefore run code in every
 process that fetches from it.  Where that matters, use
 :class:`JSONSerializer`, which can only ever produce JSON data.
 """
-import pickle
+_pickle = None  # imported on first use: a process that stores no objects never pays for it
+
+
+def _import_pickle():
+    global _pickle
+    import pickle
+
+    _pickle = pickle
+    return pickle
 
 
 class PickleSerializer:
     """Any picklable object; fetch returns an equal copy of the same type.
+    protocol: the pickle protocol of stores (default: the highest).
 
     Unpickling executes code chosen by whoever wrote the segment."""
 
     name = "pickle"
 
-    def __init__(self, protocol=pickle.HIGHEST_PROTOCOL):
+    def __init__(self, protocol=None):
         self.protocol = protocol
 
     def dumps(self, value):
-        return pickle.dumps(value, self.protocol)
+        p = _pickle or _import_pickle()
+        return p.dumps(value, p.HIGHEST_PROTOCOL if self.protocol is None else self.protocol)
 
     def loads(self, data):
-        return pickle.loads(data)
+        return (_pickle or _import_pickle()).loads(data)
 
 
 class JSONSerializer:
