@@ -11,6 +11,7 @@ apccache opens it directly, without SharedMemory, for two reasons:
 - importing ``multiprocessing`` costs about 20 ms, a large part of a short
   worker's start-up, and of what the opcode cache saves.
 """
+import errno
 import mmap
 import os
 
@@ -19,9 +20,11 @@ import _posixshmem
 
 class Segment:
     """A mapped shared-memory object: ``buf`` (a memoryview), ``size``,
-    ``name`` (without the leading slash), ``_fd`` (open until close)."""
+    ``name`` (without the leading slash), ``_fd`` (open until close).
 
-    def __init__(self, name, create=False, size=0):
+    reserve (with create): allocate all of its memory now; see _reserve."""
+
+    def __init__(self, name, create=False, size=0, reserve=False):
         self.name = name
         flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
         self._fd = _posixshmem.shm_open("/" + name, flags, mode=0o600)
@@ -29,6 +32,8 @@ class Segment:
             if create:
                 os.fchmod(self._fd, 0o600)  # whatever the umask
                 os.ftruncate(self._fd, size)
+                if reserve:
+                    _reserve(self._fd, size, name)
             self.size = os.fstat(self._fd).st_size
             if self.size == 0:
                 raise ValueError(f"segment {name!r} is empty")
@@ -54,3 +59,37 @@ class Segment:
 
     def unlink(self):
         _posixshmem.shm_unlink("/" + self.name)
+
+
+def _reserve(fd, size, name):
+    """Allocate the memory of a new segment (posix_fallocate).
+
+    A POSIX shared-memory object is a file in a tmpfs (/dev/shm), and its
+    pages are allocated when first written.  Left to that, a /dev/shm too
+    small for the segment (a container's default is 64 MiB) kills whichever
+    worker writes the first page that does not fit, with SIGBUS.  Reserved,
+    the segment either fits now or is refused now.  Reserving also takes
+    the cost of allocating and zeroing the pages (about 0.4 ms per MiB) off
+    the workers that fill the cache."""
+    try:
+        st = os.fstatvfs(fd)
+        free = st.f_bavail * st.f_frsize
+    except OSError:
+        free = None
+    try:
+        if free is not None and st.f_blocks and size > free:
+            # Refused at once: allocating what fits only to give it back
+            # could take seconds.
+            raise OSError(errno.ENOSPC, "no space")
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return  # a file system that cannot: pages come when first written
+        if e.errno in (errno.ENOSPC, errno.EFBIG):
+            raise OSError(
+                errno.ENOSPC,
+                f"no room for the {size / 2**20:.0f} MiB segment {name!r} in /dev/shm "
+                f"({'free space unknown' if free is None else f'{free / 2**20:.0f} MiB free'}): "
+                "make the cache smaller or /dev/shm larger (docker run --shm-size=...)",
+            ) from None
+        raise

@@ -168,7 +168,7 @@ class Cache:
 
     @classmethod
     def create(cls, name, size=64 * 1024 * 1024, slots=None, ttl=0, gc_ttl=3600, *,
-               serializer=None, clock=None):
+               serializer=None, clock=None, reserve=True):
         """Create the segment ``name`` (mode 0600) and return a handle on it.
 
         ``size`` is the segment's size in bytes; ``slots`` a hint for the
@@ -178,6 +178,10 @@ class Cache:
         room is needed; 0 = off); ``gc_ttl`` how long a deleted entry still
         pinned by a reader waits before it is freed anyway.  ``clock`` (a
         callable returning seconds) replaces the real clock, for tests.
+        ``reserve`` allocates all the segment's memory now, so that a
+        /dev/shm too small for it fails here (OSError ENOSPC) rather than
+        with SIGBUS in whichever process later writes past what fits;
+        False leaves the pages to be allocated as entries are written.
 
         Raises FileExistsError if the segment exists.
         """
@@ -197,7 +201,7 @@ class Cache:
                 f"size {size} is too small for {nslots} slots: it must be at least {minimum} bytes"
                 " (pass a larger size or fewer slots)"
             )
-        shm = Segment(name, create=True, size=size)
+        shm = Segment(name, create=True, size=size, reserve=reserve)
         try:
             base = ffi.from_buffer(shm.buf)
             now = int(clock()) if clock else 0

@@ -1,4 +1,5 @@
 """The public contract of apccache.Cache, one behaviour per test."""
+import errno
 import os
 import pickle
 import stat
@@ -31,6 +32,27 @@ def test_create_makes_a_0600_segment_that_attach_sees(segments):
 def test_create_refuses_an_existing_name(cache):
     with pytest.raises(FileExistsError):
         apccache.Cache.create(cache.name, size=1 << 20)
+
+
+def test_create_reserves_the_whole_segment_unless_told_not_to(segments):
+    reserved = segments(size=8 << 20)
+    lazy = segments(size=8 << 20, reserve=False)
+    # st_blocks counts 512-byte blocks actually allocated in /dev/shm.
+    assert os.stat(f"/dev/shm/{reserved.name}").st_blocks * 512 >= 8 << 20
+    assert os.stat(f"/dev/shm/{lazy.name}").st_blocks * 512 < 4 << 20
+    lazy.store("k", b"v" * 100_000)
+    assert lazy.fetch("k") == b"v" * 100_000
+
+
+def test_a_segment_larger_than_dev_shm_is_refused_at_create_and_leaves_nothing():
+    st = os.statvfs("/dev/shm")
+    too_big = st.f_bavail * st.f_frsize + (64 << 20)
+    name = segment_name("huge")
+    with pytest.raises(OSError) as e:
+        apccache.Cache.create(name, size=too_big)
+    assert e.value.errno == errno.ENOSPC
+    assert "/dev/shm" in str(e.value) and "--shm-size" in str(e.value)
+    assert not os.path.exists(f"/dev/shm/{name}")
 
 
 def test_attach_to_a_missing_name_raises_file_not_found():
