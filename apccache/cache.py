@@ -418,6 +418,28 @@ class Cache:
             data = io.view[0:n]
         return self._decode(tag, data)
 
+    def _fetch_with(self, k, fn, default, table):
+        """fn(buffer) for the bytes stored under k, while the entry is held:
+        a large value is read where it lies (pinned, as fetch pins it, and
+        unpinned when fn returns), a small one from a copy.  default if
+        absent; a value that is not bytes is passed as fetch returns it."""
+        io = self._io()
+        r = _fetch(self._seg, table, k, len(k), self._now(), io.buf, _BUF)
+        if r < 0 or not r & B.PINNED:
+            value = self._result(io, r, k, _MISSING, table)
+            return default if value is _MISSING else fn(value)
+        off, rec = io.u64[0], io.u64[1]
+        try:
+            if r & 0x7F != B.T_BYTES:
+                return fn(self._decode(r & 0x7F, bytes(self._mv[off : off + (r >> 8)])))
+            view = self._mv[off : off + (r >> 8)]
+            try:
+                return fn(view)
+            finally:
+                view.release()
+        finally:
+            _unpin(self._seg, rec)
+
     def _fetch_unbuffered(self, k, default, table, size):
         """The rare path: every pin record is taken, so copy into a buffer
         of the value's size."""
@@ -440,6 +462,8 @@ class Cache:
         t = type(value)
         if t is bytes:
             tag, data, ival = B.T_BYTES, value, 0
+        elif t is bytearray and table:  # the file table is bytes in, bytes out
+            tag, data, ival = B.T_BYTES, ffi.from_buffer(value), 0
         else:
             tag, data, ival = self._encode(value)
         c = self._clock
@@ -946,8 +970,15 @@ class FileTable:
         """The bytes stored under key, or default (counts a hit or miss)."""
         return self._c._fetch_key(key, default, self.TABLE)
 
+    def view(self, key, fn, default=None):
+        """fn(buffer) for the value under key, or default; see get().  A
+        large value is read in place, without a copy: the buffer is valid
+        only until fn returns, and fn must keep no view of it."""
+        return self._c._fetch_with(key, fn, default, self.TABLE)
+
     def put(self, key, data, ttl=0):
-        """Store, replacing any entry."""
+        """Store, replacing any entry (data: bytes, or a bytearray stored
+        as bytes)."""
         return self._c._store_key(key, data, ttl, 0, self.TABLE)
 
     def add(self, key, data, ttl=0):

@@ -85,6 +85,8 @@ MODES = ("stat", "no-stat")
 _MODE_ALIASES = {"stat": "stat", "no-stat": "no-stat", "nostat": "no-stat", "no_stat": "no-stat"}
 
 _MISSING = object()
+_ABSENT = object()
+_STALE = object()
 
 # An entry's value: a fixed header, the path the value was made from, the
 # payload.  The validators are those of the file when it was read.
@@ -223,6 +225,7 @@ class FileCache:
             ("hits", "misses", "stale", "stored", "skipped_too_new", "skipped_changed",
              "skipped_full", "skipped_key_too_long", "unreadable_entries", "waited_for_other"), 0)
         self.mode = "stat"
+        self._code_ns = code_namespace("source", "stat")
         self.protect_s = 2
         self.revalidate_s = 0
         self.search_path = None
@@ -248,6 +251,7 @@ class FileCache:
         if mode is not None and mode != self.mode:
             self._memo.clear()
             self.mode = mode
+            self._code_ns = code_namespace("source", mode)
         if protect_s is not None:
             self.protect_s = protect_s
         if revalidate_s is not None:
@@ -269,7 +273,7 @@ class FileCache:
         absolute path.  SyntaxError propagates and nothing is stored.
         UnsafeSegmentError if the segment is not safe to run code from."""
         self.check_code_safe()
-        return self._code(self._abspath(path), None, True)
+        return self._code(self._abspath(path))
 
     def load(self, path, loader, *, kind=None):
         """``loader(data)`` of the file's bytes, computed once for all
@@ -409,18 +413,18 @@ class FileCache:
         sp = self.search_path or (os.getcwd(),)
         return [os.path.abspath(os.path.join(d, p)) for d in sp]
 
-    def _code(self, path, loader, use_pyc):
+    def _code(self, path, loader=None):
         """The code object for the source file path (absolute), from the
-        cache or made and stored.  On a miss a valid .pyc is used if
-        use_pyc; loader (the import hook's) also writes one after a
+        cache or made and stored.  On a miss a valid .pyc is used instead
+        of compiling; loader (the import hook's) also writes one after a
         compile, as the stock loader does."""
         def make(data, p, st):
             return self._make_code(data, p, st, loader)
 
-        make.use_pyc = use_pyc
+        make.use_pyc = True
         if self.mode == "stat":
-            return self._lookup_stat(path, code_namespace("source", "stat"), K_CODE, make)
-        return self._lookup_nostat(path, code_namespace("source", "no-stat"), K_CODE, make)
+            return self._lookup_stat(path, self._code_ns, K_CODE, make)
+        return self._lookup_nostat(path, self._code_ns, K_CODE, make)
 
     def _value(self, path, ns, kind, make):
         if self.mode == "stat":
@@ -428,7 +432,9 @@ class FileCache:
         return self._lookup_nostat(path, ns, kind, make)
 
     # The lookups.  make(file bytes, path, fstat) -> (value, payload) where
-    # payload is what the entry stores (marshal data for code).
+    # payload is what the entry stores (marshal data for code).  An entry
+    # is read where it lies in the segment (FileTable.view): _decode gives
+    # the value, _STALE or _MISSING.
 
     def _lookup_stat(self, path, ns, kind, make):
         stats = self._stats
@@ -439,16 +445,14 @@ class FileCache:
         else:
             st = os.stat(path)
             key = b"S" + _ID.pack(st.st_dev, st.st_ino) + b"\0" + ns
-            val = _validators(st)
-        blob = self._table.get(key)
-        if blob is not None:
-            if blob[_VAL_AT] == val and blob[:4] == _MAGIC:
-                value = self._decode(blob, path, kind)
-                if value is not _MISSING:
-                    stats["hits"] += 1
-                    if self.revalidate_s and st is not None:
-                        self._memo[path, ns] = (key, val, time.monotonic())
-                    return value
+            val = _VAL.pack(st.st_mtime_ns, st.st_size, st.st_ctime_ns)
+        value = self._table.view(key, lambda buf: self._decode(buf, path, kind, val), _ABSENT)
+        if value is not _ABSENT:
+            if value is not _STALE and value is not _MISSING:
+                stats["hits"] += 1
+                if self.revalidate_s and st is not None:
+                    self._memo[path, ns] = (key, val, time.monotonic())
+                return value.load(self) if type(value) is _Serialized else value
             stats["stale"] += 1
             self._table.delete(key)
         if st is None:  # the trusted memo was stale: look again
@@ -466,12 +470,11 @@ class FileCache:
             self._stats["skipped_key_too_long"] += 1
             value, _payload, _st = self._read_and_make(path, make)
             return value
-        blob = self._table.get(key)
-        if blob is not None and blob[:4] == _MAGIC:
-            value = self._decode(blob, path, kind)
+        value = self._table.view(key, lambda buf: self._decode(buf, path, kind, None), _ABSENT)
+        if value is not _ABSENT:
             if value is not _MISSING:
                 self._stats["hits"] += 1
-                return value
+                return value.load(self) if type(value) is _Serialized else value
             self._table.delete(key)
         self._stats["misses"] += 1
         return self._fill(key, path, kind, make, None, None)
@@ -502,10 +505,9 @@ class FileCache:
             return box[0]
         # Another process made it while we waited.
         self._stats["waited_for_other"] += 1
-        if val is None or blob[_VAL_AT] == val:
-            value = self._decode(blob, path, kind)
-            if value is not _MISSING:
-                return value
+        value = self._decode(blob, path, kind, val) if isinstance(blob, bytes) else _MISSING
+        if value is not _STALE and value is not _MISSING:
+            return value.load(self) if type(value) is _Serialized else value
         value, _payload, _st = self._read_and_make(path, make, st)
         return value
 
@@ -514,20 +516,23 @@ class FileCache:
 
         The file is read once, between two fstat calls on the open file.
         For code with a valid .pyc the source is not read: the pyc is,
-        between two stat calls of the source."""
+        between two stat calls of the source, straight into the buffer the
+        entry is stored from."""
         if getattr(make, "use_pyc", False):
             try:
-                st0 = os.stat(path)
+                st0 = expected if expected is not None else os.stat(path)
             except OSError:
                 st0 = None
-            data = _read_valid_pyc(path, st0) if st0 is not None else None
-            if data is not None:
+            rec = _read_valid_pyc(path, st0, _HDR.size + len(os.fsencode(path))) if st0 is not None else None
+            if rec is not None:
+                buf, start = rec
                 try:
-                    code = fix_filename(marshal.loads(data), path)
+                    with memoryview(buf) as mv:
+                        code = fix_filename(marshal.loads(mv[start:]), path)
                 except (ValueError, EOFError, TypeError):
                     code = None
                 if code is not None:
-                    return self._judge(code, data, st0, os.stat(path), expected)
+                    return self._judge(code, buf, st0, os.stat(path), expected)
         with open(path, "rb") as f:
             st1 = os.fstat(f.fileno())
             data = f.read()
@@ -558,7 +563,14 @@ class FileCache:
         return code, data
 
     def _encode(self, kind, payload, path, st):
+        """The entry for payload: the header, the path, the payload.  A
+        bytearray payload is the whole entry already, with room left for
+        the header and the path (see _read_valid_pyc)."""
         p = os.fsencode(path)
+        if type(payload) is bytearray:
+            _HDR.pack_into(payload, 0, _MAGIC, kind, 0, 0, st.st_mtime_ns, st.st_size, st.st_ctime_ns, len(p))
+            payload[_HDR.size:_HDR.size + len(p)] = p
+            return payload
         if kind == K_SER:
             t = type(payload)
             if t is bytes:
@@ -570,50 +582,85 @@ class FileCache:
         return b"".join((_HDR.pack(_MAGIC, kind, 0, 0, st.st_mtime_ns, st.st_size, st.st_ctime_ns, len(p)),
                          p, payload))
 
-    def _decode(self, blob, path, kind):
-        """The value of an entry, or _MISSING if it cannot be read (it is
-        then treated as a miss and replaced)."""
+    def _decode(self, buf, path, kind, val):
+        """The value of the entry in buf (bytes, or a view of the segment
+        that is valid only during the call): _STALE if its validators are
+        not val (None: not checked), _MISSING if it cannot be read (it is
+        then treated as a miss and replaced).  A serialized value comes
+        back as _Serialized, loaded by the caller once buf is let go."""
         try:
-            _m, k, _f, _r, _mt, _sz, _ct, plen = _HDR.unpack_from(blob)
+            if val is not None and buf[_VAL_AT] != val:
+                return _STALE
+            _m, k, _f, _r, _mt, _sz, _ct, plen = _HDR.unpack_from(buf)
+            if _m != _MAGIC:
+                raise ValueError("not a file-cache entry")
             start = _HDR.size + plen
             if k == K_CODE:
                 if kind != K_CODE:
                     raise ValueError("code entry in a value namespace")
-                code = marshal.loads(memoryview(blob)[start:])
-                if blob[_HDR.size:start] != os.fsencode(path):
-                    code = fix_filename(code, path)
+                with memoryview(buf) as mv:
+                    code = marshal.loads(mv[start:])
+                    if mv[_HDR.size:start] != os.fsencode(path):
+                        code = fix_filename(code, path)
                 return code
             if kind == K_CODE:
                 raise ValueError("value entry in a code namespace")
             if k == K_BYTES:
-                return blob[start:]
+                return bytes(buf[start:])
             if k == K_STR:
-                return blob[start:].decode("utf-8", "surrogatepass")
+                return str(buf[start:], "utf-8", "surrogatepass")
             if k == K_SER:
-                return self._cache._ser.loads(blob[start:])
+                return _Serialized(bytes(buf[start:]))
             raise ValueError(f"unknown entry kind {k}")
         except Exception:
             self._stats["unreadable_entries"] += 1
             return _MISSING
 
 
-def _read_valid_pyc(source_path, st):
-    """The marshal data of source_path's .pyc if it is a timestamp pyc that
+class _Serialized:
+    """A serialized value copied out of an entry, to be loaded outside it."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data):
+        self.data = data
+
+    def load(self, files):
+        try:
+            return files._cache._ser.loads(self.data)
+        except Exception:
+            files._stats["unreadable_entries"] += 1
+            raise
+
+
+def _read_valid_pyc(source_path, st, room):
+    """(buffer, start) for source_path's .pyc if it is a timestamp pyc that
     the stock import system would accept for the source as st describes
-    it, else None."""
+    it, else None.  buffer is a bytearray of room bytes (left for the
+    entry's header) and the marshal data, which begins at start."""
     try:
         pyc = importlib.util.cache_from_source(source_path)
-        with open(pyc, "rb") as f:
-            data = f.read()
+        with open(pyc, "rb", buffering=0) as f:
+            head = f.read(16)
+            if len(head) < 16 or head[:4] != _PYC_MAGIC or head[4:8] != b"\0\0\0\0":
+                return None
+            if int.from_bytes(head[8:12], "little") != int(st.st_mtime) & 0xFFFFFFFF:
+                return None
+            if int.from_bytes(head[12:16], "little") != st.st_size & 0xFFFFFFFF:
+                return None
+            buf = bytearray(room + max(0, os.fstat(f.fileno()).st_size - 16))
+            with memoryview(buf) as mv:
+                pos = room
+                while pos < len(buf):
+                    n = f.readinto(mv[pos:])
+                    if not n:
+                        return None  # shorter than its size: being rewritten
+                    pos += n
+            if f.read(1):
+                return None  # longer: being rewritten
     except (OSError, NotImplementedError, ValueError):
         return None
-    if len(data) < 16 or data[:4] != _PYC_MAGIC or data[4:8] != b"\0\0\0\0":
-        return None
-    if int.from_bytes(data[8:12], "little") != int(st.st_mtime) & 0xFFFFFFFF:
-        return None
-    if int.from_bytes(data[12:16], "little") != st.st_size & 0xFFFFFFFF:
-        return None
-    return data[16:]
+    return buf, room
 
 
 def _write_pyc(loader, source_path, st, data):

@@ -113,7 +113,7 @@ class SharedCodeLoader(SourceFileLoader):
         if st is None:
             return super().get_code(fullname)
         try:
-            return st.files._code(self.path, self, True)
+            return st.files._code(self.path, self)
         except (OSError, CacheError):
             # A vanished file, or a segment problem: the stock loader gives
             # the stock behaviour (and the stock error).
@@ -300,7 +300,7 @@ def warm(paths, cache=None, mode=None):
         out["files"] += 1
         before = dict(s)
         try:
-            files._code(path, None, True)
+            files._code(path)
         except (SyntaxError, ValueError, OSError, UnicodeDecodeError) as e:
             out["errors"].append((path, f"{type(e).__name__}: {e}"))
             continue

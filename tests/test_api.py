@@ -697,6 +697,23 @@ def test_the_file_table_is_apart_from_the_user_cache(cache):
     assert cache.check() == []
 
 
+@pytest.mark.parametrize("size", [10, 200_000])
+def test_file_table_view_reads_the_value_in_place_and_lets_it_go(cache, size):
+    ft = cache.file_table
+    value = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    assert ft.put(b"blob", bytearray(value)) is True, "a bytearray is stored as bytes"
+    assert ft.get(b"blob") == value
+    seen = []
+    assert ft.view(b"blob", lambda buf: seen.append(buf) or bytes(buf[:3]) + bytes(buf[-3:])) == value[:3] + value[-3:]
+    if size > 16384:  # read where it lies: a view, released when fn returns
+        with pytest.raises(ValueError, match="released"):
+            bytes(seen[0])
+    assert ft.view(b"absent", bytes, "default") == "default"
+    # The pin is gone: the entry can be replaced and every byte is freed.
+    assert ft.put(b"blob", b"new") and ft.view(b"blob", bytes) == b"new"
+    assert cache.check() == []
+
+
 def test_the_segment_is_the_object_multiprocessing_shared_memory_opens(cache):
     from multiprocessing import resource_tracker, shared_memory
 

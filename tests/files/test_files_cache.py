@@ -49,6 +49,35 @@ def test_compile_returns_code_compiled_once_and_shared_with_another_handle(cache
         other.close()
 
 
+def test_a_valid_pyc_is_stored_instead_of_compiling_and_a_broken_one_is_not(cache, tree, monkeypatch):
+    import builtins
+    import importlib.util
+    import py_compile
+
+    good = tree("pyc/good.py", "X = 'from pyc'\n")
+    broken = tree("pyc/broken.py", "X = 'compiled'\n")
+    for p in (good, broken):
+        py_compile.compile(p, invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
+    pyc = importlib.util.cache_from_source(broken)
+    with open(pyc, "r+b") as f:
+        f.truncate(os.path.getsize(pyc) - 5)  # its marshal data cut short
+    compiled = []
+    real = builtins.compile
+    monkeypatch.setattr(builtins, "compile", lambda src, name, *a, **k: compiled.append(name) or real(src, name, *a, **k))
+    f = fc(cache)
+    ns = {}
+    exec(f.compile(good), ns)
+    assert ns["X"] == "from pyc" and compiled == []
+    exec(f.compile(broken), ns)
+    assert ns["X"] == "compiled" and compiled == [broken]
+    assert f.info()["process"]["stored"] == 2
+    other = fc(apccache.Cache.attach(cache.name))
+    try:
+        assert other.compile(good).co_filename == good and other.info()["process"]["hits"] == 1
+    finally:
+        other._cache.close()
+
+
 def test_load_caches_loader_output_of_bytes_str_and_objects(cache, tree):
     p = tree("c.txt", "a=1\n")
     f = fc(cache)
