@@ -75,6 +75,7 @@ import stat as _stat
 import struct
 import sys
 import time
+from importlib.machinery import SOURCE_SUFFIXES
 
 from .errors import CacheError, CacheFullError
 
@@ -223,7 +224,8 @@ class FileCache:
         self._resolved = {}  # (relative path, search path) -> absolute path: no-stat
         self._stats = dict.fromkeys(
             ("hits", "misses", "stale", "stored", "skipped_too_new", "skipped_changed",
-             "skipped_full", "skipped_key_too_long", "unreadable_entries", "waited_for_other"), 0)
+             "skipped_full", "skipped_key_too_long", "unreadable_entries", "waited_for_other",
+             "modules_found"), 0)
         self.mode = "stat"
         self._code_ns = code_namespace("source", "stat")
         self.protect_s = 2
@@ -306,11 +308,15 @@ class FileCache:
     def invalidate(self, path):
         """Drop every entry made from path (code and loaded values, in both
         modes, all namespaces), for all processes.  Returns how many.  The
-        next lookup reads the file again."""
+        next lookup reads the file again.  The no-stat import hook's record
+        of where it found the module goes too (not counted): the next
+        import looks for it again."""
         p = _fspath(path)
         prefixes = []
+        modules = []
         for cand in self._candidates(p):
             prefixes.append(b"P" + os.fsencode(cand) + b"\0")
+            modules.append(_module_prefix(cand))
             try:
                 st = os.stat(cand)
             except OSError:
@@ -323,9 +329,12 @@ class FileCache:
             for k in [k for k in self._resolved if k[0] == p]:
                 del self._resolved[k]
         n = 0
+        modules = tuple(m for m in modules if m is not None)
         for _rec, key in self._table.entries():
             if key.startswith(tuple(prefixes)) and self._table.delete(key):
                 n += 1
+            elif modules and key.startswith(modules):
+                self._table.delete(key)
         return n
 
     def reset(self):
@@ -366,6 +375,33 @@ class FileCache:
             out["entries"] = [dict(_describe_key(k), hits=r["hits"], mem_size=r["mem_size"],
                                    creation_time=r["creation_time"]) for r, k in self._table.entries()]
         return out
+
+    # Where the no-stat import hook found a module, so that the next
+    # process finds it with no system call: the key is
+    # M<directory>\0<module name>\0<code namespace>, the value b"m" (a
+    # module) or b"p" (a package) and the path of its source.
+
+    def _module_key(self, directory, name):
+        return b"".join((b"M", os.fsencode(directory), b"\0", name.encode("utf-8", "surrogatepass"),
+                         b"\0", self._code_ns))
+
+    def _found_module(self, directory, name):
+        """(source path, is_package) where an earlier import found module
+        name in directory, or None."""
+        key = self._module_key(directory, name)
+        found = self._table.get(key) if len(key) <= 65535 else None
+        if type(found) is not bytes or found[:1] not in (b"m", b"p"):
+            return None
+        self._stats["modules_found"] += 1
+        return os.fsdecode(found[1:]), found[:1] == b"p"
+
+    def _remember_module(self, directory, name, origin, is_package):
+        key = self._module_key(directory, name)
+        if len(key) <= 65535:
+            try:
+                self._table.add(key, (b"p" if is_package else b"m") + os.fsencode(origin))
+            except CacheFullError:
+                self._stats["skipped_full"] += 1
 
     def check_code_safe(self):
         """UnsafeSegmentError unless code from this segment may be run
@@ -682,6 +718,18 @@ def _write_pyc(loader, source_path, st, data):
         pass
 
 
+def _module_prefix(path):
+    """The start of the module-location keys (see FileCache._module_key)
+    that point at the source file path, or None if it is not a source."""
+    head, name = os.path.split(path)
+    stem, dot, suffix = name.rpartition(".")
+    if not dot or "." + suffix not in SOURCE_SUFFIXES:
+        return None
+    if stem == "__init__":
+        head, stem = os.path.split(head)
+    return b"".join((b"M", os.fsencode(head), b"\0", stem.encode("utf-8", "surrogatepass"), b"\0"))
+
+
 def _describe_key(key):
     """{'mode', 'namespace', 'path' or 'dev'/'ino'} for a file-table key."""
     try:
@@ -691,6 +739,11 @@ def _describe_key(key):
         if key[:1] == b"P":
             path, _, ns = key[1:].partition(b"\0")
             return {"mode": "no-stat", "path": os.fsdecode(path), "namespace": ns.decode(errors="replace")}
+        if key[:1] == b"M":
+            directory, _, rest = key[1:].partition(b"\0")
+            name, _, ns = rest.partition(b"\0")
+            return {"mode": "no-stat", "path": os.fsdecode(directory), "module": name.decode(errors="replace"),
+                    "namespace": "module location|" + ns.decode(errors="replace")}
         if key[:1] == b"R":
             rel, _, sp = key[1:].partition(b"\0")
             return {"mode": "no-stat", "path": os.fsdecode(rel), "namespace": "resolve",

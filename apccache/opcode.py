@@ -20,8 +20,8 @@ The stock path hook (``FileFinder`` with the stock loaders) is replaced, at
 its own position in ``sys.path_hooks``, by a ``FileFinder`` subclass whose
 loader for ``.py`` files is ``SharedCodeLoader``, a ``SourceFileLoader``
 that overrides only ``get_code``.  The stock finders in
-``sys.path_importer_cache`` are taken out so the next import of each path
-entry makes ours.  Everything else is the stock machinery, and nothing that
+``sys.path_importer_cache`` are replaced by ours (which take over what they
+had read of their directories).  Everything else is the stock machinery, and nothing that
 is not the stock source loader is wrapped: ``sys.meta_path`` is not touched
 (pytest's assertion rewriter, frozen and builtin modules, editable-install
 finders keep working in front of us), zipimport is another path hook,
@@ -33,8 +33,11 @@ Keys follow the file cache's mode.  In stat mode a module is looked up by
 ``(st_dev, st_ino)`` of its source and is valid while its mtime, size and
 ctime match, so an edit, a rename-deploy or a symlink flip is seen by the
 next import.  In no-stat mode it is looked up by its absolute path with no
-system call: changes are not seen until ``invalidate``/``reset`` of the file
-cache, or a new segment.  Code keys are namespaced by the bytecode magic
+system call, and so is the module itself: where a module was found (its
+directory and name, to its source path) is kept in the segment too, so the
+finder neither stats nor lists the directory.  Changes are not seen until
+``invalidate``/``reset`` of the file cache, or a new segment: not an edit,
+and not a module added where it would shadow a known one.  Code keys are namespaced by the bytecode magic
 number, ``sys.implementation.cache_tag``, the optimisation level, the loader
 kind and the mode.  A code object served to a process that imports the file
 through another path (a symlink) gets that path as ``co_filename``, so
@@ -97,6 +100,7 @@ class _State:
         self.our_hook = our_hook
         self.removed = removed  # path entry -> the stock finder taken out of sys.path_importer_cache
         self.owns_cache = owns_cache
+        self.find_shared = files.mode == "no-stat"
         self.fallbacks = 0
 
 
@@ -123,10 +127,42 @@ class SharedCodeLoader(SourceFileLoader):
 
 class SharedCodeFinder(FileFinder):
     """The stock FileFinder, made by the hook's path hook, so that its
-    finders can be told from the stock ones."""
+    finders can be told from the stock ones.
+
+    In no-stat mode it also remembers, in the segment, where it found each
+    source module, so that in the next process finding it takes no system
+    call either (the stock finder stats the directory, lists it and stats
+    the file)."""
+
+    def find_spec(self, fullname, target=None):
+        st = _state
+        if st is None or not st.find_shared:
+            return super().find_spec(fullname, target)
+        name = fullname.rpartition(".")[2]
+        found = st.files._found_module(self.path, name)
+        if found is not None:
+            origin, is_package = found
+            return self._get_spec(SharedCodeLoader, fullname, origin,
+                                  [os.path.dirname(origin)] if is_package else None, target)
+        spec = super().find_spec(fullname, target)
+        if spec is not None and type(spec.loader) is SharedCodeLoader and spec.origin:
+            st.files._remember_module(self.path, name, spec.origin, spec.submodule_search_locations is not None)
+        return spec
 
     def __repr__(self):
         return f"SharedCodeFinder({self.path!r})"
+
+
+def _successor(stock, details):
+    """Our finder for a stock finder's directory.  It takes over what the
+    stock one has read of the directory (its listing and mtime), so the
+    directories of modules imported before install are not listed again."""
+    ours = SharedCodeFinder(stock.path, *details)
+    if all(hasattr(f, a) for f in (stock, ours) for a in ("_path_mtime", "_path_cache", "_relaxed_path_cache")):
+        ours._path_cache = set(stock._path_cache)
+        ours._relaxed_path_cache = set(stock._relaxed_path_cache)
+        ours._path_mtime = stock._path_mtime
+    return ours
 
 
 def _stock_hook_index():
@@ -183,11 +219,12 @@ def install(cache, mode="stat", *, protect_s=2, revalidate_s=0, max_wait=0.5, _o
         raise RuntimeError("the stock FileFinder hook has no SourceFileLoader: nothing to serve")
     stock_hook = sys.path_hooks[i]
     our_hook = SharedCodeFinder.path_hook(*ours)
-    removed = {k: v for k, v in sys.path_importer_cache.items() if type(v) is FileFinder}
+    pic = sys.path_importer_cache
+    removed = {k: v for k, v in pic.items() if type(v) is FileFinder}
     _state = _State(cache, files, stock_hook, our_hook, removed, _owns_cache)
     sys.path_hooks[i] = our_hook
-    for k in removed:
-        del sys.path_importer_cache[k]
+    for k, v in removed.items():
+        pic[k] = _successor(v, ours)
 
 
 def uninstall():

@@ -139,6 +139,71 @@ def test_no_stat_mode_serves_the_old_code_until_invalidate(cache, tree):
     assert imp(cache, "no-stat", root, "apct_ns")["value"] == 2
 
 
+# A child that imports argv[3] from argv[2] with every listing and open of a
+# path under argv[2] failing, and every stat of a file there; stats of its
+# directories are counted (each path hook checks once per process that its
+# entry is a directory).  What else the import needs must come from the segment.
+NO_SYSCALLS = """
+import sys, json, posix, stat, io
+seg, mode, root, name = sys.argv[1:5]
+import apccache, apccache.opcode
+apccache.opcode.install(apccache.Cache.attach(seg), mode, protect_s=0)
+sys.path.insert(0, root)
+touched, dirs = [], []
+def guard(real, is_stat=False):
+    def call(path, *a, **k):
+        if isinstance(path, str) and path.startswith(root):
+            if is_stat:
+                st = real(path, *a, **k)
+                if stat.S_ISDIR(st.st_mode):
+                    dirs.append(path)
+                    return st
+            touched.append(real.__name__ + " " + path)
+            raise PermissionError(13, "touched " + path)
+        return real(path, *a, **k)
+    return call
+for fn in ("listdir", "open", "scandir"):
+    setattr(posix, fn, guard(getattr(posix, fn)))
+posix.stat = guard(posix.stat, is_stat=True)
+io.open_code = guard(io.open_code)
+try:
+    m = __import__(name, fromlist=["*"])
+    value, file = m.VALUE, m.__file__
+except ImportError as e:
+    value, file = None, str(e)
+print(json.dumps({"value": value, "file": file, "touched": touched, "dirs": sorted(dirs),
+                  "stats": apccache.opcode.installed().info()["process"]}))
+"""
+
+
+def test_no_stat_mode_finds_and_loads_a_known_module_with_no_system_call(cache, tree):
+    tree("q/apct_quiet/__init__.py", "from .sub import VALUE\n")
+    tree("q/apct_quiet/sub.py", "VALUE = 'quiet'\n")
+    root = str(tree.root / "q")
+    assert imp(cache, "no-stat", root, "apct_quiet")["value"] == "quiet"
+    out = run_py(NO_SYSCALLS, cache.name, "no-stat", root, "apct_quiet")
+    assert out["value"] == "quiet" and out["touched"] == []
+    pkg = os.path.join(root, "apct_quiet")
+    assert sorted(set(out["dirs"])) == [root, pkg]
+    assert all(out["dirs"].count(d) <= 2 for d in (root, pkg)), "only the checks of zipimport's and our path hook"
+    assert out["file"] == os.path.join(root, "apct_quiet", "__init__.py")
+    assert out["stats"]["modules_found"] == 2 and out["stats"]["hits"] == 2
+    stat_mode = run_py(NO_SYSCALLS, cache.name, "stat", root, "apct_quiet")
+    assert stat_mode["value"] is None and stat_mode["touched"], "stat mode does look at the files"
+
+
+def test_no_stat_mode_keeps_where_it_found_a_module_until_invalidate(cache, tree):
+    p = tree("mv/apct_moved.py", MODULE.format(v="module"))
+    root = str(tree.root / "mv")
+    assert imp(cache, "no-stat", root, "apct_moved")["value"] == "module"
+    os.unlink(p)
+    tree("mv/apct_moved/__init__.py", MODULE.format(v="package"))
+    assert imp(cache, "no-stat", root, "apct_moved")["value"] == "module"
+    assert cache.files.invalidate(p) == 1, "the code entry; the module's location goes too, uncounted"
+    out = imp(cache, "no-stat", root, "apct_moved")
+    assert out["value"] == "package" and out["file"].endswith(os.path.join("apct_moved", "__init__.py"))
+
+
 def test_a_module_with_a_syntax_error_raises_it_and_stores_nothing(cache, tree):
     tree("s/apct_bad.py", "def f(:\n")
     p = run_py(IMPORTER, cache.name, "stat", str(tree.root / "s"), "apct_bad", check=False)
@@ -166,6 +231,20 @@ def test_install_replaces_only_the_stock_hook_and_uninstall_restores_everything(
     assert not any(isinstance(v, opcode.SharedCodeFinder) for v in sys.path_importer_cache.values())
     assert all(sys.path_importer_cache.get(k) is v for k, v in pic.items())
     assert opcode.installed() is None
+
+
+def test_installs_finders_take_over_what_the_stock_ones_had_listed(cache):
+    stock = {k: v for k, v in sys.path_importer_cache.items()
+             if type(v) is importlib.machinery.FileFinder and v._path_cache}
+    assert stock, "this process has imported from some directory already"
+    opcode.install(cache)
+    for k, old in stock.items():
+        ours = sys.path_importer_cache[k]
+        assert type(ours) is opcode.SharedCodeFinder and ours.path == old.path
+        assert ours._path_cache == old._path_cache and ours._path_mtime == old._path_mtime
+        assert ours._path_cache is not old._path_cache
+    opcode.uninstall()
+    assert all(sys.path_importer_cache[k] is v for k, v in stock.items())
 
 
 def test_install_twice_is_a_no_op_and_another_cache_is_refused(cache, make_cache):
