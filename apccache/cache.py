@@ -134,6 +134,7 @@ class Cache:
     def __init__(self, shm, seg, serializer=None, clock=None, owner=False):
         self._shm = shm
         self._seg = seg
+        lib.apc_set_fd(seg, shm._fd)  # large values written where that saves page faults
         self._mv = shm.buf
         self._ser = serializer or PickleSerializer()
         self._clock = clock

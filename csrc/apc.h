@@ -193,6 +193,9 @@ int apc_format_segment(void *base, uint64_t size, uint64_t nslots_user,
                        uint64_t nslots_files, uint64_t ttl, uint64_t gc_ttl,
                        uint64_t now, int64_t pid);
 int apc_open(void *base, uint64_t mapped_size, apc_seg **out);
+/* fd: the segment's file, mapped at offset 0 at base; large values are then
+ * written through it where that saves page faults (see table.c). */
+int apc_set_fd(apc_seg *seg, int fd);
 void apc_close(apc_seg *seg);
 uint64_t apc_peek_format(void *base, uint64_t mapped_size);
 uint64_t apc_aux_offset(apc_seg *seg);

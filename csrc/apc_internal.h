@@ -227,6 +227,8 @@ typedef struct apc_header {
 } apc_header;
 
 /* The process-local handle. */
+#define APC_PAGE 4096 /* the unit of write_value's page map */
+
 struct apc_seg {
     void *base;
     apc_header *hdr;
@@ -238,6 +240,15 @@ struct apc_seg {
     unsigned stripe;
     unsigned char seq_depth[APC_NSEQ]; /* nesting of seq-odd sections per stripe;
                                           valid under wlock */
+    /* How large values are written (see write_value in table.c): the
+     * segment's file (-1: by memcpy only), and a bit per page of the
+     * segment that this process has written before.  A forked child's
+     * page tables start empty, so the map belongs to seen_pid only.
+     * Used under wlock. */
+    int fd;
+    int64_t seen_pid;
+    uint64_t seen_pages;
+    uint8_t *seen;
 };
 
 /* ---------------------------------------------------------------- atomics */

@@ -206,12 +206,31 @@ int apc_open(void *base, uint64_t mapped_size, apc_seg **out)
     seg->stripe = (unsigned)getpid() % APC_NSTRIPES;
     for (int t = 0; t < APC_NTABLES; t++)
         seg->geom[t] = h->geom[t]; /* validated above; never re-read */
+    seg->fd = -1;
     *out = seg;
+    return APC_OK;
+}
+
+int apc_set_fd(apc_seg *seg, int fd)
+{
+    if (!seg)
+        return APC_E_CLOSED;
+    uint64_t pages = (seg->size + APC_PAGE - 1) / APC_PAGE;
+    uint8_t *seen = calloc((pages + 7) / 8, 1);
+    if (!seen)
+        return APC_E_SYS; /* values are then written by memcpy only */
+    free(seg->seen);
+    seg->seen = seen;
+    seg->seen_pages = pages;
+    seg->seen_pid = apc_pid();
+    seg->fd = fd;
     return APC_OK;
 }
 
 void apc_close(apc_seg *seg)
 {
+    if (seg)
+        free(seg->seen);
     free(seg);
 }
 

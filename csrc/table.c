@@ -618,6 +618,59 @@ static int make_room_wl(apc_seg *seg, uint64_t need, uint64_t now, int table)
 
 /* ------------------------------------------------------------- inserting */
 
+/* Copying a value into the segment.  The first write by a process to a
+ * page of the segment costs a page fault, several microseconds in a VM;
+ * pwrite() on the segment's file puts the bytes into the same page-cache
+ * pages without mapping them, for about half that, but for twice what
+ * memcpy costs once the pages are mapped.  So a large value goes by pwrite
+ * to pages this process has never written, and by memcpy to pages it has:
+ * a process filling a fresh cache (the first worker of a deployment) is
+ * spared most of its page faults, and one that writes a page again pays
+ * the fault then, once, as it would have anyway.  pwrite has put the bytes
+ * where every mapping sees them when it returns, and the entry is
+ * published after that with a release store, as after a memcpy. */
+#define APC_PWRITE_MIN (16 * 1024)
+
+static int write_value(apc_seg *seg, char *dst, const char *src, uint64_t len)
+{
+    if (seg->fd < 0 || len < APC_PWRITE_MIN) {
+        memcpy(dst, src, len);
+        return APC_OK;
+    }
+    uint64_t off = (uint64_t)(dst - (char *)seg->base);
+    uint64_t first = off / APC_PAGE, last = (off + len - 1) / APC_PAGE;
+    int64_t pid = apc_pid();
+    if (seg->seen_pid != pid) { /* a forked child: none of its pages is mapped yet */
+        memset(seg->seen, 0, (seg->seen_pages + 7) / 8);
+        seg->seen_pid = pid;
+    }
+    if (last >= seg->seen_pages)
+        return APC_E_CORRUPT; /* cannot be: dst is in the arena */
+    uint64_t p = first;
+    while (p <= last && (seg->seen[p >> 3] & (1u << (p & 7))))
+        p++;
+    if (p > last) {
+        memcpy(dst, src, len);
+        return APC_OK;
+    }
+    while (len) {
+        ssize_t n = pwrite(seg->fd, src, len, (off_t)off);
+        if (n <= 0) {
+            if (n < 0 && errno == EINTR)
+                continue;
+            /* ENOSPC in an unreserved segment, say.  The pages stay unseen,
+             * so a retry does not write them through the mapping (SIGBUS). */
+            return APC_E_SYS;
+        }
+        src += n;
+        off += (uint64_t)n;
+        len -= (uint64_t)n;
+    }
+    for (p = first; p <= last; p++)
+        seg->seen[p >> 3] |= (uint8_t)(1u << (p & 7));
+    return APC_OK;
+}
+
 /* Insert or replace (table, key) with a fully built slot.  Expects wlock
  * held and seq odd.  *replaced says whether a live entry was replaced. */
 static int insert_wl(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash,
@@ -658,8 +711,13 @@ static int insert_wl(apc_seg *seg, int table, const char *key, uint32_t klen, ui
     if (++h->next_version > 0xFFFFFFFFu)
         h->next_version = 1;
     memcpy(apc_slot_key(s), key, klen);
-    if (vlen)
-        memcpy(apc_slot_val(s), val, vlen);
+    if (vlen) {
+        int wrc = write_value(seg, apc_slot_val(s), val, vlen);
+        if (wrc != APC_OK) {
+            apc_sma_free_wl(seg, off); /* never reachable: no reader can see it */
+            return wrc;
+        }
+    }
 
     /* Look up the old entry only now: making room may have removed it. */
     apc_off_t *link;

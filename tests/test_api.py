@@ -156,6 +156,51 @@ def test_large_values_round_trip(cache):
     assert cache.info()["pins"] == 0
 
 
+def test_large_values_written_to_fresh_and_to_rewritten_pages_are_seen_everywhere(segments):
+    """Large values go into pages this process has not written by pwrite,
+    and into pages it has by memcpy (a forked child starts afresh): every
+    way, other handles and processes see the bytes at once."""
+    c = segments(size=16 << 20)
+    other = apccache.Cache.attach(c.name)
+    try:
+        sizes = [16384, 16385, 20000, 65536, 300_001, 1 << 20]
+        for rnd in range(3):  # the first round writes fresh pages, the others reuse them
+            for i, n in enumerate(sizes):
+                data = bytes([rnd, i]) + os.urandom(n - 2)
+                c.store(f"v{i}", data)
+                assert other.fetch(f"v{i}") == data and c.fetch(f"v{i}") == data
+        pid = os.fork()
+        if pid == 0:
+            ok = True
+            for i, n in enumerate(sizes):
+                data = b"child" + bytes(n - 5)
+                c.store(f"v{i}", data)
+                ok = ok and c.fetch(f"v{i}") == data
+            os._exit(0 if ok else 1)
+        assert os.waitpid(pid, 0)[1] == 0
+        assert all(other.fetch(f"v{i}") == b"child" + bytes(n - 5) for i, n in enumerate(sizes))
+        assert c.check() == []
+    finally:
+        other.close()
+
+
+def test_a_large_value_that_cannot_be_written_fails_the_store_and_leaks_nothing(cache):
+    used = cache.sma_info()["avail_mem"]
+    fd = cache._shm._fd
+    saved = os.dup(fd)
+    os.close(fd)  # the segment's file is gone from under the engine: pwrite fails
+    try:
+        with pytest.raises(OSError):
+            cache.store("big", os.urandom(100_000))
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+    assert "big" not in cache and cache.check() == []
+    assert cache.sma_info()["avail_mem"] == used
+    cache.store("big", b"x" * 100_000)
+    assert cache.fetch("big") == b"x" * 100_000
+
+
 def test_missing_key_gives_the_default(cache):
     assert cache.fetch("nope") is None
     assert cache.fetch("nope", 7) == 7
