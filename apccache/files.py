@@ -382,8 +382,7 @@ class FileCache:
     # module) or b"p" (a package) and the path of its source.
 
     def _module_key(self, directory, name):
-        return b"".join((b"M", os.fsencode(directory), b"\0", name.encode("utf-8", "surrogatepass"),
-                         b"\0", self._code_ns))
+        return _location_prefix(directory, name) + self._code_ns
 
     def _found_module(self, directory, name):
         """(source path, is_package) where an earlier import found module
@@ -482,13 +481,13 @@ class FileCache:
             st = os.stat(path)
             key = b"S" + _ID.pack(st.st_dev, st.st_ino) + b"\0" + ns
             val = _VAL.pack(st.st_mtime_ns, st.st_size, st.st_ctime_ns)
-        value = self._table.view(key, lambda buf: self._decode(buf, path, kind, val), _ABSENT)
+        value = self._read_entry(key, path, kind, val)
         if value is not _ABSENT:
             if value is not _STALE and value is not _MISSING:
                 stats["hits"] += 1
                 if self.revalidate_s and st is not None:
                     self._memo[path, ns] = (key, val, time.monotonic())
-                return value.load(self) if type(value) is _Serialized else value
+                return value
             stats["stale"] += 1
             self._table.delete(key)
         if st is None:  # the trusted memo was stale: look again
@@ -506,14 +505,29 @@ class FileCache:
             self._stats["skipped_key_too_long"] += 1
             value, _payload, _st = self._read_and_make(path, make)
             return value
-        value = self._table.view(key, lambda buf: self._decode(buf, path, kind, None), _ABSENT)
+        value = self._read_entry(key, path, kind, None)
         if value is not _ABSENT:
             if value is not _MISSING:
                 self._stats["hits"] += 1
-                return value.load(self) if type(value) is _Serialized else value
+                return value
             self._table.delete(key)
         self._stats["misses"] += 1
         return self._fill(key, path, kind, make, None, None)
+
+    def _read_entry(self, key, path, kind, val):
+        """The value under key (see _decode), or _ABSENT."""
+        return self._loaded(self._table.view(key, lambda buf: self._decode(buf, path, kind, val), _ABSENT))
+
+    def _loaded(self, value):
+        """value, with a serialized one loaded (now that the entry is let
+        go); _MISSING if it cannot be."""
+        if type(value) is not _Serialized:
+            return value
+        try:
+            return self._cache._ser.loads(value.data)
+        except Exception:
+            self._stats["unreadable_entries"] += 1
+            return _MISSING
 
     def _fill(self, key, path, kind, make, st, val):
         """Make the value and store it add-if-absent, through entry(): one
@@ -541,9 +555,9 @@ class FileCache:
             return box[0]
         # Another process made it while we waited.
         self._stats["waited_for_other"] += 1
-        value = self._decode(blob, path, kind, val) if isinstance(blob, bytes) else _MISSING
+        value = self._loaded(self._decode(blob, path, kind, val)) if isinstance(blob, bytes) else _MISSING
         if value is not _STALE and value is not _MISSING:
-            return value.load(self) if type(value) is _Serialized else value
+            return value
         value, _payload, _st = self._read_and_make(path, make, st)
         return value
 
@@ -623,7 +637,7 @@ class FileCache:
         that is valid only during the call): _STALE if its validators are
         not val (None: not checked), _MISSING if it cannot be read (it is
         then treated as a miss and replaced).  A serialized value comes
-        back as _Serialized, loaded by the caller once buf is let go."""
+        back as _Serialized, for _loaded once buf is let go."""
         try:
             if val is not None and buf[_VAL_AT] != val:
                 return _STALE
@@ -660,13 +674,6 @@ class _Serialized:
 
     def __init__(self, data):
         self.data = data
-
-    def load(self, files):
-        try:
-            return files._cache._ser.loads(self.data)
-        except Exception:
-            files._stats["unreadable_entries"] += 1
-            raise
 
 
 def _read_valid_pyc(source_path, st, room):
@@ -727,7 +734,12 @@ def _module_prefix(path):
         return None
     if stem == "__init__":
         head, stem = os.path.split(head)
-    return b"".join((b"M", os.fsencode(head), b"\0", stem.encode("utf-8", "surrogatepass"), b"\0"))
+    return _location_prefix(head, stem)
+
+
+def _location_prefix(directory, name):
+    """The module-location key of name in directory, without its namespace."""
+    return b"".join((b"M", os.fsencode(directory), b"\0", name.encode("utf-8", "surrogatepass"), b"\0"))
 
 
 def _describe_key(key):

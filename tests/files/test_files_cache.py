@@ -95,6 +95,25 @@ def test_load_caches_loader_output_of_bytes_str_and_objects(cache, tree):
     assert f.info()["process"]["hits"] == 2
 
 
+def test_a_serialized_value_that_no_longer_loads_is_made_again(cache, tree):
+    p = tree("obj.txt", "a=1\n")
+    f = fc(cache)
+    calls = []
+
+    def parse(data):
+        calls.append(1)
+        return {"parsed": data.decode()}
+
+    assert f.load(p, parse, kind="obj") == {"parsed": "a=1\n"}
+    ft = cache.file_table
+    [(_rec, key)] = ft.entries()
+    blob = ft.get(key)
+    ft.put(key, blob[:-8] + b"\x00garbage")  # the pickle cut and scribbled
+    assert f.load(p, parse, kind="obj") == {"parsed": "a=1\n"} and len(calls) == 2
+    assert f.info()["process"]["unreadable_entries"] == 1
+    assert f.load(p, parse, kind="obj") == {"parsed": "a=1\n"} and len(calls) == 2, "stored again"
+
+
 def test_load_needs_a_kind_for_a_lambda(cache, tree):
     p = tree("c.txt", "x")
     with pytest.raises(ValueError, match="kind="):
