@@ -6,11 +6,14 @@
 """
 from .cache import Cache
 from .errors import (
+    CacheBusyError,
+    CacheClosedError,
     CacheError,
     CacheFullError,
     CacheLockError,
     CorruptSegmentError,
     IncompatibleSegmentError,
+    UntrustedSegmentError,
 )
 from .serializers import JSONSerializer, PickleSerializer
 
@@ -18,6 +21,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Cache",
+    "CacheBusyError",
+    "CacheClosedError",
     "CacheError",
     "CacheFullError",
     "CacheLockError",
@@ -26,6 +31,7 @@ __all__ = [
     "JobTimeLimitExceeded",
     "JSONSerializer",
     "PickleSerializer",
+    "UntrustedSegmentError",
 ]
 
 

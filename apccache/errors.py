@@ -21,8 +21,28 @@ class IncompatibleSegmentError(CacheError, ValueError):
 
 
 class CorruptSegmentError(CacheError, ValueError):
-    """An offset, chain or header field failed its bounds check."""
+    """An offset, chain, length or header field read from the segment failed
+    its check, or the segment was truncated under this process.  Nothing
+    outside the mapping was read or written; a repair is scheduled."""
 
 
 class CacheLockError(CacheError, OSError):
     """The segment's write lock could not be taken or repaired."""
+
+
+class CacheBusyError(CacheLockError, TimeoutError):
+    """A live process held the segment's write lock for longer than the
+    handle's ``lock_timeout``.  ``pid`` is that process (0 if unknown)."""
+
+    def __init__(self, message, pid=0):
+        super().__init__(message)
+        self.pid = pid
+
+
+class CacheClosedError(CacheError, ValueError):
+    """An operation on a handle that was closed."""
+
+
+class UntrustedSegmentError(CacheError, PermissionError):
+    """The segment is owned by another user, or writable by group or others:
+    its contents (pickled values, compiled code) cannot be trusted."""
