@@ -577,7 +577,9 @@ void apc_fault_point(const char *name)
 {
     if (fault_name[0] && strcmp(fault_name, name) == 0) {
         if (fault_stop) {
-            /* Stop exactly here, holding whatever is held, until SIGCONT. */
+            /* Stop exactly here, holding whatever is held, until SIGCONT;
+             * once: a point inside a loop does not stop again. */
+            fault_name[0] = 0;
             kill(getpid(), SIGSTOP);
             return;
         }

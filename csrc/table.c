@@ -1570,8 +1570,15 @@ static void collect_chain(apc_seg *seg, apc_off_t *link, int table, uint64_t buc
             *link = 0;
             return;
         }
+        apc_slot *s = (apc_slot *)APC_PTR(seg, off);
+        if (table >= 0 && seg->checksums && apc_entry_sum(s, apc_slot_val(s)) != s->sum) {
+            /* Sound as a structure, but its value was changed: drop it
+             * alone (the rebuild frees its block). */
+            *link = s->next_off;
+            continue;
+        }
         live[(*nlive)++] = off;
-        link = &((apc_slot *)APC_PTR(seg, off))->next_off;
+        link = &s->next_off;
     }
 }
 
