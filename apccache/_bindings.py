@@ -9,6 +9,7 @@ C call per operation) touch ``lib``.
 import os
 
 from .errors import (
+    CacheClosedError,
     CacheError,
     CacheFullError,
     CacheLockError,
@@ -67,7 +68,7 @@ RC_ERRORS = {
     lib.APC_E_SMALL: CacheError,
     lib.APC_E_NOTREADY: IncompatibleSegmentError,
     lib.APC_E_SYS: OSError,
-    lib.APC_E_CLOSED: ValueError,
+    lib.APC_E_CLOSED: CacheClosedError,
 }
 
 
@@ -80,7 +81,7 @@ def error(rc, what=""):
     cls = RC_ERRORS.get(rc, CacheError)
     msg = strerror(rc)
     if rc == lib.APC_E_CLOSED:
-        msg = "operation on a closed cache"
+        return cls("operation on a closed cache")  # one message, whatever the method
     return cls(f"{what}: {msg}" if what else msg)
 
 
