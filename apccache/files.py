@@ -378,6 +378,12 @@ class FileCache:
         found = self._table.get(key) if len(key) <= 65535 else None
         if type(found) is not bytes or found[:1] not in (b"m", b"p"):
             return None
+        # Which file is imported is as much the segment's say as the code
+        # itself: check it now, as before running code (one fstat per hit).
+        try:
+            check_segment_for_code(self._cache)
+        except UntrustedSegmentError:
+            return None  # the stock finder looks for itself
         self._stats["modules_found"] += 1
         return os.fsdecode(found[1:]), found[:1] == b"p"
 

@@ -238,3 +238,35 @@ def test_the_opcode_cache_rechecks_before_it_runs_code(segments, tmp_path):
         opcode.uninstall()
         sys.path.remove(str(tmp_path))
         sys.modules.pop("apct_recheck_mod", None)
+
+
+def test_the_no_stat_hook_takes_no_module_location_from_a_segment_that_fails_the_check(segments, tmp_path):
+    """In no-stat mode the segment also says where a module's file is; once
+    the segment is writable by others, a location planted in it is not
+    followed."""
+    import sys
+
+    from apccache import opcode
+
+    c = segments(size=4 << 20)
+    good = tmp_path / "lib"
+    good.mkdir()
+    (good / "apct_where_mod.py").write_text("WHO = 'good'\n")
+    evil = tmp_path / "evil.py"
+    evil.write_text("WHO = 'evil'\n")
+    sys.path.insert(0, str(good))
+    opcode.install(c, mode="no-stat")
+    try:
+        files = opcode.installed()
+        key = files._module_key(str(good), "apct_where_mod")
+        c.file_table.put(key, b"m" + os.fsencode(str(evil)))
+        assert files._found_module(str(good), "apct_where_mod") == (str(evil), False)  # trusted: followed
+        os.chmod(f"/dev/shm/{c.name}", 0o666)
+        assert files._found_module(str(good), "apct_where_mod") is None
+        import apct_where_mod
+
+        assert apct_where_mod.WHO == "good"
+    finally:
+        opcode.uninstall()
+        sys.path.remove(str(good))
+        sys.modules.pop("apct_where_mod", None)
