@@ -29,6 +29,8 @@ import stat as _stat
 
 import _posixshmem
 
+from .errors import UntrustedSegmentError
+
 
 class Segment:
     """A mapped shared-memory object: ``buf`` (a memoryview), ``size``,
@@ -88,8 +90,9 @@ def check_trusted(st, name, trust="owner"):
     the effective uid and not writable by its group, or (trust="group")
     owned by the effective uid or by a member of its group, with that group
     one of this process's groups."""
-    from .errors import UntrustedSegmentError
-
+    # A regular file (the S_IFMT bits), not writable by group or others (0o022), ours.
+    if (st.st_mode & 0o170022) == _stat.S_IFREG and st.st_uid == os.geteuid():
+        return  # the common case, first and cheap: it runs before every module load of the opcode cache
     path = f"/dev/shm/{name}"
     why = ("its values are unpickled and code from it may be run, so whoever can write it could run code in "
            "this process")
