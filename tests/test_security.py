@@ -31,15 +31,16 @@ class _Marker:
         return (builtins.open, (self.path, "x"))
 
 
-def _as_nobody(fn):
-    """Run fn() in a forked child that has dropped to uid/gid 65534; its
-    exit status is 0 if fn returned, 1 if it raised."""
+def _as_nobody(fn, gid=NOBODY):
+    """Run fn() in a forked child that has dropped to uid 65534 (and gid,
+    65534 unless given); its exit status is 0 if fn returned, 1 if it
+    raised."""
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         code = 1
         try:
             os.setgroups([])
-            os.setgid(NOBODY)
+            os.setgid(gid)
             os.setuid(NOBODY)
             fn()
             code = 0
@@ -123,6 +124,32 @@ def test_trust_group_does_not_trust_a_group_this_process_is_not_in(squat_name, t
     with pytest.raises(apccache.UntrustedSegmentError, match="group 65534"):
         apccache.Cache.attach(squat_name, trust_group=True, serializer=apccache.JSONSerializer())
     assert not marker.exists()
+
+
+@needs_root
+def test_trust_group_accepts_another_members_segment_of_our_group(squat_name):
+    """The positive side of the opt-in: a segment made by another user with
+    our group and mode 0660 is attached with trust_group=True (and an
+    explicit serializer), and refused without it."""
+    gid = os.getegid()
+
+    def child():
+        c = apccache.Cache.create(squat_name, size=1 << 20, mode=0o660, serializer=apccache.JSONSerializer())
+        c.store("k", {"shared": True})
+        c.close()
+
+    assert _as_nobody(child, gid=gid) == 0
+    st = os.stat(f"/dev/shm/{squat_name}")
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (NOBODY, gid, 0o660)
+    with pytest.raises(apccache.UntrustedSegmentError, match=f"owned by uid {NOBODY}"):
+        apccache.Cache.attach(squat_name, serializer=apccache.JSONSerializer())
+    with apccache.Cache.attach(squat_name, trust_group=True, serializer=apccache.JSONSerializer()) as c:
+        assert c.fetch("k") == {"shared": True}
+        c.store("back", [1])
+    # code is never run from it, whatever the opt-in
+    with apccache.Cache.attach(squat_name, trust_group=True, serializer=apccache.JSONSerializer()) as c:
+        with pytest.raises(apccache.UntrustedSegmentError):
+            c.files.compile(__file__)
 
 
 @pytest.mark.parametrize("mode,who", [(0o666, "others"), (0o620, "group"), (0o602, "others")], ids=["0666", "0620", "0602"])
