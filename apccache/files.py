@@ -71,7 +71,6 @@ b'HELLO'
 import importlib.util
 import marshal
 import os
-import stat as _stat
 import struct
 import sys
 import time

@@ -11,7 +11,7 @@ import operator
 import pytest
 
 import apccache
-from apccache.cache import Cache, FileTable
+from apccache.cache import Cache
 
 
 def _gen(key):
