@@ -527,6 +527,12 @@ def cmd_check(args):
         if args.warn_free is not None and free < args.warn_free:
             warnings.append(f"{free:.1f}% of the arena is free, below {args.warn_free:g}% "
                             f"({a['free']:,} of {a['arena_size']:,} bytes)")
+        seg = st["segment"]
+        if seg["mode"] and int(seg["mode"], 8) & 0o002:
+            # Absolute, whoever looks: others may write it, so no process
+            # trusts it (another user's segment is only untrusted by us).
+            warnings.append(f"mode {seg['mode']} lets others write the segment, so every process refuses to "
+                            f"attach it: chmod 600 {seg['path']} if its contents are trusted, or remove it")
         sv = st["supervisor"]
         if sv and "error" not in sv and sv["state"] in ("starting", "running", "reloading") and not sv["master_alive"]:
             warnings.append(f"the scoreboard says the supervisor is {sv['state']} but its master pid "

@@ -85,7 +85,7 @@ def test_the_views_show_a_squatted_segment_as_untrusted_and_load_nothing(squatte
     assert seg["untrusted_reason"] == "owned by nobody (uid 65534), not by you"
     assert _entries(name) == ["evil", "plain"]
     rc, out, err = run_main([name, "check"])
-    assert rc == 0, out + err
+    assert rc == 1 and out.startswith(f"APCCACHE WARNING - '{name}': mode 0666 lets others write the segment"), out
     assert not marker.exists()
 
 
@@ -109,6 +109,11 @@ def test_clear_and_delete_refuse_our_own_segment_writable_by_others(segments):
     assert c.fetch("k") == b"v"
     rc, out, _ = run_main([c.name, "--json"])
     assert rc == 0 and json.loads(out)["segment"]["untrusted_reason"] == "writable by others"
+    rc, out, _ = run_main([c.name, "check"])
+    assert rc == 1 and f"chmod 600 /dev/shm/{c.name} if its contents are trusted" in out
+    os.chmod(f"/dev/shm/{c.name}", 0o620)  # the group may write it: untrusted here, but no warning
+    rc, out, _ = run_main([c.name, "check"])
+    assert rc == 0 and out.startswith("APCCACHE OK"), out
     os.chmod(f"/dev/shm/{c.name}", 0o600)
     rc, out, _ = run_main([c.name, "--json"])
     seg = json.loads(out)["segment"]
