@@ -411,7 +411,7 @@ class Cache:
         """CacheClosedError for a closed handle: for the methods that could
         otherwise finish without calling the engine (an empty store_many,
         a property)."""
-        if self._seg == ffi.NULL:
+        if self.closed:
             raise CacheClosedError(_CLOSED)
 
     @property
