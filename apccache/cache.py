@@ -61,7 +61,6 @@ _fetch = lib.apc_fetch
 _store = lib.apc_store
 _get = lib.apc_get
 _put = lib.apc_put
-_unpin = lib.apc_unpin
 _ident = threading.get_ident
 
 if os.environ.get("APCCACHE_NO_FASTPATH", "") in ("", "0"):
@@ -74,6 +73,8 @@ else:
 _FETCH_REF = int(ffi.cast("uintptr_t", ffi.addressof(lib, "apc_fetch_ref")))
 _RELEASE = int(ffi.cast("uintptr_t", ffi.addressof(lib, "apc_ref_release")))
 _STORE = int(ffi.cast("uintptr_t", ffi.addressof(lib, "apc_store")))
+_COUNT_CORRUPT = int(ffi.cast("uintptr_t", ffi.addressof(lib, "apc_count_corrupt")))
+DEFAULT_LOCK_TIMEOUT = 5.0
 
 
 def _key_bytes(key):
@@ -102,6 +103,14 @@ def _check_ttl(ttl, name="ttl"):
     if not 0 <= ttl <= MAX_TTL:
         raise ValueError(f"{name} must be from 0 to {MAX_TTL} seconds (got {ttl})")
     return ttl
+
+
+def _check_lock_timeout(t):
+    if isinstance(t, bool) or not isinstance(t, (int, float)):
+        raise TypeError(f"lock_timeout must be a number of seconds, not {type(t).__name__}")
+    if not 0 <= t <= 3600:
+        raise ValueError(f"lock_timeout must be between 0 and 3600 s (got {t})")
+    return int(t * 1e9)
 
 
 def _check_int(name, v):
@@ -162,11 +171,19 @@ class _IO:
 class Cache:
     """A handle on a shared-memory cache segment.  See the module docstring."""
 
-    def __init__(self, shm, seg, serializer=None, clock=None, owner=False):
+    def __init__(self, shm, seg, serializer=None, clock=None, owner=False,
+                 lock_timeout=DEFAULT_LOCK_TIMEOUT):
         self._shm = shm
         self._seg = seg
-        lib.apc_set_fd(seg, shm._fd)  # large values written where that saves page faults
         self._mv = shm.buf
+        # The binding's own mapping (the aux area) is guarded against SIGBUS
+        # like the engine's: a truncated file is an error, not a crash.
+        base = ffi.from_buffer(shm.buf)
+        self._mv_base = ffi.cast("void *", int(ffi.cast("uintptr_t", base)))
+        del base  # an address is all the guard needs: no export kept on buf
+        lib.apc_guard_range(seg, self._mv_base, shm.size)
+        lib.apc_set_lock_timeout(seg, _check_lock_timeout(lock_timeout))
+        self._entries = {}  # entry() generations this handle runs: token -> tid
         self._ser = serializer or PickleSerializer()
         self._clock = clock
         self._ios = {}  # thread ident -> _IO
@@ -178,8 +195,8 @@ class Cache:
             # fetch and store as CPython methods (csrc/fastpath.c); what they
             # do not handle themselves comes back to the methods below.
             self._fast = h = _fastpath.Handle(
-                int(ffi.cast("uintptr_t", seg)), _FETCH_REF, _RELEASE, _STORE,
-                Cache.fetch.__get__(self), Cache.store.__get__(self), self._decode)
+                int(ffi.cast("uintptr_t", seg)), _FETCH_REF, _RELEASE, _STORE, _COUNT_CORRUPT,
+                Cache.fetch.__get__(self), Cache.store.__get__(self), self._decode, _MISSING)
             self.fetch = self.get = h.fetch
             self.store = h.store
         if clock is not None:
@@ -201,7 +218,8 @@ class Cache:
 
     @classmethod
     def create(cls, name, size=64 * 1024 * 1024, slots=None, ttl=0, gc_ttl=3600, *,
-               serializer=None, clock=None, reserve=True, mode=0o600):
+               serializer=None, clock=None, reserve=True, checksums=False,
+               lock_timeout=DEFAULT_LOCK_TIMEOUT, mode=0o600):
         """Create the segment ``name`` (mode 0600) and return a handle on it.
 
         ``size`` is the segment's size in bytes; ``slots`` a hint for the
@@ -215,6 +233,11 @@ class Cache:
         /dev/shm too small for it fails here (OSError ENOSPC) rather than
         with SIGBUS in whichever process later writes past what fits;
         False leaves the pages to be allocated as entries are written.
+        ``checksums`` gives every entry a checksum of its value, type and
+        length, checked on every read: a value whose bytes were changed in
+        the segment is then a miss counted in ``info()['corrupt_reads']``,
+        never a wrong value (see the README for its cost).
+        ``lock_timeout``: see attach().
 
         ``mode`` 0o660 makes a segment that the members of this process's
         group may attach (with ``trust_group=True``) and write; since any of
@@ -238,6 +261,7 @@ class Cache:
                 "can write it, and unpickling runs code; pass serializer=apccache.JSONSerializer(), or "
                 "serializer=apccache.PickleSerializer() if every member is trusted to run code in the others"
             )
+        _check_lock_timeout(lock_timeout)
         if slots is None:
             slots = max(64, size // (1 << 20) * 512)
         slots = _check_int("slots", slots)
@@ -256,13 +280,15 @@ class Cache:
         try:
             base = ffi.from_buffer(shm.buf)
             now = int(clock()) if clock else 0
+            flags = lib.APC_FMT_CHECKSUMS if checksums else 0
             B.check(
-                lib.apc_format_segment(base, size, nslots, nfiles, ttl, gc_ttl, now, os.getpid()),
+                lib.apc_format_segment(base, size, nslots, nfiles, ttl, gc_ttl, now, os.getpid(),
+                                       flags),
                 f"formatting segment {name!r}",
             )
-            segp = ffi.new("apc_seg **")
-            B.check(lib.apc_open(base, shm.size, segp), f"opening segment {name!r}")
             del base
+            segp = ffi.new("apc_seg **")
+            B.check(lib.apc_attach_fd(shm._fd, segp), f"opening segment {name!r}")
         except BaseException:
             shm.unlink()
             try:
@@ -270,10 +296,11 @@ class Cache:
             except BufferError:
                 pass
             raise
-        return cls(shm, segp[0], serializer, clock, owner=True)
+        return cls(shm, segp[0], serializer, clock, owner=True, lock_timeout=lock_timeout)
 
     @classmethod
-    def attach(cls, name, *, serializer=None, clock=None, timeout=2.0, trust_group=False, _inspect=False):
+    def attach(cls, name, *, serializer=None, clock=None, timeout=2.0,
+               lock_timeout=DEFAULT_LOCK_TIMEOUT, trust_group=False, _inspect=False):
         """Attach the existing segment ``name``.  Attaching, closing and
         exiting never remove it; only ``unlink()`` does.
 
@@ -285,6 +312,11 @@ class Cache:
         that the group may write (see ``create(mode=0o660)``); it requires
         an explicit ``serializer``, so that pickle is never chosen for a
         shared segment without saying so.  Others may never write it.
+
+        ``lock_timeout`` (seconds, default 5) bounds how long a write waits
+        for another live process that holds the segment's write lock; then
+        it raises CacheBusyError naming that process.  A holder that died is
+        never waited for.  Reads never wait for the lock.
 
         Raises FileNotFoundError if there is no such segment,
         UntrustedSegmentError (a PermissionError) if it is not trusted, and
@@ -306,20 +338,19 @@ class Cache:
             trust, serializer = None, _NoLoadSerializer(name)
         else:
             trust = "group" if trust_group else "owner"
+        _check_lock_timeout(lock_timeout)
         try:
             shm = Segment(name, trust=trust)
         except ValueError:
             raise CorruptSegmentError(f"segment {name!r} is empty: not an apccache segment") from None
         deadline = time.monotonic() + timeout
         try:
-            base = ffi.from_buffer(shm.buf)
             segp = ffi.new("apc_seg **")
             while True:
-                rc = lib.apc_open(base, shm.size, segp)
+                rc = lib.apc_attach_fd(shm._fd, segp)
                 if rc != B.E_NOTREADY or time.monotonic() > deadline:
                     break
                 time.sleep(0.005)
-            del base
             if rc == lib.APC_E_FORMAT:
                 fmt = lib.apc_peek_format(ffi.from_buffer(shm.buf), shm.size)
                 raise IncompatibleSegmentError(
@@ -344,7 +375,7 @@ class Cache:
         except BaseException:
             shm.close()
             raise
-        handle = cls(shm, segp[0], serializer, clock)
+        handle = cls(shm, segp[0], serializer, clock, lock_timeout=lock_timeout)
         if _inspect:
             try:
                 check_trusted(shm.stat, name)
@@ -362,13 +393,23 @@ class Cache:
         return bare
 
     def close(self):
-        """Release this handle (the segment stays).  Idempotent."""
-        seg, self._seg = self._seg, ffi.NULL
+        """Release this handle (the segment stays).  Idempotent, and safe
+        while other threads use the handle: calls already in the engine
+        finish first (each is bounded by lock_timeout), later ones raise
+        CacheClosedError.  entry() generations this handle runs give up
+        their key at once, so other processes stop waiting for them."""
+        seg = self._seg
+        if seg == ffi.NULL:
+            return
+        for token, tid in list(self._entries.items()):
+            lib.apc_entry_end(seg, token, tid)
+        self._entries.clear()
+        self._seg = ffi.NULL
         if self._fast is not None:
             self._fast.close()
-        if seg != ffi.NULL:
-            lib.apc_close(seg)
-        self._mv = None
+        lib.apc_close(seg)  # waits for the calls in flight
+        lib.apc_guard_range(seg, self._mv_base, 0)
+        self._mv = self._mv_base = None
         self._ios = {}
         try:
             self._shm.close()
@@ -456,24 +497,32 @@ class Cache:
             return B.T_FLOAT, _F64.pack(value), 0
         return B.T_SER, self._ser.dumps(value), 0
 
-    def _decode(self, tag, data, ival=0):
-        if tag == B.T_BYTES:
-            return data
-        if tag == B.T_STR:
-            return data.decode("utf-8", "surrogatepass")
-        if tag == B.T_INT:
-            return ival
-        if tag == B.T_SER:
-            return self._ser.loads(data)
-        if tag == B.T_FLOAT:
-            return _F64.unpack(data)[0]
-        if tag == B.T_TRUE:
-            return True
-        if tag == B.T_FALSE:
-            return False
-        if tag == B.T_NONE:
-            return None
-        raise CorruptSegmentError(f"entry has an unknown type tag {tag}")
+    def _decode(self, tag, data, ival=0, table=0):
+        """The value for a tag and its bytes, or _MISSING (counted as a
+        corrupt read) for bytes that do not decode as their tag says: bad
+        UTF-8, a short float, an unknown tag, or what the serializer
+        refuses."""
+        try:
+            if tag == B.T_BYTES:
+                return data
+            if tag == B.T_STR:
+                return data.decode("utf-8", "surrogatepass")
+            if tag == B.T_INT:
+                return ival
+            if tag == B.T_SER:
+                return self._ser.loads(data)
+            if tag == B.T_FLOAT:
+                return _F64.unpack(data)[0]
+            if tag == B.T_TRUE:
+                return True
+            if tag == B.T_FALSE:
+                return False
+            if tag == B.T_NONE:
+                return None
+        except Exception:
+            pass
+        lib.apc_count_corrupt(self._seg, table)
+        return _MISSING
 
     def _fetch_key(self, k, default, table=0):
         """fetch for already-validated key bytes, on any table."""
@@ -495,38 +544,40 @@ class Cache:
         tag = r & 0x7F
         if tag == B.T_INT:
             return io.i64[0]
-        n = r >> 8
-        if r & B.PINNED:
-            off, rec = io.u64[0], io.u64[1]
-            try:
-                data = bytes(self._mv[off : off + n])
-            finally:
-                _unpin(self._seg, rec)
-        else:
-            data = io.view[0:n]
-        return self._decode(tag, data)
+        value = self._decode(tag, io.view[0 : r >> 8], 0, table)
+        return default if value is _MISSING else value
 
     def _fetch_with(self, k, fn, default, table):
         """fn(buffer) for the bytes stored under k, while the entry is held:
-        a large value is read where it lies (pinned, as fetch pins it, and
-        unpinned when fn returns), a small one from a copy.  default if
-        absent; a value that is not bytes is passed as fetch returns it."""
-        io = self._io()
-        r = _fetch(self._seg, table, k, len(k), self._now(), io.buf, _BUF)
-        if r < 0 or not r & B.PINNED:
-            value = self._result(io, r, k, _MISSING, table)
-            return default if value is _MISSING else fn(value)
-        off, rec = io.u64[0], io.u64[1]
-        try:
-            if r & 0x7F != B.T_BYTES:
-                return fn(self._decode(r & 0x7F, bytes(self._mv[off : off + (r >> 8)])))
-            view = self._mv[off : off + (r >> 8)]
+        a large value is read where it lies (pinned, and released when fn
+        returns), a small one from a copy.  default if absent; a value that
+        is not bytes is passed as fetch returns it."""
+        ref = ffi.new("apc_ref *")
+        seg = self._seg
+        r = lib.apc_fetch_ref(seg, table, k, len(k), self._now(), ref)
+        if r < 0:
+            if r == B.NOTFOUND:
+                return default
+            if r == lib.APC_E_ARG:
+                _key_bytes(k)  # raises the error that says what is wrong
+            raise B.error(r, "fetch")
+        tag, n = r & 0x7F, r >> 8
+        if n > _BUF and tag == B.T_BYTES:
             try:
-                return fn(view)
+                view = memoryview(ffi.buffer(ref.ptr, n))
+                try:
+                    return fn(view)
+                finally:
+                    view.release()
             finally:
-                view.release()
+                lib.apc_ref_release(seg, ref)
+        try:
+            data = b"" if tag == B.T_INT else ffi.buffer(ref.ptr, n)[:]
+            ival = ref.ival
         finally:
-            _unpin(self._seg, rec)
+            lib.apc_ref_release(seg, ref)
+        value = ival if tag == B.T_INT else self._decode(tag, data, 0, table)
+        return default if value is _MISSING else fn(value)
 
     def _fetch_unbuffered(self, k, default, table, size):
         """The rare path: every pin record is taken, so copy into a buffer
@@ -544,7 +595,8 @@ class Cache:
             tag = r & 0x7F
             if tag == B.T_INT:
                 return ffi.cast("int64_t *", buf)[0]
-            return self._decode(tag, ffi.unpack(buf, r >> 8))
+            value = self._decode(tag, ffi.unpack(buf, r >> 8), 0, table)
+            return default if value is _MISSING else value
 
     def _store_key(self, k, value, ttl, flags, table=0):
         t = type(value)
@@ -754,11 +806,13 @@ class Cache:
             return self._generate(k, key, generator, ttl, table, out[0], tid)
 
     def _generate(self, k, key, generator, ttl, table, token, tid):
+        self._entries[token] = tid  # close() gives it up, if it comes first
         try:
             value = generator(key)
             self._store_key(k, value, ttl, 0, table)
         finally:
-            lib.apc_entry_end(self._seg, token, tid)
+            if self._entries.pop(token, None) is not None:
+                lib.apc_entry_end(self._seg, token, tid)
         return value
 
     # --------------------------------------------------------- many at once
@@ -867,6 +921,10 @@ class Cache:
             "compactions": i["compactions"],
             "entries_in_progress": i["entry_locks"],
             "pins": i["pins"],
+            "corrupt_reads": i["corrupt_reads"],
+            "waited_reads": i["waited_reads"],
+            "lock_steals": i["lock_steals"],
+            "checksums": bool(i["checksums"]),
         }
         if not limited:
             now = self._now()
