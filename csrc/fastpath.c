@@ -163,6 +163,8 @@ missing: {
 }
 }
 
+#define FASTPATH_MAX_TTL 0x7fffffffLL /* apccache.MAX_TTL, 2**31 - 1 */
+
 static PyObject *h_store(Handle *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     const char *k, *v;
@@ -193,7 +195,10 @@ static PyObject *h_store(Handle *self, PyObject *const *args, Py_ssize_t nargs, 
     }
     long long ttl = 0;
     if (!slow && ttl_obj) {
-        if (!PyLong_CheckExact(ttl_obj) || (ttl = PyLong_AsLongLong(ttl_obj)) < 0) {
+        /* Anything but an exact int from 0 to MAX_TTL (apccache.cache) goes
+         * to the Python method, which raises with its message. */
+        if (!PyLong_CheckExact(ttl_obj) || (ttl = PyLong_AsLongLong(ttl_obj)) < 0 ||
+            ttl > FASTPATH_MAX_TTL) {
             PyErr_Clear();
             slow = 1;
         }
