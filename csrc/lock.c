@@ -272,9 +272,9 @@ int apc_lock_try(apc_seg *seg, apc_lock *l, int *stolen)
         record_owner(l);
         return APC_OK;
     }
-    if ((w & APC_LOCK_TIDMASK) == me)
-        return APC_E_LOCK; /* this thread already holds it: never reentered */
-    if (!holder_alive(l, w) && steal(l, w, me)) {
+    /* The engine never takes the lock twice: a word naming this very
+     * thread is garbage, like one naming a dead thread. */
+    if (((w & APC_LOCK_TIDMASK) == me || !holder_alive(l, w)) && steal(l, w, me)) {
         *stolen = 1;
         return APC_OK;
     }
@@ -290,8 +290,10 @@ int apc_lock_acquire(apc_seg *seg, apc_lock *l, uint64_t timeout_ns, int *stolen
         record_owner(l);
         return APC_OK;
     }
-    if ((w & APC_LOCK_TIDMASK) == me)
-        return APC_E_LOCK;
+    if ((w & APC_LOCK_TIDMASK) == me && steal(l, w, me)) {
+        *stolen = 1; /* see apc_lock_try */
+        return APC_OK;
+    }
 
     /* A holder usually keeps the lock for a microsecond: spin first. */
     for (int i = 0; i < 200; i++) {

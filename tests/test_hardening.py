@@ -58,6 +58,17 @@ def test_a_lock_word_that_is_garbage_is_taken_over(segments, word):
     assert c.fetch("k") == b"v" and c.check() == []
 
 
+def test_a_lock_word_naming_this_very_thread_is_garbage(segments):
+    # The engine never takes the lock twice, so a word naming the caller
+    # cannot be a real holder.
+    c = segments(size=1 << 20, lock_timeout=30)
+    struct.pack_into("<I", c._mv, WORD, threading.get_native_id())
+    t0 = time.monotonic()
+    c.store("k", b"v")
+    assert time.monotonic() - t0 < 1.0
+    assert c.fetch("k") == b"v" and c.info(limited=True)["lock_steals"] == 1
+
+
 def test_a_lock_word_naming_a_live_stranger_waits_the_timeout_then_is_taken_over(segments):
     # A live process that does not map this segment cannot hold its lock.
     c = segments(size=1 << 20, lock_timeout=0.3)
