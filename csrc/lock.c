@@ -606,7 +606,26 @@ int apc_fault_arm(const char *name)
 }
 
 int apc_debug_build(void) { return 1; }
+
+int apc_debug_set_version(apc_seg *seg, uint64_t v)
+{
+    if (apc_seg_enter(seg) != APC_OK)
+        return APC_E_CLOSED;
+    int rc = apc_wl_lock(seg);
+    if (rc == APC_OK) {
+        seg->hdr->next_version = v;
+        apc_wl_unlock(seg);
+    }
+    return (int)apc_seg_leave(seg, rc);
+}
 #else
+int apc_debug_set_version(apc_seg *seg, uint64_t v)
+{
+    (void)seg;
+    (void)v;
+    return APC_E_ARG;
+}
+
 int apc_fault_arm(const char *name)
 {
     (void)name;

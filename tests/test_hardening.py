@@ -385,3 +385,30 @@ def test_close_waits_for_a_copy_in_flight(segments):
         t.join(10)
     assert not any(t.is_alive() for t in threads)
     assert results.count("closed") == 3 and all(r is True for r in results if r != "closed")
+
+
+# ------------------------------------------------------------- pin versions
+
+
+def test_compaction_across_the_pin_version_wrap_keeps_every_entry_readable(segments):
+    c = segments(size=1 << 20)
+    code = f"""
+        import apccache
+        from apccache import _bindings as B
+        c = apccache.Cache.attach({c.name!r})
+        arena = c.sma_info()["seg_size"]
+        n = 0
+        while c.sma_info(limited=True)["avail_mem"] > 8_000:
+            c.store(f"k{{n}}", b"x" * 4000)
+            n += 1
+        for i in range(0, n, 2):
+            c.delete(f"k{{i}}")
+        assert B.lib.apc_debug_set_version(c._seg, 0xFFFFFFFF - 5) == 0
+        c.store("big", b"B" * (arena // 4))   # compacts: every move takes a version
+        assert c.info()["compactions"] >= 1
+        missing = [i for i in range(1, n, 2) if c.fetch(f"k{{i}}") != b"x" * 4000]
+        print(missing, c.info(limited=True)["corrupt_reads"], c.check())
+    """
+    p = _run(code, APCCACHE_DEBUG="1")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split("\n")[0] == "[] 0 []"
