@@ -70,10 +70,13 @@ if os.environ.get("APCCACHE_NO_FASTPATH", "") in ("", "0"):
         _fastpath = None
 else:
     _fastpath = None
-_FETCH_REF = int(ffi.cast("uintptr_t", ffi.addressof(lib, "apc_fetch_ref")))
-_RELEASE = int(ffi.cast("uintptr_t", ffi.addressof(lib, "apc_ref_release")))
-_STORE = int(ffi.cast("uintptr_t", ffi.addressof(lib, "apc_store")))
-_COUNT_CORRUPT = int(ffi.cast("uintptr_t", ffi.addressof(lib, "apc_count_corrupt")))
+# What the fast path calls, by address: the very functions lib calls.
+_FAST_FNS = tuple(
+    int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
+    for name in ("apc_fetch_ref", "apc_ref_release", "apc_store", "apc_count_corrupt",
+                 "apc_exists", "apc_delete", "apc_inc", "apc_cas")
+)
+_FAST_OPS = ("fetch", "store", "add", "exists", "delete", "inc", "dec", "cas")
 DEFAULT_LOCK_TIMEOUT = 5.0
 
 
@@ -191,19 +194,21 @@ class Cache:
         self._untrusted = None  # why not, for a handle opened for inspection only
         self.name = shm.name.lstrip("/")
         self._fast = None
-        if clock is None and _fastpath is not None:
-            # fetch and store as CPython methods (csrc/fastpath.c); what they
-            # do not handle themselves comes back to the methods below.
-            self._fast = h = _fastpath.Handle(
-                int(ffi.cast("uintptr_t", seg)), _FETCH_REF, _RELEASE, _STORE, _COUNT_CORRUPT,
-                Cache.fetch.__get__(self), Cache.store.__get__(self), self._decode, _MISSING)
-            self.fetch = self.get = h.fetch
-            self.store = h.store
         if clock is not None:
             # The io hot paths read the time from the call block; with a
             # clock, set it before each call.
             for meth in ("fetch", "get", "store"):
                 setattr(self, meth, self._clocked(getattr(self, meth)))
+        if _fastpath is not None:
+            # The single-key operations as CPython methods (csrc/fastpath.c);
+            # what they do not take as it is comes back to the methods below.
+            slow = {op: getattr(self, op) for op in _FAST_OPS}
+            self._fast = h = _fastpath.Handle(
+                int(ffi.cast("uintptr_t", seg)), *_FAST_FNS, slow, self._raise_rc, self._ser,
+                clock)
+            for op in _FAST_OPS:
+                setattr(self, op, getattr(h, op))
+            self.get = h.fetch
 
     def _clocked(self, method):
         def call(*args, **kwargs):
@@ -615,6 +620,22 @@ class Cache:
             raise self._store_error(k, len(data), rc)
         return True
 
+    def _raise_rc(self, op, rc, key, nbytes=0, step=0):
+        """Raise what a failed engine call means, for op on key (the one
+        place for the fast path, and for the methods below)."""
+        if rc == lib.APC_E_ARG:
+            _key_bytes(key)  # raises the error that says what is wrong with the key
+        if op in ("store", "add"):
+            raise self._store_error(_key_bytes(key), nbytes, rc)
+        if op in ("inc", "dec"):
+            if rc == B.E_TYPE:
+                raise TypeError(f"cannot inc/dec key {key!r}: its value is not an int")
+            if rc == lib.APC_E_OVERFLOW:
+                raise OverflowError(f"inc/dec of key {key!r} by {step} leaves the int64 range")
+            if rc == lib.APC_E_NOMEM or rc == lib.APC_E_TOOBIG:
+                raise self._full_error(_key_bytes(key), 8, rc)
+        raise B.error(rc, op)
+
     def _store_error(self, k, n, rc):
         if rc == lib.APC_E_ARG:
             _key_bytes(k)  # an oversized key: raises the error that names the limit
@@ -724,13 +745,7 @@ class Cache:
         i64 = self._io().i64
         rc = lib.apc_inc(self._seg, 0, k, len(k), step, ttl, self._now(), i64)
         if rc < 0:
-            if rc == B.E_TYPE:
-                raise TypeError(f"cannot inc/dec key {key!r}: its value is not an int")
-            if rc == lib.APC_E_OVERFLOW:
-                raise OverflowError(f"inc/dec of key {key!r} by {step} leaves the int64 range")
-            if rc == lib.APC_E_NOMEM or rc == lib.APC_E_TOOBIG:
-                raise self._full_error(k, 8, rc)
-            raise B.error(rc, "inc")
+            self._raise_rc("inc", rc, key, 8, step)
         return i64[0]
 
     def dec(self, key, step=1, ttl=0):
