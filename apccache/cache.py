@@ -234,6 +234,10 @@ class Cache:
         name = cls._check_name(name)
         try:
             shm = Segment(name)
+        except FileNotFoundError:
+            from ._open import missing_message
+
+            raise FileNotFoundError(2, missing_message(name)) from None
         except ValueError:
             raise CorruptSegmentError(f"segment {name!r} is empty: not an apccache segment") from None
         deadline = time.monotonic() + timeout
@@ -952,6 +956,62 @@ class Cache:
         """Bytes-level access to the file cache's slot table (for
         ``apccache.files``)."""
         return FileTable(self)
+
+    # ------------------------------------------- for the framework integrations
+    # (apccache.integrations); each is a thin door into its own module.
+
+    @classmethod
+    def open(cls, name: str, size: int = 64 * 1024 * 1024, *, create: bool = True,
+             timeout: float = 5.0, **options) -> "Cache":
+        """Create-or-attach: the segment ``name``, created with ``size``
+        and ``options`` (create()'s keyword arguments) if it does not exist,
+        else attached.  Race-free across processes: when many start at once,
+        exactly one creates it and the others attach it once its creator
+        has finished (waiting up to ``timeout`` seconds).  ``create=False``
+        only attaches (FileNotFoundError naming the segments that exist)."""
+        from ._open import open_cache
+
+        return open_cache(cls, name, size, create, timeout, options)
+
+    def touch(self, key, ttl: int = 0) -> bool:
+        """Give a live entry a new ttl counted from now (0: it never
+        expires), atomically, without rewriting its value.  False if the
+        key is missing or expired."""
+        k = _key_bytes(key)
+        rc = lib.apc_touch(self._seg, 0, k, len(k), _check_ttl(ttl), self._now())
+        if rc == B.NOTFOUND:
+            return False
+        B.check(rc, "touch")
+        return True
+
+    def memoize(self, ttl: int = 0, *, key=None, namespace=None):
+        """A decorator caching a function's (or coroutine function's)
+        results in this cache, computed once across all processes; adds
+        ``f.cache_clear()`` and ``f.cache_info()``.  See apccache.memoize."""
+        from .memoize import memoize
+
+        return memoize(self, ttl, key=key, namespace=namespace)
+
+    async def aentry(self, key, generator, ttl: int = 0):
+        """entry() for coroutines: waiting for another process never blocks
+        the event loop; generator may be a coroutine function.  See
+        apccache.aio."""
+        from .aio import aentry
+
+        return await aentry(self, key, generator, ttl)
+
+    def lock(self, name: str, timeout=None, blocking_timeout=None):
+        """A host-wide lock (context manager; acquire, release, locked,
+        extend), freed at once if its holder dies.  See apccache.locks."""
+        from .locks import Lock
+
+        return Lock(self, name, timeout, blocking_timeout)
+
+    def alock(self, name: str, timeout=None, blocking_timeout=None):
+        """lock() for ``async with``: waiting never blocks the event loop."""
+        from .locks import AsyncLock
+
+        return AsyncLock(self, name, timeout, blocking_timeout)
 
 
 class FileTable:
