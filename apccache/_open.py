@@ -8,10 +8,12 @@ ready.  The engine refuses such a segment (``APC_E_NOTREADY``) and
 ``attach`` waits for it; here an empty one is waited for too, and a name
 unlinked between the failed create and the attach is created again.
 """
+import os
 import time
 
 from .errors import CorruptSegmentError, IncompatibleSegmentError
 
+SHM_DIR = "/dev/shm"
 _ATTACH_ONLY = ("serializer", "clock", "lock_timeout")
 
 
@@ -29,14 +31,20 @@ def open_cache(cls, name, size, create, timeout, options):
             return cls.attach(name, **attach_opts)
         except FileNotFoundError:
             continue  # unlinked meanwhile: try to create it again
-        except (CorruptSegmentError, IncompatibleSegmentError) as e:
-            # Empty (its creator has not sized it yet) or not yet formatted:
-            # wait for the creator, up to timeout.
-            if "empty" not in str(e) and "never finished" not in str(e):
-                raise
-            if time.monotonic() > deadline:
+        except (CorruptSegmentError, IncompatibleSegmentError):
+            # Empty: its creator has not sized it yet; wait for it, up to
+            # timeout.  (One sized but not yet formatted, attach itself
+            # waits for.)
+            if not _empty(name) or time.monotonic() > deadline:
                 raise
             time.sleep(0.002)
+
+
+def _empty(name):
+    try:
+        return os.stat(os.path.join(SHM_DIR, name)).st_size == 0
+    except FileNotFoundError:
+        return True  # gone meanwhile: the next round creates it
 
 
 def missing_message(name):

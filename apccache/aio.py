@@ -20,8 +20,12 @@ entry() protocol has no synchronous method to wrap.
 import asyncio
 import inspect
 import itertools
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 from . import _bindings as B
+
+if TYPE_CHECKING:
+    from .cache import Cache
 
 __all__ = ["aentry"]
 
@@ -33,7 +37,8 @@ _tids = itertools.count(1)
 _TID_BASE = 1 << 62
 
 
-async def aentry(cache, key, generator, ttl=0):
+async def aentry(cache: "Cache", key: Union[str, bytes], generator: Callable[[Any], Any],
+                 ttl: int = 0) -> Any:
     from .cache import _check_ttl, _key_bytes
 
     k = _key_bytes(key)

@@ -37,8 +37,12 @@ import math
 import os
 import threading
 import time
+from typing import TYPE_CHECKING, Optional
 
 from .errors import CacheError
+
+if TYPE_CHECKING:
+    from .cache import Cache
 
 __all__ = ["AsyncLock", "Lock", "LockError", "LockNotOwnedError"]
 
@@ -58,7 +62,7 @@ class LockNotOwnedError(LockError):
     it."""
 
 
-def start_ticks(pid):
+def start_ticks(pid: int) -> Optional[int]:
     """Field 22 of /proc/PID/stat (start time, clock ticks since boot), or
     None if the process does not exist or /proc cannot tell."""
     try:
@@ -76,7 +80,7 @@ def start_ticks(pid):
 _me = (0, 0)  # (pid, word) of this process, recomputed after fork
 
 
-def my_word():
+def my_word() -> int:
     """This process's identity as one positive int64."""
     global _me
     pid = os.getpid()
@@ -85,7 +89,7 @@ def my_word():
     return _me[1]
 
 
-def holder_alive(word):
+def holder_alive(word: int) -> bool:
     """Is the process a lock word names still the one that took it?"""
     from ._bindings import pid_alive
 
@@ -120,7 +124,8 @@ os.register_at_fork(after_in_child=_after_fork)
 
 
 class _Base:
-    def __init__(self, cache, name, timeout=None, blocking_timeout=None):
+    def __init__(self, cache: "Cache", name: str, timeout: Optional[float] = None,
+                 blocking_timeout: Optional[float] = None) -> None:
         if not isinstance(name, str):
             raise TypeError(f"lock name must be a str, not {type(name).__name__}")
         if timeout is not None and not timeout > 0:
@@ -156,16 +161,16 @@ class _Base:
                     return True
         return False
 
-    def locked(self):
+    def locked(self) -> bool:
         """Is the lock held, by anyone (this holder included)?"""
         cur = self._cache.fetch(self.key, None)
         return type(cur) is int and cur != 0 and holder_alive(cur)
 
-    def owned(self):
+    def owned(self) -> bool:
         """Does this holder hold it?"""
         return self._held and self._cache.fetch(self.key, None) == my_word()
 
-    def release(self):
+    def release(self) -> None:
         """Free the lock.  LockNotOwnedError if this holder does not hold it
         (never acquired, or expired and taken by another)."""
         if not self._held:
@@ -179,7 +184,7 @@ class _Base:
         finally:
             self._local.release()
 
-    def extend(self, seconds):
+    def extend(self, seconds: float) -> bool:
         """Add seconds to the time left before the lock expires."""
         if self.timeout is None:
             raise LockError(f"lock {self.name!r} has no timeout: there is nothing to extend")
@@ -201,7 +206,7 @@ class Lock(_Base):
     """``cache.lock(name, timeout=None, blocking_timeout=None)``: see the
     module docstring."""
 
-    def acquire(self, blocking=True, timeout=None):
+    def acquire(self, blocking: bool = True, timeout: Optional[float] = None) -> bool:
         """Take the lock; True if taken.  blocking=False: one attempt.
         timeout (default: the lock's blocking_timeout; None waits for
         ever): seconds to wait."""
@@ -243,7 +248,7 @@ class AsyncLock(_Base):
     """``cache.alock(...)``: the same lock for coroutines.  Waiting never
     blocks the event loop (it polls with ``asyncio.sleep``)."""
 
-    async def acquire(self, blocking=True, timeout=None):
+    async def acquire(self, blocking: bool = True, timeout: Optional[float] = None) -> bool:
         if self._held:
             raise LockError(f"lock {self.name!r} is already held by this holder (it is not reentrant)")
         if timeout is None:
@@ -266,7 +271,7 @@ class AsyncLock(_Base):
             if have_local and not self._held:
                 self._local.release()
 
-    async def release(self):
+    async def release(self) -> None:
         _Base.release(self)
 
     async def __aenter__(self):

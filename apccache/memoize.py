@@ -42,6 +42,10 @@ import pickle
 import re
 import struct
 from collections import namedtuple
+from typing import TYPE_CHECKING, Callable, Optional, Union
+
+if TYPE_CHECKING:
+    from .cache import Cache
 
 __all__ = ["CacheInfo", "memoize"]
 
@@ -90,7 +94,7 @@ def _canon(obj):
     return b"".join(out)
 
 
-def args_key(args, kwargs):
+def args_key(args: tuple, kwargs: dict) -> str:
     """The canonical, process-independent encoding of a call's arguments,
     as text for the key (hex digest when long)."""
     b = _canon((args, kwargs))  # kwargs: a dict, so encoded in sorted order
@@ -103,7 +107,8 @@ def _printable(b):
     return all(32 <= c < 127 for c in b)
 
 
-def memoize(cache, ttl=0, *, key=None, namespace=None):
+def memoize(cache: "Cache", ttl: int = 0, *, key: Optional[Callable[..., Union[str, bytes]]] = None,
+            namespace: Optional[str] = None) -> Callable[[Callable], Callable]:
     from .cache import _check_ttl
 
     ttl = _check_ttl(ttl)

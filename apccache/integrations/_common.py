@@ -9,7 +9,7 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.I)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
-def parse_size(size):
+def parse_size(size) -> int:
     """An int, or a string such as "256M", "64MiB", "1G" (powers of 1024)."""
     if isinstance(size, int) and not isinstance(size, bool):
         return size

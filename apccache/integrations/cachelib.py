@@ -26,11 +26,14 @@ ints, which stay native so that ``inc`` works on them.  With the default,
 ``serializer = None``, values use apccache's own encoding: bytes, str, int,
 float, bool and None natively, anything else pickled.
 """
+import datetime as dt
 import re
+from typing import Any, Optional, Union
 
 from cachelib.base import BaseCache
 
 from ..errors import CacheFullError
+from ..cache import Cache
 from ._common import parse_size, shared_handle
 
 __all__ = ["ApcCache"]
@@ -41,8 +44,9 @@ _MISSING = object()
 class ApcCache(BaseCache):
     serializer = None  # None: apccache's own encoding; else cachelib's dumps/loads
 
-    def __init__(self, name, *, size=64 << 20, create=True, default_timeout=300, key_prefix="",
-                 ignore_delete_many_errors=True, **options):
+    def __init__(self, name: str, *, size: Union[int, str] = 64 << 20, create: bool = True,
+                 default_timeout: Union[int, dt.timedelta] = 300, key_prefix: Optional[str] = "",
+                 ignore_delete_many_errors: bool = True, **options: Any) -> None:
         BaseCache.__init__(self, default_timeout, ignore_delete_many_errors=ignore_delete_many_errors)
         self.key_prefix = key_prefix or ""
         self._cache = shared_handle(name, parse_size(size), create, **options)
@@ -128,6 +132,6 @@ class ApcCache(BaseCache):
         return self.inc(key, -delta)
 
     @property
-    def handle(self):
+    def handle(self) -> "Cache":
         """The underlying ``apccache.Cache``."""
         return self._cache

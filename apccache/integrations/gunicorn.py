@@ -44,6 +44,7 @@ start.  Stop and start instead.
 """
 import logging
 import os
+from typing import Any, Union
 
 from ..cache import Cache
 from ._common import parse_size
@@ -59,7 +60,8 @@ _state = {"name": None, "size": None, "keep": False, "options": {}, "cache": Non
           "pid": None}
 
 
-def install(config, name, size=64 << 20, *, keep=False, **options):
+def install(config: dict, name: str, size: Union[int, str] = 64 << 20, *, keep: bool = False,
+            **options: Any) -> dict:
     """Install the hooks into a gunicorn config namespace (``globals()`` of
     the config file).  options go to ``Cache.create`` (serializer, ttl,
     slots, ...).  Calling it again (HUP re-runs the config file) changes
@@ -90,7 +92,7 @@ def _chain(theirs, ours, first):
     return hook
 
 
-def cache():
+def cache() -> Cache:
     """The shared handle (inherited from the master by every worker)."""
     c = _state["cache"]
     if c is None or c.closed:
