@@ -80,9 +80,11 @@ async def _call(generator, key):
 
 
 async def _generate(cache, k, key, generator, ttl, token, tid):
+    cache._entries[token] = tid  # close() gives it up, if it comes first (as entry() does)
     try:
         value = await _call(generator, key)
         cache._store_key(k, value, ttl, 0, 0)
     finally:
-        B.lib.apc_entry_end(cache._seg, token, tid)
+        if cache._entries.pop(token, None) is not None:
+            B.lib.apc_entry_end(cache._seg, token, tid)
     return value

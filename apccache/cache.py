@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List,
 
 from . import _bindings as B
 from ._shm import Segment
-from .errors import CacheFullError, CorruptSegmentError, IncompatibleSegmentError
+from .errors import CacheClosedError, CacheFullError, CorruptSegmentError, IncompatibleSegmentError
 from .serializers import PickleSerializer
 
 if TYPE_CHECKING:
@@ -57,7 +57,6 @@ _fetch = lib.apc_fetch
 _store = lib.apc_store
 _get = lib.apc_get
 _put = lib.apc_put
-_unpin = lib.apc_unpin
 _ident = threading.get_ident
 
 if os.environ.get("APCCACHE_NO_FASTPATH", "") in ("", "0"):
@@ -70,6 +69,8 @@ else:
 _FETCH_REF = int(ffi.cast("uintptr_t", ffi.addressof(lib, "apc_fetch_ref")))
 _RELEASE = int(ffi.cast("uintptr_t", ffi.addressof(lib, "apc_ref_release")))
 _STORE = int(ffi.cast("uintptr_t", ffi.addressof(lib, "apc_store")))
+_COUNT_CORRUPT = int(ffi.cast("uintptr_t", ffi.addressof(lib, "apc_count_corrupt")))
+DEFAULT_LOCK_TIMEOUT = 5.0
 
 
 def _key_bytes(key):
@@ -96,6 +97,14 @@ def _check_ttl(ttl):
     if ttl < 0:
         raise ValueError(f"ttl must be >= 0 (got {ttl})")
     return ttl
+
+
+def _check_lock_timeout(t):
+    if isinstance(t, bool) or not isinstance(t, (int, float)):
+        raise TypeError(f"lock_timeout must be a number of seconds, not {type(t).__name__}")
+    if not 0 <= t <= 3600:
+        raise ValueError(f"lock_timeout must be between 0 and 3600 s (got {t})")
+    return int(t * 1e9)
 
 
 def _check_int(name, v):
@@ -139,11 +148,19 @@ class _IO:
 class Cache:
     """A handle on a shared-memory cache segment.  See the module docstring."""
 
-    def __init__(self, shm, seg, serializer=None, clock=None, owner=False):
+    def __init__(self, shm, seg, serializer=None, clock=None, owner=False,
+                 lock_timeout=DEFAULT_LOCK_TIMEOUT):
         self._shm = shm
         self._seg = seg
-        lib.apc_set_fd(seg, shm._fd)  # large values written where that saves page faults
         self._mv = shm.buf
+        # The binding's own mapping (the aux area) is guarded against SIGBUS
+        # like the engine's: a truncated file is an error, not a crash.
+        base = ffi.from_buffer(shm.buf)
+        self._mv_base = ffi.cast("void *", int(ffi.cast("uintptr_t", base)))
+        del base  # an address is all the guard needs: no export kept on buf
+        lib.apc_guard_range(seg, self._mv_base, shm.size)
+        lib.apc_set_lock_timeout(seg, _check_lock_timeout(lock_timeout))
+        self._entries = {}  # entry() generations this handle runs: token -> tid
         self._ser = serializer or PickleSerializer()
         self._clock = clock
         self._ios = {}  # thread ident -> _IO
@@ -154,8 +171,8 @@ class Cache:
             # fetch and store as CPython methods (csrc/fastpath.c); what they
             # do not handle themselves comes back to the methods below.
             self._fast = h = _fastpath.Handle(
-                int(ffi.cast("uintptr_t", seg)), _FETCH_REF, _RELEASE, _STORE,
-                Cache.fetch.__get__(self), Cache.store.__get__(self), self._decode)
+                int(ffi.cast("uintptr_t", seg)), _FETCH_REF, _RELEASE, _STORE, _COUNT_CORRUPT,
+                Cache.fetch.__get__(self), Cache.store.__get__(self), self._decode, _MISSING)
             self.fetch = self.get = h.fetch
             self.store = h.store
         if clock is not None:
@@ -177,7 +194,8 @@ class Cache:
 
     @classmethod
     def create(cls, name, size=64 * 1024 * 1024, slots=None, ttl=0, gc_ttl=3600, *,
-               serializer=None, clock=None, reserve=True):
+               serializer=None, clock=None, reserve=True, checksums=False,
+               lock_timeout=DEFAULT_LOCK_TIMEOUT):
         """Create the segment ``name`` (mode 0600) and return a handle on it.
 
         ``size`` is the segment's size in bytes; ``slots`` a hint for the
@@ -191,12 +209,18 @@ class Cache:
         /dev/shm too small for it fails here (OSError ENOSPC) rather than
         with SIGBUS in whichever process later writes past what fits;
         False leaves the pages to be allocated as entries are written.
+        ``checksums`` gives every entry a checksum of its value, type and
+        length, checked on every read: a value whose bytes were changed in
+        the segment is then a miss counted in ``info()['corrupt_reads']``,
+        never a wrong value (see the README for its cost).
+        ``lock_timeout``: see attach().
 
         Raises FileExistsError if the segment exists.
         """
         name = cls._check_name(name)
         size = _check_int("size", size)
         ttl, gc_ttl = _check_ttl(ttl), _check_ttl(gc_ttl)
+        _check_lock_timeout(lock_timeout)
         if slots is None:
             slots = max(64, size // (1 << 20) * 512)
         slots = _check_int("slots", slots)
@@ -214,13 +238,15 @@ class Cache:
         try:
             base = ffi.from_buffer(shm.buf)
             now = int(clock()) if clock else 0
+            flags = lib.APC_FMT_CHECKSUMS if checksums else 0
             B.check(
-                lib.apc_format_segment(base, size, nslots, nfiles, ttl, gc_ttl, now, os.getpid()),
+                lib.apc_format_segment(base, size, nslots, nfiles, ttl, gc_ttl, now, os.getpid(),
+                                       flags),
                 f"formatting segment {name!r}",
             )
-            segp = ffi.new("apc_seg **")
-            B.check(lib.apc_open(base, shm.size, segp), f"opening segment {name!r}")
             del base
+            segp = ffi.new("apc_seg **")
+            B.check(lib.apc_attach_fd(shm._fd, segp), f"opening segment {name!r}")
         except BaseException:
             shm.unlink()
             try:
@@ -228,18 +254,25 @@ class Cache:
             except BufferError:
                 pass
             raise
-        return cls(shm, segp[0], serializer, clock, owner=True)
+        return cls(shm, segp[0], serializer, clock, owner=True, lock_timeout=lock_timeout)
 
     @classmethod
-    def attach(cls, name, *, serializer=None, clock=None, timeout=2.0):
+    def attach(cls, name, *, serializer=None, clock=None, timeout=2.0,
+               lock_timeout=DEFAULT_LOCK_TIMEOUT):
         """Attach the existing segment ``name``.  Attaching, closing and
         exiting never remove it; only ``unlink()`` does.
+
+        ``lock_timeout`` (seconds, default 5) bounds how long a write waits
+        for another live process that holds the segment's write lock; then
+        it raises CacheBusyError naming that process.  A holder that died is
+        never waited for.  Reads never wait for the lock.
 
         Raises FileNotFoundError if there is no such segment, and
         IncompatibleSegmentError if it is not an apccache segment of this
         layout version.
         """
         name = cls._check_name(name)
+        _check_lock_timeout(lock_timeout)
         try:
             shm = Segment(name)
         except FileNotFoundError:
@@ -250,14 +283,12 @@ class Cache:
             raise CorruptSegmentError(f"segment {name!r} is empty: not an apccache segment") from None
         deadline = time.monotonic() + timeout
         try:
-            base = ffi.from_buffer(shm.buf)
             segp = ffi.new("apc_seg **")
             while True:
-                rc = lib.apc_open(base, shm.size, segp)
+                rc = lib.apc_attach_fd(shm._fd, segp)
                 if rc != B.E_NOTREADY or time.monotonic() > deadline:
                     break
                 time.sleep(0.005)
-            del base
             if rc == lib.APC_E_FORMAT:
                 fmt = lib.apc_peek_format(ffi.from_buffer(shm.buf), shm.size)
                 raise IncompatibleSegmentError(
@@ -282,7 +313,7 @@ class Cache:
         except BaseException:
             shm.close()
             raise
-        return cls(shm, segp[0], serializer, clock)
+        return cls(shm, segp[0], serializer, clock, lock_timeout=lock_timeout)
 
     @staticmethod
     def _check_name(name):
@@ -294,13 +325,23 @@ class Cache:
         return bare
 
     def close(self):
-        """Release this handle (the segment stays).  Idempotent."""
-        seg, self._seg = self._seg, ffi.NULL
+        """Release this handle (the segment stays).  Idempotent, and safe
+        while other threads use the handle: calls already in the engine
+        finish first (each is bounded by lock_timeout), later ones raise
+        CacheClosedError.  entry() generations this handle runs give up
+        their key at once, so other processes stop waiting for them."""
+        seg = self._seg
+        if seg == ffi.NULL:
+            return
+        for token, tid in list(self._entries.items()):
+            lib.apc_entry_end(seg, token, tid)
+        self._entries.clear()
+        self._seg = ffi.NULL
         if self._fast is not None:
             self._fast.close()
-        if seg != ffi.NULL:
-            lib.apc_close(seg)
-        self._mv = None
+        lib.apc_close(seg)  # waits for the calls in flight
+        lib.apc_guard_range(seg, self._mv_base, 0)
+        self._mv = self._mv_base = None
         self._ios = {}
         try:
             self._shm.close()
@@ -343,7 +384,7 @@ class Cache:
         """A writable view of the segment's 64 KiB aux area (zeroed at
         create), which the supervisor uses for its scoreboard."""
         if self._seg == ffi.NULL:
-            raise ValueError("operation on a closed cache")
+            raise CacheClosedError("operation on a closed cache")
         off = lib.apc_aux_offset(self._seg)
         return self._mv[off : off + lib.apc_aux_size(self._seg)]
 
@@ -381,24 +422,32 @@ class Cache:
             return B.T_FLOAT, _F64.pack(value), 0
         return B.T_SER, self._ser.dumps(value), 0
 
-    def _decode(self, tag, data, ival=0):
-        if tag == B.T_BYTES:
-            return data
-        if tag == B.T_STR:
-            return data.decode("utf-8", "surrogatepass")
-        if tag == B.T_INT:
-            return ival
-        if tag == B.T_SER:
-            return self._ser.loads(data)
-        if tag == B.T_FLOAT:
-            return _F64.unpack(data)[0]
-        if tag == B.T_TRUE:
-            return True
-        if tag == B.T_FALSE:
-            return False
-        if tag == B.T_NONE:
-            return None
-        raise CorruptSegmentError(f"entry has an unknown type tag {tag}")
+    def _decode(self, tag, data, ival=0, table=0):
+        """The value for a tag and its bytes, or _MISSING (counted as a
+        corrupt read) for bytes that do not decode as their tag says: bad
+        UTF-8, a short float, an unknown tag, or what the serializer
+        refuses."""
+        try:
+            if tag == B.T_BYTES:
+                return data
+            if tag == B.T_STR:
+                return data.decode("utf-8", "surrogatepass")
+            if tag == B.T_INT:
+                return ival
+            if tag == B.T_SER:
+                return self._ser.loads(data)
+            if tag == B.T_FLOAT:
+                return _F64.unpack(data)[0]
+            if tag == B.T_TRUE:
+                return True
+            if tag == B.T_FALSE:
+                return False
+            if tag == B.T_NONE:
+                return None
+        except Exception:
+            pass
+        lib.apc_count_corrupt(self._seg, table)
+        return _MISSING
 
     def _fetch_key(self, k, default, table=0):
         """fetch for already-validated key bytes, on any table."""
@@ -420,38 +469,40 @@ class Cache:
         tag = r & 0x7F
         if tag == B.T_INT:
             return io.i64[0]
-        n = r >> 8
-        if r & B.PINNED:
-            off, rec = io.u64[0], io.u64[1]
-            try:
-                data = bytes(self._mv[off : off + n])
-            finally:
-                _unpin(self._seg, rec)
-        else:
-            data = io.view[0:n]
-        return self._decode(tag, data)
+        value = self._decode(tag, io.view[0 : r >> 8], 0, table)
+        return default if value is _MISSING else value
 
     def _fetch_with(self, k, fn, default, table):
         """fn(buffer) for the bytes stored under k, while the entry is held:
-        a large value is read where it lies (pinned, as fetch pins it, and
-        unpinned when fn returns), a small one from a copy.  default if
-        absent; a value that is not bytes is passed as fetch returns it."""
-        io = self._io()
-        r = _fetch(self._seg, table, k, len(k), self._now(), io.buf, _BUF)
-        if r < 0 or not r & B.PINNED:
-            value = self._result(io, r, k, _MISSING, table)
-            return default if value is _MISSING else fn(value)
-        off, rec = io.u64[0], io.u64[1]
-        try:
-            if r & 0x7F != B.T_BYTES:
-                return fn(self._decode(r & 0x7F, bytes(self._mv[off : off + (r >> 8)])))
-            view = self._mv[off : off + (r >> 8)]
+        a large value is read where it lies (pinned, and released when fn
+        returns), a small one from a copy.  default if absent; a value that
+        is not bytes is passed as fetch returns it."""
+        ref = ffi.new("apc_ref *")
+        seg = self._seg
+        r = lib.apc_fetch_ref(seg, table, k, len(k), self._now(), ref)
+        if r < 0:
+            if r == B.NOTFOUND:
+                return default
+            if r == lib.APC_E_ARG:
+                _key_bytes(k)  # raises the error that says what is wrong
+            raise B.error(r, "fetch")
+        tag, n = r & 0x7F, r >> 8
+        if n > _BUF and tag == B.T_BYTES:
             try:
-                return fn(view)
+                view = memoryview(ffi.buffer(ref.ptr, n))
+                try:
+                    return fn(view)
+                finally:
+                    view.release()
             finally:
-                view.release()
+                lib.apc_ref_release(seg, ref)
+        try:
+            data = b"" if tag == B.T_INT else ffi.buffer(ref.ptr, n)[:]
+            ival = ref.ival
         finally:
-            _unpin(self._seg, rec)
+            lib.apc_ref_release(seg, ref)
+        value = ival if tag == B.T_INT else self._decode(tag, data, 0, table)
+        return default if value is _MISSING else fn(value)
 
     def _fetch_unbuffered(self, k, default, table, size):
         """The rare path: every pin record is taken, so copy into a buffer
@@ -469,7 +520,8 @@ class Cache:
             tag = r & 0x7F
             if tag == B.T_INT:
                 return ffi.cast("int64_t *", buf)[0]
-            return self._decode(tag, ffi.unpack(buf, r >> 8))
+            value = self._decode(tag, ffi.unpack(buf, r >> 8), 0, table)
+            return default if value is _MISSING else value
 
     def _store_key(self, k, value, ttl, flags, table=0):
         t = type(value)
@@ -681,11 +733,13 @@ class Cache:
             return self._generate(k, key, generator, ttl, table, out[0], tid)
 
     def _generate(self, k, key, generator, ttl, table, token, tid):
+        self._entries[token] = tid  # close() gives it up, if it comes first
         try:
             value = generator(key)
             self._store_key(k, value, ttl, 0, table)
         finally:
-            lib.apc_entry_end(self._seg, token, tid)
+            if self._entries.pop(token, None) is not None:
+                lib.apc_entry_end(self._seg, token, tid)
         return value
 
     # --------------------------------------------------------- many at once
@@ -786,6 +840,10 @@ class Cache:
             "compactions": i["compactions"],
             "entries_in_progress": i["entry_locks"],
             "pins": i["pins"],
+            "corrupt_reads": i["corrupt_reads"],
+            "waited_reads": i["waited_reads"],
+            "lock_steals": i["lock_steals"],
+            "checksums": bool(i["checksums"]),
         }
         if not limited:
             now = self._now()
@@ -904,7 +962,7 @@ class Cache:
         buf = ffi.new("char[]", cap)
         n = lib.apc_check(self._seg, buf, cap)
         if n == lib.APC_E_CLOSED:
-            raise ValueError("operation on a closed cache")
+            raise CacheClosedError("operation on a closed cache")
         text = ffi.string(buf).decode(errors="replace")
         lines = [ln for ln in text.split("\n") if ln]
         if n > len(lines):

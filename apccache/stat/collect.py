@@ -44,13 +44,9 @@ _HEAD = struct.Struct("=8sIIIIQQqQQQQQQ")  # magic .. arena_size
 _U64 = struct.Struct("=Q")
 
 
-def _header_map():
-    m = B.ffi.new("apc_header_map *")
-    lib.apc_header_map_get(m)
-    return m.header_size, m.free_bytes_off, m.num_entries_off
-
-
-_HEADER_READ, _FREE_BYTES_OFF, _NUM_ENTRIES_OFF = _header_map()
+_HEADER_READ = B.LAYOUT["header_size"]
+_FREE_BYTES_OFF = B.LAYOUT["free_bytes_off"]
+_NUM_ENTRIES_OFF = B.LAYOUT["num_entries_off"]
 
 # The binding's value type tags (apccache._bindings), by name.
 TYPE_NAMES = {B.T_BYTES: "bytes", B.T_STR: "str", B.T_INT: "int", B.T_FLOAT: "float", B.T_TRUE: "bool",
