@@ -20,10 +20,12 @@ pid does not look alive) and the lock is taken over with ``cas``, which
 also decides between several processes taking over at once.  Releasing is
 ``cas(mine, 0)``: it never frees a lock someone else holds.
 
-``timeout`` (seconds, rounded up to a whole second) bounds how long a
-holder that is alive but stuck keeps the lock: it is the entry's ttl, so
-the lock is free once ``timeout`` to ``timeout + 1`` seconds have passed
-since it was taken (or last extended).  ``None``: held until released or
+``timeout`` (seconds) bounds how long a holder that is alive but stuck
+keeps the lock.  The holder writes its deadline (milliseconds since the
+epoch) to ``apccache:lockdl:<name>:<holder>`` before it takes the lock, and
+whoever finds the lock held past that deadline takes it over with ``cas``;
+the lock entry's own ttl (``timeout`` rounded up to whole seconds) is a
+backstop, should the deadline entry be evicted.  ``None``: held until released or
 until the holder dies.  ``blocking_timeout`` bounds how long ``acquire``
 waits.
 
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
 __all__ = ["AsyncLock", "Lock", "LockError", "LockNotOwnedError"]
 
 _PREFIX = "apccache:lock:"
+_DL_PREFIX = "apccache:lockdl:"  # + name:word -> the holder's deadline, ms since the epoch
 _TICKS_BITS = 41
 _TICKS_MASK = (1 << _TICKS_BITS) - 1
 
@@ -60,6 +63,10 @@ class LockNotOwnedError(LockError):
     """release() or extend() of a lock this holder no longer holds: it was
     never acquired, or its ``timeout`` expired and another process took
     it."""
+
+
+def _now_ms():
+    return time.time_ns() // 1_000_000
 
 
 def start_ticks(pid: int) -> Optional[int]:
@@ -141,9 +148,22 @@ class _Base:
     def _ttl(self):
         return 0 if self.timeout is None else max(1, math.ceil(self.timeout))
 
+    def _dl_key(self, word):
+        return f"{_DL_PREFIX}{self.name}:{word}"
+
+    def _expired(self, word):
+        """Has the holder word's own timeout run out (to the millisecond)?"""
+        dl = self._cache.fetch(self._dl_key(word), None)
+        return type(dl) is int and _now_ms() > dl
+
     def _try(self):
         """One attempt at the host-wide lock (the local one is held)."""
         c, key, me = self._cache, self.key, my_word()
+        if self.timeout is not None:
+            # our deadline first, so that it is there before anyone can see
+            # us as the holder (no other thread of ours writes it: we hold
+            # the local lock)
+            c.store(self._dl_key(me), _now_ms() + math.ceil(self.timeout * 1000), self._ttl() + 1)
         for _ in range(8):
             if c.add(key, me, self._ttl()):
                 return True
@@ -152,9 +172,10 @@ class _Base:
                 continue  # freed (expired or deleted) meanwhile: add again
             if type(cur) is not int:
                 raise LockError(f"the entry {key!r} is not a lock (it holds a {type(cur).__name__})")
-            if cur == me or (cur != 0 and holder_alive(cur)):
+            if cur == me or (cur != 0 and holder_alive(cur) and not self._expired(cur)):
                 return False
-            # free (0) or its holder died: take it over, then give it our ttl
+            # free (0), its holder died, or its timeout ran out: take it
+            # over, then give it our ttl
             if c.cas(key, cur, me):
                 c.touch(key, self._ttl())
                 if c.fetch(key, None) == me:
@@ -181,6 +202,8 @@ class _Base:
                 raise LockNotOwnedError(
                     f"lock {self.name!r} expired (timeout {self.timeout}s) and was taken by another holder"
                 )
+            if self.timeout is not None:
+                self._cache.delete(self._dl_key(my_word()))
         finally:
             self._local.release()
 
@@ -190,10 +213,17 @@ class _Base:
             raise LockError(f"lock {self.name!r} has no timeout: there is nothing to extend")
         if not self.owned():
             raise LockNotOwnedError(f"lock {self.name!r} is not held by this holder")
-        info = self._cache.key_info(self.key)
-        now = self._cache._now() or int(time.time())
-        left = info["creation_time"] + info["ttl"] - now if info and info["ttl"] else 0
-        self._cache.touch(self.key, max(1, math.ceil(max(left, 0) + seconds)))
+        c = self._cache
+        dl_key = self._dl_key(my_word())
+        dl = c.fetch(dl_key, None)
+        now_ms = _now_ms()
+        dl = max(dl if type(dl) is int else now_ms, now_ms) + math.ceil(seconds * 1000)
+        left = math.ceil((dl - now_ms) / 1000)
+        c.store(dl_key, dl, left + 1)
+        info = c.key_info(self.key)
+        now = c._now() or int(time.time())
+        engine_left = info["creation_time"] + info["ttl"] - now if info and info["ttl"] else 0
+        c.touch(self.key, max(1, left, math.ceil(max(engine_left, 0) + seconds)))
         if not self.owned():
             raise LockNotOwnedError(f"lock {self.name!r} expired before it could be extended")
         return True
