@@ -185,7 +185,7 @@ class _Base:
     def locked(self) -> bool:
         """Is the lock held, by anyone (this holder included)?"""
         cur = self._cache.fetch(self.key, None)
-        return type(cur) is int and cur != 0 and holder_alive(cur)
+        return type(cur) is int and cur != 0 and holder_alive(cur) and not self._expired(cur)
 
     def owned(self) -> bool:
         """Does this holder hold it?"""
