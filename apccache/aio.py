@@ -14,8 +14,8 @@ another process for more than the engine's bound, and takes well under a
 microsecond to a few microseconds: call them straight from a coroutine
 (``cache.fetch(key)``), there is no thread hop to gain.
 
-Like ``cache.py``, this module calls the engine (``lib``) directly: the
-entry() protocol has no synchronous method to wrap.
+The engine calls of entry()'s protocol (begin, take over, end) are
+``Cache``'s private ``_entry_*`` methods; only the waiting differs.
 """
 import asyncio
 import inspect
@@ -46,12 +46,11 @@ async def aentry(cache: "Cache", key: Union[str, bytes], generator: Callable[[An
     value = cache._fetch_key(k, _MISSING)
     if value is not _MISSING:
         return value
-    lib = B.lib
     tid = _TID_BASE + next(_tids)
     out = B.ffi.new("int64_t[2]")
     delay = 0.0005
     while True:
-        rc = lib.apc_entry_begin(cache._seg, 0, k, len(k), tid, cache._now(), out)
+        rc = cache._entry_begin(k, tid, out)
         if rc == B.EXISTS:
             value = cache._fetch_key(k, _MISSING)
             if value is not _MISSING:
@@ -60,7 +59,7 @@ async def aentry(cache: "Cache", key: Union[str, bytes], generator: Callable[[An
         if rc == B.BUSY:
             token, holder = out[0], out[1]
             if token >= 0 and not B.pid_alive(holder):
-                if lib.apc_entry_takeover(cache._seg, token, holder, tid, cache._now()) == 0:
+                if cache._entry_takeover(token, holder, tid) == 0:
                     return await _generate(cache, k, key, generator, ttl, token, tid)
                 continue
             await asyncio.sleep(delay)
@@ -85,6 +84,5 @@ async def _generate(cache, k, key, generator, ttl, token, tid):
         value = await _call(generator, key)
         cache._store_key(k, value, ttl, 0, 0)
     finally:
-        if cache._entries.pop(token, None) is not None:
-            B.lib.apc_entry_end(cache._seg, token, tid)
+        cache._entry_end(token, tid)
     return value

@@ -1082,6 +1082,19 @@ class Cache:
 
         return AsyncLock(self, name, timeout, blocking_timeout)
 
+    # entry()'s protocol, one engine call each, for aentry (apccache.aio),
+    # which cannot wait inside _entry as entry() does.
+
+    def _entry_begin(self, k, tid, out):
+        return lib.apc_entry_begin(self._seg, 0, k, len(k), tid, self._now(), out)
+
+    def _entry_takeover(self, token, holder, tid):
+        return lib.apc_entry_takeover(self._seg, token, holder, tid, self._now())
+
+    def _entry_end(self, token, tid):
+        if self._entries.pop(token, None) is not None:
+            lib.apc_entry_end(self._seg, token, tid)
+
 
 class FileTable:
     """The second slot table of a segment, bytes in and bytes out.
