@@ -8,23 +8,36 @@ ready.  The engine refuses such a segment (``APC_E_NOTREADY``) and
 ``attach`` waits for it; here an empty one is waited for too, and a name
 unlinked between the failed create and the attach is created again.
 """
+import inspect
 import os
 import time
 
 from .errors import CorruptSegmentError, IncompatibleSegmentError
 
 SHM_DIR = "/dev/shm"
-_ATTACH_ONLY = ("serializer", "clock", "lock_timeout")
+
+
+def _params(fn):
+    return {n for n, p in inspect.signature(fn).parameters.items()
+            if p.kind is not p.VAR_KEYWORD and not n.startswith("_")} - {"cls", "name"}
 
 
 def open_cache(cls, name, size, create, timeout, options):
-    attach_opts = {k: v for k, v in options.items() if k in _ATTACH_ONLY}
+    create_params, attach_params = _params(cls.create), _params(cls.attach)
+    unknown = set(options) - create_params - attach_params
+    if unknown:
+        raise TypeError(f"Cache.open() got unexpected options: {', '.join(sorted(unknown))}")
+    create_opts = {k: v for k, v in options.items() if k in create_params}
+    attach_opts = {k: v for k, v in options.items() if k in attach_params and k != "timeout"}
+    mode = options.get("mode")
+    if "trust_group" in attach_params and "trust_group" not in options and mode is not None:
+        attach_opts["trust_group"] = bool(mode & 0o070)  # a group segment is attached as one
     if not create:
         return cls.attach(name, **attach_opts)
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return cls.create(name, size, **options)
+            return cls.create(name, size, **create_opts)
         except FileExistsError:
             pass
         try:

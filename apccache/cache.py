@@ -33,8 +33,15 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Union
 
 from . import _bindings as B
-from ._shm import Segment
-from .errors import CacheClosedError, CacheFullError, CorruptSegmentError, IncompatibleSegmentError
+from ._shm import Segment, check_trusted
+from .errors import (
+    CacheClosedError,
+    CacheError,
+    CacheFullError,
+    CorruptSegmentError,
+    IncompatibleSegmentError,
+    UntrustedSegmentError,
+)
 from .serializers import PickleSerializer
 
 if TYPE_CHECKING:
@@ -49,6 +56,11 @@ ffi, lib = B.ffi, B.lib
 _MISSING = object()
 _BUF = lib.APC_IO_BUF  # values up to this size are copied straight into a per-thread buffer
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+#: The largest ttl (and gc_ttl) in seconds: about 68 years.  Larger ones
+#: are refused with ValueError rather than wrapping around.
+MAX_TTL = (1 << 31) - 1
+_CLOSED = "operation on a closed cache"
 _F64 = struct.Struct("<d")
 _REC = struct.Struct("<10Q4I")  # apc_entry_rec
 
@@ -89,13 +101,15 @@ def _key_bytes(key):
     return k
 
 
-def _check_ttl(ttl):
+def _check_ttl(ttl, name="ttl"):
+    """The one ttl rule of every method: an int (never a bool) from 0 to
+    MAX_TTL seconds."""
     if type(ttl) is not int:
         if isinstance(ttl, bool) or not isinstance(ttl, int):
-            raise TypeError(f"ttl must be an int number of seconds, not {type(ttl).__name__}")
+            raise TypeError(f"{name} must be an int number of seconds, not {type(ttl).__name__}")
         ttl = int(ttl)
-    if ttl < 0:
-        raise ValueError(f"ttl must be >= 0 (got {ttl})")
+    if not 0 <= ttl <= MAX_TTL:
+        raise ValueError(f"{name} must be from 0 to {MAX_TTL} seconds (got {ttl})")
     return ttl
 
 
@@ -115,6 +129,23 @@ def _check_int(name, v):
     if not _INT64_MIN <= v <= _INT64_MAX:
         raise OverflowError(f"{name} {v} is outside the int64 range")
     return v
+
+
+class _NoLoadSerializer:
+    """The serializer of a handle opened for inspection only: it never
+    loads (or stores) a serialized value."""
+
+    name = "none"
+
+    def __init__(self, segment):
+        self.segment = segment
+
+    def _refuse(self, *args):
+        raise UntrustedSegmentError(
+            f"segment {self.segment!r} was opened for inspection only: its serialized values are never loaded"
+        )
+
+    dumps = loads = _refuse
 
 
 def _human(n):
@@ -165,6 +196,7 @@ class Cache:
         self._clock = clock
         self._ios = {}  # thread ident -> _IO
         self._owner = owner
+        self._untrusted = None  # why not, for a handle opened for inspection only
         self.name = shm.name.lstrip("/")
         self._fast = None
         if clock is None and _fastpath is not None:
@@ -195,7 +227,7 @@ class Cache:
     @classmethod
     def create(cls, name, size=64 * 1024 * 1024, slots=None, ttl=0, gc_ttl=3600, *,
                serializer=None, clock=None, reserve=True, checksums=False,
-               lock_timeout=DEFAULT_LOCK_TIMEOUT):
+               lock_timeout=DEFAULT_LOCK_TIMEOUT, mode=0o600):
         """Create the segment ``name`` (mode 0600) and return a handle on it.
 
         ``size`` is the segment's size in bytes; ``slots`` a hint for the
@@ -215,11 +247,28 @@ class Cache:
         never a wrong value (see the README for its cost).
         ``lock_timeout``: see attach().
 
+        ``mode`` 0o660 makes a segment that the members of this process's
+        group may attach (with ``trust_group=True``) and write; since any of
+        them could then run code in the others through pickle, it needs an
+        explicit ``serializer`` (``JSONSerializer()``, or
+        ``PickleSerializer()`` named on purpose).  Nothing else is accepted:
+        others may never write a segment.
+
         Raises FileExistsError if the segment exists.
         """
         name = cls._check_name(name)
         size = _check_int("size", size)
-        ttl, gc_ttl = _check_ttl(ttl), _check_ttl(gc_ttl)
+        ttl, gc_ttl = _check_ttl(ttl), _check_ttl(gc_ttl, "gc_ttl")
+        if type(mode) is not int:
+            raise TypeError(f"mode must be the int 0o600 or 0o660, not {type(mode).__name__}")
+        if mode not in (0o600, 0o660):
+            raise ValueError(f"mode must be 0o600 (the owner only) or 0o660 (shared with the group), not {mode:#o}")
+        if mode == 0o660 and serializer is None:
+            raise ValueError(
+                "a group-shared segment (mode=0o660) needs an explicit serializer: every member of the group "
+                "can write it, and unpickling runs code; pass serializer=apccache.JSONSerializer(), or "
+                "serializer=apccache.PickleSerializer() if every member is trusted to run code in the others"
+            )
         _check_lock_timeout(lock_timeout)
         if slots is None:
             slots = max(64, size // (1 << 20) * 512)
@@ -234,7 +283,8 @@ class Cache:
                 f"size {size} is too small for {nslots} slots: it must be at least {minimum} bytes"
                 " (pass a larger size or fewer slots)"
             )
-        shm = Segment(name, create=True, size=size, reserve=reserve)
+        shm = Segment(name, create=True, size=size, reserve=reserve, mode=mode,
+                      trust="group" if mode == 0o660 else "owner")
         try:
             base = ffi.from_buffer(shm.buf)
             now = int(clock()) if clock else 0
@@ -258,23 +308,47 @@ class Cache:
 
     @classmethod
     def attach(cls, name, *, serializer=None, clock=None, timeout=2.0,
-               lock_timeout=DEFAULT_LOCK_TIMEOUT):
+               lock_timeout=DEFAULT_LOCK_TIMEOUT, trust_group=False, _inspect=False):
         """Attach the existing segment ``name``.  Attaching, closing and
         exiting never remove it; only ``unlink()`` does.
+
+        Only a segment this user owns and nobody else may write is trusted:
+        before anything is read from it, ``fstat`` of the very descriptor
+        that is then mapped must show a regular file owned by the effective
+        uid, not writable by group or others.  ``trust_group=True`` also
+        accepts a segment whose group is one of this process's groups and
+        that the group may write (see ``create(mode=0o660)``); it requires
+        an explicit ``serializer``, so that pickle is never chosen for a
+        shared segment without saying so.  Others may never write it.
 
         ``lock_timeout`` (seconds, default 5) bounds how long a write waits
         for another live process that holds the segment's write lock; then
         it raises CacheBusyError naming that process.  A holder that died is
         never waited for.  Reads never wait for the lock.
 
-        Raises FileNotFoundError if there is no such segment, and
+        Raises FileNotFoundError if there is no such segment,
+        UntrustedSegmentError (a PermissionError) if it is not trusted, and
         IncompatibleSegmentError if it is not an apccache segment of this
         layout version.
         """
         name = cls._check_name(name)
+        if type(trust_group) is not bool:
+            raise TypeError(f"trust_group must be True or False, not {type(trust_group).__name__}")
+        if trust_group and serializer is None and not _inspect:
+            raise ValueError(
+                "trust_group=True needs an explicit serializer: any member of the group can write the segment, "
+                "and unpickling runs code; pass serializer=apccache.JSONSerializer(), or "
+                "serializer=apccache.PickleSerializer() if every member is trusted to run code here"
+            )
+        if _inspect:
+            # apcstat's read-only views: a foreign segment may be looked at,
+            # but no value of it is ever loaded.
+            trust, serializer = None, _NoLoadSerializer(name)
+        else:
+            trust = "group" if trust_group else "owner"
         _check_lock_timeout(lock_timeout)
         try:
-            shm = Segment(name)
+            shm = Segment(name, trust=trust)
         except FileNotFoundError:
             from ._open import missing_message
 
@@ -313,7 +387,13 @@ class Cache:
         except BaseException:
             shm.close()
             raise
-        return cls(shm, segp[0], serializer, clock, lock_timeout=lock_timeout)
+        handle = cls(shm, segp[0], serializer, clock, lock_timeout=lock_timeout)
+        if _inspect:
+            try:
+                check_trusted(shm.stat, name)
+            except UntrustedSegmentError as e:
+                handle._untrusted = str(e)  # what apcstat says of it
+        return handle
 
     @staticmethod
     def _check_name(name):
@@ -357,6 +437,7 @@ class Cache:
             pass
 
     def __enter__(self):
+        self._require_open()
         return self
 
     def __exit__(self, *exc):
@@ -379,12 +460,18 @@ class Cache:
     def closed(self) -> bool:
         return self._seg == ffi.NULL
 
+    def _require_open(self):
+        """CacheClosedError for a closed handle: for the methods that could
+        otherwise finish without calling the engine (an empty store_many,
+        a property)."""
+        if self.closed:
+            raise CacheClosedError(_CLOSED)
+
     @property
     def aux(self):
         """A writable view of the segment's 64 KiB aux area (zeroed at
         create), which the supervisor uses for its scoreboard."""
-        if self._seg == ffi.NULL:
-            raise CacheClosedError("operation on a closed cache")
+        self._require_open()
         off = lib.apc_aux_offset(self._seg)
         return self._mv[off : off + lib.apc_aux_size(self._seg)]
 
@@ -603,15 +690,13 @@ class Cache:
             tag, data = 2, value.encode("utf-8", "surrogatepass")
         else:
             return self._store_key(k, value, _check_ttl(ttl), 0)
+        if type(ttl) is not int or not 0 <= ttl <= MAX_TTL:
+            ttl = _check_ttl(ttl)  # raises for a bool, a non-int, or out of range
         try:
             io = self._ios[_ident()].io
         except KeyError:
             io = self._io().io
-        try:
-            rc = _put(io, k, len(k), tag, data, len(data), ttl)
-        except (TypeError, OverflowError):
-            _check_ttl(ttl)  # says what is wrong with it
-            raise
+        rc = _put(io, k, len(k), tag, data, len(data), ttl)
         if rc == 0:
             return True
         raise self._store_error(k, len(data), rc)
@@ -747,24 +832,28 @@ class Cache:
     def store_many(self, mapping: Mapping[Key, Any], ttl: int = 0) -> List[Key]:
         """Store every item; returns the keys that could not be stored (no
         room, unserialisable value), [] on success.  Keys are all checked
-        first: a bad key raises before anything is stored."""
+        first: a bad key raises before anything is stored.  An error of
+        the cache itself (closed, busy, corrupt) raises."""
+        self._require_open()
         ttl = _check_ttl(ttl)
         items = [(key, _key_bytes(key), v) for key, v in mapping.items()]
         failed = []
         for key, k, v in items:
             try:
                 self._store_key(k, v, ttl, 0)
-            except (CacheFullError, TypeError, ValueError, AttributeError) as e:
-                if isinstance(e, (IncompatibleSegmentError, CorruptSegmentError)):
-                    raise
+            except CacheFullError:
                 failed.append(key)
-            except Exception:
+            except CacheError:
+                raise
+            except Exception:  # the value cannot be serialised
                 failed.append(key)
         return failed
 
     def add_many(self, mapping: Mapping[Key, Any], ttl: int = 0) -> List[Key]:
         """add() for each item; returns the keys not added (a live entry
-        existed, or no room)."""
+        existed, no room, or an unserialisable value); an error of the
+        cache itself raises, as for store_many."""
+        self._require_open()
         ttl = _check_ttl(ttl)
         items = [(key, _key_bytes(key), v) for key, v in mapping.items()]
         failed = []
@@ -772,14 +861,17 @@ class Cache:
             try:
                 if not self._store_key(k, v, ttl, lib.APC_ADD):
                     failed.append(key)
-            except (IncompatibleSegmentError, CorruptSegmentError):
+            except CacheFullError:
+                failed.append(key)
+            except CacheError:
                 raise
-            except Exception:
+            except Exception:  # the value cannot be serialised
                 failed.append(key)
         return failed
 
     def fetch_many(self, keys: Iterable[Key]) -> Dict[Key, Any]:
         """{key: value} for the keys that are present, keyed as given."""
+        self._require_open()
         pairs = [(key, _key_bytes(key)) for key in keys]
         out = {}
         for key, k in pairs:
@@ -790,6 +882,7 @@ class Cache:
 
     def delete_many(self, keys: Iterable[Key]) -> List[Key]:
         """Delete each key; returns the keys that were missing."""
+        self._require_open()
         pairs = [(key, _key_bytes(key)) for key in keys]
         missing = []
         for key, k in pairs:
@@ -938,11 +1031,16 @@ class Cache:
     def keys(self, pattern: Union[str, "re.Pattern", None] = None) -> Iterator[Key]:
         """An iterator over the live keys (a snapshot: the cache may change
         while it runs).  pattern: a regex applied with re.search.  Keys come
-        back as str, or as bytes where they are not valid UTF-8."""
+        back as str, or as bytes where they are not valid UTF-8.  The
+        snapshot is taken by the call, not by the first next()."""
         import re  # here: keys() is rare, and re costs start-up time
 
+        self._require_open()
         rx = re.compile(pattern) if isinstance(pattern, str) else pattern
-        snap = self._snapshot(0, lib.APC_SNAP_LIVE, self._now())
+        return self._keys(self._snapshot(0, lib.APC_SNAP_LIVE, self._now()), rx)
+
+    @staticmethod
+    def _keys(snap, rx):
         for rec, k in snap:
             if rec[13] & lib.APC_REC_EXPIRED:
                 continue
@@ -962,7 +1060,7 @@ class Cache:
         buf = ffi.new("char[]", cap)
         n = lib.apc_check(self._seg, buf, cap)
         if n == lib.APC_E_CLOSED:
-            raise CacheClosedError("operation on a closed cache")
+            raise CacheClosedError(_CLOSED)
         text = ffi.string(buf).decode(errors="replace")
         lines = [ln for ln in text.split("\n") if ln]
         if n > len(lines):
@@ -1010,6 +1108,7 @@ class Cache:
         """The file-key cache (``apccache.files.FileCache``), kept in the
         segment's second slot table: clear() of the user cache leaves it
         alone, and info() reports it apart."""
+        self._require_open()
         fc = self.__dict__.get("_files")
         if fc is None:
             from .files import FileCache
@@ -1021,6 +1120,7 @@ class Cache:
     def file_table(self):
         """Bytes-level access to the file cache's slot table (for
         ``apccache.files``)."""
+        self._require_open()
         return FileTable(self)
 
     # ------------------------------------------- for the framework integrations
@@ -1122,11 +1222,11 @@ class FileTable:
     def put(self, key, data, ttl=0):
         """Store, replacing any entry (data: bytes, or a bytearray stored
         as bytes)."""
-        return self._c._store_key(key, data, ttl, 0, self.TABLE)
+        return self._c._store_key(key, data, _check_ttl(ttl), 0, self.TABLE)
 
     def add(self, key, data, ttl=0):
         """Store only if absent; False if a live entry exists."""
-        return self._c._store_key(key, data, ttl, lib.APC_ADD, self.TABLE)
+        return self._c._store_key(key, data, _check_ttl(ttl), lib.APC_ADD, self.TABLE)
 
     def delete(self, key):
         c = self._c
@@ -1138,7 +1238,7 @@ class FileTable:
 
     def entry(self, key, generator, ttl=0, max_wait=None):
         """Cache.entry() on this table; see Cache._entry for max_wait."""
-        return self._c._entry(key, key, generator, ttl, self.TABLE, max_wait)
+        return self._c._entry(key, key, generator, _check_ttl(ttl), self.TABLE, max_wait)
 
     def clear(self):
         B.check(lib.apc_clear(self._c._seg, self.TABLE, self._c._now()), "clear")

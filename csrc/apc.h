@@ -264,6 +264,8 @@ int64_t apc_check(apc_seg *seg, char *buf, uint64_t cap);
 uint64_t apc_xxh3_64(const void *data, size_t len);
 int apc_debug_build(void);
 int apc_fault_arm(const char *name);
+/* Debug builds: set the next pin version (to test its wrap); APC_E_ARG in release. */
+int apc_debug_set_version(apc_seg *seg, uint64_t v);
 /* CDEF END */
 
 #endif

@@ -183,9 +183,13 @@ static void check_wl(apc_seg *seg, report *r)
                         (unsigned long long)(s->hash % seg->geom[t].nslots));
                 if (s->flags & APC_SLOT_GC)
                     say(r, "slot 0x%llx in table %d is marked deleted", (unsigned long long)off, t);
-                if (apc_sma_block_for(apc_slot_need(s->key_len, s->val_len)) >
-                    apc_sma_block_size(seg, off))
+                if (s->val_len > apc_sma_block_size(seg, off) ||
+                    apc_sma_block_for(apc_slot_need(s->key_len, s->val_len)) >
+                        apc_sma_block_size(seg, off))
                     say(r, "slot 0x%llx: key and value overrun its block", (unsigned long long)off);
+                else if (seg->checksums && apc_entry_sum(s, apc_slot_val(s)) != s->sum)
+                    say(r, "slot 0x%llx: its value does not match its checksum",
+                        (unsigned long long)off);
                 if ((s->pin & APC_PIN_TAGMASK) != APC_PIN_TAG || (s->pin & ~APC_PIN_REFS) == APC_PIN_DEAD)
                     say(r, "slot 0x%llx: pin word 0x%llx is not a live slot's",
                         (unsigned long long)off, (unsigned long long)s->pin);

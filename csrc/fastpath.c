@@ -83,7 +83,10 @@ static PyObject *h_fetch(Handle *self, PyObject *const *args, Py_ssize_t nargs, 
     if (kwnames || nargs < 1 || nargs > 2 || !key_view(args[0], &k, &kl))
         return PyObject_Vectorcall(self->slow_fetch, args, (size_t)nargs, kwnames);
     apc_ref ref;
-    int64_t r = self->fetch_ref(self->seg, APC_TABLE_USER, k, (uint32_t)kl, 0, &ref);
+    /* Read once: close() in another thread may clear it meanwhile, and
+     * release must go to the handle the fetch went to. */
+    apc_seg *seg = self->seg;
+    int64_t r = self->fetch_ref(seg, APC_TABLE_USER, k, (uint32_t)kl, 0, &ref);
     if (r < 0) {
         if (r == APC_NOTFOUND) {
             PyObject *dflt = nargs > 1 ? args[1] : Py_None;
@@ -135,7 +138,7 @@ static PyObject *h_fetch(Handle *self, PyObject *const *args, Py_ssize_t nargs, 
         /* Serialised (or unknown): copy, release, then let the binding
          * decode it, outside the pin. */
         PyObject *data = PyBytes_FromStringAndSize(ref.ptr, n);
-        self->release(self->seg, &ref);
+        self->release(seg, &ref);
         if (!data)
             return NULL;
         out = PyObject_CallFunction(self->decode, "iN", tag, data);
@@ -146,19 +149,21 @@ static PyObject *h_fetch(Handle *self, PyObject *const *args, Py_ssize_t nargs, 
         return out;
     }
     }
-    self->release(self->seg, &ref);
+    self->release(seg, &ref);
     return out;
 
 undecodable:
     /* Bytes that are not what their tag says: a miss, counted as corruption. */
     PyErr_Clear();
-    self->release(self->seg, &ref);
-    self->count_corrupt(self->seg, APC_TABLE_USER);
+    self->release(seg, &ref);
+    self->count_corrupt(seg, APC_TABLE_USER);
 missing: {
     PyObject *dflt = nargs > 1 ? args[1] : Py_None;
     return Py_NewRef(dflt);
 }
 }
+
+#define FASTPATH_MAX_TTL 0x7fffffffLL /* apccache.MAX_TTL, 2**31 - 1 */
 
 static PyObject *h_store(Handle *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -190,7 +195,10 @@ static PyObject *h_store(Handle *self, PyObject *const *args, Py_ssize_t nargs, 
     }
     long long ttl = 0;
     if (!slow && ttl_obj) {
-        if (!PyLong_CheckExact(ttl_obj) || (ttl = PyLong_AsLongLong(ttl_obj)) < 0) {
+        /* Anything but an exact int from 0 to MAX_TTL (apccache.cache) goes
+         * to the Python method, which raises with its message. */
+        if (!PyLong_CheckExact(ttl_obj) || (ttl = PyLong_AsLongLong(ttl_obj)) < 0 ||
+            ttl > FASTPATH_MAX_TTL) {
             PyErr_Clear();
             slow = 1;
         }
@@ -198,8 +206,9 @@ static PyObject *h_store(Handle *self, PyObject *const *args, Py_ssize_t nargs, 
     if (slow)
         return PyObject_Vectorcall(self->slow_store, args, (size_t)nargs, kwnames);
     int rc;
+    apc_seg *seg = self->seg;
     Py_BEGIN_ALLOW_THREADS
-    rc = self->store(self->seg, APC_TABLE_USER, k, (uint32_t)kl, tag, v, (uint64_t)vl, 0,
+    rc = self->store(seg, APC_TABLE_USER, k, (uint32_t)kl, tag, v, (uint64_t)vl, 0,
                      (uint64_t)ttl, 0, 0);
     Py_END_ALLOW_THREADS
     if (rc == APC_OK)

@@ -264,10 +264,16 @@ static void install_sigbus(void)
 
 static int guard_set(apc_seg *seg, void *base, uint64_t size)
 {
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, install_sigbus);
     int rc = APC_E_SYS;
     pthread_mutex_lock(&guards_mu);
+    if (size) {
+        /* Ours, or put back in front of whatever replaced it since (say
+         * faulthandler.enable()), which then gets what is not ours. */
+        struct sigaction cur;
+        if (sigaction(SIGBUS, NULL, &cur) == 0 &&
+            (!(cur.sa_flags & SA_SIGINFO) || cur.sa_sigaction != on_sigbus))
+            install_sigbus();
+    }
     for (int i = 0; i < APC_NGUARDS; i++) {
         if (guards[i].base == base) {
             /* Stop guarding (or guard anew): clear the entry first. */

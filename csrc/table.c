@@ -830,9 +830,7 @@ static int insert_wl(apc_seg *seg, int table, const char *key, uint32_t klen, ui
     s->ival = ival;
     s->atime = now;
     s->hits = 0;
-    s->pin = APC_PIN_MAKE(h->next_version);
-    if (++h->next_version > 0xFFFFFFFFu)
-        h->next_version = 1;
+    s->pin = apc_fresh_pin(h);
     memcpy(apc_slot_key(s), key, klen);
     if (vlen) {
         int wrc = write_value(seg, apc_slot_val(s), val, vlen);
@@ -1610,8 +1608,15 @@ static void collect_chain(apc_seg *seg, apc_off_t *link, int table, uint64_t buc
             *link = 0;
             return;
         }
+        apc_slot *s = (apc_slot *)APC_PTR(seg, off);
+        if (table >= 0 && seg->checksums && apc_entry_sum(s, apc_slot_val(s)) != s->sum) {
+            /* Sound as a structure, but its value was changed: drop it
+             * alone (the rebuild frees its block). */
+            *link = s->next_off;
+            continue;
+        }
         live[(*nlive)++] = off;
-        link = &((apc_slot *)APC_PTR(seg, off))->next_off;
+        link = &s->next_off;
     }
 }
 
@@ -1734,9 +1739,7 @@ static int repair_wl(apc_seg *seg, uint64_t now)
         } else {
             /* Retired for a move that never happened: live again. */
             if ((s->pin & ~APC_PIN_REFS) == APC_PIN_DEAD) {
-                s->pin = APC_PIN_MAKE(h->next_version);
-                if (++h->next_version > 0xFFFFFFFFu)
-                    h->next_version = 1;
+                s->pin = apc_fresh_pin(h);
             }
             h->stats[s->table].num_entries++;
             h->stats[s->table].mem_size += apc_sma_block_size(seg, live[i]);
