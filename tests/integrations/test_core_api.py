@@ -399,3 +399,17 @@ def test_alock_waits_without_blocking_the_loop(cache):
     assert asyncio.run(main()) >= 15
     p.join(10)
     assert not cache.lock("A").locked()
+
+
+def test_open_sorts_options_between_create_and_attach(name):
+    with pytest.raises(TypeError, match="unexpected options: bogus"):
+        apccache.Cache.open(name, size=4 << 20, bogus=1)
+    assert not os.path.exists(f"/dev/shm/{name}")
+    ser = apccache.JSONSerializer()
+    c = apccache.Cache.open(name, size=4 << 20, mode=0o660, serializer=ser, lock_timeout=1.0)
+    d = apccache.Cache.open(name, size=4 << 20, mode=0o660, serializer=ser, lock_timeout=1.0)
+    assert c._owner and not d._owner  # the second attached the group segment as one
+    d.store("k", [1])
+    assert c.fetch("k") == [1]
+    c.close()
+    d.close()
