@@ -202,6 +202,10 @@ typedef struct apc_header_map {
     uint64_t slot_ival_off;
     uint64_t slot_pin_off;
     uint64_t wlock_off;
+    uint64_t elocks_off; /* the entry() records: APC_NELOCKS of elock_size */
+    uint64_t elock_size;
+    uint64_t elock_pid_off;
+    uint64_t elock_start_off;
 } apc_header_map;
 void apc_header_map_get(apc_header_map *out);
 
@@ -251,6 +255,9 @@ int apc_entry_end(apc_seg *seg, int64_t token, uint64_t tid);
 int apc_entry_takeover(apc_seg *seg, int64_t token, int64_t dead_pid,
                        uint64_t tid, uint64_t now);
 int apc_pid_alive(int64_t pid);
+/* 1 if the process that holds entry() record token is alive (compared by
+ * pid and start time, so a reused pid is not), 0 if not. */
+int apc_entry_holder_alive(apc_seg *seg, int64_t token);
 int apc_recover(apc_seg *seg, int64_t pid, uint64_t now);
 
 int apc_info_get(apc_seg *seg, int table, apc_info *out);

@@ -199,6 +199,7 @@ typedef struct apc_elock {
     uint64_t since;
     uint32_t table;
     uint32_t pad_;
+    uint64_t start; /* the generating process's start time: a reused pid is not it */
 } apc_elock;
 
 typedef struct apc_stripe {
@@ -379,6 +380,8 @@ static inline unsigned apc_class_of(uint64_t size)
 uint64_t apc_now(uint64_t now);
 uint64_t apc_mono_ns(void);
 int64_t apc_pid(void);
+uint64_t apc_proc_start(void);
+int apc_pid_alive_since(int64_t pid, uint64_t start);
 uint64_t apc_walk_cap(const apc_seg *seg);
 
 /* How long a reader waits for an odd seq stripe before it takes a miss. */

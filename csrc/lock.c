@@ -100,6 +100,7 @@ static __thread uint64_t tls_gen;
 static __thread uint32_t tls_tid;
 static __thread uint64_t tls_start;
 static __thread int64_t tls_busy_pid;
+static uint64_t proc_start, proc_start_gen;
 
 void apc_after_fork_child(void); /* segment.c */
 
@@ -176,18 +177,39 @@ static inline uint32_t self_tid(void)
 
 int64_t apc_last_busy_pid(void) { return tls_busy_pid; }
 
-/* Is pid a running process?  A zombie (killed, not yet reaped) is not. */
-int apc_pid_alive(int64_t pid)
+/* This process's start time (clock ticks since boot), as /proc says. */
+uint64_t apc_proc_start(void)
+{
+    uint64_t g = __atomic_load_n(&fork_gen, __ATOMIC_RELAXED);
+    if (__atomic_load_n(&proc_start_gen, __ATOMIC_ACQUIRE) != g) {
+        uint64_t start = 0;
+        int zombie;
+        if (read_stat((uint32_t)apc_pid(), &start, &zombie) != 1)
+            start = 0;
+        __atomic_store_n(&proc_start, start, __ATOMIC_RELAXED);
+        __atomic_store_n(&proc_start_gen, g, __ATOMIC_RELEASE);
+    }
+    return __atomic_load_n(&proc_start, __ATOMIC_RELAXED);
+}
+
+/* Is pid a running process, and (start != 0) the one that started at
+ * start?  A zombie (killed, not yet reaped) is not; nor is a process that
+ * got the pid of one that died. */
+int apc_pid_alive_since(int64_t pid, uint64_t start)
 {
     if (pid <= 0 || pid > APC_TID_MAX)
         return 0;
     if (kill((pid_t)pid, 0) != 0 && errno == ESRCH)
         return 0;
-    uint64_t start;
+    uint64_t now_start = 0;
     int zombie = 0;
-    int r = read_stat((uint32_t)pid, &start, &zombie);
-    return r == 0 ? 0 : !zombie;
+    int r = read_stat((uint32_t)pid, &now_start, &zombie);
+    if (r == 0 || (r == 1 && zombie))
+        return 0;
+    return !(r == 1 && start && now_start != start);
 }
+
+int apc_pid_alive(int64_t pid) { return apc_pid_alive_since(pid, 0); }
 
 /* ---------------------------------------------------------- the futex */
 

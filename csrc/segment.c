@@ -432,6 +432,10 @@ void apc_header_map_get(apc_header_map *out)
     out->slot_ival_off = offsetof(apc_slot, ival);
     out->slot_pin_off = offsetof(apc_slot, pin);
     out->wlock_off = offsetof(apc_header, wlock);
+    out->elocks_off = offsetof(apc_header, elocks);
+    out->elock_size = sizeof(apc_elock);
+    out->elock_pid_off = offsetof(apc_elock, pid);
+    out->elock_start_off = offsetof(apc_elock, start);
 }
 
 uint64_t apc_aux_offset(apc_seg *seg) { return seg && seg->hdr ? seg->hdr->aux_off : 0; }

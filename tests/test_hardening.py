@@ -412,3 +412,35 @@ def test_compaction_across_the_pin_version_wrap_keeps_every_entry_readable(segme
     p = _run(code, APCCACHE_DEBUG="1")
     assert p.returncode == 0, p.stderr
     assert p.stdout.split("\n")[0] == "[] 0 []"
+
+
+def test_an_entry_holder_whose_pid_now_names_another_process_is_taken_over(segments):
+    """A pid reused by another process is not the generator that died: the
+    record's start time tells them apart."""
+    c = segments(size=1 << 20)
+    p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time, apccache
+        c = apccache.Cache.attach({c.name!r})
+        c.entry("k", lambda key: time.sleep(60) or "theirs")
+    """)])
+    try:
+        deadline = time.monotonic() + 20
+        while c.info()["entries_in_progress"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        # As if the generator had died and its pid been given to p: the
+        # record's start time is no longer p's.
+        for i in range(256):
+            rec = LAYOUT["elocks_off"] + i * LAYOUT["elock_size"]
+            if struct.unpack_from("<q", c._mv, rec + LAYOUT["elock_pid_off"])[0] == p.pid:
+                start = rec + LAYOUT["elock_start_off"]
+                struct.pack_into("<Q", c._mv, start, struct.unpack_from("<Q", c._mv, start)[0] - 1)
+                break
+        else:
+            pytest.fail("no entry() record for the child")
+        t0 = time.monotonic()
+        assert c.entry("k", lambda key: "mine") == "mine"
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        p.kill()
+        p.wait()
