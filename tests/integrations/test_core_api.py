@@ -14,6 +14,7 @@ import pytest
 import apccache
 from apccache.locks import LockError, LockNotOwnedError, holder_alive, my_word, start_ticks
 from tests.apc_support import segment_name
+from tests.test_input_edges import BAD_TTLS
 
 FORK = mp.get_context("fork")
 
@@ -415,3 +416,19 @@ def test_open_sorts_options_between_create_and_attach(name):
     assert c.fetch("k") == [1]
     c.close()
     d.close()
+
+
+@pytest.mark.parametrize("bad,exc,msg", BAD_TTLS, ids=[repr(b) for b, _, _ in BAD_TTLS])
+def test_touch_refuses_the_same_bad_ttls_as_every_method(cache, bad, exc, msg):
+    cache.store("k", b"v", ttl=50)
+    with pytest.raises(exc, match=msg) as e:
+        cache.touch("k", bad)
+    assert type(e.value) is exc
+    assert cache.key_info("k")["ttl"] == 50
+
+
+def test_touch_accepts_max_ttl(ccache, clock):
+    ccache.store("k", b"v", ttl=5)
+    assert ccache.touch("k", apccache.MAX_TTL)
+    clock.advance(10**6)
+    assert ccache.fetch("k") == b"v"
