@@ -432,3 +432,37 @@ def test_touch_accepts_max_ttl(ccache, clock):
     assert ccache.touch("k", apccache.MAX_TTL)
     clock.advance(10**6)
     assert ccache.fetch("k") == b"v"
+
+
+def test_memoized_coroutine_waits_for_another_process_without_blocking_the_loop(cache):
+    started = FORK.Event()
+
+    @cache.memoize(ttl=60)
+    async def slow(n):
+        started.set()
+        cache.inc(CALLS)
+        await asyncio.sleep(0.6)
+        return f"{n} by {os.getpid()}"
+
+    p = FORK.Process(target=lambda: asyncio.run(slow(1)))
+    p.start()
+    assert started.wait(10)
+
+    async def main():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        t = asyncio.ensure_future(ticker())
+        value = await slow(1)
+        t.cancel()
+        return value, ticks
+
+    value, ticks = asyncio.run(main())
+    p.join(10)
+    assert value == f"1 by {p.pid}" and cache.fetch(CALLS) == 1  # computed once, by the other process
+    assert ticks >= 20
