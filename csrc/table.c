@@ -283,7 +283,7 @@ static void unrecord_pin(apc_seg *seg, int rec)
 }
 
 /* What both fetches share: check the key and table, read the clock (into
- * *now), find and pin a live entry, check it, count the hit or the miss.
+ * *now), find and pin a live entry, check it, count a miss.
  * On APC_OK the caller owns one pin on *out (ident for the unpin) and *ival
  * is an int entry's checked value. */
 static int fetch_pinned(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t *now,
@@ -317,9 +317,8 @@ static int fetch_pinned(apc_seg *seg, int table, const char *key, uint32_t klen,
         return count_failed_read(seg, table, rc);
     }
     APC_FAULT("fetch.pinned");
-    count_hit(seg, table, s, *now);
     *out = s;
-    return APC_OK;
+    return APC_OK; /* the caller counts the hit once it has the value */
 }
 
 static int64_t do_fetch(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now,
@@ -335,16 +334,18 @@ static int64_t do_fetch(apc_seg *seg, int table, const char *key, uint32_t klen,
         return rc;
     uint64_t type = s->type;
     uint64_t vlen = s->val_len;
+    if (vlen > cap && type != APC_T_INT) {
+        /* The caller tries again with a buffer of this size (and that
+         * call counts the hit). */
+        unpin(s, ident);
+        memcpy(buf, &vlen, sizeof vlen);
+        return APC_E_SMALL;
+    }
+    count_hit(seg, table, s, now);
     if (type == APC_T_INT) {
         memcpy(buf, &ival, sizeof ival);
         unpin(s, ident);
         return (int64_t)((8 << 8) | type);
-    }
-    if (vlen > cap) {
-        /* The caller tries again with a buffer of this size. */
-        unpin(s, ident);
-        memcpy(buf, &vlen, sizeof vlen);
-        return APC_E_SMALL;
     }
     /* A large copy keeps its pin on record, so that apc_recover() can
      * release it if this process dies while copying. */
@@ -381,6 +382,7 @@ int64_t apc_fetch_ref(apc_seg *seg, int table, const char *key, uint32_t klen, u
     rc = fetch_pinned(seg, table, key, klen, &now, &s, &ident, &ival);
     if (rc != APC_OK)
         return apc_seg_leave(seg, rc);
+    count_hit(seg, table, s, now);
     uint64_t type = s->type;
     ref->ptr = apc_slot_val(s);
     ref->len = type == APC_T_INT ? 8 : s->val_len;

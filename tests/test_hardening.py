@@ -444,3 +444,18 @@ def test_an_entry_holder_whose_pid_now_names_another_process_is_taken_over(segme
     finally:
         p.kill()
         p.wait()
+
+
+@pytest.mark.parametrize("path", ["fast", "python"])
+def test_a_large_value_is_one_hit_on_either_path(segments, path):
+    c = segments(size=4 << 20)
+    c.store("big", b"b" * 100_000)
+    h = c if path == "fast" else apccache.Cache.attach(c.name, clock=time.time)
+    try:
+        before = c.info(limited=True)["num_hits"]
+        assert h.fetch("big") == b"b" * 100_000
+        assert c.info(limited=True)["num_hits"] == before + 1
+        assert c.key_info("big")["hits"] == 1
+    finally:
+        if h is not c:
+            h.close()
