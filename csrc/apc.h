@@ -246,6 +246,8 @@ int apc_inc(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t ste
             int64_t *out);
 int apc_cas(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t old, int64_t new_, uint64_t now);
 int apc_clear(apc_seg *seg, int table, uint64_t now);
+int apc_touch(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t ttl,
+              uint64_t now);
 int64_t apc_count_live(apc_seg *seg, int table, uint64_t now);
 
 int apc_entry_begin(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t tid, uint64_t now, int64_t *out);

@@ -1045,6 +1045,46 @@ int apc_cas(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t old
     return rc ? rc : apc_seg_leave(seg, do_cas(seg, table, key, klen, old, new_, now));
 }
 
+/* touch: give a live entry a new hard ttl counted from now (0: no ttl, it
+ * never expires), as if it had been stored now with that ttl.  Only the ttl
+ * word changes (ctime stays the creation time), so a lock-free reader sees
+ * the old ttl or the new one, never a mix.  APC_NOTFOUND if the key is
+ * missing or expired. */
+static int do_touch(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t ttl,
+                    uint64_t now)
+{
+    if (klen > APC_MAX_KEY)
+        return APC_E_ARG;
+    uint64_t hash = apc_xxh3_64(key, klen);
+    if (bad_table(table))
+        return APC_E_ARG;
+    now = apc_now(now);
+    int rc = wl_enter(seg, NO_SEQ);
+    if (rc != APC_OK)
+        return rc;
+    apc_off_t *link;
+    apc_slot *s;
+    rc = find_wl(seg, table, key, klen, hash, &link, &s);
+    if (rc == APC_OK) {
+        if (apc_expired(s, now)) {
+            rc = APC_NOTFOUND;
+        } else {
+            /* expired once ctime + ttl' < now', i.e. once now + ttl < now' */
+            uint64_t age = now > s->ctime ? now - s->ctime : 0;
+            STORE(&s->ttl, ttl ? age + ttl : 0);
+        }
+    }
+    wl_leave(seg, NO_SEQ);
+    return rc;
+}
+
+int apc_touch(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t ttl,
+              uint64_t now)
+{
+    int rc = apc_seg_enter(seg);
+    return rc ? rc : apc_seg_leave(seg, do_touch(seg, table, key, klen, ttl, now));
+}
+
 static int do_clear(apc_seg *seg, int table, uint64_t now)
 {
     if (bad_table(table))
