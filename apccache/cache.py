@@ -851,11 +851,14 @@ class Cache:
         the cache itself (closed, busy, corrupt) raises."""
         self._require_open()
         ttl = _check_ttl(ttl)
-        items = [(key, _key_bytes(key), v) for key, v in mapping.items()]
+        items = list(mapping.items())
+        for key, _ in items:
+            _key_bytes(key)  # every key is checked before any is stored
+        store = self.store  # the fast path, where there is one
         failed = []
-        for key, k, v in items:
+        for key, v in items:
             try:
-                self._store_key(k, v, ttl, 0)
+                store(key, v, ttl)
             except CacheFullError:
                 failed.append(key)
             except CacheError:
@@ -870,11 +873,14 @@ class Cache:
         cache itself raises, as for store_many."""
         self._require_open()
         ttl = _check_ttl(ttl)
-        items = [(key, _key_bytes(key), v) for key, v in mapping.items()]
+        items = list(mapping.items())
+        for key, _ in items:
+            _key_bytes(key)  # every key is checked before any is added
+        add = self.add  # the fast path, where there is one
         failed = []
-        for key, k, v in items:
+        for key, v in items:
             try:
-                if not self._store_key(k, v, ttl, lib.APC_ADD):
+                if not add(key, v, ttl):
                     failed.append(key)
             except CacheFullError:
                 failed.append(key)
@@ -887,10 +893,13 @@ class Cache:
     def fetch_many(self, keys: Iterable[Key]) -> Dict[Key, Any]:
         """{key: value} for the keys that are present, keyed as given."""
         self._require_open()
-        pairs = [(key, _key_bytes(key)) for key in keys]
+        keys = list(keys)
+        for key in keys:
+            _key_bytes(key)  # every key is checked before any is fetched
+        fetch = self.fetch  # the fast path, where there is one
         out = {}
-        for key, k in pairs:
-            v = self._fetch_key(k, _MISSING)
+        for key in keys:
+            v = fetch(key, _MISSING)
             if v is not _MISSING:
                 out[key] = v
         return out
@@ -898,15 +907,11 @@ class Cache:
     def delete_many(self, keys: Iterable[Key]) -> List[Key]:
         """Delete each key; returns the keys that were missing."""
         self._require_open()
-        pairs = [(key, _key_bytes(key)) for key in keys]
-        missing = []
-        for key, k in pairs:
-            rc = lib.apc_delete(self._seg, 0, k, len(k), self._now())
-            if rc == B.NOTFOUND:
-                missing.append(key)
-            else:
-                B.check(rc, "delete")
-        return missing
+        keys = list(keys)
+        for key in keys:
+            _key_bytes(key)  # every key is checked before any is deleted
+        delete = self.delete  # the fast path, where there is one
+        return [key for key in keys if not delete(key)]
 
     # ------------------------------------------------------------ whole cache
 

@@ -54,6 +54,10 @@
 #define APC_FETCH_PINNED 128
 #define APC_ADD 1
 #define APC_FMT_CHECKSUMS 1
+/* Or'ed into fetch_ref's table: return APC_WAITED at once, uncounted,
+ * where the read would have to wait for a writer (to let go of the GIL
+ * first, then ask again without it). */
+#define APC_NOWAIT 256
 
 enum apc_rc {
     APC_OK = 0,

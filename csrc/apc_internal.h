@@ -426,6 +426,7 @@ void apc_repair_later(apc_seg *seg);
 void apc_seq_begin_wl(apc_seg *seg, int stripe);
 void apc_seq_end_wl(apc_seg *seg, int stripe);
 int apc_seq_read_begin(apc_seg *seg, int stripe, uint64_t *out);
+int apc_seq_read_begin_opt(apc_seg *seg, int stripe, uint64_t *out, int nowait);
 int apc_seq_read_valid(apc_seg *seg, int stripe, uint64_t s);
 int apc_wl_held(apc_seg *seg);
 

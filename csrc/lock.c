@@ -544,6 +544,13 @@ void apc_seq_end_wl(apc_seg *seg, int stripe)
 
 int apc_seq_read_begin(apc_seg *seg, int stripe, uint64_t *out)
 {
+    return apc_seq_read_begin_opt(seg, stripe, out, 0);
+}
+
+/* nowait: give up (APC_WAITED) after the spins, before yielding: the
+ * caller has something to let go of before it waits (the GIL). */
+int apc_seq_read_begin_opt(apc_seg *seg, int stripe, uint64_t *out, int nowait)
+{
     uint64_t s = LOAD(&seg->hdr->seq[stripe].v);
     if (__builtin_expect(!(s & 1), 1)) {
         *out = s;
@@ -561,6 +568,8 @@ int apc_seq_read_begin(apc_seg *seg, int stripe, uint64_t *out)
             cpu_relax();
             continue;
         }
+        if (nowait)
+            return APC_WAITED;
         sched_yield();
         if (spins % 16)
             continue;

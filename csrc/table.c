@@ -178,12 +178,12 @@ static int read_int(apc_seg *seg, apc_slot *s, int64_t *out)
  * (a writer held the bucket for longer than a reader waits), or
  * APC_E_CORRUPT; *ident is the pin word's tag|version for the unpin. */
 static int find_pinned(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash,
-                       apc_slot **out, uint64_t *ident)
+                       apc_slot **out, uint64_t *ident, int nowait)
 {
     int st = stripe_of(seg, table, hash);
     for (unsigned tries = 0;; tries++) {
         uint64_t sq;
-        int rc = apc_seq_read_begin(seg, st, &sq);
+        int rc = apc_seq_read_begin_opt(seg, st, &sq, nowait);
         if (rc != APC_OK)
             return rc;
         apc_off_t off = 0;
@@ -289,12 +289,16 @@ static void unrecord_pin(apc_seg *seg, int rec)
 static int fetch_pinned(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t *now,
                         apc_slot **out, uint64_t *ident, int64_t *ival)
 {
+    int nowait = table & APC_NOWAIT;
+    table &= ~APC_NOWAIT;
     if (bad_table(table) || klen > APC_MAX_KEY)
         return APC_E_ARG;
     *now = apc_now(*now);
     uint64_t hash = apc_xxh3_64(key, klen);
     apc_slot *s;
-    int rc = find_pinned(seg, table, key, klen, hash, &s, ident);
+    int rc = find_pinned(seg, table, key, klen, hash, &s, ident, nowait);
+    if (rc == APC_WAITED && nowait)
+        return rc; /* the caller asks again, waiting */
     if (rc != APC_OK)
         return count_failed_read(seg, table, rc);
     if (apc_expired(s, *now)) {
@@ -324,6 +328,7 @@ static int fetch_pinned(apc_seg *seg, int table, const char *key, uint32_t klen,
 static int64_t do_fetch(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now,
                         char *buf, uint64_t cap)
 {
+    table &= ~APC_NOWAIT; /* only fetch_ref gives up without waiting */
     if (cap < 16 || !buf)
         return APC_E_ARG;
     apc_slot *s;
@@ -382,7 +387,7 @@ int64_t apc_fetch_ref(apc_seg *seg, int table, const char *key, uint32_t klen, u
     rc = fetch_pinned(seg, table, key, klen, &now, &s, &ident, &ival);
     if (rc != APC_OK)
         return apc_seg_leave(seg, rc);
-    count_hit(seg, table, s, now);
+    count_hit(seg, table & ~APC_NOWAIT, s, now);
     uint64_t type = s->type;
     ref->ptr = apc_slot_val(s);
     ref->len = type == APC_T_INT ? 8 : s->val_len;
