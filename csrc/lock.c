@@ -570,16 +570,15 @@ int apc_seq_read_begin_opt(apc_seg *seg, int stripe, uint64_t *out, int nowait)
         }
         if (nowait)
             return APC_WAITED;
-        sched_yield();
-        if (spins % 16)
-            continue;
+        /* The clock after every yield: on a busy machine one yield can
+         * give the CPU away for a whole time slice. */
         uint64_t now = apc_mono_ns();
-        if (!start) {
+        if (!start)
             start = now;
+        if (now - start < APC_READ_WAIT_NS) {
+            sched_yield();
             continue;
         }
-        if (now - start < APC_READ_WAIT_NS)
-            continue;
         /* The stripe has been odd for the whole bound.  If its writer is
          * gone (the lock free, or its holder dead), take the lock without
          * waiting, which repairs; a live writer we leave alone. */
