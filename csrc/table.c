@@ -234,12 +234,12 @@ static inline void count_hit(apc_seg *seg, int table, apc_slot *s, uint64_t now)
     ADD(&s->hits, 1);
     if (LOADR(&s->atime) != now)
         STORER(&s->atime, now);
-    ADD(&seg->hdr->stripes[seg->stripe].hits[table], 1);
+    ADD(&apc_my_stripe(seg)->hits[table], 1);
 }
 
 static inline void count_miss(apc_seg *seg, int table)
 {
-    ADD(&seg->hdr->stripes[seg->stripe].misses[table], 1);
+    ADD(&apc_my_stripe(seg)->misses[table], 1);
 }
 
 /* A read that cannot be answered is a miss, counted as what it was: a
@@ -247,10 +247,10 @@ static inline void count_miss(apc_seg *seg, int table)
 static int count_failed_read(apc_seg *seg, int table, int rc)
 {
     if (rc == APC_E_CORRUPT) {
-        ADD(&seg->hdr->stripes[seg->stripe].corrupt[table], 1);
+        ADD(&apc_my_stripe(seg)->corrupt[table], 1);
         apc_repair_later(seg);
     } else if (rc == APC_WAITED) {
-        ADD(&seg->hdr->stripes[seg->stripe].waited[table], 1);
+        ADD(&apc_my_stripe(seg)->waited[table], 1);
     } else if (rc != APC_NOTFOUND) {
         return rc;
     }
@@ -444,11 +444,11 @@ static int do_exists(apc_seg *seg, int table, const char *key, uint32_t klen, ui
             return APC_NOTFOUND;
         if (rc != APC_E_CORRUPT)
             return rc;
-        ADD(&seg->hdr->stripes[seg->stripe].corrupt[table], 1);
+        ADD(&apc_my_stripe(seg)->corrupt[table], 1);
         apc_repair_later(seg);
         return APC_NOTFOUND;
     }
-    ADD(&seg->hdr->stripes[seg->stripe].waited[table], 1);
+    ADD(&apc_my_stripe(seg)->waited[table], 1);
     return APC_NOTFOUND;
 }
 
