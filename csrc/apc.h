@@ -231,6 +231,10 @@ int64_t apc_check(apc_seg *seg, char *buf, uint64_t cap);
 uint64_t apc_xxh3_64(const void *data, size_t len);
 int apc_debug_build(void);
 int apc_fault_arm(const char *name);
+/* Where a named field lies, for tests that damage the segment on purpose:
+ * "hdr.<field>" is a byte offset into apc_header, "slot.<field>" one into
+ * an entry's slot, "sizeof.<struct>" a size; -1 for an unknown name. */
+int64_t apc_layout_offset(const char *name);
 /* CDEF END */
 
 #endif

@@ -258,3 +258,72 @@ int64_t apc_check(apc_seg *seg, char *buf, uint64_t cap)
     apc_wl_unlock(seg);
     return r.count;
 }
+
+/* ------------------------------------------------------------ layout map */
+
+#include <stddef.h>
+
+#define FIELD(prefix, type, f) {prefix #f, offsetof(type, f)}
+
+static const struct {
+    const char *name;
+    int64_t off;
+} layout_fields[] = {
+    FIELD("hdr.", apc_header, magic),
+    FIELD("hdr.", apc_header, format),
+    FIELD("hdr.", apc_header, seg_size),
+    FIELD("hdr.", apc_header, ttl),
+    FIELD("hdr.", apc_header, gc_ttl),
+    FIELD("hdr.", apc_header, aux_off),
+    FIELD("hdr.", apc_header, arena_off),
+    FIELD("hdr.", apc_header, arena_size),
+    FIELD("hdr.", apc_header, geom),
+    FIELD("hdr.", apc_header, wlock),
+    FIELD("hdr.", apc_header, seq),
+    FIELD("hdr.", apc_header, free_head),
+    FIELD("hdr.", apc_header, free_map),
+    FIELD("hdr.", apc_header, free_bytes),
+    FIELD("hdr.", apc_header, nfree),
+    FIELD("hdr.", apc_header, nused),
+    FIELD("hdr.", apc_header, gc_head),
+    FIELD("hdr.", apc_header, gc_count),
+    FIELD("hdr.", apc_header, next_version),
+    FIELD("hdr.", apc_header, repairs),
+    FIELD("hdr.", apc_header, compactions),
+    FIELD("hdr.", apc_header, stats),
+    FIELD("hdr.", apc_header, elocks),
+    FIELD("hdr.", apc_header, pins),
+    FIELD("hdr.", apc_header, stripes),
+    FIELD("slot.", apc_slot, hash),
+    FIELD("slot.", apc_slot, ctime),
+    FIELD("slot.", apc_slot, ttl),
+    FIELD("slot.", apc_slot, val_len),
+    FIELD("slot.", apc_slot, key_len),
+    FIELD("slot.", apc_slot, type),
+    FIELD("slot.", apc_slot, table),
+    FIELD("slot.", apc_slot, flags),
+    FIELD("slot.", apc_slot, next_off),
+    FIELD("slot.", apc_slot, mtime),
+    FIELD("slot.", apc_slot, dtime),
+    FIELD("slot.", apc_slot, ival),
+    FIELD("slot.", apc_slot, pin),
+    FIELD("slot.", apc_slot, atime),
+    FIELD("slot.", apc_slot, hits),
+    {"sizeof.apc_header", sizeof(apc_header)},
+    {"sizeof.apc_slot", sizeof(apc_slot)},
+    {"sizeof.wlock", sizeof(((apc_header *)0)->wlock)},
+    {"sizeof.seq", sizeof(((apc_header *)0)->seq[0])},
+    {"sizeof.apc_table_stats", sizeof(apc_table_stats)},
+    {"sizeof.apc_elock", sizeof(apc_elock)},
+    {"sizeof.apc_pin_rec", sizeof(apc_pin_rec)},
+};
+
+int64_t apc_layout_offset(const char *name)
+{
+    if (!name)
+        return -1;
+    for (size_t i = 0; i < sizeof layout_fields / sizeof layout_fields[0]; i++)
+        if (strcmp(layout_fields[i].name, name) == 0)
+            return layout_fields[i].off;
+    return -1;
+}
