@@ -136,7 +136,10 @@ static void check_wl(apc_seg *seg, report *r)
             uint64_t w = *(uint64_t *)APC_PTR(seg, f);
             if (w & 1)
                 say(r, "free class %u: block 0x%llx on the list is in use", c, (unsigned long long)f);
-            if (apc_class_of(w & ~15ULL) != c)
+            if ((w & ~15ULL) < APC_BLOCK_MIN)
+                say(r, "free class %u: block 0x%llx has size %llu", c, (unsigned long long)f,
+                    (unsigned long long)(w & ~15ULL));
+            else if (apc_class_of(w & ~15ULL) != c)
                 say(r, "free class %u: block 0x%llx of %llu bytes belongs to class %u", c,
                     (unsigned long long)f, (unsigned long long)(w & ~15ULL), apc_class_of(w & ~15ULL));
             if (((apc_off_t *)APC_PTR(seg, f + 8))[1] != prev)

@@ -562,9 +562,13 @@ static int make_room_wl(apc_seg *seg, uint64_t need, uint64_t now, int table)
             return APC_OK;
     }
 
-    uint64_t n = 0;
+    /* The header's entry counts are claims: no more entries than blocks
+     * can exist, and n * sizeof *c must not wrap. */
+    uint64_t n = 0, most = apc_walk_cap(seg);
     for (int t = 0; t < APC_NTABLES; t++)
-        n += h->stats[t].num_entries;
+        n += h->stats[t].num_entries < most ? h->stats[t].num_entries : most;
+    if (n > most)
+        n = most;
     cand *c = n ? malloc(n * sizeof *c) : NULL;
     uint64_t k = 0;
     if (c) {
@@ -1231,7 +1235,7 @@ int apc_sma_info_get(apc_seg *seg, apc_sma_info *o, uint64_t *blocks, uint64_t c
     o->nused = h->nused;
     uint64_t k = 0;
     for (int c = APC_NCLASSES - 1; c >= 0 && blocks; c--) {
-        uint64_t walk_cap = h->nfree + 1;
+        uint64_t walk_cap = apc_walk_cap(seg); /* not nfree: a claim */
         for (apc_off_t b = h->free_head[c]; b && k < cap && walk_cap--;) {
             if ((b & 15) || !apc_in_arena(seg, b, APC_BLOCK_MIN))
                 break;
