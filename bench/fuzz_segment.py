@@ -27,7 +27,7 @@ sys.path.insert(0, HERE)
 import segfuzz  # noqa: E402
 from benchlib import machine_line  # noqa: E402
 
-OUTCOMES = ["ok", "wrong", "undocumented", "signal", "hang", "harness error"]
+OUTCOMES = ["ok", "stale", "wrong", "undocumented", "signal", "hang", "harness error"]
 
 
 def report(results, args, seconds):
@@ -51,7 +51,9 @@ def report(results, args, seconds):
     lines.append(f"| runs | {n_off} | {len(results) - n_off} | {len(results)} |")
     lines.append("")
     detected = sum(1 for r in results if r.get("detected"))
-    lines.append(f"- runs in which an operation raised CorruptSegmentError: {detected}")
+    noticed = sum(1 for r in results if r.get("noticed"))
+    lines.append(f"- runs in which the engine noticed the damage (a repair, a corrupt read counted, "
+                 f"or CorruptSegmentError): {noticed}; with CorruptSegmentError raised: {detected}")
     clean = sum(1 for r in results if r.get("final_check") == 0)
     finished = sum(1 for r in results if r.get("final_check") is not None)
     lines.append(f"- runs whose final `check()` found nothing wrong: {clean} of {finished} that got there")
@@ -62,15 +64,12 @@ def report(results, args, seconds):
         lines.append("- exceptions raised by operations (all runs): "
                      + ", ".join(f"{k} {v}" for k, v in errs.most_common()))
     kinds = collections.Counter()
-    bad_kinds = collections.Counter()
     for r in results:
         for c in r.get("corruptions") or []:
             kinds[c.split(":")[0]] += 1
-            if r["outcome"] not in ("ok",) and not (r["outcome"] == "wrong" and not r.get("checksums")):
-                bad_kinds[c.split(":")[0]] += 1
     lines.append("- damage applied: " + ", ".join(f"{k} {v}" for k, v in kinds.most_common()))
     lines.append("")
-    bad = [r for r in results if r["outcome"] not in ("ok", "wrong") or
+    bad = [r for r in results if r["outcome"] not in ("ok", "wrong", "stale") or
            (r["outcome"] == "wrong" and r.get("checksums"))]
     lines.append(f"### Failures ({len(bad)}: signal, hang, undocumented exception, harness error, "
                  "or a wrong value with checksums)")
@@ -94,8 +93,12 @@ def report(results, args, seconds):
         lines.append(f"- ... and {len(bad) - 200} more")
     lines.append("")
     wrong_plain = sum(1 for r in results if r["outcome"] == "wrong" and not r.get("checksums"))
+    stale = sum(1 for r in results if r["outcome"] == "stale")
     lines.append(f"Wrong values without checksums ({wrong_plain} runs) are expected: flipped value "
-                 "bytes come back as stored unless the segment keeps checksums.")
+                 "bytes come back as stored unless the segment keeps checksums. Stale values "
+                 f"({stale} runs) are values once stored under the key and since replaced or "
+                 "deleted, linked back in by the damage: genuine entries, which no checksum tells "
+                 "from current ones.")
     return "\n".join(lines) + "\n"
 
 
@@ -131,7 +134,7 @@ def main():
         with open(args.json, "w") as f:
             json.dump(results, f)
     print(text)
-    bad = [r for r in results if r["outcome"] not in ("ok", "wrong") or
+    bad = [r for r in results if r["outcome"] not in ("ok", "wrong", "stale") or
            (r["outcome"] == "wrong" and r.get("checksums"))]
     return 1 if bad else 0
 

@@ -22,8 +22,11 @@ The parent runs the children a few at a time and classifies each run:
 - ``undocumented``: an operation raised something other than a CacheError
   or the documented TypeError/OverflowError of inc/dec/cas and KeyError of
   ``c[key]``;
-- ``wrong``: a fetch returned a value that was never stored under its key
-  (or one that was deleted); a miss is always a right answer;
+- ``wrong``: a fetch returned a value that was never stored under its key;
+  a miss is always a right answer;
+- ``stale``: a fetch returned a value once stored under its key but since
+  replaced or deleted (damage linked an old entry back in: a checksum
+  cannot tell it from the current one, so it is counted apart);
 - otherwise ``ok``; with ``detected`` set when the engine reported the
   damage (CorruptSegmentError) at least once.
 
@@ -107,6 +110,20 @@ def _same(a, b):
 
 # -------------------------------------------------------------- populating
 
+class _Expected(dict):
+    """key -> the value a fetch must return (UNKNOWN: any); remembers every
+    value ever stored under each key in .history."""
+
+    def __init__(self):
+        super().__init__()
+        self.history = {}
+
+    def __setitem__(self, key, value):
+        if value is not UNKNOWN:
+            self.history.setdefault(key, []).append(value)
+        super().__setitem__(key, value)
+
+
 class Ctx:
     """What the run knows about its segment before damaging it."""
 
@@ -119,10 +136,16 @@ class Ctx:
         self.seg_size = h["seg_size"]
         self.arena_off = _U64.unpack_from(self.mv, off("hdr.arena_off"))[0]
         self.arena_end = self.arena_off + _U64.unpack_from(self.mv, off("hdr.arena_size"))[0]
-        self.expected = {}
+        self.expected = _Expected()
+        self.history = self.expected.history
+        self.refs = []  # pins held for the whole run
         self.slots = []  # (slot offset, key) of live entries
         self.gc_slots = []
         self.free_blocks = []
+
+    def attempt(self, key, value):
+        """value may be stored under key from now on (even if the call fails)."""
+        self.history.setdefault(key, []).append(value)
 
 
 def populate(c, rng):
@@ -139,7 +162,9 @@ def populate(c, rng):
     # Fragment the arena: the free lists get long.
     filler = [f"fill{i}" for i in range(rng.randrange(0, 60))]
     for k in filler:
-        c.store(k, rng.randbytes(rng.randrange(100, 3000)))
+        fv = rng.randbytes(rng.randrange(100, 3000))
+        ctx.history.setdefault(k, []).append(fv)
+        c.store(k, fv)
     for k in filler[::2]:
         c.delete(k)
     for k in filler[1::2]:
@@ -150,9 +175,11 @@ def populate(c, rng):
     for i in range(rng.randrange(0, 4)):
         k = f"gc{i}"
         c.store(k, rng.randbytes(20000 + i))
-        buf = B.ffi.new("char[]", 16)
-        r = lib.apc_fetch(c._seg, 0, k.encode(), len(k), 0, buf, 16)
-        assert r >= 0 and r & B.PINNED, r
+        ctx.history.setdefault(k, []).append(c.fetch(k))
+        ref = B.ffi.new("apc_ref *")
+        r = lib.apc_fetch_ref(c._seg, 0, k.encode(), len(k), 0, ref)  # never released
+        assert r >= 0, r
+        ctx.refs.append(ref)
         v = rng.randbytes(rng.randrange(10, 400))
         c.store(k, v)
         ctx.expected[k] = v
@@ -440,6 +467,7 @@ class Verdict:
     def __init__(self):
         self.undocumented = []
         self.wrong = []
+        self.stale = []
         self.detected = 0
         self.errors = {}
 
@@ -468,9 +496,16 @@ def _check_fetch(ctx, v, key, got, how):
     want = ctx.expected.get(key, None) if key in ctx.expected else _NEVER
     if want is UNKNOWN:
         return
-    if want is _NEVER:
+    if want is not _NEVER and _same(got, want):
+        return
+    if any(_same(got, old) for old in ctx.history.get(key, ())):
+        # A value once stored under this key, since replaced or deleted:
+        # damage linked an old entry back in.  Counted apart: no checksum
+        # can tell it from the current one.
+        v.stale.append(f"{how}({key!r}) returned an older value {_short(got)}")
+    elif want is _NEVER:
         v.wrong.append(f"{how}({key!r}) returned {_short(got)} for a key that holds nothing")
-    elif not _same(got, want):
+    else:
         v.wrong.append(f"{how}({key!r}) returned {_short(got)}, stored {_short(want)}")
 
 
@@ -515,12 +550,14 @@ def use(ctx, rng, v, nops=40):
                 k in c
             elif op in ("store", "big_store"):
                 val = _value(rng) if op == "store" else rng.randbytes(rng.randrange(50_000, 300_000))
+                ctx.attempt(k, val)
                 ctx.expected[k] = UNKNOWN
                 c.store(k, val)
                 ctx.expected[k] = val
             elif op == "add":
                 val = _value(rng, big=False)
                 before = ctx.expected.get(k, _NEVER)
+                ctx.attempt(k, val)
                 ctx.expected[k] = UNKNOWN
                 if c.add(k, val):
                     ctx.expected[k] = val
@@ -554,6 +591,7 @@ def use(ctx, rng, v, nops=40):
             elif op == "entry":
                 before = ctx.expected.get(k, _NEVER)
                 made = _value(rng, big=False)
+                ctx.attempt(k, made)
                 ctx.expected[k] = UNKNOWN
                 got = c.entry(k, lambda key: made)
                 if not _same(got, made):
@@ -568,7 +606,8 @@ def use(ctx, rng, v, nops=40):
                     _check_fetch(ctx, v, kk, got, "fetch_many")
             elif op == "store_many":
                 m = {_keys(ctx, rng): _value(rng, big=False) for _ in range(rng.randrange(1, 5))}
-                for kk in m:
+                for kk, val in m.items():
+                    ctx.attempt(kk, val)
                     ctx.expected[kk] = UNKNOWN
                 failed = c.store_many(m)
                 for kk, val in m.items():
@@ -615,6 +654,14 @@ def child_run(name, seed, checksums, note=None):
     v = Verdict()
     use(ctx, rng, v)
     final = None
+    noticed = v.detected
+    try:
+        i = c.info(limited=True)
+        noticed += i["repairs"] + i.get("corrupt_reads", 0)
+    except Exception as e:  # noqa: BLE001
+        v.error("final info", e)
+        if not _allowed("info", e):
+            v.undocumented.append(f"final info: {type(e).__name__}: {e}")
     try:
         final = len(c.check())
     except Exception as e:  # noqa: BLE001
@@ -623,7 +670,7 @@ def child_run(name, seed, checksums, note=None):
             v.undocumented.append(f"final check: {type(e).__name__}: {e}")
     return {
         "seed": seed, "checksums": checksums, "corruptions": done, "undocumented": v.undocumented,
-        "wrong": v.wrong, "detected": v.detected, "errors": v.errors, "final_check": final,
+        "wrong": v.wrong, "stale": v.stale, "detected": v.detected, "noticed": noticed, "errors": v.errors, "final_check": final,
     }
 
 
@@ -683,6 +730,8 @@ def classify(res):
         return "undocumented"
     if res["wrong"]:
         return "wrong"
+    if res.get("stale"):
+        return "stale"
     return "ok"
 
 

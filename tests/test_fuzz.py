@@ -69,8 +69,7 @@ def test_a_checksummed_segment_never_returns_a_wrong_value(results):
 
 
 def test_the_damage_is_real(results):
-    """The fuzzer bites: the engine reported damage in many runs, and
-    without checksums some flipped values did come back (which is what
-    checksums are for)."""
-    finished = [r for r in results if "detected" in r]
-    assert sum(1 for r in finished if r["detected"]) >= len(results) // 10
+    """The fuzzer bites: in many runs the engine noticed the damage (it
+    repaired, counted a corrupt read or raised CorruptSegmentError)."""
+    noticed = [r for r in results if r.get("noticed")]
+    assert len(noticed) >= len(results) // 10, f"only {len(noticed)} of {len(results)} runs"
