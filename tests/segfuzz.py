@@ -246,7 +246,7 @@ def c_flip_arena(ctx, rng):
     return f"flip {n} bits in the arena"
 
 
-HEADER_WORDS = ["hdr.free_map", "hdr.free_bytes", "hdr.nfree", "hdr.nused", "hdr.gc_head",
+HEADER_WORDS = ["hdr.repair_due", "hdr.free_map", "hdr.free_bytes", "hdr.nfree", "hdr.nused", "hdr.gc_head",
                 "hdr.gc_count", "hdr.next_version", "hdr.ttl", "hdr.gc_ttl", "hdr.seg_size",
                 "hdr.arena_off", "hdr.arena_size", "hdr.aux_off"]
 
@@ -262,11 +262,16 @@ def c_header_field(ctx, rng):
 
 SLOT_FIELDS = {
     "hash": 8, "ctime": 8, "ttl": 8, "val_len": 8, "key_len": 4, "type": 1, "table": 1,
-    "flags": 1, "next_off": 8, "mtime": 8, "dtime": 8, "ival": 8, "pin": 8, "atime": 8,
+    "flags": 1, "sum": 8, "next_off": 8, "mtime": 8, "dtime": 8, "ival": 8, "pin": 8, "atime": 8,
     "hits": 8,
 }
 SLOT_WEIGHTS = ["val_len"] * 5 + ["key_len"] * 3 + ["next_off"] * 5 + ["pin"] * 4 + \
     ["type"] * 3 + ["table"] * 2 + ["flags"] * 2 + ["hash", "ctime", "ttl", "ival", "dtime"]
+try:
+    off("slot.sum")
+    SLOT_WEIGHTS += ["sum"] * 2
+except KeyError:  # an engine without checksums
+    del SLOT_FIELDS["sum"]
 
 
 def _slot_field(ctx, rng, slot, key):
@@ -368,22 +373,36 @@ def c_zero_page(ctx, rng):
     return f"zeroed page {page}"
 
 
+def _lock_field(name):
+    try:
+        return off("hdr.wlock") + off("lock." + name)
+    except KeyError:  # an engine without its own lock record
+        return None
+
+
 def c_lock_word(ctx, rng):
     at = off("hdr.wlock")
     n = off("sizeof.wlock")
-    kind = rng.randrange(5)
+    word, pid_at = _lock_field("word") or at, _lock_field("pid")
+    kind = rng.randrange(6)
     if kind == 0:
         ctx.mv[at:at + n] = rng.randbytes(n)
         return "lock word: random bytes"
-    if kind == 1:  # "held" by a process that does not exist
-        struct.pack_into("<I", ctx.mv, at, 4_000_000 + rng.randrange(100_000))
-        return "lock word: owner is a pid that does not exist"
+    if kind == 1:  # "held" by a thread that does not exist
+        struct.pack_into("<I", ctx.mv, word, 4_000_000 + rng.randrange(100_000))
+        return "lock word: owner is a tid that does not exist"
     if kind == 2:  # "held" by a live process: the parent
-        struct.pack_into("<I", ctx.mv, at, os.getppid())
+        struct.pack_into("<I", ctx.mv, word, os.getppid())
+        if pid_at is not None and rng.random() < 0.5:
+            struct.pack_into("<q", ctx.mv, pid_at, os.getppid())
+            return "lock word and owner record: a live process"
         return "lock word: owner is a live process"
     if kind == 3:
-        struct.pack_into("<I", ctx.mv, at, rng.getrandbits(32))
+        struct.pack_into("<I", ctx.mv, word, rng.getrandbits(32))
         return "lock word: random owner"
+    if kind == 4 and pid_at is not None:  # the record alone
+        struct.pack_into("<q", ctx.mv, pid_at, rng.choice([os.getppid(), 1, -1, 4_000_000]))
+        return "lock owner record: a pid"
     i = rng.randrange(n)
     ctx.mv[at + i] ^= 1 << rng.randrange(8)
     return f"lock word: bit flip at byte {i}"
