@@ -12,6 +12,7 @@ stopped:
 
 and after SIGCONT the stopped writer finishes, and the segment is sound.
 """
+import gc
 import inspect
 import os
 import signal
@@ -100,18 +101,26 @@ def test_a_stopped_writer_stalls_readers_briefly_and_writers_until_lock_timeout(
         assert _wait_stopped(p), f"the child never stopped at {point}: {p.communicate(timeout=10)}"
 
         # Readers: every key, several times over; each answer is the
-        # value from before the write or a miss, within the bound.
-        worst, wrong = 0.0, []
-        for rnd in range(3):
-            for k, want in expected.items():
-                t0 = time.perf_counter()
-                got = c.fetch(k)
-                dt = time.perf_counter() - t0
-                worst = max(worst, dt)
-                if got is not None and got != want:
-                    wrong.append(k)
+        # value from before the write or a miss, within the bound.  (The
+        # collector is off meanwhile: a full collection of the test
+        # process's objects is not the engine's time.)
+        times, wrong = [], []
+        gc.disable()
+        try:
+            for rnd in range(3):
+                for k, want in expected.items():
+                    t0 = time.perf_counter()
+                    got = c.fetch(k)
+                    times.append((time.perf_counter() - t0, rnd, k, got is None))
+                    if got is not None and got != want:
+                        wrong.append(k)
+        finally:
+            gc.enable()
         assert not wrong, f"readers got wrong values for {wrong[:5]}"
-        assert worst < READ_BOUND, f"a fetch took {worst * 1000:.1f} ms behind a stopped writer"
+        times.sort(reverse=True)
+        slowest = ", ".join(f"{k} (round {r}, {'miss' if m else 'hit'}) {dt * 1000:.1f} ms"
+                            for dt, r, k, m in times[:5])
+        assert times[0][0] < READ_BOUND, f"fetches behind a stopped writer took up to: {slowest}"
 
         # A writer: CacheBusyError naming the stopped process, after
         # lock_timeout (not much sooner, not much later).
