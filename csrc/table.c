@@ -1473,10 +1473,14 @@ static int64_t do_snapshot(apc_seg *seg, int table, uint64_t now, int flags, cha
         return rc;
     apc_header *h = seg->hdr;
     uint64_t used = 0;
+    /* No more records than blocks: a damaged chain that loops is walked
+     * (capped) once, not once per bucket that reaches it. */
+    uint64_t left = apc_walk_cap(seg);
     apc_entry_rec r;
 #define EMIT(s)                                                              \
     do {                                                                     \
         uint64_t sz = sizeof r + apc_key_pad((s)->key_len);                  \
+        left--;                                                              \
         if (used + sz <= cap) {                                              \
             rec_of(seg, (s), now, &r);                                       \
             memcpy(buf + used, &r, sizeof r);                                \
@@ -1488,7 +1492,7 @@ static int64_t do_snapshot(apc_seg *seg, int table, uint64_t now, int flags, cha
         apc_off_t *b = apc_buckets(seg, table);
         for (uint64_t i = 0; i < seg->geom[table].nslots; i++) {
             uint64_t wcap = apc_walk_cap(seg);
-            for (apc_off_t off = b[i]; off && --wcap;) {
+            for (apc_off_t off = b[i]; off && --wcap && left;) {
                 apc_slot *s = apc_slot_at(seg, off);
                 if (!s)
                     break;
@@ -1499,7 +1503,7 @@ static int64_t do_snapshot(apc_seg *seg, int table, uint64_t now, int flags, cha
     }
     if (flags & APC_SNAP_DELETED) {
         uint64_t wcap = apc_walk_cap(seg);
-        for (apc_off_t off = h->gc_head; off && --wcap;) {
+        for (apc_off_t off = h->gc_head; off && --wcap && left;) {
             apc_slot *s = apc_slot_at(seg, off);
             if (!s)
                 break;
