@@ -799,7 +799,7 @@ class Cache:
                 return value
             if rc == B.BUSY:
                 token, holder = out[0], out[1]
-                if token >= 0 and not B.pid_alive(holder):
+                if token >= 0 and lib.apc_entry_holder_alive(self._seg, token) == 0:
                     if lib.apc_entry_takeover(self._seg, token, holder, tid, self._now()) == 0:
                         return self._generate(k, key, generator, ttl, table, token, tid)
                     continue

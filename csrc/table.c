@@ -834,9 +834,7 @@ static int insert_wl(apc_seg *seg, int table, const char *key, uint32_t klen, ui
     s->ival = ival;
     s->atime = now;
     s->hits = 0;
-    s->pin = APC_PIN_MAKE(h->next_version);
-    if (++h->next_version > 0xFFFFFFFFu)
-        h->next_version = 1;
+    s->pin = apc_fresh_pin(h);
     memcpy(apc_slot_key(s), key, klen);
     if (vlen) {
         int wrc = write_value(seg, apc_slot_val(s), val, vlen);
@@ -1168,7 +1166,7 @@ static int do_entry_begin(apc_seg *seg, int table, const char *key, uint32_t kle
         goto out;
     }
     h->elocks[free_i] = (apc_elock){.hash = hash, .pid = pid, .tid = tid, .since = now,
-                                    .table = (uint32_t)table};
+                                    .table = (uint32_t)table, .start = apc_proc_start()};
     out[0] = free_i;
     out[1] = pid;
     rc = APC_OK;
@@ -1219,6 +1217,7 @@ static int do_entry_takeover(apc_seg *seg, int64_t token, int64_t dead_pid, uint
         e->pid = apc_pid();
         e->tid = tid;
         e->since = now;
+        e->start = apc_proc_start();
     } else {
         rc = APC_BUSY;
     }
@@ -1266,6 +1265,23 @@ static int do_recover(apc_seg *seg, int64_t pid, uint64_t now)
     gc_sweep_wl(seg, now);
     wl_leave(seg, APC_SEQ_ALL);
     return n;
+}
+
+/* Is the process generating entry() record token still the one that took
+ * it?  (Its pid alive and started when it did.) */
+static int do_entry_holder_alive(apc_seg *seg, int64_t token)
+{
+    if (token < 0 || token >= APC_NELOCKS)
+        return APC_E_ARG;
+    apc_elock *e = &seg->hdr->elocks[token];
+    int64_t pid = LOADR(&e->pid);
+    return pid == 0 ? 0 : apc_pid_alive_since(pid, LOADR(&e->start));
+}
+
+int apc_entry_holder_alive(apc_seg *seg, int64_t token)
+{
+    int rc = apc_seg_enter(seg);
+    return rc ? rc : (int)apc_seg_leave(seg, do_entry_holder_alive(seg, token));
 }
 
 int apc_recover(apc_seg *seg, int64_t pid, uint64_t now)
@@ -1709,9 +1725,7 @@ static int repair_wl(apc_seg *seg, uint64_t now)
         } else {
             /* Retired for a move that never happened: live again. */
             if ((s->pin & ~APC_PIN_REFS) == APC_PIN_DEAD) {
-                s->pin = APC_PIN_MAKE(h->next_version);
-                if (++h->next_version > 0xFFFFFFFFu)
-                    h->next_version = 1;
+                s->pin = apc_fresh_pin(h);
             }
             h->stats[s->table].num_entries++;
             h->stats[s->table].mem_size += apc_sma_block_size(seg, live[i]);
