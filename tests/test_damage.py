@@ -83,12 +83,16 @@ def _arena(c):
 def test_a_free_list_head_outside_the_arena_is_not_written_through(cache, head):
     """Seeds 267 and 465: freeing a block pushed it on its list and wrote
     its address through whatever free_head[c] held."""
-    _fill(cache)
+    for i in range(60):
+        cache.store(f"k{i}", b"v" * (100 + 37 * i))  # used blocks side by side
     heads = off("hdr.free_head")
+    header = bytes(cache._mv[:off("hdr.wlock")])
 
     def damage_then_use():
-        for c_ in range(64):
+        for c_ in range(63):  # every list but the top one (the arena's tail)
             U64.pack_into(cache._mv, heads + 8 * c_, head)
+        cache.delete("k30")  # both neighbours used: freed straight onto its list
+        assert bytes(cache._mv[:off("hdr.wlock")]) == header, "the header was written"
         cache.clear()
         for i in range(40):
             cache.store(f"n{i}", b"n" * (50 * i))
@@ -98,21 +102,52 @@ def test_a_free_list_head_outside_the_arena_is_not_written_through(cache, head):
     assert in_child(damage_then_use) == ""
 
 
+def _class_of(size):
+    """apc_class_of: four free-list classes per power of two from 32 bytes."""
+    lg = size.bit_length() - 1
+    return min((lg - 5) * 4 + ((size >> (lg - 2)) & 3), 63)
+
+
 def test_a_free_list_that_loops_ends_the_allocator_walk(cache):
-    """A free block whose next link points at itself: the allocator's walk
-    of its class had no cap."""
-    _fill(cache)
-    blocks = cache.sma_info()["block_lists"][0]
+    """A free block whose next link points at itself, too small for the
+    request that scans its class: the walk of a class had no cap."""
+    for i in range(20):
+        cache.store(f"k{i}", b"v" * 1000)
+    cache.delete("k10")  # one free block of about 1.1 KiB between used ones
+    (hole,) = [b for b in cache.sma_info()["block_lists"][0] if b["size"] < 4096]
+    size = hole["size"]
+    # A value whose block is larger than the hole but in the same class.
+    grow = next(g for g in range(16, 4096, 16) if _class_of(size + g) != _class_of(size)) - 16
+    assert grow > 0
+    value = b"w" * (1000 + grow)
 
     def damage_then_use():
-        for b in blocks:
-            U64.pack_into(cache._mv, b["offset"] + 8, b["offset"])  # next = itself
-        for i in range(40):
-            cache.store(f"n{i}", b"n" * (30 + 61 * i))
-        cache.sma_info()
+        U64.pack_into(cache._mv, hole["offset"] + 8, hole["offset"])  # next = itself
+        cache.store("grown", value)
+        assert cache.fetch("grown") == value
         assert cache.check() == [], cache.check()
 
     assert in_child(damage_then_use) == ""
+
+
+def test_a_chain_loop_reached_from_every_bucket_is_listed_once(cache):
+    """Every bucket pointing into one loop: a snapshot emitted the loop's
+    records once per bucket, each walk capped only by itself (gigabytes)."""
+    for i in range(50):
+        cache.store(f"k{i}", b"v")
+    first = [r[9] for r, _ in cache._snapshot(0, 1, 0)][0]
+    buckets_off, nslots = struct.unpack_from("<QQ", cache._mv, off("hdr.geom"))
+
+    def damage_then_use():
+        U64.pack_into(cache._mv, first + off("slot.next_off"), first)  # a loop
+        for i in range(nslots):
+            U64.pack_into(cache._mv, buckets_off + 8 * i, first)
+        t0 = time.monotonic()
+        entries = cache.info()["entries"]
+        assert len(entries) <= (1 << 20) // 32
+        assert time.monotonic() - t0 < 5
+
+    assert in_child(damage_then_use, timeout=30) == ""
 
 
 def test_a_huge_entry_count_sizes_no_allocation(cache):
@@ -129,23 +164,6 @@ def test_a_huge_entry_count_sizes_no_allocation(cache):
         for i in range(30):  # fill past the arena: eviction runs
             cache.store(f"big{i}", b"B" * 60_000)
         assert cache.fetch("big29") == b"B" * 60_000
-
-    assert in_child(damage_then_use) == ""
-
-
-def test_a_chain_that_loops_is_listed_once_not_per_bucket(cache):
-    """Every chain pointing into one loop: a snapshot emitted the loop's
-    records once per bucket, each walk capped only by itself."""
-    for i in range(50):
-        cache.store(f"k{i}", b"v")
-    first = [r[9] for r, _ in cache._snapshot(0, 1, 0)][0]
-
-    def damage_then_use():
-        U64.pack_into(cache._mv, first + off("slot.next_off"), first)  # a loop
-        t0 = time.monotonic()
-        entries = cache.info()["entries"]
-        assert len(entries) <= (1 << 20) // 32
-        assert time.monotonic() - t0 < 5
 
     assert in_child(damage_then_use) == ""
 
