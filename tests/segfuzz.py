@@ -218,10 +218,16 @@ def _put64(ctx, at, value):
 
 
 def _get64(ctx, at):
+    """A word of the segment (0 outside it: an earlier damage may have
+    sent a length anywhere)."""
+    if not 0 <= at <= ctx.size - 8:
+        return 0
     return _U64.unpack_from(ctx.mv, at)[0]
 
 
 def _word(ctx, rng, at):
+    if not 0 <= at <= ctx.size - 8:
+        at = rng.randrange(ctx.arena_off, ctx.arena_end - 8) & ~7
     old = _get64(ctx, at)
     new = _interesting(rng, ctx, old)
     _put64(ctx, at, new)
@@ -436,6 +442,9 @@ def c_value_bytes(ctx, rng):
         at = slot + off("slot.ival")
         ctx.mv[at + rng.randrange(8)] ^= 1 << rng.randrange(8)
         return f"flip a bit of {key!r}'s int"
+    vlen = min(vlen, ctx.size - vstart)  # an earlier damage may have changed it
+    if vlen <= 0:
+        return c_flip_arena(ctx, rng)
     for _ in range(rng.randrange(1, 4)):
         ctx.mv[vstart + rng.randrange(vlen)] ^= 1 << rng.randrange(8)
     return f"flip bits in {key!r}'s value"
