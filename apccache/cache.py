@@ -805,13 +805,21 @@ class Cache:
         out = ffi.new("int64_t[2]")
         delay = 0.0005
         deadline = None if max_wait is None else time.monotonic() + max_wait
+        unreadable = 0
         while True:
             rc = lib.apc_entry_begin(self._seg, table, k, len(k), tid, self._now(), out)
             if rc == B.EXISTS:
                 value = self._fetch_key(k, _MISSING, table)
                 if value is not _MISSING:
                     return value
+                # Deleted or replaced in between, or an entry that exists but
+                # never reads (damaged: a corrupt read is a miss).  Again and
+                # again: drop it, and generate.
+                unreadable += 1
+                if unreadable >= 3:
+                    lib.apc_delete(self._seg, table, k, len(k), self._now())
                 continue
+            unreadable = 0
             if rc == B.BUSY_SELF:
                 value = generator(key)
                 self._store_key(k, value, ttl, 0, table)
@@ -983,7 +991,9 @@ class Cache:
         """[(record tuple, key bytes)] copied out under one lock hold."""
         # Sized from the entry count, so that a big cache is not walked twice.
         i = self._info(table)
-        n = i["num_entries"] + i["gc_entries"]
+        # Counts read from the segment are claims: no more entries than
+        # blocks fit in the arena.
+        n = min(i["num_entries"] + i["gc_entries"], i["arena_size"] // 32)
         cap = max(1 << 16, (n + 64) * (_REC.size + 48))
         while True:
             buf = ffi.new("char[]", cap)

@@ -692,9 +692,13 @@ static int make_room_wl(apc_seg *seg, uint64_t need, uint64_t now, int table)
             return APC_OK;
     }
 
-    uint64_t n = 0;
+    /* The header's entry counts are claims: no more entries than blocks
+     * can exist, and n * sizeof *c must not wrap. */
+    uint64_t n = 0, most = apc_walk_cap(seg);
     for (int t = 0; t < APC_NTABLES; t++)
-        n += h->stats[t].num_entries;
+        n += h->stats[t].num_entries < most ? h->stats[t].num_entries : most;
+    if (n > most)
+        n = most;
     cand *c = n ? malloc(n * sizeof *c) : NULL;
     uint64_t k = 0;
     if (c) {
@@ -1467,7 +1471,7 @@ static int do_sma_info_get(apc_seg *seg, apc_sma_info *o, uint64_t *blocks, uint
     o->nused = h->nused;
     uint64_t k = 0;
     for (int c = APC_NCLASSES - 1; c >= 0 && blocks; c--) {
-        uint64_t walk_cap = h->nfree + 1;
+        uint64_t walk_cap = apc_walk_cap(seg); /* not nfree: a claim */
         for (apc_off_t b = h->free_head[c]; b && k < cap && walk_cap--;) {
             if ((b & 15) || !apc_in_arena(seg, b, APC_BLOCK_MIN))
                 break;
@@ -1532,10 +1536,14 @@ static int64_t do_snapshot(apc_seg *seg, int table, uint64_t now, int flags, cha
         return rc;
     apc_header *h = seg->hdr;
     uint64_t used = 0;
+    /* No more records than blocks: a damaged chain that loops is walked
+     * (capped) once, not once per bucket that reaches it. */
+    uint64_t left = apc_walk_cap(seg);
     apc_entry_rec r;
 #define EMIT(s)                                                              \
     do {                                                                     \
         uint64_t sz = sizeof r + apc_key_pad((s)->key_len);                  \
+        left--;                                                              \
         if (used + sz <= cap) {                                              \
             rec_of(seg, (s), now, &r);                                       \
             memcpy(buf + used, &r, sizeof r);                                \
@@ -1547,7 +1555,7 @@ static int64_t do_snapshot(apc_seg *seg, int table, uint64_t now, int flags, cha
         apc_off_t *b = apc_buckets(seg, table);
         for (uint64_t i = 0; i < seg->geom[table].nslots; i++) {
             uint64_t wcap = apc_walk_cap(seg);
-            for (apc_off_t off = b[i]; off && --wcap;) {
+            for (apc_off_t off = b[i]; off && --wcap && left;) {
                 apc_slot *s = apc_slot_at(seg, off);
                 if (!s)
                     break;
@@ -1558,7 +1566,7 @@ static int64_t do_snapshot(apc_seg *seg, int table, uint64_t now, int flags, cha
     }
     if (flags & APC_SNAP_DELETED) {
         uint64_t wcap = apc_walk_cap(seg);
-        for (apc_off_t off = h->gc_head; off && --wcap;) {
+        for (apc_off_t off = h->gc_head; off && --wcap && left;) {
             apc_slot *s = apc_slot_at(seg, off);
             if (!s)
                 break;
