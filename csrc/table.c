@@ -1135,37 +1135,6 @@ int apc_clear(apc_seg *seg, int table, uint64_t now)
     return rc ? rc : apc_seg_leave(seg, do_clear(seg, table, now));
 }
 
-/* Entries that are not hard-expired at now (len() of a table). */
-static int64_t do_count_live(apc_seg *seg, int table, uint64_t now)
-{
-    if (bad_table(table))
-        return APC_E_ARG;
-    now = apc_now(now);
-    int rc = wl_enter(seg, NO_SEQ);
-    if (rc != APC_OK)
-        return rc;
-    int64_t n = 0;
-    apc_off_t *b = apc_buckets(seg, table);
-    for (uint64_t i = 0; i < seg->geom[table].nslots; i++) {
-        uint64_t cap = apc_walk_cap(seg);
-        for (apc_off_t off = b[i]; off && --cap;) {
-            apc_slot *s = apc_slot_at(seg, off);
-            if (!s)
-                break;
-            n += !apc_expired(s, now);
-            off = s->next_off;
-        }
-    }
-    wl_leave(seg, NO_SEQ);
-    return n;
-}
-
-int64_t apc_count_live(apc_seg *seg, int table, uint64_t now)
-{
-    int rc = apc_seg_enter(seg);
-    return rc ? rc : apc_seg_leave(seg, do_count_live(seg, table, now));
-}
-
 /* ------------------------------------------------------------ entry() */
 
 static int do_entry_begin(apc_seg *seg, int table, const char *key, uint32_t klen,
@@ -1348,23 +1317,6 @@ int apc_put(apc_io *io, const char *key, uint32_t klen, int type,
             const char *val, uint64_t vlen, uint64_t ttl)
 {
     return apc_store(io->seg, io->table, key, klen, type, val, vlen, 0, ttl, io->now, 0);
-}
-
-int apc_put_int(apc_io *io, const char *key, uint32_t klen, int64_t ival,
-                uint64_t ttl, int flags)
-{
-    return apc_store(io->seg, io->table, key, klen, APC_T_INT, NULL, 0, ival, ttl, io->now,
-                     flags);
-}
-
-/* inc; the new value goes to the first 8 bytes of io->buf. */
-int apc_incr(apc_io *io, const char *key, uint32_t klen, int64_t step,
-             uint64_t ttl)
-{
-    int64_t v = 0;
-    int rc = apc_inc(io->seg, io->table, key, klen, step, ttl, io->now, &v);
-    memcpy(io->buf, &v, sizeof v);
-    return rc;
 }
 
 /* ------------------------------------------------------------ reporting */
@@ -1588,6 +1540,118 @@ int64_t apc_snapshot(apc_seg *seg, int table, uint64_t now, int flags, char *buf
 {
     int rc = apc_seg_enter(seg);
     return rc ? rc : apc_seg_leave(seg, do_snapshot(seg, table, now, flags, buf, cap));
+}
+
+/*
+ * WALKING A BIG TABLE
+ *
+ * keys(), info()'s entry list, apcstat and len() visit every entry.  Done
+ * in one lock hold, that stalls every writer for the whole walk (half a
+ * second at a million entries).  These walk from a bucket cursor instead,
+ * and stop after APC_CHUNK_RECORDS entries at a bucket's end, or when the
+ * caller's buffer is full: the caller comes back for the rest, and writers
+ * get the lock in between.  What comes out is a snapshot per chunk, not of
+ * the whole table; an entry that moves between buckets cannot exist (a
+ * bucket is its key's), so no live entry is reported twice.
+ */
+#define APC_CHUNK_RECORDS 2048
+
+static int64_t do_snapshot_chunk(apc_seg *seg, int table, uint64_t now, uint64_t cursor[2],
+                                 char *buf, uint64_t cap)
+{
+    if (bad_table(table) || !buf || !cursor || cap < 8)
+        return APC_E_ARG;
+    now = apc_now(now);
+    int rc = wl_enter(seg, NO_SEQ);
+    if (rc != APC_OK)
+        return rc;
+    apc_off_t *b = apc_buckets(seg, table);
+    uint64_t nslots = seg->geom[table].nslots;
+    uint64_t used = 0, records = 0, need = 0;
+    uint64_t i = cursor[0];
+    /* No more records in all than blocks fit in the arena: a damaged chain
+     * that loops is walked (capped) once, not once per bucket reaching it. */
+    uint64_t cap_all = apc_walk_cap(seg), done = cursor[1] < cap_all ? cursor[1] : cap_all;
+    apc_entry_rec r;
+    for (; i < nslots && records < APC_CHUNK_RECORDS && done + records < cap_all; i++) {
+        uint64_t start = used, start_records = records, wcap = apc_walk_cap(seg);
+        int full = 0;
+        for (apc_off_t off = b[i]; off && --wcap && done + records < cap_all;) {
+            apc_slot *s = apc_slot_at(seg, off);
+            if (!s)
+                break;
+            uint64_t sz = sizeof r + apc_key_pad(s->key_len);
+            if (used + sz > cap)
+                full = 1;
+            if (!full) {
+                rec_of(seg, s, now, &r);
+                memcpy(buf + used, &r, sizeof r);
+                memcpy(buf + used + sizeof r, apc_slot_key(s), s->key_len);
+            }
+            used += sz;
+            records++;
+            off = s->next_off;
+        }
+        if (full) {
+            if (start == 0)
+                need = used; /* one bucket alone is more than the buffer */
+            used = start;   /* this bucket goes in the next chunk */
+            records = start_records;
+            break;
+        }
+    }
+    wl_leave(seg, NO_SEQ);
+    if (need) {
+        memcpy(buf, &need, sizeof need);
+        return APC_E_SMALL;
+    }
+    cursor[0] = done + records >= cap_all ? nslots : i;
+    cursor[1] = done + records;
+    return (int64_t)used;
+}
+
+int64_t apc_snapshot_chunk(apc_seg *seg, int table, uint64_t now, uint64_t cursor[2], char *buf,
+                           uint64_t cap)
+{
+    int rc = apc_seg_enter(seg);
+    return rc ? rc : apc_seg_leave(seg, do_snapshot_chunk(seg, table, now, cursor, buf, cap));
+}
+
+/* Entries that are not hard-expired at now, from bucket *cursor on, a
+ * chunk at a time (see above). */
+static int64_t do_count_live_chunk(apc_seg *seg, int table, uint64_t now, uint64_t cursor[2])
+{
+    if (bad_table(table) || !cursor)
+        return APC_E_ARG;
+    now = apc_now(now);
+    int rc = wl_enter(seg, NO_SEQ);
+    if (rc != APC_OK)
+        return rc;
+    int64_t n = 0;
+    uint64_t seen = 0, nslots = seg->geom[table].nslots;
+    uint64_t cap_all = apc_walk_cap(seg), done = cursor[1] < cap_all ? cursor[1] : cap_all;
+    apc_off_t *b = apc_buckets(seg, table);
+    uint64_t i = cursor[0];
+    for (; i < nslots && seen < 4 * APC_CHUNK_RECORDS && done + seen < cap_all; i++) {
+        uint64_t cap = apc_walk_cap(seg);
+        for (apc_off_t off = b[i]; off && --cap && done + seen < cap_all; seen++) {
+            apc_slot *s = apc_slot_at(seg, off);
+            if (!s)
+                break;
+            n += !apc_expired(s, now);
+            off = s->next_off;
+        }
+    }
+    wl_leave(seg, NO_SEQ);
+    cursor[0] = done + seen >= cap_all ? nslots : i;
+    cursor[1] = done + seen;
+    return n;
+}
+
+int64_t apc_count_live_chunk(apc_seg *seg, int table, uint64_t now, uint64_t cursor[2])
+{
+    int rc = apc_seg_enter(seg);
+    return rc ? rc : apc_seg_leave(seg, do_count_live_chunk(seg, table, now, cursor));
 }
 
 /* ------------------------------------------------------------- repair */
