@@ -82,9 +82,9 @@ else:
 _FAST_FNS = tuple(
     int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
     for name in ("apc_fetch_ref", "apc_ref_release", "apc_store", "apc_count_corrupt",
-                 "apc_exists", "apc_delete", "apc_inc", "apc_cas")
+                 "apc_exists", "apc_delete", "apc_inc", "apc_cas", "apc_touch")
 )
-_FAST_OPS = ("fetch", "store", "add", "exists", "delete", "inc", "dec", "cas")
+_FAST_OPS = ("fetch", "store", "add", "exists", "delete", "inc", "dec", "cas", "touch")
 DEFAULT_LOCK_TIMEOUT = 5.0
 
 
@@ -1203,7 +1203,8 @@ class Cache:
         rc = lib.apc_touch(self._seg, 0, k, len(k), _check_ttl(ttl), self._now())
         if rc == B.NOTFOUND:
             return False
-        B.check(rc, "touch")
+        if rc < 0:
+            self._raise_rc("touch", rc, key)
         return True
 
     def memoize(self, ttl: int = 0, *, key: Optional[Callable[..., Key]] = None,
