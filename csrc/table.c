@@ -503,6 +503,38 @@ static int find_wl(apc_seg *seg, int table, const char *key, uint32_t klen, uint
     return APC_NOTFOUND;
 }
 
+/* What every keyed write starts with: its arguments checked, the key's
+ * hash, the clock, the write lock taken and the key looked up.  A chain
+ * found broken is repaired at once (we hold the lock) and looked up again. */
+typedef struct keyed {
+    uint64_t hash;
+    uint64_t now;
+    apc_off_t *link; /* what points at the entry, or where a new one goes */
+    apc_slot *s;     /* the entry, or NULL */
+    int found;       /* APC_OK (s is it), APC_NOTFOUND, or APC_E_CORRUPT */
+    int live;        /* found and not expired */
+} keyed;
+
+/* APC_OK with the write lock held, or an error without it. */
+static int keyed_begin(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now,
+                       keyed *k)
+{
+    if (bad_table(table) || klen > APC_MAX_KEY)
+        return APC_E_ARG;
+    k->hash = apc_xxh3_64(key, klen);
+    k->now = apc_now(now);
+    int rc = wl_enter(seg, NO_SEQ);
+    if (rc != APC_OK)
+        return rc;
+    k->found = find_wl(seg, table, key, klen, k->hash, &k->link, &k->s);
+    if (k->found == APC_E_CORRUPT) {
+        apc_repair_wl(seg, k->now);
+        k->found = find_wl(seg, table, key, klen, k->hash, &k->link, &k->s);
+    }
+    k->live = k->found == APC_OK && !apc_expired(k->s, k->now);
+    return APC_OK;
+}
+
 apc_off_t *apc_find_link_wl(apc_seg *seg, apc_off_t slot_off)
 {
     apc_slot *s = (apc_slot *)APC_PTR(seg, slot_off);
@@ -881,38 +913,37 @@ static int insert_wl(apc_seg *seg, int table, const char *key, uint32_t klen, ui
 }
 
 static int do_store(apc_seg *seg, int table, const char *key, uint32_t klen, int type,
-              const char *val, uint64_t vlen, int64_t ival, uint64_t ttl, uint64_t now,
-              int flags)
+                    const char *val, uint64_t vlen, int64_t ival, uint64_t ttl, uint64_t now,
+                    int flags)
 {
-    if (klen > APC_MAX_KEY)
-        return APC_E_ARG;
-    uint64_t hash = apc_xxh3_64(key, klen);
-    if (bad_table(table) || type < 0 || type > 255 || (vlen && !val))
+    if (klen > APC_MAX_KEY || type < 0 || type > 255 || (vlen && !val))
         return APC_E_ARG;
     if (type == APC_T_INT)
         vlen = 0;
-    if (apc_sma_block_for(apc_slot_need(klen, vlen)) > seg->arena_end - seg->arena_off)
+    uint64_t arena = seg->arena_end - seg->arena_off;
+    if (vlen > arena || apc_sma_block_for(apc_slot_need(klen, vlen)) > arena)
         return APC_E_TOOBIG;
-    now = apc_now(now);
-    int rc = wl_enter(seg, NO_SEQ);
+    keyed k;
+    int rc = keyed_begin(seg, table, key, klen, now, &k);
     if (rc != APC_OK)
         return rc;
     if (seg->hdr->gc_head) {
         apc_seq_begin_wl(seg, APC_SEQ_ALL);
-        gc_sweep_wl(seg, now);
+        gc_sweep_wl(seg, k.now);
         apc_seq_end_wl(seg, APC_SEQ_ALL);
     }
-    if (flags & APC_ADD) {
-        apc_off_t *link;
-        apc_slot *old;
-        rc = find_wl(seg, table, key, klen, hash, &link, &old);
-        if (rc == APC_OK && !apc_expired(old, now))
-            rc = APC_EXISTS;
-        else if (rc == APC_NOTFOUND || rc == APC_OK)
-            rc = APC_OK;
+    if ((flags & APC_ADD) && k.live) {
+        rc = APC_EXISTS;
+    } else if (k.found == APC_E_CORRUPT) {
+        rc = APC_E_CORRUPT; /* still broken after a repair */
+    } else {
+        rc = insert_wl(seg, table, key, klen, k.hash, type, val, vlen, ival, ttl, k.now);
+        if (rc == APC_E_CORRUPT) {
+            /* Making room met a broken chain: repair, then once more. */
+            apc_repair_wl(seg, k.now);
+            rc = insert_wl(seg, table, key, klen, k.hash, type, val, vlen, ival, ttl, k.now);
+        }
     }
-    if (rc == APC_OK)
-        rc = insert_wl(seg, table, key, klen, hash, type, val, vlen, ival, ttl, now);
     wl_leave(seg, NO_SEQ);
     return rc;
 }
@@ -925,36 +956,27 @@ int apc_store(apc_seg *seg, int table, const char *key, uint32_t klen, int type,
     return rc ? rc : apc_seg_leave(seg, do_store(seg, table, key, klen, type, val, vlen, ival, ttl, now, flags));
 }
 
-static int do_delete(apc_seg *seg, int table, const char *key, uint32_t klen,
-               uint64_t now)
+static int do_delete(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now)
 {
-    if (klen > APC_MAX_KEY)
-        return APC_E_ARG;
-    uint64_t hash = apc_xxh3_64(key, klen);
-    if (bad_table(table))
-        return APC_E_ARG;
-    now = apc_now(now);
-    int rc = wl_enter(seg, NO_SEQ);
+    keyed k;
+    int rc = keyed_begin(seg, table, key, klen, now, &k);
     if (rc != APC_OK)
         return rc;
-    apc_off_t *link;
-    apc_slot *s;
-    rc = find_wl(seg, table, key, klen, hash, &link, &s);
+    rc = k.found;
     if (rc == APC_OK) {
-        int st = stripe_of(seg, table, hash);
-        int expired = apc_expired(s, now);
-        if (expired)
+        int st = stripe_of(seg, table, k.hash);
+        if (!k.live)
             seg->hdr->stats[table].expired++;
         apc_seq_begin_wl(seg, st);
-        remove_wl(seg, link, s, now);
+        remove_wl(seg, k.link, k.s, k.now);
         APC_FAULT("delete.after_unlink");
         apc_seq_end_wl(seg, st);
-        if (expired)
+        if (!k.live)
             rc = APC_NOTFOUND;
     }
     if (seg->hdr->gc_head) {
         apc_seq_begin_wl(seg, APC_SEQ_ALL);
-        gc_sweep_wl(seg, now);
+        gc_sweep_wl(seg, k.now);
         apc_seq_end_wl(seg, APC_SEQ_ALL);
     }
     wl_leave(seg, NO_SEQ);
@@ -969,21 +991,17 @@ int apc_delete(apc_seg *seg, int table, const char *key, uint32_t klen,
 }
 
 static int do_inc(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t step,
-            uint64_t ttl, uint64_t now, int64_t *out)
+                  uint64_t ttl, uint64_t now, int64_t *out)
 {
-    if (klen > APC_MAX_KEY)
+    if (!out)
         return APC_E_ARG;
-    uint64_t hash = apc_xxh3_64(key, klen);
-    if (bad_table(table) || !out)
-        return APC_E_ARG;
-    now = apc_now(now);
-    int rc = wl_enter(seg, NO_SEQ);
+    keyed k;
+    int rc = keyed_begin(seg, table, key, klen, now, &k);
     if (rc != APC_OK)
         return rc;
-    apc_off_t *link;
-    apc_slot *s;
-    rc = find_wl(seg, table, key, klen, hash, &link, &s);
-    if (rc == APC_OK && !apc_expired(s, now)) {
+    rc = k.found;
+    if (k.live) {
+        apc_slot *s = k.s;
         int64_t v;
         if (s->type != APC_T_INT) {
             rc = APC_E_TYPE;
@@ -994,12 +1012,12 @@ static int do_inc(apc_seg *seg, int table, const char *key, uint32_t klen, int64
             STORE(&s->ival, v);
             if (seg->checksums)
                 STORE(&s->sum, int_sum(s, v));
-            s->mtime = now;
+            s->mtime = k.now;
             *out = v;
         }
-    } else if (rc == APC_OK || rc == APC_NOTFOUND) {
+    } else if (rc != APC_E_CORRUPT) {
         /* Missing or expired: created as 0, then updated. */
-        rc = insert_wl(seg, table, key, klen, hash, APC_T_INT, NULL, 0, step, ttl, now);
+        rc = insert_wl(seg, table, key, klen, k.hash, APC_T_INT, NULL, 0, step, ttl, k.now);
         if (rc == APC_OK)
             *out = step;
     }
@@ -1015,22 +1033,16 @@ int apc_inc(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t ste
 }
 
 static int do_cas(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t old,
-            int64_t new_, uint64_t now)
+                  int64_t new_, uint64_t now)
 {
-    if (klen > APC_MAX_KEY)
-        return APC_E_ARG;
-    uint64_t hash = apc_xxh3_64(key, klen);
-    if (bad_table(table))
-        return APC_E_ARG;
-    now = apc_now(now);
-    int rc = wl_enter(seg, NO_SEQ);
+    keyed k;
+    int rc = keyed_begin(seg, table, key, klen, now, &k);
     if (rc != APC_OK)
         return rc;
-    apc_off_t *link;
-    apc_slot *s;
-    rc = find_wl(seg, table, key, klen, hash, &link, &s);
+    rc = k.found;
     if (rc == APC_OK) {
-        if (apc_expired(s, now))
+        apc_slot *s = k.s;
+        if (!k.live)
             rc = APC_NOTFOUND;
         else if (s->type != APC_T_INT)
             rc = APC_E_TYPE;
@@ -1040,7 +1052,7 @@ static int do_cas(apc_seg *seg, int table, const char *key, uint32_t klen, int64
             STORE(&s->ival, new_);
             if (seg->checksums)
                 STORE(&s->sum, int_sum(s, new_));
-            s->mtime = now;
+            s->mtime = k.now;
         }
     }
     wl_leave(seg, NO_SEQ);
@@ -1062,25 +1074,18 @@ int apc_cas(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t old
 static int do_touch(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t ttl,
                     uint64_t now)
 {
-    if (klen > APC_MAX_KEY)
-        return APC_E_ARG;
-    uint64_t hash = apc_xxh3_64(key, klen);
-    if (bad_table(table))
-        return APC_E_ARG;
-    now = apc_now(now);
-    int rc = wl_enter(seg, NO_SEQ);
+    keyed k;
+    int rc = keyed_begin(seg, table, key, klen, now, &k);
     if (rc != APC_OK)
         return rc;
-    apc_off_t *link;
-    apc_slot *s;
-    rc = find_wl(seg, table, key, klen, hash, &link, &s);
+    rc = k.found;
     if (rc == APC_OK) {
-        if (apc_expired(s, now)) {
+        if (!k.live) {
             rc = APC_NOTFOUND;
         } else {
             /* expired once ctime + ttl' < now', i.e. once now + ttl < now' */
-            uint64_t age = now > s->ctime ? now - s->ctime : 0;
-            STORE(&s->ttl, ttl ? age + ttl : 0);
+            uint64_t age = k.now > k.s->ctime ? k.now - k.s->ctime : 0;
+            STORE(&k.s->ttl, ttl ? age + ttl : 0);
         }
     }
     wl_leave(seg, NO_SEQ);
@@ -1445,25 +1450,20 @@ int apc_sma_info_get(apc_seg *seg, apc_sma_info *o, uint64_t *blocks, uint64_t c
 }
 
 static int do_key_info(apc_seg *seg, int table, const char *key, uint32_t klen,
-                 uint64_t now, apc_entry_rec *out)
+                       uint64_t now, apc_entry_rec *out)
 {
-    if (klen > APC_MAX_KEY)
+    if (!out)
         return APC_E_ARG;
-    uint64_t hash = apc_xxh3_64(key, klen);
-    if (bad_table(table) || !out)
-        return APC_E_ARG;
-    now = apc_now(now);
-    int rc = wl_enter(seg, NO_SEQ);
+    keyed k;
+    int rc = keyed_begin(seg, table, key, klen, now, &k);
     if (rc != APC_OK)
         return rc;
-    apc_off_t *link;
-    apc_slot *s;
-    rc = find_wl(seg, table, key, klen, hash, &link, &s);
+    rc = k.found;
     if (rc == APC_OK) {
-        if (apc_expired(s, now))
+        if (!k.live)
             rc = APC_NOTFOUND;
         else
-            rec_of(seg, s, now, out);
+            rec_of(seg, k.s, k.now, out);
     }
     wl_leave(seg, NO_SEQ);
     return rc;
