@@ -1,0 +1,233 @@
+"""Servers and processes for the fleet tests: redis-server instances (single or
+cluster) on free loopback ports, listeners run through the real command line,
+and a TCP proxy the test can cut.  Everything is stopped by pid."""
+
+import os
+import shutil
+import signal
+from signal import SIGCONT, SIGKILL, SIGTERM
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+def need_redis():
+    if REDIS_SERVER is None:
+        pytest.fail("redis-server is not installed (.ci/run installs Debian's redis-server)")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_ping(port, timeout=0.5):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """One redis-server on 127.0.0.1, no persistence unless asked for."""
+
+    def __init__(self, workdir, port=None, extra=()):
+        self.dir = str(workdir)
+        os.makedirs(self.dir, exist_ok=True)
+        self.port = port or free_port()
+        self.extra = list(extra)
+        self.proc = None
+        self.log = os.path.join(self.dir, f"redis-{self.port}.log")
+
+    @property
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self):
+        need_redis()
+        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", self.dir, "--dbfilename", f"dump-{self.port}.rdb",
+                "--protected-mode", "no", "--logfile", self.log, *self.extra]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not redis_ping(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on {self.port} did not start; see {self.log}")
+            time.sleep(0.02)
+        return self
+
+    def stop(self, keep_data=False):
+        """SIGKILL it (after a SAVE if keep_data); the dump is removed unless kept."""
+        if self.proc is None:
+            return
+        if keep_data and self.proc.poll() is None:
+            import redis
+
+            redis.Redis(port=self.port).save()
+        try:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self.proc = None
+        if not keep_data:
+            try:
+                os.unlink(os.path.join(self.dir, f"dump-{self.port}.rdb"))
+            except FileNotFoundError:
+                pass
+
+    def restart(self, keep_data):
+        self.stop(keep_data=keep_data)
+        return self.start()
+
+
+class Listener:
+    """``apccache fleet listen`` as a child process."""
+
+    def __init__(self, segment, url, namespace, logdir, max_lag=0.05, extra=(), env=None):
+        self.args = [sys.executable, "-m", "apccache", "fleet", "listen", segment, "--redis", url,
+                     "--namespace", namespace, "--max-lag", str(max_lag), "--log-level", "debug", *extra]
+        self.logpath = os.path.join(str(logdir), f"listener-{segment}-{time.monotonic_ns()}.log")
+        self.env = env
+        self.proc = None
+
+    def start(self):
+        with open(self.logpath, "ab") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, env=self.env)
+        return self
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def signal(self, sig):
+        os.kill(self.proc.pid, sig)
+
+    def stop(self, sig=SIGTERM, timeout=5):
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, SIGCONT)
+                os.kill(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, SIGKILL)
+                self.proc.wait()
+        rc, self.proc = self.proc.returncode, None
+        return rc
+
+    def log(self):
+        with open(self.logpath, errors="replace") as f:
+            return f.read()
+
+
+def wait_trusted(fc, timeout=10.0, trusted=True):
+    """Wait until fc's host trusts (or distrusts) its near copies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if fc.status()["trusted"] == trusted:
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"the host did not become {'trusted' if trusted else 'untrusted'} "
+                         f"within {timeout} s: {fc.status()}")
+
+
+def wait_for(pred, timeout=5.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Proxy:
+    """A TCP proxy on loopback in front of a Redis port.  ``cut()`` makes it
+    stop forwarding in both directions without closing anything (a silent
+    network partition); ``heal()`` forwards again; ``close()`` ends it."""
+
+    def __init__(self, target_port):
+        self.target = target_port
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.port = self.lsock.getsockname()[1]
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.closed = False
+        self.socks = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            try:
+                s = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                c.close()
+                continue
+            self.socks += [c, s]
+            threading.Thread(target=self._pump, args=(c, s), daemon=True).start()
+            threading.Thread(target=self._pump, args=(s, c), daemon=True).start()
+
+    def _pump(self, src, dst):
+        while not self.closed:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                break
+            if not data:
+                break
+            while not self.flowing.is_set() and not self.closed:
+                self.flowing.wait(0.05)  # hold it: the peer sees silence
+            if self.closed:
+                break
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self):
+        self.flowing.clear()
+
+    def heal(self):
+        self.flowing.set()
+
+    def close(self):
+        self.closed = True
+        self.flowing.set()
+        try:
+            self.lsock.close()
+        except OSError:
+            pass
+        for s in self.socks:
+            try:
+                s.close()
+            except OSError:
+                pass
