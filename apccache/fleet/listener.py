@@ -101,8 +101,12 @@ class _Conn:
             self.parser.feed(data)
 
     def send(self, kind, *args):
+        # The time is taken *before* the bytes leave: the server reads the
+        # command after it, so every write it acknowledged before this time
+        # is ahead of the reply in the stream.
+        sent = time.monotonic()
         self.sock.sendall(encode_command(*args))
-        self.pending.append((kind, time.monotonic()))
+        self.pending.append((kind, sent))
 
     def close(self):
         try:
