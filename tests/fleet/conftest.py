@@ -95,3 +95,7 @@ def rclient(redis_server):
         yield r
     finally:
         r.close()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "fleet_fault: a coherence run under a fault (shortened when CI is set)")

@@ -70,9 +70,17 @@ class RedisServer:
         if self.proc is None:
             return
         if keep_data and self.proc.poll() is None:
-            import redis
-
-            redis.Redis(port=self.port).save()
+            # SHUTDOWN SAVE: every write acknowledged before it is in the dump
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+                s.sendall(b"SHUTDOWN SAVE\r\n")
+                try:
+                    s.recv(64)
+                except OSError:
+                    pass
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
         try:
             os.kill(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
