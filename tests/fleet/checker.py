@@ -32,7 +32,7 @@ def worker(cfg):
     from apccache.fleet import FleetCache, FleetUnavailableError
 
     cache = apccache.Cache.attach(cfg["segment"])
-    fc = FleetCache(cache, cfg["url"], cfg["namespace"], socket_timeout=0.5)
+    fc = FleetCache(cache, cfg["url"], cfg["namespace"], socket_timeout=0.5, cluster=cfg.get("cluster", False))
     own = cfg["own_keys"]
     keys = cfg["keys"]
     version = {k: 0 for k in own}
@@ -76,11 +76,12 @@ class BypassWriter(threading.Thread):
     """Writes versions with plain redis-py SET (decimal text, which FleetCache
     reads back as an int), as a client that knows nothing of apccache."""
 
-    def __init__(self, url, namespace, keys, every=0.005):
+    def __init__(self, url, namespace, keys, every=0.005, cluster=False):
         super().__init__(daemon=True)
         import redis
 
-        self.r = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        cls = redis.RedisCluster if cluster else redis.Redis
+        self.r = cls.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
         self.ns = namespace
         self.keys = keys
         self.every = every
@@ -107,7 +108,8 @@ class Run:
     listener), workers reaching Redis at ``url``."""
 
     def __init__(self, hosts, url, namespace, workdir, duration, keys_per_host=4, bypass_keys=3,
-                 write_ratio=0.1):
+                 write_ratio=0.1, cluster=False):
+        self.cluster = cluster
         self.hosts = hosts
         self.url = url
         self.namespace = namespace
@@ -126,7 +128,7 @@ class Run:
         for i, h in enumerate(self.hosts):
             cfg = {"segment": h.name, "url": self.url, "namespace": self.namespace, "host": i,
                    "own_keys": self.own[i], "keys": self.keys, "duration": self.duration,
-                   "write_ratio": self.write_ratio, "seed": i,
+                   "write_ratio": self.write_ratio, "seed": i, "cluster": self.cluster,
                    "ready": os.path.join(self.workdir, f"ready{i}"), "go": go,
                    "out": os.path.join(self.workdir, f"out{i}.json")}
             path = os.path.join(self.workdir, f"cfg{i}.json")
@@ -139,7 +141,7 @@ class Run:
             if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
                 raise RuntimeError("checker workers did not start")
             time.sleep(0.01)
-        self.bypass = BypassWriter(self.url, self.namespace, self.bypass_keys)
+        self.bypass = BypassWriter(self.url, self.namespace, self.bypass_keys, cluster=self.cluster)
         self.bypass.start()
         with open(go, "w"):
             pass

@@ -65,13 +65,13 @@ def hosts(redis_server, namespace, tmp_path):
     each with a trusted FleetCache as ``host.fc``."""
     made = []
 
-    def make(n=1, url=None, wait=True, **kwargs):
+    def make(n=1, url=None, wait=True, fleet_kwargs=None, **kwargs):
         out = []
         for _ in range(n):
             h = Host(url or redis_server.url, namespace, tmp_path, **kwargs)
             made.append(h)
             h.start()
-            h.fc = h.fleet()
+            h.fc = h.fleet(**(fleet_kwargs or {}))
             out.append(h)
         if wait:
             for h in out:

@@ -239,3 +239,57 @@ class Proxy:
                 s.close()
             except OSError:
                 pass
+
+
+class RedisClusterServers:
+    """A Redis Cluster of `n` primaries (no replicas) on loopback."""
+
+    def __init__(self, workdir, n=3):
+        self.dir = str(workdir)
+        self.nodes = [RedisServer(os.path.join(self.dir, f"n{i}"), extra=[
+            "--cluster-enabled", "yes", "--cluster-node-timeout", "2000", "--cluster-port", str(free_port()),
+            "--cluster-config-file", "nodes.conf"]) for i in range(n)]
+
+    @property
+    def url(self):
+        return self.nodes[0].url
+
+    def start(self):
+        for node in self.nodes:
+            node.start()
+        cli = shutil.which("redis-cli")
+        addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        subprocess.run([cli, "--cluster", "create", *addrs, "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        import redis
+
+        deadline = time.monotonic() + 30
+        for node in self.nodes:
+            r = redis.Redis(port=node.port)
+            while r.cluster("info").get("cluster_state") != "ok":
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the cluster did not become ok")
+                time.sleep(0.05)
+            r.close()
+        return self
+
+    def node_id(self, i):
+        import redis
+
+        r = redis.Redis(port=self.nodes[i].port)
+        try:
+            return r.execute_command("CLUSTER", "MYID").decode()
+        finally:
+            r.close()
+
+    def reshard(self, src, dst, slots):
+        """Move `slots` slots (with their keys) from node src to node dst."""
+        cli = shutil.which("redis-cli")
+        subprocess.run([cli, "--cluster", "reshard", f"127.0.0.1:{self.nodes[0].port}",
+                        "--cluster-from", self.node_id(src), "--cluster-to", self.node_id(dst),
+                        "--cluster-slots", str(slots), "--cluster-yes"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+
+    def stop(self):
+        for node in self.nodes:
+            node.stop()
