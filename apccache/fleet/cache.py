@@ -120,6 +120,7 @@ class FleetCache:
         self._trusted_until = 0.0
         self._epoch = None
         self._epfx = None
+        self._gpfx = {}  # generation -> key prefix under the current epoch
         self._fetch = cache.fetch
 
     def __repr__(self):
@@ -137,6 +138,7 @@ class FleetCache:
         if epoch != self._epoch:
             self._epoch = epoch
             self._epfx = self._layout.epoch_prefix(epoch)
+            self._gpfx = {}
         self._trusted_until = synced + bound if synced > 0 else 0.0
         return now < self._trusted_until
 
@@ -210,10 +212,20 @@ class FleetCache:
             fetch = self._fetch
             g = fetch(self._gkeys[_crc32(kb) & _MASK])
             if g is not None:
-                v = fetch(self._epfx + b"%d:" % g + kb, _MISSING)
+                p = self._gpfx.get(g)
+                v = fetch((p or self._gen_prefix(g)) + kb, _MISSING)
                 if v is not _MISSING:
                     return v
         return self._remote(kb, default, stale_if_error)
+
+    def _gen_prefix(self, g):
+        """The key prefix of copies filed under (current epoch, g), memoised
+        (formatting it costs as much as a lookup)."""
+        d = self._gpfx
+        if len(d) >= 2048:  # bounded: about 200 KiB per process at most
+            d.clear()
+        p = d[g] = self._epfx + b"%d:" % g
+        return p
 
     get = fetch
 
@@ -271,7 +283,7 @@ class FleetCache:
             if trusted:
                 g = self._fetch(self._gkeys[_crc32(kb) & _MASK])
                 if g is not None:
-                    v = self._fetch(self._epfx + b"%d:" % g + kb, _MISSING)
+                    v = self._fetch((self._gpfx.get(g) or self._gen_prefix(g)) + kb, _MISSING)
                     if v is not _MISSING:
                         out[key] = v
                         continue
