@@ -293,3 +293,17 @@ class RedisClusterServers:
     def stop(self):
         for node in self.nodes:
             node.stop()
+
+
+def wait_synced(fc, timeout=5.0):
+    """Wait until fc's listener has confirmed a sync that began after now:
+    every write acknowledged before this call has then been handled on that
+    host (so a copy filled afterwards is not invalidated by a late push)."""
+    since = time.monotonic()
+    deadline = since + timeout
+    while time.monotonic() < deadline:
+        s = fc.status()
+        if s["heartbeat_age"] is not None and time.monotonic() - s["heartbeat_age"] > since:
+            return
+        time.sleep(0.002)
+    raise AssertionError(f"no sync confirmed within {timeout} s: {fc.status()}")

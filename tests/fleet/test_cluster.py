@@ -9,7 +9,7 @@ import time
 import pytest
 
 from checker import Run, describe
-from fleet_support import RedisClusterServers, need_redis, wait_for
+from fleet_support import RedisClusterServers, need_redis, wait_for, wait_synced
 
 BOUND = 0.05
 IN_CI = bool(os.environ.get("CI"))
@@ -30,6 +30,7 @@ def test_the_listener_tracks_every_primary(hosts, cluster):
     a, b = hosts(2, url=cluster.url, fleet_kwargs={"cluster": True})
     keys = [f"k{i}" for i in range(30)]          # spread over the three nodes' slots
     a.fc.store_many({k: 1 for k in keys})
+    wait_synced(b.fc)                            # b has handled those writes' pushes
     assert b.fc.fetch_many(keys) == {k: 1 for k in keys}
     before = _evalsha_calls(cluster)
     assert b.fc.fetch_many(keys) == {k: 1 for k in keys}   # near copies

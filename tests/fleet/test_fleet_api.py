@@ -3,7 +3,7 @@ types, writes go to Redis and invalidate near copies, TTLs are Redis's."""
 
 import pytest
 
-from fleet_support import wait_for
+from fleet_support import wait_for, wait_synced
 
 
 def redis_commands(rclient, name):
@@ -28,6 +28,7 @@ def test_values_round_trip_through_redis_and_the_near_copy(hosts, value):
 def test_a_near_hit_does_not_ask_redis(hosts, rclient):
     (h,) = hosts(1)
     h.fc.store("user:42", {"name": "Ada"})
+    wait_synced(h.fc)   # the listener's push for our own write is handled too
     assert h.fc.fetch("user:42") == {"name": "Ada"}
     before = redis_commands(rclient, "evalsha")
     for _ in range(50):
@@ -39,6 +40,7 @@ def test_every_worker_of_a_host_shares_one_copy(hosts, rclient):
     (h,) = hosts(1)
     other = h.fleet()   # a second handle: another worker on the same host
     h.fc.store("shared", "v1")
+    wait_synced(h.fc)
     assert h.fc.fetch("shared") == "v1"           # fills the segment
     before = redis_commands(rclient, "evalsha")
     assert other.fetch("shared") == "v1"

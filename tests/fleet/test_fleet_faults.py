@@ -9,7 +9,7 @@ import time
 import pytest
 
 from apccache.fleet import FleetUnavailableError
-from fleet_support import Proxy, RedisServer, wait_for, wait_trusted
+from fleet_support import Proxy, RedisServer, wait_for, wait_synced, wait_trusted
 
 
 def test_sigterm_stops_the_listener_and_trust_at_once(hosts):
@@ -116,6 +116,7 @@ def test_redis_restarted(hosts, own_redis, keep_data):
 def test_redis_down_writes_raise_and_reads_raise_unless_stale_allowed(hosts, own_redis):
     (h,) = hosts(1, url=own_redis.url)
     h.fc.store("k", {"v": 1})
+    wait_synced(h.fc)
     assert h.fc.fetch("k") == {"v": 1}
     lenient = h.fleet(stale_if_error=30)
     own_redis.stop()

@@ -5,6 +5,7 @@ import signal
 import time
 
 from apccache.fleet import _near
+from fleet_support import wait_synced
 
 
 def test_a_fill_overtaken_by_an_invalidation_is_never_served(hosts):
@@ -13,6 +14,7 @@ def test_a_fill_overtaken_by_an_invalidation_is_never_served(hosts):
     handles the invalidation.  Every read on b after that returns v2."""
     a, b = hosts(2)
     a.fc.store("k", "v1")
+    wait_synced(b.fc)      # b's listener is done with v1's push
     kb = b"k"
     gkey = b.fc._layout.gen_key(kb)
     real = b.fc._get_pttl
@@ -57,6 +59,7 @@ def test_a_local_write_during_a_fill_wins(hosts):
     (h,) = hosts(1, max_lag=5.0)
     writer = h.fleet()
     h.fc.store("k", 1)
+    wait_synced(h.fc)
     h.listener.signal(signal.SIGSTOP)
     real = h.fc._get_pttl
 
