@@ -4,7 +4,7 @@
 >>> cache = apccache.Cache.create("myapp", size=64 * 1024 * 1024)   # doctest: +SKIP
 >>> other = apccache.Cache.attach("myapp")                          # doctest: +SKIP
 """
-from .cache import Cache
+from .cache import MAX_TTL, Cache
 from .errors import (
     CacheBusyError,
     CacheClosedError,
@@ -30,6 +30,7 @@ __all__ = [
     "IncompatibleSegmentError",
     "JobTimeLimitExceeded",
     "JSONSerializer",
+    "MAX_TTL",
     "PickleSerializer",
     "UntrustedSegmentError",
 ]

@@ -9,6 +9,8 @@ C call per operation) touch ``lib``.
 import os
 
 from .errors import (
+    CacheBusyError,
+    CacheClosedError,
     CacheError,
     CacheFullError,
     CacheLockError,
@@ -40,8 +42,7 @@ T_TRUE = 5
 T_FALSE = 6
 T_NONE = 7
 T_SER = 8
-PINNED = lib.APC_FETCH_PINNED
-TYPE_MASK = PINNED - 1
+TYPE_MASK = 0x7F
 
 OK = lib.APC_OK
 NOTFOUND = lib.APC_NOTFOUND
@@ -52,6 +53,9 @@ MISMATCH = lib.APC_MISMATCH
 E_TYPE = lib.APC_E_TYPE
 E_SMALL = lib.APC_E_SMALL
 E_NOTREADY = lib.APC_E_NOTREADY
+E_CLOSED = lib.APC_E_CLOSED
+E_BUSY = lib.APC_E_BUSY
+E_TRUNCATED = lib.APC_E_TRUNCATED
 
 RC_ERRORS = {
     lib.APC_E_NOMEM: CacheFullError,
@@ -67,8 +71,20 @@ RC_ERRORS = {
     lib.APC_E_SMALL: CacheError,
     lib.APC_E_NOTREADY: IncompatibleSegmentError,
     lib.APC_E_SYS: OSError,
-    lib.APC_E_CLOSED: ValueError,
+    lib.APC_E_CLOSED: CacheClosedError,
+    lib.APC_E_BUSY: CacheBusyError,
 }
+
+
+def _layout():
+    m = ffi.new("apc_header_map *")
+    lib.apc_header_map_get(m)
+    return {f: getattr(m, f) for f in dir(m)}
+
+
+# Where the header's and an entry's fields lie (for apcstat --list, and for
+# tests that must scribble on a segment).
+LAYOUT = _layout()
 
 
 def strerror(rc):
@@ -80,7 +96,15 @@ def error(rc, what=""):
     cls = RC_ERRORS.get(rc, CacheError)
     msg = strerror(rc)
     if rc == lib.APC_E_CLOSED:
-        msg = "operation on a closed cache"
+        return CacheClosedError("operation on a closed cache")
+    if rc == lib.APC_E_BUSY:
+        pid = lib.apc_last_busy_pid()
+        return CacheBusyError(
+            f"{what + ': ' if what else ''}pid {pid} has held the segment's write lock for longer "
+            "than the lock timeout (stopped, or stuck in a long operation?)", pid)
+    if rc == lib.APC_E_TRUNCATED:
+        msg = ("the segment's file was truncated under this process (or is shorter than its "
+               "header says): close this handle; unlink and recreate the segment")
     return cls(f"{what}: {msg}" if what else msg)
 
 

@@ -32,8 +32,15 @@ import threading
 import time
 
 from . import _bindings as B
-from ._shm import Segment
-from .errors import CacheFullError, CorruptSegmentError, IncompatibleSegmentError
+from ._shm import Segment, check_trusted
+from .errors import (
+    CacheClosedError,
+    CacheError,
+    CacheFullError,
+    CorruptSegmentError,
+    IncompatibleSegmentError,
+    UntrustedSegmentError,
+)
 from .serializers import PickleSerializer
 
 ffi, lib = B.ffi, B.lib
@@ -41,6 +48,11 @@ ffi, lib = B.ffi, B.lib
 _MISSING = object()
 _BUF = lib.APC_IO_BUF  # values up to this size are copied straight into a per-thread buffer
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+#: The largest ttl (and gc_ttl) in seconds: about 68 years.  Larger ones
+#: are refused with ValueError rather than wrapping around.
+MAX_TTL = (1 << 31) - 1
+_CLOSED = "operation on a closed cache"
 _F64 = struct.Struct("<d")
 _REC = struct.Struct("<10Q4I")  # apc_entry_rec
 
@@ -49,7 +61,6 @@ _fetch = lib.apc_fetch
 _store = lib.apc_store
 _get = lib.apc_get
 _put = lib.apc_put
-_unpin = lib.apc_unpin
 _ident = threading.get_ident
 
 if os.environ.get("APCCACHE_NO_FASTPATH", "") in ("", "0"):
@@ -62,6 +73,8 @@ else:
 _FETCH_REF = int(ffi.cast("uintptr_t", ffi.addressof(lib, "apc_fetch_ref")))
 _RELEASE = int(ffi.cast("uintptr_t", ffi.addressof(lib, "apc_ref_release")))
 _STORE = int(ffi.cast("uintptr_t", ffi.addressof(lib, "apc_store")))
+_COUNT_CORRUPT = int(ffi.cast("uintptr_t", ffi.addressof(lib, "apc_count_corrupt")))
+DEFAULT_LOCK_TIMEOUT = 5.0
 
 
 def _key_bytes(key):
@@ -80,14 +93,24 @@ def _key_bytes(key):
     return k
 
 
-def _check_ttl(ttl):
+def _check_ttl(ttl, name="ttl"):
+    """The one ttl rule of every method: an int (never a bool) from 0 to
+    MAX_TTL seconds."""
     if type(ttl) is not int:
         if isinstance(ttl, bool) or not isinstance(ttl, int):
-            raise TypeError(f"ttl must be an int number of seconds, not {type(ttl).__name__}")
+            raise TypeError(f"{name} must be an int number of seconds, not {type(ttl).__name__}")
         ttl = int(ttl)
-    if ttl < 0:
-        raise ValueError(f"ttl must be >= 0 (got {ttl})")
+    if not 0 <= ttl <= MAX_TTL:
+        raise ValueError(f"{name} must be from 0 to {MAX_TTL} seconds (got {ttl})")
     return ttl
+
+
+def _check_lock_timeout(t):
+    if isinstance(t, bool) or not isinstance(t, (int, float)):
+        raise TypeError(f"lock_timeout must be a number of seconds, not {type(t).__name__}")
+    if not 0 <= t <= 3600:
+        raise ValueError(f"lock_timeout must be between 0 and 3600 s (got {t})")
+    return int(t * 1e9)
 
 
 def _check_int(name, v):
@@ -98,6 +121,23 @@ def _check_int(name, v):
     if not _INT64_MIN <= v <= _INT64_MAX:
         raise OverflowError(f"{name} {v} is outside the int64 range")
     return v
+
+
+class _NoLoadSerializer:
+    """The serializer of a handle opened for inspection only: it never
+    loads (or stores) a serialized value."""
+
+    name = "none"
+
+    def __init__(self, segment):
+        self.segment = segment
+
+    def _refuse(self, *args):
+        raise UntrustedSegmentError(
+            f"segment {self.segment!r} was opened for inspection only: its serialized values are never loaded"
+        )
+
+    dumps = loads = _refuse
 
 
 def _human(n):
@@ -131,23 +171,32 @@ class _IO:
 class Cache:
     """A handle on a shared-memory cache segment.  See the module docstring."""
 
-    def __init__(self, shm, seg, serializer=None, clock=None, owner=False):
+    def __init__(self, shm, seg, serializer=None, clock=None, owner=False,
+                 lock_timeout=DEFAULT_LOCK_TIMEOUT):
         self._shm = shm
         self._seg = seg
-        lib.apc_set_fd(seg, shm._fd)  # large values written where that saves page faults
         self._mv = shm.buf
+        # The binding's own mapping (the aux area) is guarded against SIGBUS
+        # like the engine's: a truncated file is an error, not a crash.
+        base = ffi.from_buffer(shm.buf)
+        self._mv_base = ffi.cast("void *", int(ffi.cast("uintptr_t", base)))
+        del base  # an address is all the guard needs: no export kept on buf
+        lib.apc_guard_range(seg, self._mv_base, shm.size)
+        lib.apc_set_lock_timeout(seg, _check_lock_timeout(lock_timeout))
+        self._entries = {}  # entry() generations this handle runs: token -> tid
         self._ser = serializer or PickleSerializer()
         self._clock = clock
         self._ios = {}  # thread ident -> _IO
         self._owner = owner
+        self._untrusted = None  # why not, for a handle opened for inspection only
         self.name = shm.name.lstrip("/")
         self._fast = None
         if clock is None and _fastpath is not None:
             # fetch and store as CPython methods (csrc/fastpath.c); what they
             # do not handle themselves comes back to the methods below.
             self._fast = h = _fastpath.Handle(
-                int(ffi.cast("uintptr_t", seg)), _FETCH_REF, _RELEASE, _STORE,
-                Cache.fetch.__get__(self), Cache.store.__get__(self), self._decode)
+                int(ffi.cast("uintptr_t", seg)), _FETCH_REF, _RELEASE, _STORE, _COUNT_CORRUPT,
+                Cache.fetch.__get__(self), Cache.store.__get__(self), self._decode, _MISSING)
             self.fetch = self.get = h.fetch
             self.store = h.store
         if clock is not None:
@@ -169,7 +218,8 @@ class Cache:
 
     @classmethod
     def create(cls, name, size=64 * 1024 * 1024, slots=None, ttl=0, gc_ttl=3600, *,
-               serializer=None, clock=None, reserve=True):
+               serializer=None, clock=None, reserve=True, checksums=False,
+               lock_timeout=DEFAULT_LOCK_TIMEOUT, mode=0o600):
         """Create the segment ``name`` (mode 0600) and return a handle on it.
 
         ``size`` is the segment's size in bytes; ``slots`` a hint for the
@@ -183,12 +233,35 @@ class Cache:
         /dev/shm too small for it fails here (OSError ENOSPC) rather than
         with SIGBUS in whichever process later writes past what fits;
         False leaves the pages to be allocated as entries are written.
+        ``checksums`` gives every entry a checksum of its value, type and
+        length, checked on every read: a value whose bytes were changed in
+        the segment is then a miss counted in ``info()['corrupt_reads']``,
+        never a wrong value (see the README for its cost).
+        ``lock_timeout``: see attach().
+
+        ``mode`` 0o660 makes a segment that the members of this process's
+        group may attach (with ``trust_group=True``) and write; since any of
+        them could then run code in the others through pickle, it needs an
+        explicit ``serializer`` (``JSONSerializer()``, or
+        ``PickleSerializer()`` named on purpose).  Nothing else is accepted:
+        others may never write a segment.
 
         Raises FileExistsError if the segment exists.
         """
         name = cls._check_name(name)
         size = _check_int("size", size)
-        ttl, gc_ttl = _check_ttl(ttl), _check_ttl(gc_ttl)
+        ttl, gc_ttl = _check_ttl(ttl), _check_ttl(gc_ttl, "gc_ttl")
+        if type(mode) is not int:
+            raise TypeError(f"mode must be the int 0o600 or 0o660, not {type(mode).__name__}")
+        if mode not in (0o600, 0o660):
+            raise ValueError(f"mode must be 0o600 (the owner only) or 0o660 (shared with the group), not {mode:#o}")
+        if mode == 0o660 and serializer is None:
+            raise ValueError(
+                "a group-shared segment (mode=0o660) needs an explicit serializer: every member of the group "
+                "can write it, and unpickling runs code; pass serializer=apccache.JSONSerializer(), or "
+                "serializer=apccache.PickleSerializer() if every member is trusted to run code in the others"
+            )
+        _check_lock_timeout(lock_timeout)
         if slots is None:
             slots = max(64, size // (1 << 20) * 512)
         slots = _check_int("slots", slots)
@@ -202,17 +275,20 @@ class Cache:
                 f"size {size} is too small for {nslots} slots: it must be at least {minimum} bytes"
                 " (pass a larger size or fewer slots)"
             )
-        shm = Segment(name, create=True, size=size, reserve=reserve)
+        shm = Segment(name, create=True, size=size, reserve=reserve, mode=mode,
+                      trust="group" if mode == 0o660 else "owner")
         try:
             base = ffi.from_buffer(shm.buf)
             now = int(clock()) if clock else 0
+            flags = lib.APC_FMT_CHECKSUMS if checksums else 0
             B.check(
-                lib.apc_format_segment(base, size, nslots, nfiles, ttl, gc_ttl, now, os.getpid()),
+                lib.apc_format_segment(base, size, nslots, nfiles, ttl, gc_ttl, now, os.getpid(),
+                                       flags),
                 f"formatting segment {name!r}",
             )
-            segp = ffi.new("apc_seg **")
-            B.check(lib.apc_open(base, shm.size, segp), f"opening segment {name!r}")
             del base
+            segp = ffi.new("apc_seg **")
+            B.check(lib.apc_attach_fd(shm._fd, segp), f"opening segment {name!r}")
         except BaseException:
             shm.unlink()
             try:
@@ -220,32 +296,61 @@ class Cache:
             except BufferError:
                 pass
             raise
-        return cls(shm, segp[0], serializer, clock, owner=True)
+        return cls(shm, segp[0], serializer, clock, owner=True, lock_timeout=lock_timeout)
 
     @classmethod
-    def attach(cls, name, *, serializer=None, clock=None, timeout=2.0):
+    def attach(cls, name, *, serializer=None, clock=None, timeout=2.0,
+               lock_timeout=DEFAULT_LOCK_TIMEOUT, trust_group=False, _inspect=False):
         """Attach the existing segment ``name``.  Attaching, closing and
         exiting never remove it; only ``unlink()`` does.
 
-        Raises FileNotFoundError if there is no such segment, and
+        Only a segment this user owns and nobody else may write is trusted:
+        before anything is read from it, ``fstat`` of the very descriptor
+        that is then mapped must show a regular file owned by the effective
+        uid, not writable by group or others.  ``trust_group=True`` also
+        accepts a segment whose group is one of this process's groups and
+        that the group may write (see ``create(mode=0o660)``); it requires
+        an explicit ``serializer``, so that pickle is never chosen for a
+        shared segment without saying so.  Others may never write it.
+
+        ``lock_timeout`` (seconds, default 5) bounds how long a write waits
+        for another live process that holds the segment's write lock; then
+        it raises CacheBusyError naming that process.  A holder that died is
+        never waited for.  Reads never wait for the lock.
+
+        Raises FileNotFoundError if there is no such segment,
+        UntrustedSegmentError (a PermissionError) if it is not trusted, and
         IncompatibleSegmentError if it is not an apccache segment of this
         layout version.
         """
         name = cls._check_name(name)
+        if type(trust_group) is not bool:
+            raise TypeError(f"trust_group must be True or False, not {type(trust_group).__name__}")
+        if trust_group and serializer is None and not _inspect:
+            raise ValueError(
+                "trust_group=True needs an explicit serializer: any member of the group can write the segment, "
+                "and unpickling runs code; pass serializer=apccache.JSONSerializer(), or "
+                "serializer=apccache.PickleSerializer() if every member is trusted to run code here"
+            )
+        if _inspect:
+            # apcstat's read-only views: a foreign segment may be looked at,
+            # but no value of it is ever loaded.
+            trust, serializer = None, _NoLoadSerializer(name)
+        else:
+            trust = "group" if trust_group else "owner"
+        _check_lock_timeout(lock_timeout)
         try:
-            shm = Segment(name)
+            shm = Segment(name, trust=trust)
         except ValueError:
             raise CorruptSegmentError(f"segment {name!r} is empty: not an apccache segment") from None
         deadline = time.monotonic() + timeout
         try:
-            base = ffi.from_buffer(shm.buf)
             segp = ffi.new("apc_seg **")
             while True:
-                rc = lib.apc_open(base, shm.size, segp)
+                rc = lib.apc_attach_fd(shm._fd, segp)
                 if rc != B.E_NOTREADY or time.monotonic() > deadline:
                     break
                 time.sleep(0.005)
-            del base
             if rc == lib.APC_E_FORMAT:
                 fmt = lib.apc_peek_format(ffi.from_buffer(shm.buf), shm.size)
                 raise IncompatibleSegmentError(
@@ -270,7 +375,13 @@ class Cache:
         except BaseException:
             shm.close()
             raise
-        return cls(shm, segp[0], serializer, clock)
+        handle = cls(shm, segp[0], serializer, clock, lock_timeout=lock_timeout)
+        if _inspect:
+            try:
+                check_trusted(shm.stat, name)
+            except UntrustedSegmentError as e:
+                handle._untrusted = str(e)  # what apcstat says of it
+        return handle
 
     @staticmethod
     def _check_name(name):
@@ -282,13 +393,23 @@ class Cache:
         return bare
 
     def close(self):
-        """Release this handle (the segment stays).  Idempotent."""
-        seg, self._seg = self._seg, ffi.NULL
+        """Release this handle (the segment stays).  Idempotent, and safe
+        while other threads use the handle: calls already in the engine
+        finish first (each is bounded by lock_timeout), later ones raise
+        CacheClosedError.  entry() generations this handle runs give up
+        their key at once, so other processes stop waiting for them."""
+        seg = self._seg
+        if seg == ffi.NULL:
+            return
+        for token, tid in list(self._entries.items()):
+            lib.apc_entry_end(seg, token, tid)
+        self._entries.clear()
+        self._seg = ffi.NULL
         if self._fast is not None:
             self._fast.close()
-        if seg != ffi.NULL:
-            lib.apc_close(seg)
-        self._mv = None
+        lib.apc_close(seg)  # waits for the calls in flight
+        lib.apc_guard_range(seg, self._mv_base, 0)
+        self._mv = self._mv_base = None
         self._ios = {}
         try:
             self._shm.close()
@@ -304,6 +425,7 @@ class Cache:
             pass
 
     def __enter__(self):
+        self._require_open()
         return self
 
     def __exit__(self, *exc):
@@ -326,12 +448,18 @@ class Cache:
     def closed(self):
         return self._seg == ffi.NULL
 
+    def _require_open(self):
+        """CacheClosedError for a closed handle: for the methods that could
+        otherwise finish without calling the engine (an empty store_many,
+        a property)."""
+        if self.closed:
+            raise CacheClosedError(_CLOSED)
+
     @property
     def aux(self):
         """A writable view of the segment's 64 KiB aux area (zeroed at
         create), which the supervisor uses for its scoreboard."""
-        if self._seg == ffi.NULL:
-            raise ValueError("operation on a closed cache")
+        self._require_open()
         off = lib.apc_aux_offset(self._seg)
         return self._mv[off : off + lib.apc_aux_size(self._seg)]
 
@@ -369,24 +497,32 @@ class Cache:
             return B.T_FLOAT, _F64.pack(value), 0
         return B.T_SER, self._ser.dumps(value), 0
 
-    def _decode(self, tag, data, ival=0):
-        if tag == B.T_BYTES:
-            return data
-        if tag == B.T_STR:
-            return data.decode("utf-8", "surrogatepass")
-        if tag == B.T_INT:
-            return ival
-        if tag == B.T_SER:
-            return self._ser.loads(data)
-        if tag == B.T_FLOAT:
-            return _F64.unpack(data)[0]
-        if tag == B.T_TRUE:
-            return True
-        if tag == B.T_FALSE:
-            return False
-        if tag == B.T_NONE:
-            return None
-        raise CorruptSegmentError(f"entry has an unknown type tag {tag}")
+    def _decode(self, tag, data, ival=0, table=0):
+        """The value for a tag and its bytes, or _MISSING (counted as a
+        corrupt read) for bytes that do not decode as their tag says: bad
+        UTF-8, a short float, an unknown tag, or what the serializer
+        refuses."""
+        try:
+            if tag == B.T_BYTES:
+                return data
+            if tag == B.T_STR:
+                return data.decode("utf-8", "surrogatepass")
+            if tag == B.T_INT:
+                return ival
+            if tag == B.T_SER:
+                return self._ser.loads(data)
+            if tag == B.T_FLOAT:
+                return _F64.unpack(data)[0]
+            if tag == B.T_TRUE:
+                return True
+            if tag == B.T_FALSE:
+                return False
+            if tag == B.T_NONE:
+                return None
+        except Exception:
+            pass
+        lib.apc_count_corrupt(self._seg, table)
+        return _MISSING
 
     def _fetch_key(self, k, default, table=0):
         """fetch for already-validated key bytes, on any table."""
@@ -408,38 +544,40 @@ class Cache:
         tag = r & 0x7F
         if tag == B.T_INT:
             return io.i64[0]
-        n = r >> 8
-        if r & B.PINNED:
-            off, rec = io.u64[0], io.u64[1]
-            try:
-                data = bytes(self._mv[off : off + n])
-            finally:
-                _unpin(self._seg, rec)
-        else:
-            data = io.view[0:n]
-        return self._decode(tag, data)
+        value = self._decode(tag, io.view[0 : r >> 8], 0, table)
+        return default if value is _MISSING else value
 
     def _fetch_with(self, k, fn, default, table):
         """fn(buffer) for the bytes stored under k, while the entry is held:
-        a large value is read where it lies (pinned, as fetch pins it, and
-        unpinned when fn returns), a small one from a copy.  default if
-        absent; a value that is not bytes is passed as fetch returns it."""
-        io = self._io()
-        r = _fetch(self._seg, table, k, len(k), self._now(), io.buf, _BUF)
-        if r < 0 or not r & B.PINNED:
-            value = self._result(io, r, k, _MISSING, table)
-            return default if value is _MISSING else fn(value)
-        off, rec = io.u64[0], io.u64[1]
-        try:
-            if r & 0x7F != B.T_BYTES:
-                return fn(self._decode(r & 0x7F, bytes(self._mv[off : off + (r >> 8)])))
-            view = self._mv[off : off + (r >> 8)]
+        a large value is read where it lies (pinned, and released when fn
+        returns), a small one from a copy.  default if absent; a value that
+        is not bytes is passed as fetch returns it."""
+        ref = ffi.new("apc_ref *")
+        seg = self._seg
+        r = lib.apc_fetch_ref(seg, table, k, len(k), self._now(), ref)
+        if r < 0:
+            if r == B.NOTFOUND:
+                return default
+            if r == lib.APC_E_ARG:
+                _key_bytes(k)  # raises the error that says what is wrong
+            raise B.error(r, "fetch")
+        tag, n = r & 0x7F, r >> 8
+        if n > _BUF and tag == B.T_BYTES:
             try:
-                return fn(view)
+                view = memoryview(ffi.buffer(ref.ptr, n))
+                try:
+                    return fn(view)
+                finally:
+                    view.release()
             finally:
-                view.release()
+                lib.apc_ref_release(seg, ref)
+        try:
+            data = b"" if tag == B.T_INT else ffi.buffer(ref.ptr, n)[:]
+            ival = ref.ival
         finally:
-            _unpin(self._seg, rec)
+            lib.apc_ref_release(seg, ref)
+        value = ival if tag == B.T_INT else self._decode(tag, data, 0, table)
+        return default if value is _MISSING else fn(value)
 
     def _fetch_unbuffered(self, k, default, table, size):
         """The rare path: every pin record is taken, so copy into a buffer
@@ -457,7 +595,8 @@ class Cache:
             tag = r & 0x7F
             if tag == B.T_INT:
                 return ffi.cast("int64_t *", buf)[0]
-            return self._decode(tag, ffi.unpack(buf, r >> 8))
+            value = self._decode(tag, ffi.unpack(buf, r >> 8), 0, table)
+            return default if value is _MISSING else value
 
     def _store_key(self, k, value, ttl, flags, table=0):
         t = type(value)
@@ -539,15 +678,13 @@ class Cache:
             tag, data = 2, value.encode("utf-8", "surrogatepass")
         else:
             return self._store_key(k, value, _check_ttl(ttl), 0)
+        if type(ttl) is not int or not 0 <= ttl <= MAX_TTL:
+            ttl = _check_ttl(ttl)  # raises for a bool, a non-int, or out of range
         try:
             io = self._ios[_ident()].io
         except KeyError:
             io = self._io().io
-        try:
-            rc = _put(io, k, len(k), tag, data, len(data), ttl)
-        except (TypeError, OverflowError):
-            _check_ttl(ttl)  # says what is wrong with it
-            raise
+        rc = _put(io, k, len(k), tag, data, len(data), ttl)
         if rc == 0:
             return True
         raise self._store_error(k, len(data), rc)
@@ -669,11 +806,13 @@ class Cache:
             return self._generate(k, key, generator, ttl, table, out[0], tid)
 
     def _generate(self, k, key, generator, ttl, table, token, tid):
+        self._entries[token] = tid  # close() gives it up, if it comes first
         try:
             value = generator(key)
             self._store_key(k, value, ttl, 0, table)
         finally:
-            lib.apc_entry_end(self._seg, token, tid)
+            if self._entries.pop(token, None) is not None:
+                lib.apc_entry_end(self._seg, token, tid)
         return value
 
     # --------------------------------------------------------- many at once
@@ -681,24 +820,28 @@ class Cache:
     def store_many(self, mapping, ttl=0):
         """Store every item; returns the keys that could not be stored (no
         room, unserialisable value), [] on success.  Keys are all checked
-        first: a bad key raises before anything is stored."""
+        first: a bad key raises before anything is stored.  An error of
+        the cache itself (closed, busy, corrupt) raises."""
+        self._require_open()
         ttl = _check_ttl(ttl)
         items = [(key, _key_bytes(key), v) for key, v in mapping.items()]
         failed = []
         for key, k, v in items:
             try:
                 self._store_key(k, v, ttl, 0)
-            except (CacheFullError, TypeError, ValueError, AttributeError) as e:
-                if isinstance(e, (IncompatibleSegmentError, CorruptSegmentError)):
-                    raise
+            except CacheFullError:
                 failed.append(key)
-            except Exception:
+            except CacheError:
+                raise
+            except Exception:  # the value cannot be serialised
                 failed.append(key)
         return failed
 
     def add_many(self, mapping, ttl=0):
         """add() for each item; returns the keys not added (a live entry
-        existed, or no room)."""
+        existed, no room, or an unserialisable value); an error of the
+        cache itself raises, as for store_many."""
+        self._require_open()
         ttl = _check_ttl(ttl)
         items = [(key, _key_bytes(key), v) for key, v in mapping.items()]
         failed = []
@@ -706,14 +849,17 @@ class Cache:
             try:
                 if not self._store_key(k, v, ttl, lib.APC_ADD):
                     failed.append(key)
-            except (IncompatibleSegmentError, CorruptSegmentError):
+            except CacheFullError:
+                failed.append(key)
+            except CacheError:
                 raise
-            except Exception:
+            except Exception:  # the value cannot be serialised
                 failed.append(key)
         return failed
 
     def fetch_many(self, keys):
         """{key: value} for the keys that are present, keyed as given."""
+        self._require_open()
         pairs = [(key, _key_bytes(key)) for key in keys]
         out = {}
         for key, k in pairs:
@@ -724,6 +870,7 @@ class Cache:
 
     def delete_many(self, keys):
         """Delete each key; returns the keys that were missing."""
+        self._require_open()
         pairs = [(key, _key_bytes(key)) for key in keys]
         missing = []
         for key, k in pairs:
@@ -774,6 +921,10 @@ class Cache:
             "compactions": i["compactions"],
             "entries_in_progress": i["entry_locks"],
             "pins": i["pins"],
+            "corrupt_reads": i["corrupt_reads"],
+            "waited_reads": i["waited_reads"],
+            "lock_steals": i["lock_steals"],
+            "checksums": bool(i["checksums"]),
         }
         if not limited:
             now = self._now()
@@ -868,11 +1019,16 @@ class Cache:
     def keys(self, pattern=None):
         """An iterator over the live keys (a snapshot: the cache may change
         while it runs).  pattern: a regex applied with re.search.  Keys come
-        back as str, or as bytes where they are not valid UTF-8."""
+        back as str, or as bytes where they are not valid UTF-8.  The
+        snapshot is taken by the call, not by the first next()."""
         import re  # here: keys() is rare, and re costs start-up time
 
+        self._require_open()
         rx = re.compile(pattern) if isinstance(pattern, str) else pattern
-        snap = self._snapshot(0, lib.APC_SNAP_LIVE, self._now())
+        return self._keys(self._snapshot(0, lib.APC_SNAP_LIVE, self._now()), rx)
+
+    @staticmethod
+    def _keys(snap, rx):
         for rec, k in snap:
             if rec[13] & lib.APC_REC_EXPIRED:
                 continue
@@ -892,7 +1048,7 @@ class Cache:
         buf = ffi.new("char[]", cap)
         n = lib.apc_check(self._seg, buf, cap)
         if n == lib.APC_E_CLOSED:
-            raise ValueError("operation on a closed cache")
+            raise CacheClosedError(_CLOSED)
         text = ffi.string(buf).decode(errors="replace")
         lines = [ln for ln in text.split("\n") if ln]
         if n > len(lines):
@@ -940,6 +1096,7 @@ class Cache:
         """The file-key cache (``apccache.files.FileCache``), kept in the
         segment's second slot table: clear() of the user cache leaves it
         alone, and info() reports it apart."""
+        self._require_open()
         fc = self.__dict__.get("_files")
         if fc is None:
             from .files import FileCache
@@ -951,6 +1108,7 @@ class Cache:
     def file_table(self):
         """Bytes-level access to the file cache's slot table (for
         ``apccache.files``)."""
+        self._require_open()
         return FileTable(self)
 
 
@@ -980,11 +1138,11 @@ class FileTable:
     def put(self, key, data, ttl=0):
         """Store, replacing any entry (data: bytes, or a bytearray stored
         as bytes)."""
-        return self._c._store_key(key, data, ttl, 0, self.TABLE)
+        return self._c._store_key(key, data, _check_ttl(ttl), 0, self.TABLE)
 
     def add(self, key, data, ttl=0):
         """Store only if absent; False if a live entry exists."""
-        return self._c._store_key(key, data, ttl, lib.APC_ADD, self.TABLE)
+        return self._c._store_key(key, data, _check_ttl(ttl), lib.APC_ADD, self.TABLE)
 
     def delete(self, key):
         c = self._c
@@ -996,7 +1154,7 @@ class FileTable:
 
     def entry(self, key, generator, ttl=0, max_wait=None):
         """Cache.entry() on this table; see Cache._entry for max_wait."""
-        return self._c._entry(key, key, generator, ttl, self.TABLE, max_wait)
+        return self._c._entry(key, key, generator, _check_ttl(ttl), self.TABLE, max_wait)
 
     def clear(self):
         B.check(lib.apc_clear(self._c._seg, self.TABLE, self._c._now()), "clear")

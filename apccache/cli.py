@@ -134,7 +134,9 @@ def _status(args):
     from .supervisor import scoreboard
 
     try:
-        cache = apccache.Cache.attach(args.name)
+        # Read-only: a segment that fails the trust check is still shown,
+        # through a handle that never loads a value.
+        cache = apccache.Cache.attach(args.name, _inspect=True)
     except FileNotFoundError:
         print(f"apccache: no segment named {args.name!r} (is the supervisor running?)", file=sys.stderr)
         return 1

@@ -71,13 +71,13 @@ b'HELLO'
 import importlib.util
 import marshal
 import os
-import stat as _stat
 import struct
 import sys
 import time
 from importlib.machinery import SOURCE_SUFFIXES
 
-from .errors import CacheError, CacheFullError
+from ._shm import check_trusted
+from .errors import CacheClosedError, CacheFullError, UntrustedSegmentError
 
 __all__ = ["FileCache", "UnsafeSegmentError", "check_segment_for_code", "code_namespace", "MODES"]
 
@@ -103,9 +103,9 @@ K_BYTES, K_STR, K_SER, K_CODE = 1, 2, 3, 4
 _PYC_MAGIC = importlib.util.MAGIC_NUMBER
 
 
-class UnsafeSegmentError(CacheError, PermissionError):
-    """The segment may have been written by someone else, so code from it
-    is not run: it is not owned by this user, or group/others may write it."""
+#: The error of a segment that code is not run from: the same class as
+#: ``apccache.UntrustedSegmentError`` (this name is kept for existing code).
+UnsafeSegmentError = UntrustedSegmentError
 
 
 class _NoStore(Exception):
@@ -131,39 +131,27 @@ def code_namespace(kind="source", mode="stat"):
 
 
 def check_segment_for_code(cache):
-    """Raise UnsafeSegmentError unless the segment is owned by the current
-    user and writable by nobody else.
+    """Raise UnsafeSegmentError (that is, UntrustedSegmentError) unless the
+    segment is a regular file owned by the current user and writable by
+    nobody else.
 
     Code taken from the segment is executed, so anyone who can write the
-    segment could run code in every process using it.  The check looks at
-    the open segment (``fstat`` of its descriptor, else ``/dev/shm/<name>``)."""
-    st = None
-    fd = getattr(getattr(cache, "_shm", None), "_fd", -1)
-    if isinstance(fd, int) and fd >= 0:
-        try:
-            st = os.fstat(fd)
-        except OSError:
-            st = None
-    if st is None:
-        try:
-            st = os.stat(f"/dev/shm/{cache.name}")
-        except OSError as e:
-            raise UnsafeSegmentError(
-                f"cannot check who may write segment {cache.name!r} ({e.strerror}): "
-                "refusing to run code from it"
-            ) from None
-    uid = os.geteuid()
-    if st.st_uid != uid:
+    segment could run code in every process using it.  The check is
+    ``fstat`` of the descriptor that is mapped (never a path, which could
+    name another file by now), and it is made each time code is about to be
+    taken from the segment, not once: one system call per module load.
+    ``trust_group`` does not extend to code."""
+    shm = getattr(cache, "_shm", None)
+    fd = getattr(shm, "_fd", -1)
+    if cache.closed or not isinstance(fd, int) or fd < 0:
+        raise CacheClosedError("operation on a closed cache")
+    try:
+        st = os.fstat(fd)
+    except OSError as e:
         raise UnsafeSegmentError(
-            f"segment {cache.name!r} is owned by uid {st.st_uid}, not by this user (uid {uid}): "
-            "refusing to run code from it; create the segment as the user that runs the code"
-        )
-    if st.st_mode & (_stat.S_IWGRP | _stat.S_IWOTH):
-        raise UnsafeSegmentError(
-            f"segment {cache.name!r} has mode {_stat.S_IMODE(st.st_mode):04o}, writable by "
-            f"{'group' if st.st_mode & _stat.S_IWGRP else 'others'}: refusing to run code from it; "
-            f"chmod it to 0600 (e.g. chmod 600 /dev/shm/{cache.name})"
-        )
+            f"cannot check who may write segment {cache.name!r} ({e.strerror}): refusing to run code from it"
+        ) from None
+    check_trusted(st, cache.name, "owner")
 
 
 def fix_filename(code, path):
@@ -219,7 +207,6 @@ class FileCache:
     def __init__(self, cache, *, mode="stat", protect_s=2, revalidate_s=0, search_path=None, max_wait=0.5):
         self._cache = cache
         self._table = cache.file_table
-        self._code_checked = False
         self._memo = {}  # (path, namespace) -> (key, validators, monotonic time): revalidate_s
         self._resolved = {}  # (relative path, search path) -> absolute path: no-stat
         self._stats = dict.fromkeys(
@@ -274,7 +261,6 @@ class FileCache:
         processes (or taken from a valid ``.pyc``).  co_filename is the
         absolute path.  SyntaxError propagates and nothing is stored.
         UnsafeSegmentError if the segment is not safe to run code from."""
-        self.check_code_safe()
         return self._code(self._abspath(path))
 
     def load(self, path, loader, *, kind=None):
@@ -391,6 +377,12 @@ class FileCache:
         found = self._table.get(key) if len(key) <= 65535 else None
         if type(found) is not bytes or found[:1] not in (b"m", b"p"):
             return None
+        # Which file is imported is as much the segment's say as the code
+        # itself: check it now, as before running code (one fstat per hit).
+        try:
+            check_segment_for_code(self._cache)
+        except UntrustedSegmentError:
+            return None  # the stock finder looks for itself
         self._stats["modules_found"] += 1
         return os.fsdecode(found[1:]), found[:1] == b"p"
 
@@ -403,11 +395,9 @@ class FileCache:
                 self._stats["skipped_full"] += 1
 
     def check_code_safe(self):
-        """UnsafeSegmentError unless code from this segment may be run
-        (checked once per handle; see check_segment_for_code)."""
-        if not self._code_checked:
-            check_segment_for_code(self._cache)
-            self._code_checked = True
+        """UnsafeSegmentError unless code from this segment may be run now
+        (one fstat; see check_segment_for_code)."""
+        check_segment_for_code(self._cache)
 
     def __repr__(self):
         return f"<apccache.files.FileCache of {self._cache.name!r} mode={self.mode}>"
@@ -452,7 +442,10 @@ class FileCache:
         """The code object for the source file path (absolute), from the
         cache or made and stored.  On a miss a valid .pyc is used instead
         of compiling; loader (the import hook's) also writes one after a
-        compile, as the stock loader does."""
+        compile, as the stock loader does.  The segment is checked first,
+        every time: this is where code from it is about to be run."""
+        check_segment_for_code(self._cache)
+
         def make(data, p, st):
             return self._make_code(data, p, st, loader)
 

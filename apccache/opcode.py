@@ -60,8 +60,11 @@ SECURITY
 
 Code from the segment is executed.  ``install`` refuses a segment that is
 not owned by the current user or that group or others may write
-(``UnsafeSegmentError``), since whoever can write it could run code in
-every process that imports through it.
+(``UnsafeSegmentError``, the same class as ``apccache.UntrustedSegmentError``),
+since whoever can write it could run code in every process that imports
+through it.  The check (``fstat`` of the mapped descriptor) is made again
+before each module's code is taken from the segment; a segment that fails
+it then is not used, and the stock loader imports the module.
 """
 import os
 import sys
@@ -206,7 +209,6 @@ def install(cache, mode="stat", *, protect_s=2, revalidate_s=0, max_wait=0.5, _o
         )
     check_segment_for_code(cache)
     files = FileCache(cache, mode=mode, protect_s=protect_s, revalidate_s=revalidate_s, max_wait=max_wait)
-    files._code_checked = True
     i, details = _stock_hook_index()
     if i is None:
         raise RuntimeError(
@@ -330,7 +332,6 @@ def warm(paths, cache=None, mode=None):
         mode = mode or _state.files.mode
     check_segment_for_code(cache)
     files = FileCache(cache, mode=mode or "stat")
-    files._code_checked = True
     s = files._stats
     out = {"files": 0, "stored": 0, "present": 0, "skipped": 0, "errors": []}
     for path in _iter_sources(paths):

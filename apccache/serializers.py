@@ -8,9 +8,13 @@ cache's serializer, chosen when the handle is made::
 
 SECURITY: the default, :class:`PickleSerializer`, runs ``pickle.loads`` on
 fetch, and unpickling can execute arbitrary code.  Anyone who can write the
-segment (its owner: it is created mode 0600) can therefore run code in every
-process that fetches from it.  Where that matters, use
-:class:`JSONSerializer`, which can only ever produce JSON data.
+segment can therefore run code in every process that fetches from it, which
+is why it is created mode 0600 and ``Cache.attach`` refuses a segment owned
+by another user or writable by group or others (``UntrustedSegmentError``).
+A segment shared with a group (``create(mode=0o660)``,
+``attach(trust_group=True)``) needs an explicit serializer: use
+:class:`JSONSerializer`, which can only ever produce JSON data, or name
+``PickleSerializer()`` on purpose.
 """
 _pickle = None  # imported on first use: a process that stores no objects never pays for it
 

@@ -46,13 +46,14 @@
 #include <stddef.h>
 
 /* CDEF BEGIN */
-#define APC_FORMAT 1
+#define APC_FORMAT 2
 #define APC_TABLE_USER 0
 #define APC_TABLE_FILES 1
 #define APC_MAX_KEY 65535
 #define APC_T_INT 3
 #define APC_FETCH_PINNED 128
 #define APC_ADD 1
+#define APC_FMT_CHECKSUMS 1
 
 enum apc_rc {
     APC_OK = 0,
@@ -61,6 +62,7 @@ enum apc_rc {
     APC_BUSY = -3,          /* entry_begin: another process is generating the key */
     APC_MISMATCH = -4,      /* cas: the current value is not the expected one */
     APC_BUSY_SELF = -5,     /* entry_begin: this very thread is generating the key */
+    APC_WAITED = -6,        /* a reader gave up on a writer after APC_READ_WAIT_NS: a miss */
     APC_E_NOMEM = -10,      /* no room even after expiry, eviction and compaction */
     APC_E_TOOBIG = -11,     /* larger than the whole arena: can never fit */
     APC_E_TYPE = -12,       /* inc/dec on a value that is not an int */
@@ -74,7 +76,8 @@ enum apc_rc {
     APC_E_SMALL = -20,      /* the output buffer is too small */
     APC_E_NOTREADY = -21,   /* the creator has not finished formatting the segment */
     APC_E_SYS = -22,        /* a system call failed; see errno */
-    APC_E_CLOSED = -23      /* the handle is NULL: the cache was closed */
+    APC_E_CLOSED = -23,     /* the handle is NULL or closed */
+    APC_E_BUSY = -24        /* a live process held the write lock past the lock timeout */
 };
 
 typedef struct apc_seg apc_seg;
@@ -104,6 +107,10 @@ typedef struct apc_info {
     uint64_t compactions;
     uint64_t entry_locks;
     uint64_t pins;
+    uint64_t corrupt_reads;  /* reads that found a broken claim: counted as misses */
+    uint64_t waited_reads;   /* reads that gave up on a writer: counted as misses */
+    uint64_t lock_steals;    /* write locks taken over from a dead or vanished holder */
+    uint64_t checksums;      /* 1: every entry carries a checksum, verified on read */
 } apc_info;
 
 typedef struct apc_sma_info {
@@ -183,6 +190,18 @@ typedef struct apc_header_map {
     uint64_t header_size;
     uint64_t free_bytes_off;
     uint64_t num_entries_off; /* of the user table */
+    /* The entry record (apc_slot), for tools and tests that must find
+     * its fields in a segment: its size and field offsets. */
+    uint64_t slot_size;
+    uint64_t slot_hash_off;
+    uint64_t slot_val_len_off;
+    uint64_t slot_key_len_off;
+    uint64_t slot_type_off;
+    uint64_t slot_sum_off;
+    uint64_t slot_next_off;
+    uint64_t slot_ival_off;
+    uint64_t slot_pin_off;
+    uint64_t wlock_off;
 } apc_header_map;
 void apc_header_map_get(apc_header_map *out);
 
@@ -191,18 +210,30 @@ uint64_t apc_next_prime(uint64_t n);
 uint64_t apc_layout_size(uint64_t nslots_user, uint64_t nslots_files);
 int apc_format_segment(void *base, uint64_t size, uint64_t nslots_user,
                        uint64_t nslots_files, uint64_t ttl, uint64_t gc_ttl,
-                       uint64_t now, int64_t pid);
-int apc_open(void *base, uint64_t mapped_size, apc_seg **out);
-/* fd: the segment's file, mapped at offset 0 at base; large values are then
- * written through it where that saves page faults (see table.c). */
-int apc_set_fd(apc_seg *seg, int fd);
+                       uint64_t now, int64_t pid, int flags);
+/* Map the segment's file (fd is duplicated: the caller may close its own),
+ * validate it and return a handle.  The engine owns this mapping: only
+ * apc_close unmaps it, once no call is in flight. */
+int apc_attach_fd(int fd, apc_seg **out);
+/* Make new calls fail with APC_E_CLOSED, wait for those in flight, unmap.
+ * The handle's memory is kept (a thread may still hold the pointer): every
+ * later call on it answers APC_E_CLOSED. */
 void apc_close(apc_seg *seg);
+void apc_set_lock_timeout(apc_seg *seg, uint64_t ns);
+/* The engine's own descriptor of the segment's file (-1: none). */
+int apc_fd(apc_seg *seg);
+/* The pid that held the lock when this thread last got APC_E_BUSY. */
+int64_t apc_last_busy_pid(void);
+/* A value read from the segment failed to decode: count it as corruption. */
+void apc_count_corrupt(apc_seg *seg, int table);
+/* Guard [base, base+size) of another mapping of seg's file (the binding's)
+ * against SIGBUS as the engine's own mapping is; 0 size: stop guarding. */
+int apc_guard_range(apc_seg *seg, void *base, uint64_t size);
 uint64_t apc_peek_format(void *base, uint64_t mapped_size);
 uint64_t apc_aux_offset(apc_seg *seg);
 uint64_t apc_aux_size(apc_seg *seg);
 
 int64_t apc_fetch(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now, char *buf, uint64_t cap);
-void apc_unpin(apc_seg *seg, uint64_t rec);
 int apc_exists(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now);
 int apc_store(apc_seg *seg, int table, const char *key, uint32_t klen, int type, const char *val, uint64_t vlen,
               int64_t ival, uint64_t ttl, uint64_t now, int flags);

@@ -6,11 +6,16 @@
  *
  * There is one lock and one sequence word per segment:
  *
- *   1. hdr->wlock   a process-shared ROBUST pthread mutex.  Every change to
- *                   the segment's structure (chains, allocator, GC list,
- *                   entry() locks, counters that are not atomics) happens
- *                   with it held.  Writers are serialised; readers never
- *                   take it on the fast path.
+ *   1. hdr->wlock   the write lock: a futex word holding its owner's thread
+ *                   id, with the owner recorded beside it (lock.c).  Every
+ *                   change to the segment's structure (chains, allocator,
+ *                   GC list, entry() locks, counters that are not atomics)
+ *                   happens with it held.  Writers are serialised; readers
+ *                   never take it on the fast path.  A waiter takes it over
+ *                   from a holder that is dead (or that never was: a
+ *                   garbage word) and repairs; it waits for a live holder
+ *                   at most the handle's lock_timeout, then fails with
+ *                   APC_E_BUSY.
  *   2. hdr->seq[]   seqlock words, one per stripe of buckets (bucket index
  *                   % APC_NSEQ).  A writer that unlinks or frees memory
  *                   reachable from a bucket makes that bucket's stripe
@@ -24,6 +29,8 @@
  *                   already dooms its validation.  So a store of a new key
  *                   never disturbs readers; replacing or deleting one
  *                   bumps seq only around the retirement of the old slot.
+ *                   A reader waits for an odd stripe at most
+ *                   APC_READ_WAIT_NS, then takes a miss (APC_WAITED).
  *
  * Order: wlock, then seq[] (only ever written by the wlock holder).
  * Nothing else is a lock.  Per-slot pin words are counted references taken
@@ -39,19 +46,31 @@
  * Since the word includes a per-slot version and a 16-bit tag, a stale
  * reader's CAS on memory that has been reused fails.
  *
+ * TRUST
+ *
+ * Nothing read from the segment is trusted before it is checked: every
+ * offset is bounds-checked before it is followed, every walk is capped,
+ * lengths are checked against the block that holds them, and with
+ * checksums on, an entry's value, type and length against its checksum.  A
+ * reader that finds a broken claim counts a corrupt read, returns a miss
+ * and sets hdr->repair_due; the next writer to take the lock repairs.  A
+ * SIGBUS on a mapping of the segment (its file was truncated under us) is
+ * caught: the page is replaced by zeros, the handle is marked truncated,
+ * and every call on it from then on fails with APC_E_TRUNCATED (segment.c).
+ *
  * CAVEATS
  *
- * - A process that dies holding wlock leaves the mutex in EOWNERDEAD.  The
- *   next process to lock it runs apc_repair_wl() (lock.c) before anything
- *   else, then marks the mutex consistent.  The repair rebuilds the
+ * - A process that dies holding wlock leaves its tid in the word.  The
+ *   next writer finds it dead, takes the word over and runs
+ *   apc_repair_wl() (lock.c) before anything else.  The repair rebuilds the
  *   allocator from the set of reachable entries, so a writer killed at any
  *   instruction leaves at worst lost entries, never lost memory.
  * - A process that dies holding a pin leaves refs > 0.  The entry still
  *   serves reads; once it is deleted or replaced it waits on the GC list and
  *   is freed after gc_ttl seconds.  apc_recover(pid) releases the pins that
  *   are recorded in the pin table (large values) straight away.
- * - A reader that finds seq odd for long (its writer died with the segment
- *   half changed) takes wlock itself, which triggers the repair.
+ * - A reader that finds seq odd for long takes wlock without waiting if it
+ *   is free or its holder dead (which repairs), and otherwise takes a miss.
  */
 #ifndef APC_INTERNAL_H
 #define APC_INTERNAL_H
@@ -103,6 +122,8 @@ typedef struct apc_slot {
     uint8_t table;
     uint8_t flags; /* APC_SLOT_GC */
     uint8_t pad_;
+    uint64_t sum; /* with checksums on: apc_entry_sum() of type, length and
+                     value (of ival, for ints: rewritten with it) */
 
     /* Guarded by wlock; read by optimistic readers with atomic loads. */
     apc_off_t next_off; /* chain link, or GC list link when on the GC list */
@@ -171,15 +192,31 @@ typedef struct apc_elock {
 typedef struct apc_stripe {
     uint64_t hits[APC_NTABLES];
     uint64_t misses[APC_NTABLES];
-    uint64_t pad_[8 - 2 * APC_NTABLES];
+    uint64_t corrupt[APC_NTABLES]; /* reads that met a broken claim */
+    uint64_t waited[APC_NTABLES];  /* reads that gave up on a writer */
 } apc_stripe;
+
+/* The write lock (lock.c).  word: 0 free, or the holder's tid with
+ * APC_LOCK_WAITERS when someone may sleep on it.  The rest is the holder's
+ * own record of itself, written after it took the word. */
+#define APC_LOCK_WAITERS 0x80000000u
+#define APC_LOCK_TIDMASK 0x3FFFFFFFu
+typedef struct apc_lock {
+    uint32_t word;
+    uint32_t tid;      /* the holder's tid, once recorded; 0 after release */
+    int64_t pid;       /* the holder's process */
+    uint64_t start;    /* the holder thread's start time (clock ticks since boot) */
+    uint64_t since_ns; /* CLOCK_MONOTONIC when it was taken */
+    uint64_t steals;   /* times it was taken over from a dead or vanished holder */
+    uint64_t pad_[3];
+} apc_lock;
 
 typedef struct apc_header {
     /* Set once at create, read-only afterwards.  magic is written last. */
     uint64_t magic;
     uint32_t format;
     uint32_t header_size;
-    uint32_t mutex_size;
+    uint32_t flags; /* APC_FMT_CHECKSUMS */
     uint32_t endian;
     uint64_t seg_size;
     uint64_t create_time;
@@ -192,11 +229,9 @@ typedef struct apc_header {
     uint64_t arena_size;
     apc_table_geom geom[APC_NTABLES];
 
-    /* The write lock, alone on its cache line(s). */
-    union {
-        pthread_mutex_t m;
-        char pad_[128];
-    } wlock __attribute__((aligned(64)));
+    /* The write lock, alone on its cache line. */
+    apc_lock wlock __attribute__((aligned(64)));
+    uint64_t repair_due; /* set by a reader that found a broken claim */
 
     /* The seqlock words, one cache line each: a store in one bucket does
      * not make readers of other buckets miss. */
@@ -230,9 +265,18 @@ typedef struct apc_header {
 #define APC_PAGE 4096 /* the unit of write_value's page map */
 
 struct apc_seg {
+    /* In-flight calls and the close that waits for them (segment.c). */
+    int64_t inflight;
+    int closing;
+    int truncated; /* set by the SIGBUS handler */
     void *base;
     apc_header *hdr;
     uint64_t size;
+    uint64_t map_size; /* what apc_attach_fd mapped */
+    uint64_t lock_timeout_ns;
+    int checksums;
+    unsigned dev_major, dev_minor; /* of the segment's file, for the lock's */
+    uint64_t ino;                  /* check of a holder's /proc/PID/maps */
     apc_off_t arena_off;
     apc_off_t arena_end;
     apc_table_geom geom[APC_NTABLES]; /* copied at open: a later scribble on the
@@ -260,6 +304,8 @@ struct apc_seg {
 #define ADD(p, v) __atomic_add_fetch((p), (v), __ATOMIC_RELAXED)
 #define CAS(p, expp, v) \
     __atomic_compare_exchange_n((p), (expp), (v), 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)
+#define CAS32(p, expp, v) \
+    __atomic_compare_exchange_n((p), (expp), (uint32_t)(v), 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)
 
 /* ---------------------------------------------------------- debug support */
 
@@ -319,17 +365,57 @@ static inline unsigned apc_class_of(uint64_t size)
 }
 
 uint64_t apc_now(uint64_t now);
+uint64_t apc_mono_ns(void);
 int64_t apc_pid(void);
 uint64_t apc_walk_cap(const apc_seg *seg);
 
+/* How long a reader waits for an odd seq stripe before it takes a miss. */
+#define APC_READ_WAIT_NS 10000000ULL
+
+/* segment.c: every entry point brackets its work with these.  seg_enter
+ * fails (APC_E_CLOSED, APC_E_TRUNCATED) on a handle that is closing or was
+ * truncated; apc_close waits until inflight is 0. */
+static inline int apc_seg_enter(apc_seg *seg)
+{
+    if (__builtin_expect(!seg, 0))
+        return APC_E_CLOSED;
+    __atomic_add_fetch(&seg->inflight, 1, __ATOMIC_SEQ_CST);
+    if (__builtin_expect(__atomic_load_n(&seg->closing, __ATOMIC_SEQ_CST) |
+                             __atomic_load_n(&seg->truncated, __ATOMIC_RELAXED),
+                         0)) {
+        __atomic_sub_fetch(&seg->inflight, 1, __ATOMIC_RELEASE);
+        return seg->closing ? APC_E_CLOSED : APC_E_TRUNCATED;
+    }
+    return APC_OK;
+}
+
+/* Leave; a result computed while the file was being truncated under us is
+ * not to be believed. */
+static inline int64_t apc_seg_leave(apc_seg *seg, int64_t rc)
+{
+    if (__builtin_expect(__atomic_load_n(&seg->truncated, __ATOMIC_RELAXED), 0))
+        rc = APC_E_TRUNCATED;
+    __atomic_sub_fetch(&seg->inflight, 1, __ATOMIC_RELEASE);
+    return rc;
+}
+
 /* lock.c */
+int apc_lock_acquire(apc_seg *seg, apc_lock *l, uint64_t timeout_ns, int *stolen);
+int apc_lock_try(apc_seg *seg, apc_lock *l, int *stolen);
+void apc_lock_release(apc_lock *l);
 int apc_wl_lock(apc_seg *seg);
+int apc_wl_trylock(apc_seg *seg);
+int apc_wl_lock_for_check(apc_seg *seg);
 void apc_wl_unlock(apc_seg *seg);
+void apc_repair_later(apc_seg *seg);
 void apc_seq_begin_wl(apc_seg *seg, int stripe);
 void apc_seq_end_wl(apc_seg *seg, int stripe);
-uint64_t apc_seq_read_begin(apc_seg *seg, int stripe);
+int apc_seq_read_begin(apc_seg *seg, int stripe, uint64_t *out);
 int apc_seq_read_valid(apc_seg *seg, int stripe, uint64_t s);
 int apc_wl_held(apc_seg *seg);
+
+/* table.c: the checksum of an entry as it is now. */
+uint64_t apc_entry_sum(const apc_slot *s, const char *val);
 
 /* sma.c: the block allocator; every function expects wlock held. */
 void apc_sma_init_wl(apc_seg *seg);

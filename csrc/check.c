@@ -25,6 +25,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include "apc_internal.h"
 
 typedef struct report {
@@ -182,9 +183,13 @@ static void check_wl(apc_seg *seg, report *r)
                         (unsigned long long)(s->hash % seg->geom[t].nslots));
                 if (s->flags & APC_SLOT_GC)
                     say(r, "slot 0x%llx in table %d is marked deleted", (unsigned long long)off, t);
-                if (apc_sma_block_for(apc_slot_need(s->key_len, s->val_len)) >
-                    apc_sma_block_size(seg, off))
+                if (s->val_len > apc_sma_block_size(seg, off) ||
+                    apc_sma_block_for(apc_slot_need(s->key_len, s->val_len)) >
+                        apc_sma_block_size(seg, off))
                     say(r, "slot 0x%llx: key and value overrun its block", (unsigned long long)off);
+                else if (seg->checksums && apc_entry_sum(s, apc_slot_val(s)) != s->sum)
+                    say(r, "slot 0x%llx: its value does not match its checksum",
+                        (unsigned long long)off);
                 if ((s->pin & APC_PIN_TAGMASK) != APC_PIN_TAG || (s->pin & ~APC_PIN_REFS) == APC_PIN_DEAD)
                     say(r, "slot 0x%llx: pin word 0x%llx is not a live slot's",
                         (unsigned long long)off, (unsigned long long)s->pin);
@@ -243,18 +248,42 @@ static void check_wl(apc_seg *seg, report *r)
     free(reached);
 }
 
-int64_t apc_check(apc_seg *seg, char *buf, uint64_t cap)
+static int64_t do_check(apc_seg *seg, char *buf, uint64_t cap)
 {
-    if (!seg)
-        return APC_E_CLOSED;
     report r = {buf, cap, 0, 0};
     if (buf && cap)
         buf[0] = 0;
-    if (apc_wl_lock(seg) != APC_OK) {
+    struct stat st;
+    if (seg->fd >= 0 && fstat(seg->fd, &st) == 0 && (uint64_t)st.st_size < seg->size) {
+        say(&r, "the segment's file is %llu bytes, shorter than the %llu its header says: it was "
+                "truncated",
+            (unsigned long long)st.st_size, (unsigned long long)seg->size);
+        return r.count; /* reading on would only find zeros */
+    }
+    int rc = apc_wl_lock_for_check(seg);
+    if (rc == APC_E_BUSY) {
+        say(&r, "the write lock has been held by pid %lld for longer than the lock timeout",
+            (long long)apc_last_busy_pid());
+        return r.count;
+    }
+    if (rc != APC_OK) {
         say(&r, "the write lock cannot be taken");
         return r.count;
     }
     check_wl(seg, &r);
     apc_wl_unlock(seg);
     return r.count;
+}
+
+int64_t apc_check(apc_seg *seg, char *buf, uint64_t cap)
+{
+    int64_t rc = apc_seg_enter(seg);
+    if (rc == APC_E_TRUNCATED) {
+        report r = {buf, cap, 0, 0};
+        if (buf && cap)
+            buf[0] = 0;
+        say(&r, "the segment was truncated under this process");
+        return r.count;
+    }
+    return rc ? rc : apc_seg_leave(seg, do_check(seg, buf, cap));
 }

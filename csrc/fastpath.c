@@ -22,9 +22,10 @@
  * binding's decoder, after the entry has been released: no user code ever
  * runs while an entry is pinned.
  *
- * fetch keeps the GIL (a fetch never waits for a lock, except behind a
- * writer that died, for the repair), but releases it to copy a value larger
- * than 16 KiB.  store releases it for the engine call, which may wait for
+ * fetch keeps the GIL (a fetch never waits for a lock, and for a writer at
+ * most APC_READ_WAIT_NS), but releases it to copy a value larger than
+ * 16 KiB.  Between apc_fetch_ref and apc_ref_release the call is in flight,
+ * so a close() in another thread waits for the copy to finish.  store releases it for the engine call, which may wait for
  * the write lock.
  */
 #define PY_SSIZE_T_CLEAN
@@ -40,6 +41,7 @@ enum { T_BYTES = 0, T_STR = 2, T_INT = 3, T_FLOAT = 4, T_TRUE = 5, T_FALSE = 6, 
 
 typedef int64_t (*fetch_ref_fn)(apc_seg *, int, const char *, uint32_t, uint64_t, apc_ref *);
 typedef void (*release_fn)(apc_seg *, apc_ref *);
+typedef void (*corrupt_fn)(apc_seg *, int);
 typedef int (*store_fn)(apc_seg *, int, const char *, uint32_t, int, const char *, uint64_t,
                         int64_t, uint64_t, uint64_t, int);
 
@@ -49,9 +51,11 @@ typedef struct {
     fetch_ref_fn fetch_ref;
     release_fn release;
     store_fn store;
+    corrupt_fn count_corrupt;
     PyObject *slow_fetch; /* slow_fetch(key, default=None) */
     PyObject *slow_store; /* slow_store(key, value, ttl=0) */
-    PyObject *decode;     /* decode(tag, data) */
+    PyObject *decode;     /* decode(tag, data): the value, or `missing` */
+    PyObject *missing;    /* what decode returns for a value that does not decode */
 } Handle;
 
 /* The key's bytes, without copying; 0 if the slow path must take it. */
@@ -79,7 +83,10 @@ static PyObject *h_fetch(Handle *self, PyObject *const *args, Py_ssize_t nargs, 
     if (kwnames || nargs < 1 || nargs > 2 || !key_view(args[0], &k, &kl))
         return PyObject_Vectorcall(self->slow_fetch, args, (size_t)nargs, kwnames);
     apc_ref ref;
-    int64_t r = self->fetch_ref(self->seg, APC_TABLE_USER, k, (uint32_t)kl, 0, &ref);
+    /* Read once: close() in another thread may clear it meanwhile, and
+     * release must go to the handle the fetch went to. */
+    apc_seg *seg = self->seg;
+    int64_t r = self->fetch_ref(seg, APC_TABLE_USER, k, (uint32_t)kl, 0, &ref);
     if (r < 0) {
         if (r == APC_NOTFOUND) {
             PyObject *dflt = nargs > 1 ? args[1] : Py_None;
@@ -107,12 +114,16 @@ static PyObject *h_fetch(Handle *self, PyObject *const *args, Py_ssize_t nargs, 
         break;
     case T_STR:
         out = PyUnicode_DecodeUTF8(ref.ptr, n, "surrogatepass");
+        if (!out && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+            goto undecodable;
         break;
     case T_INT:
         out = PyLong_FromLongLong(ref.ival);
         break;
     case T_FLOAT:
-        out = n == 8 ? PyFloat_FromDouble(PyFloat_Unpack8(ref.ptr, 1)) : NULL;
+        if (n != 8)
+            goto undecodable;
+        out = PyFloat_FromDouble(PyFloat_Unpack8(ref.ptr, 1));
         break;
     case T_TRUE:
         out = Py_NewRef(Py_True);
@@ -127,18 +138,32 @@ static PyObject *h_fetch(Handle *self, PyObject *const *args, Py_ssize_t nargs, 
         /* Serialised (or unknown): copy, release, then let the binding
          * decode it, outside the pin. */
         PyObject *data = PyBytes_FromStringAndSize(ref.ptr, n);
-        self->release(self->seg, &ref);
+        self->release(seg, &ref);
         if (!data)
             return NULL;
         out = PyObject_CallFunction(self->decode, "iN", tag, data);
+        if (out == self->missing) {
+            Py_DECREF(out);
+            goto missing;
+        }
         return out;
     }
     }
-    self->release(self->seg, &ref);
-    if (!out && !PyErr_Occurred())
-        PyErr_SetString(PyExc_ValueError, "corrupt float entry");
+    self->release(seg, &ref);
     return out;
+
+undecodable:
+    /* Bytes that are not what their tag says: a miss, counted as corruption. */
+    PyErr_Clear();
+    self->release(seg, &ref);
+    self->count_corrupt(seg, APC_TABLE_USER);
+missing: {
+    PyObject *dflt = nargs > 1 ? args[1] : Py_None;
+    return Py_NewRef(dflt);
 }
+}
+
+#define FASTPATH_MAX_TTL 0x7fffffffLL /* apccache.MAX_TTL, 2**31 - 1 */
 
 static PyObject *h_store(Handle *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -170,7 +195,10 @@ static PyObject *h_store(Handle *self, PyObject *const *args, Py_ssize_t nargs, 
     }
     long long ttl = 0;
     if (!slow && ttl_obj) {
-        if (!PyLong_CheckExact(ttl_obj) || (ttl = PyLong_AsLongLong(ttl_obj)) < 0) {
+        /* Anything but an exact int from 0 to MAX_TTL (apccache.cache) goes
+         * to the Python method, which raises with its message. */
+        if (!PyLong_CheckExact(ttl_obj) || (ttl = PyLong_AsLongLong(ttl_obj)) < 0 ||
+            ttl > FASTPATH_MAX_TTL) {
             PyErr_Clear();
             slow = 1;
         }
@@ -178,8 +206,9 @@ static PyObject *h_store(Handle *self, PyObject *const *args, Py_ssize_t nargs, 
     if (slow)
         return PyObject_Vectorcall(self->slow_store, args, (size_t)nargs, kwnames);
     int rc;
+    apc_seg *seg = self->seg;
     Py_BEGIN_ALLOW_THREADS
-    rc = self->store(self->seg, APC_TABLE_USER, k, (uint32_t)kl, tag, v, (uint64_t)vl, 0,
+    rc = self->store(seg, APC_TABLE_USER, k, (uint32_t)kl, tag, v, (uint64_t)vl, 0,
                      (uint64_t)ttl, 0, 0);
     Py_END_ALLOW_THREADS
     if (rc == APC_OK)
@@ -198,14 +227,15 @@ static PyObject *h_close(Handle *self, PyObject *unused)
 
 static int h_init(Handle *self, PyObject *args, PyObject *kw)
 {
-    unsigned long long seg, fetch_ref, release, store;
-    PyObject *slow_fetch, *slow_store, *decode;
-    static char *names[] = {"seg", "fetch_ref", "release", "store", "slow_fetch", "slow_store",
-                            "decode", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKKKOOO", names, &seg, &fetch_ref, &release,
-                                     &store, &slow_fetch, &slow_store, &decode))
+    unsigned long long seg, fetch_ref, release, store, count_corrupt;
+    PyObject *slow_fetch, *slow_store, *decode, *missing;
+    static char *names[] = {"seg", "fetch_ref", "release", "store", "count_corrupt",
+                            "slow_fetch", "slow_store", "decode", "missing", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKKKKOOOO", names, &seg, &fetch_ref, &release,
+                                     &store, &count_corrupt, &slow_fetch, &slow_store, &decode,
+                                     &missing))
         return -1;
-    if (!fetch_ref || !release || !store) {
+    if (!fetch_ref || !release || !store || !count_corrupt) {
         PyErr_SetString(PyExc_ValueError, "engine function addresses must not be 0");
         return -1;
     }
@@ -213,6 +243,8 @@ static int h_init(Handle *self, PyObject *args, PyObject *kw)
     self->fetch_ref = (fetch_ref_fn)(uintptr_t)fetch_ref;
     self->release = (release_fn)(uintptr_t)release;
     self->store = (store_fn)(uintptr_t)store;
+    self->count_corrupt = (corrupt_fn)(uintptr_t)count_corrupt;
+    Py_XSETREF(self->missing, Py_NewRef(missing));
     Py_XSETREF(self->slow_fetch, Py_NewRef(slow_fetch));
     Py_XSETREF(self->slow_store, Py_NewRef(slow_store));
     Py_XSETREF(self->decode, Py_NewRef(decode));
@@ -224,6 +256,7 @@ static int h_traverse(Handle *self, visitproc visit, void *arg)
     Py_VISIT(self->slow_fetch);
     Py_VISIT(self->slow_store);
     Py_VISIT(self->decode);
+    Py_VISIT(self->missing);
     return 0;
 }
 
@@ -232,6 +265,7 @@ static int h_clear(Handle *self)
     Py_CLEAR(self->slow_fetch);
     Py_CLEAR(self->slow_store);
     Py_CLEAR(self->decode);
+    Py_CLEAR(self->missing);
     return 0;
 }
 

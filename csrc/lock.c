@@ -1,25 +1,63 @@
 /*
- * lock.c -- the write lock, the seqlock, and what happens when a holder dies.
+ * lock.c -- the write lock, the seqlock, and what happens when a holder
+ * dies, stalls, or was never there.
  *
- * The write lock is a process-shared robust mutex: when its owner dies, the
- * kernel hands the next locker EOWNERDEAD instead of leaving it locked.
- * That locker (there is exactly one) repairs the segment with
- * apc_repair_wl() and then calls pthread_mutex_consistent(); all of that
- * is in apc_wl_lock(), the one function that handles a dead owner.
+ * THE WRITE LOCK
  *
- * Readers do not lock.  They read the seqlock word, walk, and check that it
- * did not move.  If it stays odd for long, its writer may be dead with the
- * segment half changed: the reader then takes the write lock (which repairs
- * if needed) and drops it again, and retries.
+ * It is our own lock on a 32-bit futex word in the segment, not a pthread
+ * mutex, because every word of it is then a claim this file can check:
+ *
+ *   word == 0                      free
+ *   word == tid | APC_LOCK_WAITERS held by thread tid (the kernel's id of
+ *                                  the thread), and someone may sleep on it
+ *
+ * Taking it is one compare-and-swap from 0 to our tid.  Dropping it is one
+ * compare-and-swap back to 0 (a lock that was taken over from us, because
+ * we were believed dead, is left alone), and a FUTEX_WAKE if the waiters bit
+ * was set.  Beside the word the holder records who it is (pid, tid and the
+ * thread's start time, from /proc) and since when.
+ *
+ * A waiter spins briefly, then sleeps on the futex in short slices, and
+ * between slices asks whether the holder still exists:
+ *
+ *   - no such thread, a zombie, or a thread whose start time is not the one
+ *     recorded (its tid was reused): the holder is dead.  The waiter takes
+ *     the word over by compare-and-swap (exactly one waiter wins), repairs
+ *     what the lock guards, and goes on as the holder;
+ *   - a word that cannot be a thread id, or the waiters bit alone: the word
+ *     is garbage, and is taken over the same way;
+ *   - a live holder: the waiter keeps waiting, up to the handle's
+ *     lock_timeout.  Then it checks that the holder maps this very segment
+ *     (/proc/PID/maps, by device and inode): a process that does not cannot
+ *     hold its lock, so the word is garbage and is taken over.  Otherwise
+ *     the waiter gives up with APC_E_BUSY and the holder's pid
+ *     (apc_last_busy_pid).
+ *
+ * So a writer never waits for a dead holder, and waits for a live one at
+ * most lock_timeout.
+ *
+ * READERS
+ *
+ * Readers do not lock.  They read a seqlock word, walk, and check that it
+ * did not move.  While a stripe stays odd they spin, then yield, for at most
+ * APC_READ_WAIT_NS; then, unless the write lock is free or its holder dead
+ * (in which case the reader takes it without waiting, repairs and goes
+ * on), they give up with APC_WAITED, which every read turns into a miss.  A
+ * reader never waits on a writer longer than that.
  *
  * Lock order: wlock, then seq.  There is no other lock.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 #include "apc_internal.h"
@@ -32,8 +70,7 @@
 #define cpu_relax() ((void)0)
 #endif
 
-/* Spins before a reader that sees an odd seq goes to the lock. */
-#define APC_SEQ_SPINS 4096
+#define APC_TID_MAX 4194304u /* PID_MAX_LIMIT on 64-bit Linux */
 
 uint64_t apc_now(uint64_t now)
 {
@@ -44,24 +81,34 @@ uint64_t apc_now(uint64_t now)
     return (uint64_t)ts.tv_sec;
 }
 
-/* The one place a dead lock holder is dealt with: repair the structure,
- * then finish the write section it left open. */
-static void repair_dead_owner_wl(apc_seg *seg)
+uint64_t apc_mono_ns(void)
 {
-    apc_repair_wl(seg, 0);
-    for (int i = 0; i < APC_NSEQ; i++) {
-        uint64_t s = LOADR(&seg->hdr->seq[i].v);
-        if (s & 1)
-            STORE(&seg->hdr->seq[i].v, s + 1);
-    }
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
-/* getpid() is a system call; the hot paths that record who holds a pin
- * ask this instead.  A fork handler keeps it right in children. */
-static int64_t cached_pid;
-static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
+/* ------------------------------------------------------ who we are */
 
-static void pid_after_fork(void) { cached_pid = (int64_t)getpid(); }
+/* getpid() and gettid() are system calls; the hot paths ask these instead.
+ * A fork handler bumps fork_gen, which makes every thread look itself up
+ * again in the child. */
+static int64_t cached_pid;
+static uint64_t fork_gen = 1;
+static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
+static __thread uint64_t tls_gen;
+static __thread uint32_t tls_tid;
+static __thread uint64_t tls_start;
+static __thread int64_t tls_busy_pid;
+
+void apc_after_fork_child(void); /* segment.c */
+
+static void pid_after_fork(void)
+{
+    cached_pid = (int64_t)getpid();
+    __atomic_add_fetch(&fork_gen, 1, __ATOMIC_RELAXED);
+    apc_after_fork_child();
+}
 
 static void pid_init(void)
 {
@@ -75,40 +122,355 @@ int64_t apc_pid(void)
     return cached_pid;
 }
 
-int apc_wl_lock(apc_seg *seg)
+/* Field 22 (starttime) and field 3 (state) of /proc/<tid>/stat, or of
+ * /proc/thread-self/stat for tid 0.  Returns 0 if there is no such thread;
+ * *zombie is set for a thread that has exited but not been reaped. */
+static int read_stat(uint32_t tid, uint64_t *start, int *zombie)
 {
-    int rc = pthread_mutex_lock(&seg->hdr->wlock.m);
-    memset(seg->seq_depth, 0, sizeof seg->seq_depth);
-    if (rc == 0)
-        return APC_OK;
-    if (rc == EOWNERDEAD) {
-        /* The previous holder died inside a write section. */
-        repair_dead_owner_wl(seg);
-        if (pthread_mutex_consistent(&seg->hdr->wlock.m) != 0) {
-            pthread_mutex_unlock(&seg->hdr->wlock.m);
-            return APC_E_LOCK;
+    char path[64], buf[512];
+    if (tid)
+        snprintf(path, sizeof path, "/proc/%u/stat", tid);
+    else
+        snprintf(path, sizeof path, "/proc/thread-self/stat");
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT || errno == ESRCH ? 0 : -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return n < 0 && errno == ESRCH ? 0 : -1;
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    if (!p || p[1] != ' ')
+        return -1;
+    *zombie = p[2] == 'Z' || p[2] == 'X';
+    /* p + 2 is field 3; starttime is field 22, 19 fields on. */
+    char *q = p + 2;
+    for (int f = 3; f < 22 && q; f++) {
+        q = strchr(q, ' ');
+        if (q)
+            q++;
+    }
+    *start = q ? strtoull(q, NULL, 10) : 0;
+    return 1;
+}
+
+static void self_refresh(void)
+{
+    uint64_t g = __atomic_load_n(&fork_gen, __ATOMIC_RELAXED);
+    if (tls_gen == g)
+        return;
+    tls_tid = (uint32_t)syscall(SYS_gettid);
+    int z;
+    if (read_stat(0, &tls_start, &z) != 1)
+        tls_start = 0;
+    tls_gen = g;
+}
+
+static inline uint32_t self_tid(void)
+{
+    if (__builtin_expect(tls_gen != __atomic_load_n(&fork_gen, __ATOMIC_RELAXED), 0))
+        self_refresh();
+    return tls_tid;
+}
+
+int64_t apc_last_busy_pid(void) { return tls_busy_pid; }
+
+/* Is pid a running process?  A zombie (killed, not yet reaped) is not. */
+int apc_pid_alive(int64_t pid)
+{
+    if (pid <= 0 || pid > APC_TID_MAX)
+        return 0;
+    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH)
+        return 0;
+    uint64_t start;
+    int zombie = 0;
+    int r = read_stat((uint32_t)pid, &start, &zombie);
+    return r == 0 ? 0 : !zombie;
+}
+
+/* ---------------------------------------------------------- the futex */
+
+static long futex(uint32_t *w, int op, uint32_t val, const struct timespec *ts)
+{
+    return syscall(SYS_futex, w, op, val, ts, NULL, 0);
+}
+
+/* Does the thread that the word names still exist, as the holder recorded
+ * itself?  1 alive, 0 dead or garbage. */
+static int holder_alive(apc_lock *l, uint32_t w)
+{
+    uint32_t tid = w & APC_LOCK_TIDMASK;
+    if (tid == 0 || tid > APC_TID_MAX)
+        return 0;
+    if (kill((pid_t)tid, 0) != 0 && errno == ESRCH)
+        return 0;
+    uint64_t start = 0;
+    int zombie = 0;
+    int r = read_stat(tid, &start, &zombie);
+    if (r == 0 || (r == 1 && zombie))
+        return 0;
+    if (r == 1 && LOAD(&l->tid) == tid && LOADR(&l->start) && start != LOADR(&l->start))
+        return 0; /* the tid was reused by another thread */
+    return 1;
+}
+
+/* Does process pid map the segment (by device and inode)?  1 yes, 0 no, and
+ * 1 when we cannot tell (no fd, or its maps are not readable to us). */
+static int holder_maps_segment(apc_seg *seg, int64_t pid)
+{
+    if (seg->ino == 0 || pid <= 0 || pid > APC_TID_MAX)
+        return 1;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%lld/maps", (long long)pid);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return errno == ENOENT ? 0 : 1;
+    char line[512];
+    int found = 0, any = 0;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long long lo, hi, off, ino;
+        unsigned maj, mnr;
+        char perms[8];
+        any = 1;
+        if (sscanf(line, "%llx-%llx %7s %llx %x:%x %llu", &lo, &hi, perms, &off, &maj, &mnr, &ino) ==
+                7 &&
+            ino == seg->ino && maj == seg->dev_major && mnr == seg->dev_minor) {
+            found = 1;
+            break;
         }
+    }
+    fclose(f);
+    return found || !any;
+}
+
+static void record_owner(apc_lock *l)
+{
+    STORER(&l->pid, apc_pid());
+    STORER(&l->start, tls_start);
+    STORER(&l->since_ns, apc_mono_ns());
+    STORE(&l->tid, tls_tid);
+}
+
+/* Take over a word whose holder is gone: CAS from exactly what we saw. */
+static int steal(apc_lock *l, uint32_t seen, uint32_t me)
+{
+    if (!CAS32(&l->word, &seen, me | APC_LOCK_WAITERS))
+        return 0;
+    ADD(&l->steals, 1);
+    record_owner(l);
+    return 1;
+}
+
+int apc_lock_try(apc_seg *seg, apc_lock *l, int *stolen)
+{
+    (void)seg;
+    uint32_t me = self_tid();
+    uint32_t w = 0;
+    *stolen = 0;
+    if (CAS32(&l->word, &w, me)) {
+        record_owner(l);
         return APC_OK;
     }
-    return APC_E_LOCK;
+    if ((w & APC_LOCK_TIDMASK) == me)
+        return APC_E_LOCK; /* this thread already holds it: never reentered */
+    if (!holder_alive(l, w) && steal(l, w, me)) {
+        *stolen = 1;
+        return APC_OK;
+    }
+    return APC_E_BUSY;
+}
+
+int apc_lock_acquire(apc_seg *seg, apc_lock *l, uint64_t timeout_ns, int *stolen)
+{
+    uint32_t me = self_tid();
+    uint32_t w = 0;
+    *stolen = 0;
+    if (__builtin_expect(CAS32(&l->word, &w, me), 1)) {
+        record_owner(l);
+        return APC_OK;
+    }
+    if ((w & APC_LOCK_TIDMASK) == me)
+        return APC_E_LOCK;
+
+    /* A holder usually keeps the lock for a microsecond: spin first. */
+    for (int i = 0; i < 200; i++) {
+        cpu_relax();
+        w = LOADR(&l->word);
+        if (w == 0) {
+            if (CAS32(&l->word, &w, me)) {
+                record_owner(l);
+                return APC_OK;
+            }
+        }
+    }
+
+    uint64_t start = apc_mono_ns(), now = start, last_check = start;
+    uint64_t slice = 200000; /* ns: 0.2 ms, growing to 10 ms */
+    int checked_maps = 0;
+    for (;;) {
+        w = LOAD(&l->word);
+        if ((w & APC_LOCK_TIDMASK) == 0) {
+            if (w != 0 && (w & ~APC_LOCK_WAITERS)) {
+                /* Bits where none may be: garbage. */
+                if (steal(l, w, me)) {
+                    *stolen = 1;
+                    return APC_OK;
+                }
+                continue;
+            }
+            /* Free (w == 0), or the waiters bit alone (garbage, or a
+             * holder that died between its two steps: cannot happen with
+             * one CAS, so garbage).  Take it with the waiters bit: others
+             * may be asleep. */
+            uint32_t seen = w;
+            if (CAS32(&l->word, &seen, me | APC_LOCK_WAITERS)) {
+                record_owner(l);
+                if (w != 0) {
+                    ADD(&l->steals, 1);
+                    *stolen = 1;
+                }
+                return APC_OK;
+            }
+            continue;
+        }
+        if (now - last_check >= 1000000) {
+            last_check = now;
+            if (!holder_alive(l, w)) {
+                if (steal(l, w, me)) {
+                    *stolen = 1;
+                    return APC_OK;
+                }
+                continue;
+            }
+        }
+        if (now - start >= timeout_ns) {
+            int64_t pid = LOAD(&l->tid) == (w & APC_LOCK_TIDMASK) ? LOADR(&l->pid)
+                                                                  : (int64_t)(w & APC_LOCK_TIDMASK);
+            if (!checked_maps) {
+                checked_maps = 1;
+                if (!holder_maps_segment(seg, pid)) {
+                    if (steal(l, w, me)) {
+                        *stolen = 1;
+                        return APC_OK;
+                    }
+                    continue;
+                }
+            }
+            tls_busy_pid = pid;
+            return APC_E_BUSY;
+        }
+        if (!(w & APC_LOCK_WAITERS)) {
+            uint32_t seen = w;
+            if (!CAS32(&l->word, &seen, w | APC_LOCK_WAITERS))
+                continue;
+            w |= APC_LOCK_WAITERS;
+        }
+        uint64_t left = timeout_ns - (now - start);
+        uint64_t d = slice < left ? slice : left;
+        struct timespec ts = {(time_t)(d / 1000000000ULL), (long)(d % 1000000000ULL)};
+        futex(&l->word, FUTEX_WAIT, w, &ts);
+        if (slice < 10000000)
+            slice *= 2;
+        now = apc_mono_ns();
+    }
+}
+
+void apc_lock_release(apc_lock *l)
+{
+    uint32_t me = tls_tid;
+    uint32_t w = LOADR(&l->word);
+    if ((w & APC_LOCK_TIDMASK) == me) {
+        /* Leave no trace of us: a lock that is free reads as zeros. */
+        STORER(&l->tid, 0);
+        STORER(&l->pid, 0);
+        STORER(&l->start, 0);
+        STORER(&l->since_ns, 0);
+    }
+    for (;;) {
+        if ((w & APC_LOCK_TIDMASK) != me)
+            return; /* taken over while we were believed dead: not ours */
+        if (CAS32(&l->word, &w, 0))
+            break;
+    }
+    if (w & APC_LOCK_WAITERS)
+        futex(&l->word, FUTEX_WAKE, 1, NULL);
+}
+
+/* ------------------------------------------------------ the write lock */
+
+/* The one place a dead or vanished lock holder is dealt with: repair the
+ * structure, then finish the write section it left open. */
+static void repair_dead_owner_wl(apc_seg *seg)
+{
+    apc_repair_wl(seg, 0);
+    for (int i = 0; i < APC_NSEQ; i++) {
+        uint64_t s = LOADR(&seg->hdr->seq[i].v);
+        if (s & 1)
+            STORE(&seg->hdr->seq[i].v, s + 1);
+    }
+}
+
+/* After taking the lock: repair if the holder before us died, or if a
+ * reader found something broken and asked for it (unless we are the
+ * checker, which reports what is broken before anyone repairs it). */
+static void after_lock(apc_seg *seg, int stolen, int repair_due)
+{
+    memset(seg->seq_depth, 0, sizeof seg->seq_depth);
+    uint64_t due = repair_due ? LOADR(&seg->hdr->repair_due) : 0;
+    if (stolen || due) {
+        repair_dead_owner_wl(seg);
+        if (due)
+            STORER(&seg->hdr->repair_due, 0);
+    }
+}
+
+int apc_wl_lock(apc_seg *seg)
+{
+    int stolen;
+    int rc = apc_lock_acquire(seg, &seg->hdr->wlock, seg->lock_timeout_ns, &stolen);
+    if (rc != APC_OK)
+        return rc;
+    after_lock(seg, stolen, 1);
+    return APC_OK;
+}
+
+int apc_wl_lock_for_check(apc_seg *seg)
+{
+    int stolen;
+    int rc = apc_lock_acquire(seg, &seg->hdr->wlock, seg->lock_timeout_ns, &stolen);
+    if (rc != APC_OK)
+        return rc;
+    after_lock(seg, stolen, 0);
+    return APC_OK;
+}
+
+int apc_wl_trylock(apc_seg *seg)
+{
+    int stolen;
+    int rc = apc_lock_try(seg, &seg->hdr->wlock, &stolen);
+    if (rc != APC_OK)
+        return rc;
+    after_lock(seg, stolen, 1);
+    return APC_OK;
 }
 
 void apc_wl_unlock(apc_seg *seg)
 {
-    pthread_mutex_unlock(&seg->hdr->wlock.m);
+    apc_lock_release(&seg->hdr->wlock);
 }
 
-/* Only meaningful in debug builds: is the write lock held by someone?  (A
- * robust mutex's owner field is not portable to read, so we only ask
- * whether trylock fails.) */
+/* Debug builds: does this thread hold the write lock? */
 int apc_wl_held(apc_seg *seg)
 {
-    int rc = pthread_mutex_trylock(&seg->hdr->wlock.m);
-    if (rc == 0) {
-        pthread_mutex_unlock(&seg->hdr->wlock.m);
-        return 0;
-    }
-    return 1;
+    return (LOADR(&seg->hdr->wlock.word) & APC_LOCK_TIDMASK) == self_tid();
+}
+
+/* A reader found something broken under a valid seq: the next writer
+ * repairs it. */
+void apc_repair_later(apc_seg *seg)
+{
+    STORER(&seg->hdr->repair_due, 1);
 }
 
 /*
@@ -156,30 +518,46 @@ void apc_seq_end_wl(apc_seg *seg, int stripe)
         seq_end_one(seg, stripe);
 }
 
-uint64_t apc_seq_read_begin(apc_seg *seg, int stripe)
+int apc_seq_read_begin(apc_seg *seg, int stripe, uint64_t *out)
 {
-    unsigned spins = 0;
-    for (;;) {
-        uint64_t s = LOAD(&seg->hdr->seq[stripe].v);
-        if (!(s & 1))
-            return s;
-        if (++spins < 64) {
-            cpu_relax();
-        } else if (spins < APC_SEQ_SPINS) {
-            sched_yield();
-        } else {
-            /* The writer is slow or dead: wait on its lock (repairing if it
-             * died), then look again. */
-            if (apc_wl_lock(seg) == APC_OK) {
-                if (LOADR(&seg->hdr->seq[stripe].v) & 1) {
-                    /* We hold the lock and the stripe is still odd: the
-                     * section was never finished.  Repair, which evens it. */
-                    repair_dead_owner_wl(seg);
-                }
-                apc_wl_unlock(seg);
-            }
-            spins = 0;
+    uint64_t s = LOAD(&seg->hdr->seq[stripe].v);
+    if (__builtin_expect(!(s & 1), 1)) {
+        *out = s;
+        return APC_OK;
+    }
+    uint64_t start = 0;
+    int repaired = 0;
+    for (unsigned spins = 1;; spins++) {
+        s = LOAD(&seg->hdr->seq[stripe].v);
+        if (!(s & 1)) {
+            *out = s;
+            return APC_OK;
         }
+        if (spins < 64) {
+            cpu_relax();
+            continue;
+        }
+        sched_yield();
+        if (spins % 16)
+            continue;
+        uint64_t now = apc_mono_ns();
+        if (!start) {
+            start = now;
+            continue;
+        }
+        if (now - start < APC_READ_WAIT_NS)
+            continue;
+        /* The stripe has been odd for the whole bound.  If its writer is
+         * gone (the lock free, or its holder dead), take the lock without
+         * waiting, which repairs; a live writer we leave alone. */
+        if (!repaired && apc_wl_trylock(seg) == APC_OK) {
+            if (LOADR(&seg->hdr->seq[stripe].v) & 1)
+                repair_dead_owner_wl(seg); /* a section nobody will finish */
+            apc_wl_unlock(seg);
+            repaired = 1;
+            continue;
+        }
+        return APC_WAITED;
     }
 }
 
@@ -193,10 +571,18 @@ int apc_seq_read_valid(apc_seg *seg, int stripe, uint64_t s)
 
 #ifdef APC_DEBUG
 static char fault_name[64];
+static int fault_stop;
 
 void apc_fault_point(const char *name)
 {
     if (fault_name[0] && strcmp(fault_name, name) == 0) {
+        if (fault_stop) {
+            /* Stop exactly here, holding whatever is held, until SIGCONT;
+             * once: a point inside a loop does not stop again. */
+            fault_name[0] = 0;
+            kill(getpid(), SIGSTOP);
+            return;
+        }
         /* Die exactly here, holding whatever is held. */
         kill(getpid(), SIGKILL);
         for (;;)
@@ -208,6 +594,9 @@ int apc_fault_arm(const char *name)
 {
     if (!name)
         name = "";
+    fault_stop = strncmp(name, "stop:", 5) == 0;
+    if (fault_stop)
+        name += 5;
     if (strlen(name) >= sizeof(fault_name))
         return APC_E_ARG;
     strcpy(fault_name, name);

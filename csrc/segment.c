@@ -5,15 +5,45 @@
  * with a release store: an attacher that sees the magic sees a finished
  * header.  Attaching checks everything the engine will later trust without
  * looking again: magic, format word, the ABI marks (endianness, the size of
- * pthread_mutex_t), and that every region the header names lies inside the
+ * the header), and that every region the header names lies inside the
  * mapping.  A segment that fails any of these is refused with a code that
  * says which; it is never "tried anyway".
  *
- * It does not map or unmap anything: the Python side owns the mapping
- * (multiprocessing.shared_memory) and hands the engine its address.
+ * THE HANDLE'S LIFE
+ *
+ * apc_attach_fd maps the segment's file itself, and only apc_close unmaps
+ * it.  Every entry point of the engine brackets its work with
+ * apc_seg_enter/apc_seg_leave, which count the calls in flight on the
+ * handle; apc_close makes new calls fail with APC_E_CLOSED, waits until
+ * none is in flight (each is bounded: a writer by lock_timeout, a reader by
+ * APC_READ_WAIT_NS), and only then unmaps.  The handle's own memory is
+ * never freed: a thread that still holds the pointer gets APC_E_CLOSED,
+ * not freed memory.
+ *
+ * TRUNCATION
+ *
+ * The owner of the segment's file can shorten it under every process that
+ * maps it; the next access past the new end raises SIGBUS, which would kill
+ * the process.  The engine installs a SIGBUS handler that knows the ranges
+ * of every mapping of a segment in this process: a fault inside one is
+ * answered by mapping a page of zeros over the faulting page and marking
+ * the handle truncated, and the faulting instruction then completes on
+ * zeros.  Every check in the engine treats zeros as what they are (no
+ * entry, a broken chain), and apc_seg_leave turns the result of the call
+ * into APC_E_TRUNCATED, as it does for every later call.  A fault anywhere
+ * else goes to the handler that was there before (or kills the process, as
+ * it would have).
  */
+#define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <time.h>
 #include <unistd.h>
 #include "apc_internal.h"
 
@@ -39,7 +69,9 @@ const char *apc_strerror(int rc)
     case APC_E_SMALL: return "buffer too small";
     case APC_E_NOTREADY: return "the segment is still being created";
     case APC_E_SYS: return "system error";
-    case APC_E_CLOSED: return "the cache is closed";
+    case APC_E_CLOSED: return "operation on a closed cache";
+    case APC_E_BUSY: return "another process has held the write lock for longer than the lock timeout";
+    case APC_WAITED: return "a writer held the entry's bucket for longer than a reader waits";
     default: return "unknown error";
     }
 }
@@ -90,7 +122,7 @@ uint64_t apc_layout_size(uint64_t nslots_user, uint64_t nslots_files)
 
 int apc_format_segment(void *base, uint64_t size, uint64_t nslots_user,
                        uint64_t nslots_files, uint64_t ttl, uint64_t gc_ttl,
-                       uint64_t now, int64_t pid)
+                       uint64_t now, int64_t pid, int flags)
 {
     if (!base || nslots_user < 1 || nslots_files < 1 || nslots_user > (1ULL << 32) ||
         nslots_files > (1ULL << 32))
@@ -104,7 +136,7 @@ int apc_format_segment(void *base, uint64_t size, uint64_t nslots_user,
     memset(h, 0, sizeof *h);
     h->format = APC_FORMAT;
     h->header_size = sizeof(apc_header);
-    h->mutex_size = sizeof(pthread_mutex_t);
+    h->flags = (uint32_t)flags & APC_FMT_CHECKSUMS;
     h->endian = APC_ENDIAN_MARK;
     h->seg_size = size;
     h->create_time = apc_now(now);
@@ -123,20 +155,7 @@ int apc_format_segment(void *base, uint64_t size, uint64_t nslots_user,
     for (int t = 0; t < APC_NTABLES; t++)
         h->stats[t].start_time = h->create_time;
     memset((char *)base + l.aux_off, 0, l.arena_off - l.aux_off);
-
-    pthread_mutexattr_t a;
-    if (pthread_mutexattr_init(&a) != 0)
-        return APC_E_SYS;
-    int rc = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-    if (rc == 0)
-        rc = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-    if (rc == 0)
-        rc = pthread_mutex_init(&h->wlock.m, &a);
-    pthread_mutexattr_destroy(&a);
-    if (rc != 0) {
-        errno = rc;
-        return APC_E_SYS;
-    }
+    /* The write lock is free as zeroed (lock.c). */
 
     apc_seg tmp = {.base = base, .hdr = h, .size = size, .arena_off = l.arena_off, .arena_end = arena_end};
     apc_sma_init_wl(&tmp);
@@ -164,19 +183,21 @@ static int validate(const apc_header *h, uint64_t mapped)
     if (mapped < sizeof(apc_header))
         return APC_E_TRUNCATED;
     if (h->format != APC_FORMAT || h->header_size != sizeof(apc_header) ||
-        h->mutex_size != sizeof(pthread_mutex_t) || h->endian != APC_ENDIAN_MARK)
+        h->endian != APC_ENDIAN_MARK)
         return APC_E_FORMAT;
+    if (h->flags & ~(uint32_t)APC_FMT_CHECKSUMS)
+        return APC_E_CORRUPT;
     if (h->seg_size > mapped)
         return APC_E_TRUNCATED;
     uint64_t size = h->seg_size;
     if (h->aux_off < sizeof(apc_header) || h->aux_size != APC_AUX_SIZE ||
-        h->aux_off + h->aux_size > size)
+        h->aux_off > size || h->aux_size > size - h->aux_off)
         return APC_E_CORRUPT;
     for (int t = 0; t < APC_NTABLES; t++) {
         const apc_table_geom *g = &h->geom[t];
         if (g->nslots < 1 || g->nslots > (1ULL << 32) || (g->buckets_off & 7) ||
-            g->buckets_off < h->aux_off + h->aux_size ||
-            g->buckets_off + g->nslots * sizeof(apc_off_t) > h->arena_off)
+            g->buckets_off < h->aux_off + h->aux_size || g->buckets_off > h->arena_off ||
+            g->nslots * sizeof(apc_off_t) > h->arena_off - g->buckets_off)
             return APC_E_CORRUPT;
     }
     if ((h->arena_off & (APC_ALIGN - 1)) || h->arena_size < APC_MIN_ARENA ||
@@ -186,52 +207,208 @@ static int validate(const apc_header *h, uint64_t mapped)
     return APC_OK;
 }
 
-int apc_open(void *base, uint64_t mapped_size, apc_seg **out)
+/* ------------------------------------------------------------ SIGBUS */
+
+#define APC_NGUARDS 128
+
+static struct guard {
+    char *base; /* 0: a free entry */
+    uint64_t size;
+    apc_seg *seg;
+} guards[APC_NGUARDS];
+static pthread_mutex_t guards_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct sigaction old_bus;
+static long page_size;
+
+static void on_sigbus(int sig, siginfo_t *info, void *ctx)
 {
-    *out = NULL;
+    char *addr = info ? (char *)info->si_addr : NULL;
+    for (int i = 0; addr && i < APC_NGUARDS; i++) {
+        char *b = __atomic_load_n(&guards[i].base, __ATOMIC_ACQUIRE);
+        if (!b || addr < b ||
+            (uint64_t)(addr - b) >= __atomic_load_n(&guards[i].size, __ATOMIC_RELAXED))
+            continue;
+        apc_seg *seg = __atomic_load_n(&guards[i].seg, __ATOMIC_RELAXED);
+        void *page = (void *)((uintptr_t)addr & ~(uintptr_t)(page_size - 1));
+        if (mmap(page, (size_t)page_size, PROT_READ | PROT_WRITE,
+                 MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) == MAP_FAILED)
+            break;
+        if (seg)
+            __atomic_store_n(&seg->truncated, 1, __ATOMIC_RELAXED);
+        return; /* the access completes, on zeros */
+    }
+    /* Not ours. */
+    if (old_bus.sa_flags & SA_SIGINFO) {
+        if (old_bus.sa_sigaction) {
+            old_bus.sa_sigaction(sig, info, ctx);
+            return;
+        }
+    } else if (old_bus.sa_handler != SIG_DFL && old_bus.sa_handler != SIG_IGN) {
+        old_bus.sa_handler(sig);
+        return;
+    }
+    /* The default action: the instruction faults again, and that kills. */
+    signal(SIGBUS, SIG_DFL);
+}
+
+static void install_sigbus(void)
+{
+    page_size = sysconf(_SC_PAGESIZE);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGBUS, &sa, &old_bus);
+}
+
+static int guard_set(apc_seg *seg, void *base, uint64_t size)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, install_sigbus);
+    int rc = APC_E_SYS;
+    pthread_mutex_lock(&guards_mu);
+    for (int i = 0; i < APC_NGUARDS; i++) {
+        if (guards[i].base == base) {
+            /* Stop guarding (or guard anew): clear the entry first. */
+            __atomic_store_n(&guards[i].base, NULL, __ATOMIC_RELEASE);
+            guards[i].size = 0;
+            guards[i].seg = NULL;
+        }
+    }
+    if (!size) {
+        rc = APC_OK;
+    } else {
+        for (int i = 0; i < APC_NGUARDS; i++) {
+            if (!guards[i].base) {
+                guards[i].size = size;
+                guards[i].seg = seg;
+                __atomic_store_n(&guards[i].base, (char *)base, __ATOMIC_RELEASE);
+                rc = APC_OK;
+                break;
+            }
+        }
+    }
+    pthread_mutex_unlock(&guards_mu);
+    return rc;
+}
+
+int apc_guard_range(apc_seg *seg, void *base, uint64_t size)
+{
     if (!base)
         return APC_E_ARG;
-    apc_header *h = (apc_header *)base;
-    int rc = validate(h, mapped_size);
-    if (rc != APC_OK)
-        return rc;
-    apc_seg *seg = calloc(1, sizeof *seg);
-    if (!seg)
+    return guard_set(seg, base, size);
+}
+
+/* In a forked child, the calls that were in flight in other threads of the
+ * parent do not exist. */
+void apc_after_fork_child(void)
+{
+    pthread_mutex_init(&guards_mu, NULL);
+    for (int i = 0; i < APC_NGUARDS; i++) {
+        apc_seg *seg = guards[i].base ? guards[i].seg : NULL;
+        if (seg)
+            seg->inflight = 0;
+    }
+}
+
+/* ----------------------------------------------------------- the handle */
+
+#define APC_LOCK_TIMEOUT_NS 5000000000ULL
+
+int apc_attach_fd(int fd, apc_seg **out)
+{
+    *out = NULL;
+    struct stat st;
+    if (fstat(fd, &st) != 0)
         return APC_E_SYS;
+    if (!S_ISREG(st.st_mode) || st.st_size < (off_t)sizeof(uint64_t))
+        return APC_E_MAGIC;
+    uint64_t mapped = (uint64_t)st.st_size;
+    void *base = mmap(NULL, (size_t)mapped, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED)
+        return APC_E_SYS;
+    apc_seg *seg = calloc(1, sizeof *seg);
+    if (!seg) {
+        munmap(base, (size_t)mapped);
+        return APC_E_SYS;
+    }
     seg->base = base;
+    seg->size = mapped;
+    seg->fd = -1;
+    /* Guard first: validating reads the header, which may be cut short. */
+    guard_set(seg, base, mapped);
+    apc_header *h = (apc_header *)base;
+    int rc = validate(h, mapped);
+    if (rc == APC_OK && seg->truncated)
+        rc = APC_E_TRUNCATED;
+    if (rc != APC_OK) {
+        guard_set(seg, base, 0);
+        munmap(base, (size_t)mapped);
+        free(seg);
+        return rc;
+    }
     seg->hdr = h;
+    seg->map_size = mapped;
     seg->size = h->seg_size;
     seg->arena_off = h->arena_off;
     seg->arena_end = h->arena_off + h->arena_size;
     seg->stripe = (unsigned)getpid() % APC_NSTRIPES;
+    seg->checksums = (h->flags & APC_FMT_CHECKSUMS) != 0;
+    seg->lock_timeout_ns = APC_LOCK_TIMEOUT_NS;
+    seg->dev_major = major(st.st_dev);
+    seg->dev_minor = minor(st.st_dev);
+    seg->ino = (uint64_t)st.st_ino;
     for (int t = 0; t < APC_NTABLES; t++)
         seg->geom[t] = h->geom[t]; /* validated above; never re-read */
-    seg->fd = -1;
+    /* Large values are written through the file where that saves page
+     * faults (table.c), with a map of the pages this process has written. */
+    uint64_t pages = (seg->size + APC_PAGE - 1) / APC_PAGE;
+    seg->seen = calloc((pages + 7) / 8, 1);
+    if (seg->seen) {
+        seg->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        seg->seen_pages = pages;
+        seg->seen_pid = apc_pid();
+    }
     *out = seg;
     return APC_OK;
 }
 
-int apc_set_fd(apc_seg *seg, int fd)
+void apc_set_lock_timeout(apc_seg *seg, uint64_t ns)
 {
-    if (!seg)
-        return APC_E_CLOSED;
-    uint64_t pages = (seg->size + APC_PAGE - 1) / APC_PAGE;
-    uint8_t *seen = calloc((pages + 7) / 8, 1);
-    if (!seen)
-        return APC_E_SYS; /* values are then written by memcpy only */
-    free(seg->seen);
-    seg->seen = seen;
-    seg->seen_pages = pages;
-    seg->seen_pid = apc_pid();
-    seg->fd = fd;
-    return APC_OK;
+    if (seg)
+        seg->lock_timeout_ns = ns;
 }
+
+int apc_fd(apc_seg *seg) { return seg ? seg->fd : -1; }
 
 void apc_close(apc_seg *seg)
 {
-    if (seg)
-        free(seg->seen);
-    free(seg);
+    if (!seg || __atomic_exchange_n(&seg->closing, 1, __ATOMIC_SEQ_CST))
+        return;
+    /* Every call in flight is bounded (by lock_timeout or the reader's
+     * wait); so is this wait. */
+    while (__atomic_load_n(&seg->inflight, __ATOMIC_ACQUIRE) > 0) {
+        struct timespec ts = {0, 200000};
+        nanosleep(&ts, NULL);
+    }
+    guard_set(seg, seg->base, 0);
+    munmap(seg->base, (size_t)seg->map_size);
+    if (seg->fd >= 0)
+        close(seg->fd);
+    seg->fd = -1;
+    free(seg->seen);
+    seg->seen = NULL;
+    /* seg itself stays: see THE HANDLE'S LIFE. */
+}
+
+void apc_count_corrupt(apc_seg *seg, int table)
+{
+    if (apc_seg_enter(seg) != APC_OK)
+        return;
+    if (table >= 0 && table < APC_NTABLES)
+        ADD(&seg->hdr->stripes[seg->stripe].corrupt[table], 1);
+    apc_seg_leave(seg, APC_OK);
 }
 
 void apc_header_map_get(apc_header_map *out)
@@ -239,10 +416,20 @@ void apc_header_map_get(apc_header_map *out)
     out->header_size = sizeof(apc_header);
     out->free_bytes_off = offsetof(apc_header, free_bytes);
     out->num_entries_off = offsetof(apc_header, stats[APC_TABLE_USER].num_entries);
+    out->slot_size = sizeof(apc_slot);
+    out->slot_hash_off = offsetof(apc_slot, hash);
+    out->slot_val_len_off = offsetof(apc_slot, val_len);
+    out->slot_key_len_off = offsetof(apc_slot, key_len);
+    out->slot_type_off = offsetof(apc_slot, type);
+    out->slot_sum_off = offsetof(apc_slot, sum);
+    out->slot_next_off = offsetof(apc_slot, next_off);
+    out->slot_ival_off = offsetof(apc_slot, ival);
+    out->slot_pin_off = offsetof(apc_slot, pin);
+    out->wlock_off = offsetof(apc_header, wlock);
 }
 
-uint64_t apc_aux_offset(apc_seg *seg) { return seg->hdr->aux_off; }
-uint64_t apc_aux_size(apc_seg *seg) { return seg->hdr->aux_size; }
+uint64_t apc_aux_offset(apc_seg *seg) { return seg && seg->hdr ? seg->hdr->aux_off : 0; }
+uint64_t apc_aux_size(apc_seg *seg) { return seg && seg->hdr ? seg->hdr->aux_size : 0; }
 
 /* The longest chain (or list) any walk will follow: more links than blocks
  * can exist means a cycle. */

@@ -54,12 +54,9 @@
 
 static inline int bad_table(int table) { return table < 0 || table >= APC_NTABLES; }
 
-/* Every entry point checks its handle first: a closed cache passes NULL. */
-#define CHECK_SEG(seg)              \
-    do {                            \
-        if (!(seg))                 \
-            return APC_E_CLOSED;    \
-    } while (0)
+/* Every entry point apc_X is a wrapper that brackets do_X with
+ * apc_seg_enter/apc_seg_leave (segment.c): a closed or truncated handle is
+ * refused before anything is read. */
 
 static apc_off_t *bucket_of(apc_seg *seg, int table, uint64_t hash)
 {
@@ -100,16 +97,97 @@ static int walk(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_
     return APC_NOTFOUND;
 }
 
-/* Find and pin.  Returns APC_OK with *out pinned, APC_NOTFOUND, or an
- * error; *ident is the pin word's tag|version for the unpin. */
+/* Does a pinned slot lie in a used block that holds all of it?  Its
+ * lengths are claims until this says so. */
+static int slot_fits(apc_seg *seg, apc_slot *s)
+{
+    apc_off_t off = APC_OFF(seg, s);
+    if ((off & 15) != 8 || off < seg->arena_off + 8)
+        return 0;
+    uint64_t w = LOADR((uint64_t *)APC_PTR(seg, off - 8));
+    uint64_t size = w & ~15ULL;
+    uint64_t vlen = LOADR(&s->val_len);
+    uint32_t klen = LOADR(&s->key_len);
+    return (w & 1) && size >= APC_BLOCK_MIN && apc_in_arena(seg, off - 8, size) &&
+           vlen <= size && klen <= APC_MAX_KEY &&
+           apc_sma_block_for(apc_slot_need(klen, vlen)) <= size;
+}
+
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    return x;
+}
+
+static uint64_t sum_of(uint32_t type, uint32_t klen, uint64_t vlen, uint64_t body)
+{
+    return mix64(body ^ ((uint64_t)type << 56) ^ ((uint64_t)klen << 32) ^ vlen);
+}
+
+static uint64_t int_sum(const apc_slot *s, int64_t v)
+{
+    return sum_of(s->type, s->key_len, 0, mix64((uint64_t)v ^ 0x9E3779B97F4A7C15ULL));
+}
+
+/* The checksum of an entry: its type, key length, value length and value
+ * bytes (an int's value, for ints).  The key itself needs none: a reader
+ * only ever finds an entry by comparing its key bytes and hash. */
+uint64_t apc_entry_sum(const apc_slot *s, const char *val)
+{
+    if (s->type == APC_T_INT)
+        return int_sum(s, LOADR(&s->ival));
+    return sum_of(s->type, s->key_len, s->val_len, apc_xxh3_64(val, s->val_len));
+}
+
+/* An int entry's value, checked against its checksum when checksums are
+ * on.  inc and cas rewrite the value and then the checksum, under the write
+ * lock: a reader between the two stores reads again.  APC_WAITED if a
+ * writer keeps them apart for longer than a reader waits, APC_E_CORRUPT if
+ * nobody does. */
+static int read_int(apc_seg *seg, apc_slot *s, int64_t *out)
+{
+    int64_t v = LOAD(&s->ival);
+    if (!seg->checksums) {
+        *out = v;
+        return APC_OK;
+    }
+    uint64_t start = 0;
+    for (unsigned i = 0;; i++) {
+        uint64_t sum = LOAD(&s->sum);
+        if (int_sum(s, v) == sum) {
+            *out = v;
+            return APC_OK;
+        }
+        if (i >= 64) {
+            uint64_t now = apc_mono_ns();
+            if (!start)
+                start = now;
+            else if (now - start > APC_READ_WAIT_NS)
+                return LOADR(&seg->hdr->wlock.word) ? APC_WAITED : APC_E_CORRUPT;
+            sched_yield();
+        }
+        v = LOAD(&s->ival);
+    }
+}
+
+/* Find and pin.  Returns APC_OK with *out pinned, APC_NOTFOUND, APC_WAITED
+ * (a writer held the bucket for longer than a reader waits), or
+ * APC_E_CORRUPT; *ident is the pin word's tag|version for the unpin. */
 static int find_pinned(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash,
                        apc_slot **out, uint64_t *ident)
 {
     int st = stripe_of(seg, table, hash);
-    for (;;) {
-        uint64_t sq = apc_seq_read_begin(seg, st);
+    for (unsigned tries = 0;; tries++) {
+        uint64_t sq;
+        int rc = apc_seq_read_begin(seg, st, &sq);
+        if (rc != APC_OK)
+            return rc;
         apc_off_t off = 0;
-        int rc = walk(seg, table, key, klen, hash, &off);
+        rc = walk(seg, table, key, klen, hash, &off);
         if (rc != APC_OK) {
             if (apc_seq_read_valid(seg, st, sq))
                 return rc;
@@ -123,11 +201,13 @@ static int find_pinned(apc_seg *seg, int table, const char *key, uint32_t klen, 
         if ((w & APC_PIN_TAGMASK) != APC_PIN_TAG || id == APC_PIN_DEAD)
             return APC_E_CORRUPT; /* a live slot under a valid seq */
         for (;;) {
-            if ((w & APC_PIN_REFS) == APC_PIN_REFS) {
-                /* 65535 pins: take the lock path instead. */
-                return APC_E_LOCK;
-            }
+            if ((w & APC_PIN_REFS) == APC_PIN_REFS)
+                return APC_WAITED; /* 65535 pins: come back later */
             if (CAS(&s->pin, &w, w + 1)) {
+                if (!slot_fits(seg, s)) {
+                    CAS(&s->pin, &(uint64_t){w + 1}, w);
+                    return APC_E_CORRUPT;
+                }
                 *out = s;
                 *ident = id;
                 return APC_OK;
@@ -135,6 +215,8 @@ static int find_pinned(apc_seg *seg, int table, const char *key, uint32_t klen, 
             if ((w & ~APC_PIN_REFS) != id)
                 break; /* retired or reused: look again */
         }
+        if (tries > 1000000)
+            return APC_WAITED;
     }
 }
 
@@ -160,6 +242,22 @@ static inline void count_miss(apc_seg *seg, int table)
     ADD(&seg->hdr->stripes[seg->stripe].misses[table], 1);
 }
 
+/* A read that cannot be answered is a miss, counted as what it was: a
+ * broken claim (and the next writer repairs), or a writer waited out. */
+static int count_failed_read(apc_seg *seg, int table, int rc)
+{
+    if (rc == APC_E_CORRUPT) {
+        ADD(&seg->hdr->stripes[seg->stripe].corrupt[table], 1);
+        apc_repair_later(seg);
+    } else if (rc == APC_WAITED) {
+        ADD(&seg->hdr->stripes[seg->stripe].waited[table], 1);
+    } else if (rc != APC_NOTFOUND) {
+        return rc;
+    }
+    count_miss(seg, table);
+    return APC_NOTFOUND;
+}
+
 /* Claim a pin record for a pin that outlives this call. */
 static int record_pin(apc_seg *seg, apc_slot *s, uint64_t ident, uint64_t now)
 {
@@ -178,11 +276,18 @@ static int record_pin(apc_seg *seg, apc_slot *s, uint64_t ident, uint64_t now)
     return -1;
 }
 
+static void unrecord_pin(apc_seg *seg, int rec)
+{
+    if (rec >= 0)
+        STORE(&seg->hdr->pins[rec].pid, 0);
+}
+
 /* What both fetches share: check the key and table, read the clock (into
- * *now), find and pin a live entry, count the hit or the miss.  On APC_OK
- * the caller owns one pin on *out (ident for the unpin). */
+ * *now), find and pin a live entry, check it, count the hit or the miss.
+ * On APC_OK the caller owns one pin on *out (ident for the unpin) and *ival
+ * is an int entry's checked value. */
 static int fetch_pinned(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t *now,
-                        apc_slot **out, uint64_t *ident)
+                        apc_slot **out, uint64_t *ident, int64_t *ival)
 {
     if (bad_table(table) || klen > APC_MAX_KEY)
         return APC_E_ARG;
@@ -190,15 +295,26 @@ static int fetch_pinned(apc_seg *seg, int table, const char *key, uint32_t klen,
     uint64_t hash = apc_xxh3_64(key, klen);
     apc_slot *s;
     int rc = find_pinned(seg, table, key, klen, hash, &s, ident);
-    if (rc != APC_OK) {
-        if (rc == APC_NOTFOUND)
-            count_miss(seg, table);
-        return rc;
-    }
+    if (rc != APC_OK)
+        return count_failed_read(seg, table, rc);
     if (apc_expired(s, *now)) {
         unpin(s, *ident);
-        count_miss(seg, table);
-        return APC_NOTFOUND;
+        return count_failed_read(seg, table, APC_NOTFOUND);
+    }
+    *ival = 0;
+    if (s->type == APC_T_INT) {
+        rc = read_int(seg, s, ival);
+    } else if (seg->checksums) {
+        /* A value over the io buffer's size may take a while to hash: put
+         * the pin on record meanwhile, for apc_recover(). */
+        int r = s->val_len > APC_IO_BUF ? record_pin(seg, s, *ident, *now) : -1;
+        if (apc_entry_sum(s, apc_slot_val(s)) != LOADR(&s->sum))
+            rc = APC_E_CORRUPT;
+        unrecord_pin(seg, r);
+    }
+    if (rc != APC_OK) {
+        unpin(s, *ident);
+        return count_failed_read(seg, table, rc);
     }
     APC_FAULT("fetch.pinned");
     count_hit(seg, table, s, *now);
@@ -206,62 +322,69 @@ static int fetch_pinned(apc_seg *seg, int table, const char *key, uint32_t klen,
     return APC_OK;
 }
 
-int64_t apc_fetch(apc_seg *seg, int table, const char *key, uint32_t klen,
-                  uint64_t now, char *buf, uint64_t cap)
+static int64_t do_fetch(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now,
+                        char *buf, uint64_t cap)
 {
-    CHECK_SEG(seg);
-    if (cap < 16)
+    if (cap < 16 || !buf)
         return APC_E_ARG;
     apc_slot *s;
     uint64_t ident;
-    int rc = fetch_pinned(seg, table, key, klen, &now, &s, &ident);
+    int64_t ival;
+    int rc = fetch_pinned(seg, table, key, klen, &now, &s, &ident, &ival);
     if (rc != APC_OK)
         return rc;
     uint64_t type = s->type;
     uint64_t vlen = s->val_len;
     if (type == APC_T_INT) {
-        int64_t v = LOAD(&s->ival);
-        memcpy(buf, &v, sizeof v);
+        memcpy(buf, &ival, sizeof ival);
         unpin(s, ident);
         return (int64_t)((8 << 8) | type);
     }
-    if (vlen <= cap) {
-        memcpy(buf, apc_slot_val(s), vlen);
-        unpin(s, ident);
-        return (int64_t)((vlen << 8) | type);
-    }
-    /* Too large for the caller's buffer: hand out the value's offset and
-     * keep the pin, recorded so that apc_recover() can release it. */
-    int r = record_pin(seg, s, ident, now);
-    if (r < 0) {
+    if (vlen > cap) {
+        /* The caller tries again with a buffer of this size. */
         unpin(s, ident);
         memcpy(buf, &vlen, sizeof vlen);
         return APC_E_SMALL;
     }
-    uint64_t out[2] = {APC_OFF(seg, apc_slot_val(s)), (uint64_t)r};
-    memcpy(buf, out, sizeof out);
-    return (int64_t)((vlen << 8) | type | APC_FETCH_PINNED);
+    /* A large copy keeps its pin on record, so that apc_recover() can
+     * release it if this process dies while copying. */
+    int r = vlen > APC_IO_BUF ? record_pin(seg, s, ident, now) : -1;
+    memcpy(buf, apc_slot_val(s), vlen);
+    unrecord_pin(seg, r);
+    unpin(s, ident);
+    return (int64_t)((vlen << 8) | type);
+}
+
+int64_t apc_fetch(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now,
+                  char *buf, uint64_t cap)
+{
+    int rc = apc_seg_enter(seg);
+    return rc ? rc : apc_seg_leave(seg, do_fetch(seg, table, key, klen, now, buf, cap));
 }
 
 /* fetch without the copy: the caller copies straight from the segment
- * (one copy instead of two) and releases at once.  Values larger than the
- * io buffer get a recorded pin, as apc_fetch gives them, so apc_recover()
- * can release it if the caller dies while copying. */
+ * (one copy instead of two) and calls apc_ref_release at once.  The call
+ * stays in flight until then (apc_close waits for it).  Values over the io
+ * buffer's size get a recorded pin, so apc_recover() can release it if the
+ * caller dies while copying. */
 int64_t apc_fetch_ref(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now,
                       apc_ref *ref)
 {
-    CHECK_SEG(seg);
-    if (!ref)
-        return APC_E_ARG;
-    apc_slot *s;
-    uint64_t ident;
-    int rc = fetch_pinned(seg, table, key, klen, &now, &s, &ident);
+    int64_t rc = apc_seg_enter(seg);
     if (rc != APC_OK)
         return rc;
+    if (!ref)
+        return apc_seg_leave(seg, APC_E_ARG);
+    apc_slot *s;
+    uint64_t ident;
+    int64_t ival;
+    rc = fetch_pinned(seg, table, key, klen, &now, &s, &ident, &ival);
+    if (rc != APC_OK)
+        return apc_seg_leave(seg, rc);
     uint64_t type = s->type;
     ref->ptr = apc_slot_val(s);
     ref->len = type == APC_T_INT ? 8 : s->val_len;
-    ref->ival = LOAD(&s->ival);
+    ref->ival = ival;
     ref->slot = s;
     ref->ident = ident;
     ref->rec = -1;
@@ -270,50 +393,38 @@ int64_t apc_fetch_ref(apc_seg *seg, int table, const char *key, uint32_t klen, u
         if (r >= 0)
             ref->rec = r;
     }
-    return (int64_t)((ref->len << 8) | type);
+    return (int64_t)((ref->len << 8) | type); /* still in flight */
 }
 
 void apc_ref_release(apc_seg *seg, apc_ref *ref)
 {
-    if (ref->rec >= 0)
-        apc_unpin(seg, (uint64_t)ref->rec);
-    else if (ref->slot)
-        unpin((apc_slot *)ref->slot, ref->ident);
+    if (!ref->slot)
+        return;
+    if (ref->rec >= 0) {
+        apc_pin_rec *r = &seg->hdr->pins[ref->rec];
+        if (LOAD(&r->pid) == apc_pid())
+            STORE(&r->pid, 0);
+    }
+    unpin((apc_slot *)ref->slot, ref->ident);
     ref->slot = NULL;
     ref->rec = -1;
+    apc_seg_leave(seg, APC_OK);
 }
 
-void apc_unpin(apc_seg *seg, uint64_t rec)
+static int do_exists(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now)
 {
-    if (!seg)
-        return;
-    if (rec >= APC_NPINS)
-        return;
-    apc_pin_rec *r = &seg->hdr->pins[rec];
-    if (LOAD(&r->pid) != apc_pid())
-        return;
-    apc_off_t off = r->slot_off;
-    uint64_t ident = r->pinword;
-    /* Release the record first: dying between the two steps leaks a pin
-     * (reclaimed by gc_ttl), never drops one twice. */
-    STORE(&r->pid, 0);
-    if ((off & 7) == 0 && apc_in_arena(seg, off, sizeof(apc_slot)))
-        unpin((apc_slot *)APC_PTR(seg, off), ident);
-}
-
-int apc_exists(apc_seg *seg, int table, const char *key, uint32_t klen,
-               uint64_t now)
-{
-    CHECK_SEG(seg);
     if (bad_table(table) || klen > APC_MAX_KEY)
         return APC_E_ARG;
     uint64_t hash = apc_xxh3_64(key, klen);
     now = apc_now(now);
     int st = stripe_of(seg, table, hash);
     for (;;) {
-        uint64_t sq = apc_seq_read_begin(seg, st);
+        uint64_t sq;
+        int rc = apc_seq_read_begin(seg, st, &sq);
+        if (rc != APC_OK)
+            break;
         apc_off_t off = 0;
-        int rc = walk(seg, table, key, klen, hash, &off);
+        rc = walk(seg, table, key, klen, hash, &off);
         int expired = 0;
         if (rc == APC_OK) {
             apc_slot *s = (apc_slot *)APC_PTR(seg, off);
@@ -324,8 +435,20 @@ int apc_exists(apc_seg *seg, int table, const char *key, uint32_t klen,
             continue;
         if (rc == APC_OK && expired)
             return APC_NOTFOUND;
-        return rc;
+        if (rc != APC_E_CORRUPT)
+            return rc;
+        ADD(&seg->hdr->stripes[seg->stripe].corrupt[table], 1);
+        apc_repair_later(seg);
+        return APC_NOTFOUND;
     }
+    ADD(&seg->hdr->stripes[seg->stripe].waited[table], 1);
+    return APC_NOTFOUND;
+}
+
+int apc_exists(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now)
+{
+    int rc = apc_seg_enter(seg);
+    return rc ? rc : apc_seg_leave(seg, do_exists(seg, table, key, klen, now));
 }
 
 /* -------------------------------------------------------- write sections */
@@ -718,6 +841,7 @@ static int insert_wl(apc_seg *seg, int table, const char *key, uint32_t klen, ui
             return wrc;
         }
     }
+    s->sum = seg->checksums ? apc_entry_sum(s, val) : 0;
 
     /* Look up the old entry only now: making room may have removed it. */
     apc_off_t *link;
@@ -747,11 +871,10 @@ static int insert_wl(apc_seg *seg, int table, const char *key, uint32_t klen, ui
     return APC_OK;
 }
 
-int apc_store(apc_seg *seg, int table, const char *key, uint32_t klen, int type,
+static int do_store(apc_seg *seg, int table, const char *key, uint32_t klen, int type,
               const char *val, uint64_t vlen, int64_t ival, uint64_t ttl, uint64_t now,
               int flags)
 {
-    CHECK_SEG(seg);
     if (klen > APC_MAX_KEY)
         return APC_E_ARG;
     uint64_t hash = apc_xxh3_64(key, klen);
@@ -785,10 +908,17 @@ int apc_store(apc_seg *seg, int table, const char *key, uint32_t klen, int type,
     return rc;
 }
 
-int apc_delete(apc_seg *seg, int table, const char *key, uint32_t klen,
+int apc_store(apc_seg *seg, int table, const char *key, uint32_t klen, int type,
+              const char *val, uint64_t vlen, int64_t ival, uint64_t ttl, uint64_t now,
+              int flags)
+{
+    int rc = apc_seg_enter(seg);
+    return rc ? rc : apc_seg_leave(seg, do_store(seg, table, key, klen, type, val, vlen, ival, ttl, now, flags));
+}
+
+static int do_delete(apc_seg *seg, int table, const char *key, uint32_t klen,
                uint64_t now)
 {
-    CHECK_SEG(seg);
     if (klen > APC_MAX_KEY)
         return APC_E_ARG;
     uint64_t hash = apc_xxh3_64(key, klen);
@@ -822,10 +952,16 @@ int apc_delete(apc_seg *seg, int table, const char *key, uint32_t klen,
     return rc;
 }
 
-int apc_inc(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t step,
+int apc_delete(apc_seg *seg, int table, const char *key, uint32_t klen,
+               uint64_t now)
+{
+    int rc = apc_seg_enter(seg);
+    return rc ? rc : apc_seg_leave(seg, do_delete(seg, table, key, klen, now));
+}
+
+static int do_inc(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t step,
             uint64_t ttl, uint64_t now, int64_t *out)
 {
-    CHECK_SEG(seg);
     if (klen > APC_MAX_KEY)
         return APC_E_ARG;
     uint64_t hash = apc_xxh3_64(key, klen);
@@ -847,6 +983,8 @@ int apc_inc(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t ste
         } else {
             APC_FAULT("inc.in_place");
             STORE(&s->ival, v);
+            if (seg->checksums)
+                STORE(&s->sum, int_sum(s, v));
             s->mtime = now;
             *out = v;
         }
@@ -860,10 +998,16 @@ int apc_inc(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t ste
     return rc;
 }
 
-int apc_cas(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t old,
+int apc_inc(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t step,
+            uint64_t ttl, uint64_t now, int64_t *out)
+{
+    int rc = apc_seg_enter(seg);
+    return rc ? rc : apc_seg_leave(seg, do_inc(seg, table, key, klen, step, ttl, now, out));
+}
+
+static int do_cas(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t old,
             int64_t new_, uint64_t now)
 {
-    CHECK_SEG(seg);
     if (klen > APC_MAX_KEY)
         return APC_E_ARG;
     uint64_t hash = apc_xxh3_64(key, klen);
@@ -885,6 +1029,8 @@ int apc_cas(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t old
             rc = APC_MISMATCH;
         else {
             STORE(&s->ival, new_);
+            if (seg->checksums)
+                STORE(&s->sum, int_sum(s, new_));
             s->mtime = now;
         }
     }
@@ -892,9 +1038,15 @@ int apc_cas(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t old
     return rc;
 }
 
-int apc_clear(apc_seg *seg, int table, uint64_t now)
+int apc_cas(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t old,
+            int64_t new_, uint64_t now)
 {
-    CHECK_SEG(seg);
+    int rc = apc_seg_enter(seg);
+    return rc ? rc : apc_seg_leave(seg, do_cas(seg, table, key, klen, old, new_, now));
+}
+
+static int do_clear(apc_seg *seg, int table, uint64_t now)
+{
     if (bad_table(table))
         return APC_E_ARG;
     now = apc_now(now);
@@ -928,10 +1080,15 @@ int apc_clear(apc_seg *seg, int table, uint64_t now)
     return APC_OK;
 }
 
-/* Entries that are not hard-expired at now (len() of a table). */
-int64_t apc_count_live(apc_seg *seg, int table, uint64_t now)
+int apc_clear(apc_seg *seg, int table, uint64_t now)
 {
-    CHECK_SEG(seg);
+    int rc = apc_seg_enter(seg);
+    return rc ? rc : apc_seg_leave(seg, do_clear(seg, table, now));
+}
+
+/* Entries that are not hard-expired at now (len() of a table). */
+static int64_t do_count_live(apc_seg *seg, int table, uint64_t now)
+{
     if (bad_table(table))
         return APC_E_ARG;
     now = apc_now(now);
@@ -954,12 +1111,17 @@ int64_t apc_count_live(apc_seg *seg, int table, uint64_t now)
     return n;
 }
 
+int64_t apc_count_live(apc_seg *seg, int table, uint64_t now)
+{
+    int rc = apc_seg_enter(seg);
+    return rc ? rc : apc_seg_leave(seg, do_count_live(seg, table, now));
+}
+
 /* ------------------------------------------------------------ entry() */
 
-int apc_entry_begin(apc_seg *seg, int table, const char *key, uint32_t klen,
+static int do_entry_begin(apc_seg *seg, int table, const char *key, uint32_t klen,
                     uint64_t tid, uint64_t now, int64_t *out)
 {
-    CHECK_SEG(seg);
     if (klen > APC_MAX_KEY)
         return APC_E_ARG;
     uint64_t hash = apc_xxh3_64(key, klen);
@@ -1011,9 +1173,15 @@ out:
     return rc;
 }
 
-int apc_entry_end(apc_seg *seg, int64_t token, uint64_t tid)
+int apc_entry_begin(apc_seg *seg, int table, const char *key, uint32_t klen,
+                    uint64_t tid, uint64_t now, int64_t *out)
 {
-    CHECK_SEG(seg);
+    int rc = apc_seg_enter(seg);
+    return rc ? rc : apc_seg_leave(seg, do_entry_begin(seg, table, key, klen, tid, now, out));
+}
+
+static int do_entry_end(apc_seg *seg, int64_t token, uint64_t tid)
+{
     if (token < 0 || token >= APC_NELOCKS)
         return APC_E_ARG;
     int rc = wl_enter(seg, NO_SEQ);
@@ -1028,9 +1196,14 @@ int apc_entry_end(apc_seg *seg, int64_t token, uint64_t tid)
     return rc;
 }
 
-int apc_entry_takeover(apc_seg *seg, int64_t token, int64_t dead_pid, uint64_t tid, uint64_t now)
+int apc_entry_end(apc_seg *seg, int64_t token, uint64_t tid)
 {
-    CHECK_SEG(seg);
+    int rc = apc_seg_enter(seg);
+    return rc ? rc : apc_seg_leave(seg, do_entry_end(seg, token, tid));
+}
+
+static int do_entry_takeover(apc_seg *seg, int64_t token, int64_t dead_pid, uint64_t tid, uint64_t now)
+{
     if (token < 0 || token >= APC_NELOCKS || dead_pid <= 0)
         return APC_E_ARG;
     now = apc_now(now);
@@ -1049,30 +1222,15 @@ int apc_entry_takeover(apc_seg *seg, int64_t token, int64_t dead_pid, uint64_t t
     return rc;
 }
 
-/* Is pid a running process?  A zombie (killed, not yet reaped) is not. */
-int apc_pid_alive(int64_t pid)
+int apc_entry_takeover(apc_seg *seg, int64_t token, int64_t dead_pid, uint64_t tid, uint64_t now)
 {
-    if (pid <= 0)
-        return 0;
-    if (kill((pid_t)pid, 0) != 0 && errno != EPERM)
-        return 0;
-    char path[64], buf[256];
-    snprintf(path, sizeof path, "/proc/%lld/stat", (long long)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 1;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    char *p = strrchr(buf, ')');
-    if (p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X'))
-        return 0;
-    return 1;
+    int rc = apc_seg_enter(seg);
+    return rc ? rc : apc_seg_leave(seg, do_entry_takeover(seg, token, dead_pid, tid, now));
 }
 
-int apc_recover(apc_seg *seg, int64_t pid, uint64_t now)
+
+static int do_recover(apc_seg *seg, int64_t pid, uint64_t now)
 {
-    CHECK_SEG(seg);
     if (pid <= 0)
         return APC_E_ARG;
     now = apc_now(now);
@@ -1104,6 +1262,12 @@ int apc_recover(apc_seg *seg, int64_t pid, uint64_t now)
     gc_sweep_wl(seg, now);
     wl_leave(seg, APC_SEQ_ALL);
     return n;
+}
+
+int apc_recover(apc_seg *seg, int64_t pid, uint64_t now)
+{
+    int rc = apc_seg_enter(seg);
+    return rc ? rc : apc_seg_leave(seg, do_recover(seg, pid, now));
 }
 
 /* ------------------------------------------------------- the io hot path */
@@ -1157,9 +1321,8 @@ static void rec_of(apc_seg *seg, apc_slot *s, uint64_t now, apc_entry_rec *r)
                (apc_expired(s, now) ? APC_REC_EXPIRED : 0);
 }
 
-int apc_info_get(apc_seg *seg, int table, apc_info *o)
+static int do_info_get(apc_seg *seg, int table, apc_info *o)
 {
-    CHECK_SEG(seg);
     if (bad_table(table) || !o)
         return APC_E_ARG;
     apc_header *h = seg->hdr;
@@ -1183,7 +1346,11 @@ int apc_info_get(apc_seg *seg, int table, apc_info *o)
     for (int i = 0; i < APC_NSTRIPES; i++) {
         o->num_hits += LOADR(&h->stripes[i].hits[table]);
         o->num_misses += LOADR(&h->stripes[i].misses[table]);
+        o->corrupt_reads += LOADR(&h->stripes[i].corrupt[table]);
+        o->waited_reads += LOADR(&h->stripes[i].waited[table]);
     }
+    o->lock_steals = LOADR(&h->wlock.steals);
+    o->checksums = seg->checksums;
     o->repairs = LOADR(&h->repairs);
     o->compactions = LOADR(&h->compactions);
     for (int i = 0; i < APC_NELOCKS; i++)
@@ -1193,8 +1360,9 @@ int apc_info_get(apc_seg *seg, int table, apc_info *o)
     o->gc_entries = LOADR(&h->gc_count);
     if (o->gc_entries) {
         /* Only the GC list needs the lock. */
-        if (wl_enter(seg, NO_SEQ) != APC_OK)
-            return APC_E_LOCK;
+        int lrc = wl_enter(seg, NO_SEQ);
+        if (lrc != APC_OK)
+            return lrc;
         uint64_t cap = apc_walk_cap(seg);
         o->gc_entries = 0;
         for (apc_off_t off = h->gc_head; off && --cap;) {
@@ -1214,9 +1382,14 @@ int apc_info_get(apc_seg *seg, int table, apc_info *o)
     return APC_OK;
 }
 
-int apc_sma_info_get(apc_seg *seg, apc_sma_info *o, uint64_t *blocks, uint64_t cap)
+int apc_info_get(apc_seg *seg, int table, apc_info *o)
 {
-    CHECK_SEG(seg);
+    int rc = apc_seg_enter(seg);
+    return rc ? rc : apc_seg_leave(seg, do_info_get(seg, table, o));
+}
+
+static int do_sma_info_get(apc_seg *seg, apc_sma_info *o, uint64_t *blocks, uint64_t cap)
+{
     if (!o)
         return APC_E_ARG;
     int rc = wl_enter(seg, NO_SEQ);
@@ -1246,10 +1419,15 @@ int apc_sma_info_get(apc_seg *seg, apc_sma_info *o, uint64_t *blocks, uint64_t c
     return (int)(k > 0x7fffffff ? 0x7fffffff : k);
 }
 
-int apc_key_info(apc_seg *seg, int table, const char *key, uint32_t klen,
+int apc_sma_info_get(apc_seg *seg, apc_sma_info *o, uint64_t *blocks, uint64_t cap)
+{
+    int rc = apc_seg_enter(seg);
+    return rc ? rc : apc_seg_leave(seg, do_sma_info_get(seg, o, blocks, cap));
+}
+
+static int do_key_info(apc_seg *seg, int table, const char *key, uint32_t klen,
                  uint64_t now, apc_entry_rec *out)
 {
-    CHECK_SEG(seg);
     if (klen > APC_MAX_KEY)
         return APC_E_ARG;
     uint64_t hash = apc_xxh3_64(key, klen);
@@ -1272,11 +1450,17 @@ int apc_key_info(apc_seg *seg, int table, const char *key, uint32_t klen,
     return rc;
 }
 
+int apc_key_info(apc_seg *seg, int table, const char *key, uint32_t klen,
+                 uint64_t now, apc_entry_rec *out)
+{
+    int rc = apc_seg_enter(seg);
+    return rc ? rc : apc_seg_leave(seg, do_key_info(seg, table, key, klen, now, out));
+}
+
 /* Copy out entries (records followed by their keys) in one lock hold.  If
  * cap is too small, returns APC_E_SMALL with the size needed in buf[0..8). */
-int64_t apc_snapshot(apc_seg *seg, int table, uint64_t now, int flags, char *buf, uint64_t cap)
+static int64_t do_snapshot(apc_seg *seg, int table, uint64_t now, int flags, char *buf, uint64_t cap)
 {
-    CHECK_SEG(seg);
     if (bad_table(table) || !buf || cap < 8)
         return APC_E_ARG;
     now = apc_now(now);
@@ -1327,6 +1511,12 @@ int64_t apc_snapshot(apc_seg *seg, int table, uint64_t now, int flags, char *buf
         return APC_E_SMALL;
     }
     return (int64_t)used;
+}
+
+int64_t apc_snapshot(apc_seg *seg, int table, uint64_t now, int flags, char *buf, uint64_t cap)
+{
+    int rc = apc_seg_enter(seg);
+    return rc ? rc : apc_seg_leave(seg, do_snapshot(seg, table, now, flags, buf, cap));
 }
 
 /* ------------------------------------------------------------- repair */
@@ -1380,8 +1570,15 @@ static void collect_chain(apc_seg *seg, apc_off_t *link, int table, uint64_t buc
             *link = 0;
             return;
         }
+        apc_slot *s = (apc_slot *)APC_PTR(seg, off);
+        if (table >= 0 && seg->checksums && apc_entry_sum(s, apc_slot_val(s)) != s->sum) {
+            /* Sound as a structure, but its value was changed: drop it
+             * alone (the rebuild frees its block). */
+            *link = s->next_off;
+            continue;
+        }
         live[(*nlive)++] = off;
-        link = &((apc_slot *)APC_PTR(seg, off))->next_off;
+        link = &s->next_off;
     }
 }
 

@@ -164,10 +164,10 @@ def test_recover_releases_the_recorded_pin_of_a_dead_reader(segments):
         import os, sys, apccache
         from apccache import _bindings as B
         c = apccache.Cache.attach({c.name!r})
-        io = c._io()
+        ref = B.ffi.new("apc_ref *")
         k = b"large"
-        r = B.lib.apc_get(io.io, k, len(k))
-        assert r & B.PINNED, r
+        r = B.lib.apc_fetch_ref(c._seg, 0, k, len(k), 0, ref)
+        assert r >= 0 and ref.rec >= 0, (r, ref.rec)  # a large value's pin is on record
         print(os.getpid(), flush=True)
         os.kill(os.getpid(), 9)
     """)

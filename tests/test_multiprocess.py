@@ -200,8 +200,9 @@ def test_a_creator_process_exiting_does_not_unlink_either(tmp_path):
 def _pin_and_die(c, q):
     from apccache import _bindings as B
 
-    r = B.lib.apc_get(c._io().io, b"large", 5)
-    q.put(bool(r & B.PINNED))
+    ref = B.ffi.new("apc_ref *")
+    r = B.lib.apc_fetch_ref(c._seg, 0, b"large", 5, 0, ref)
+    q.put(r >= 0 and ref.rec >= 0)  # a large value's pin is on record
     q.close()
     q.join_thread()
     os._exit(0)  # leave without unpinning

@@ -32,7 +32,9 @@ async); ``prefix`` separates environments that differ in anything else.
 
 SECURITY: entries are code objects that are run.  The segment is refused
 (``apccache.files.UnsafeSegmentError``) unless the current user owns it and
-nobody else may write it.  No entry is ever unpickled.
+nobody else may write it, checked (``fstat`` of the mapped descriptor) when
+the cache is made and again before each template's code is loaded.  No
+entry is ever unpickled.
 """
 import hashlib
 import importlib.util
@@ -76,6 +78,7 @@ class SharedBytecodeCache(BytecodeCache):
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
         check_segment_for_code(cache)
+        self._cache = cache
         self._table = cache.file_table
         self._ns = (
             f"jinja2|{jinja2.__version__}|{bc_magic.hex()}|{importlib.util.MAGIC_NUMBER.hex()}|"
@@ -92,6 +95,7 @@ class SharedBytecodeCache(BytecodeCache):
         return _KEY_TAG + self._ns + fp[1] + b"|" + bucket.key.encode()
 
     def load_bytecode(self, bucket):
+        check_segment_for_code(self._cache)  # again: this code is about to run
         blob = self._table.get(self._key(bucket))
         if blob is None:
             return

@@ -303,12 +303,22 @@ def _who(uid):
     return f"{user} (uid {uid})" if user else f"uid {uid}"
 
 
-def attach(name):
-    """Attach the segment for reading, turning every failure into a StatError in words."""
+def attach(name, purpose=None):
+    """Attach the segment, turning every failure into a StatError in words.
+
+    Without purpose, for the read-only views: a segment that fails the
+    trust check (another user's, or writable by others) is still shown,
+    through a handle that never loads a value.  With purpose (a verb:
+    "clear"), the handle will write, and only a trusted segment is attached
+    (the check is fstat of the descriptor that is mapped)."""
     import apccache
 
     try:
+        if purpose is None:
+            return apccache.Cache.attach(name, timeout=0.5, _inspect=True)
         return apccache.Cache.attach(name, timeout=0.5)
+    except apccache.UntrustedSegmentError as e:
+        raise StatError(f"refusing to {purpose or 'open'} segment {_bare(name)!r}: {e}") from None
     except FileNotFoundError:
         raise StatError(no_such_segment(_bare(name))) from None
     except PermissionError:
@@ -517,6 +527,12 @@ def cmd_check(args):
         if args.warn_free is not None and free < args.warn_free:
             warnings.append(f"{free:.1f}% of the arena is free, below {args.warn_free:g}% "
                             f"({a['free']:,} of {a['arena_size']:,} bytes)")
+        seg = st["segment"]
+        if seg["mode"] and int(seg["mode"], 8) & 0o002:
+            # Absolute, whoever looks: others may write it, so no process
+            # trusts it (another user's segment is only untrusted by us).
+            warnings.append(f"mode {seg['mode']} lets others write the segment, so every process refuses to "
+                            f"attach it: chmod 600 {seg['path']} if its contents are trusted, or remove it")
         sv = st["supervisor"]
         if sv and "error" not in sv and sv["state"] in ("starting", "running", "reloading") and not sv["master_alive"]:
             warnings.append(f"the scoreboard says the supervisor is {sv['state']} but its master pid "
@@ -576,7 +592,7 @@ def cmd_clear(args):
     if not args.yes:
         raise StatError(f"clearing {name!r} removes every entry of its user cache for every process: add --yes "
                         "to confirm", 2)
-    cache = attach(args.name)
+    cache = attach(args.name, "clear")
     try:
         before = cache.info(limited=True)["num_entries"]
         cache.clear()
@@ -594,7 +610,7 @@ def cmd_delete(args):
     _require_owner(name, "delete from")
     if not args.yes:
         raise StatError(f"deleting {args.key!r} from {name!r} removes it for every process: add --yes to confirm", 2)
-    cache = attach(args.name)
+    cache = attach(args.name, "delete from")
     try:
         try:
             found = cache.delete(args.key)

@@ -44,13 +44,9 @@ _HEAD = struct.Struct("=8sIIIIQQqQQQQQQ")  # magic .. arena_size
 _U64 = struct.Struct("=Q")
 
 
-def _header_map():
-    m = B.ffi.new("apc_header_map *")
-    lib.apc_header_map_get(m)
-    return m.header_size, m.free_bytes_off, m.num_entries_off
-
-
-_HEADER_READ, _FREE_BYTES_OFF, _NUM_ENTRIES_OFF = _header_map()
+_HEADER_READ = B.LAYOUT["header_size"]
+_FREE_BYTES_OFF = B.LAYOUT["free_bytes_off"]
+_NUM_ENTRIES_OFF = B.LAYOUT["num_entries_off"]
 
 # The binding's value type tags (apccache._bindings), by name.
 TYPE_NAMES = {B.T_BYTES: "bytes", B.T_STR: "str", B.T_INT: "int", B.T_FLOAT: "float", B.T_TRUE: "bool",
@@ -73,6 +69,33 @@ def owner_of(name):
     except OSError:
         return None
     return st.st_uid, _user(st.st_uid), f"{_stat.S_IMODE(st.st_mode):04o}"
+
+
+def _owner_of_handle(cache):
+    """(uid, user name, mode string) from the fstat taken of the descriptor
+    the handle maps (None if unknown): what was attached, not what the name
+    means now."""
+    st = getattr(getattr(cache, "_shm", None), "stat", None)
+    if st is None:
+        return None
+    return st.st_uid, _user(st.st_uid), f"{_stat.S_IMODE(st.st_mode):04o}"
+
+
+def _distrust(cache):
+    """Why the segment failed the trust check, in a few words; None if it passed."""
+    if getattr(cache, "_untrusted", None) is None:
+        return None
+    st = getattr(getattr(cache, "_shm", None), "stat", None)
+    if st is None:
+        return "it failed the trust check"
+    if not _stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_uid != os.geteuid():
+        user = _user(st.st_uid)
+        return f"owned by {user + ' (uid ' + str(st.st_uid) + ')' if user else 'uid ' + str(st.st_uid)}, not by you"
+    if st.st_mode & _stat.S_IWOTH:
+        return "writable by others"
+    return "writable by its group"
 
 
 def _user(uid):
@@ -267,7 +290,7 @@ def collect(cache, *, detail=True, top=5, now=None):
     # GC list length and oldest deletion come with info(); they are what
     # apc_info_get walks under the lock, and only when the list is not empty.
     name = cache.name
-    owner = owner_of(name)
+    owner = _owner_of_handle(cache) or owner_of(name)
     seg = {
         "name": name,
         "path": os.path.join(SHM_DIR, name),
@@ -280,6 +303,8 @@ def collect(cache, *, detail=True, top=5, now=None):
         "owner_uid": owner[0] if owner else None,
         "owner": owner[1] if owner else None,
         "mode": owner[2] if owner else None,
+        "trusted": getattr(cache, "_untrusted", None) is None,
+        "untrusted_reason": _distrust(cache),
     }
     user = _table(info, now)
     user.update({

@@ -147,6 +147,8 @@ def _segment(s):
         ("Created", f"{stamp(s['created'])} by pid {creator}"),
         ("Uptime", duration(s["uptime"])),
         ("Owner", f"{owner}, mode {s['mode']}" if s["mode"] else owner),
+        *([("Trust", f"NOT TRUSTED ({s['untrusted_reason']}): shown, but none of its values is loaded, and "
+                     "clear and delete are refused")] if s.get("trusted") is False else []),
     ])
 
 

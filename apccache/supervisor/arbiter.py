@@ -339,6 +339,14 @@ class Supervisor:
     def _take_over_existing(self, apccache, c, kwargs):
         try:
             old = apccache.Cache.attach(c.name)
+        except apccache.UntrustedSegmentError as e:
+            # Someone else made the name first, or it is writable by others:
+            # neither reused (its values would be unpickled in every worker)
+            # nor removed (it may be another program's, or evidence).
+            log.error("refusing to take over the existing cache segment %r: %s. The supervisor neither "
+                      "uses nor removes it; check who made it, remove /dev/shm/%s, and start again (or "
+                      "choose another [cache] name)", c.name, e, c.name)
+            return ExitCode.CACHE_ERROR
         except Exception as e:
             log.error("the cache segment %r already exists and cannot be attached (%s); remove "
                       "/dev/shm/%s or choose another [cache] name", c.name, e, c.name)

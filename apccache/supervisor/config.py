@@ -241,8 +241,8 @@ def parse(data, source="<config>", base_dir=None):
         name=name,
         size=size,
         slots=slots or None,
-        ttl=v.integer(c, "cache.ttl", 0, minimum=0),
-        gc_ttl=v.integer(c, "cache.gc_ttl", 3600, minimum=1),
+        ttl=v.integer(c, "cache.ttl", 0, minimum=0, maximum=_MAX_TTL),
+        gc_ttl=v.integer(c, "cache.gc_ttl", 3600, minimum=1, maximum=_MAX_TTL),
         keep=v.boolean(c, "cache.keep", False),
     )
 
@@ -514,6 +514,9 @@ class _Validator:
         ):
             self.fail(f"{key} must be a {'' if allow_empty else 'non-empty '}list of strings (got {value!r})")
         return value
+
+
+_MAX_TTL = (1 << 31) - 1  # apccache.MAX_TTL, not imported: that would load the engine to read a file
 
 
 def _range(lo, hi):

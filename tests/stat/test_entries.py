@@ -77,7 +77,7 @@ def test_the_human_table_has_human_sizes_and_relative_times(populated):
     body = {ln.split()[0]: ln for ln in lines[2:2 + len(ENTRIES)]}
     assert list(body) == sorted(e[0] for e in ENTRIES)
     assert re.search(r"^alpha\s+bytes\s+5\s+144 B\s+\d+ min ago\s+10 min ago\s+10 min ago\s+never$", body["alpha"])
-    assert re.search(r"^delta\s+bytes\s+2\s+3\.0 KiB\s+.*ago\s+in (20|19) min$", body["delta"])
+    assert re.search(r"^delta\s+bytes\s+2\s+3\.1 KiB\s+.*ago\s+in (20|19) min$", body["delta"])
     assert re.search(r"^gamma\s+int\s+1\s+128 B\s+.*in 1 h$", body["gamma"])
     assert lines[-1] == "6 of 6 entries, by key (A to Z)"
     r = apcstat(populated.name, "entries", "--limit", "1", "--sort", "ttl", "--reverse")
@@ -138,8 +138,11 @@ def test_deleted_lists_an_entry_a_reader_still_holds(segments):
     c.store("held", b"x" * 100)
     c.store("other", 1)
     (off,) = [r[9] for r, k in c._snapshot(0, 1, 0) if k == b"held"]
-    pin = struct.unpack_from("<Q", c._mv, off + 72)[0]  # apc_slot.pin: tag | version | refs
-    struct.pack_into("<Q", c._mv, off + 72, pin + 1)  # as if a reader held it
+    from apccache._bindings import LAYOUT
+
+    pin_off = off + LAYOUT["slot_pin_off"]
+    pin = struct.unpack_from("<Q", c._mv, pin_off)[0]  # apc_slot.pin: tag | version | refs
+    struct.pack_into("<Q", c._mv, pin_off, pin + 1)  # as if a reader held it
     assert c.delete("held")
     (gone,) = c.info()["deleted_list"]
     obj = json.loads(run_main([c.name, "entries", "--deleted", "--json"])[1])
@@ -148,8 +151,8 @@ def test_deleted_lists_an_entry_a_reader_still_holds(segments):
                                                                        gone["mem_size"])
     assert keys_of(run_main([c.name, "entries", "--json"])[1]) == ["other"]
     rc, out, _ = run_main([c.name, "entries", "--deleted"])
-    assert re.search(r"^held\s+bytes\s+0\s+224 B\s+.*\s+1$", out, re.M)
+    assert re.search(r"^held\s+bytes\s+0\s+240 B\s+.*\s+1$", out, re.M)
     assert out.splitlines()[0].split()[-2:] == ["Deleted", "Refs"]
     st = json.loads(run_main([c.name, "--json"])[1])
     assert st["user"]["gc"] == {"entries": 1, "memory": gone["mem_size"], "oldest_deletion": gone["deletion_time"]}
-    assert re.search(r"^  GC list:\s+1 entry \(224 B\), oldest deleted (now|\d+ s ago)$", run_main([c.name])[1], re.M)
+    assert re.search(r"^  GC list:\s+1 entry \(240 B\), oldest deleted (now|\d+ s ago)$", run_main([c.name])[1], re.M)

@@ -7,6 +7,7 @@ import struct
 import pytest
 
 import apccache
+from apccache import _bindings as B
 from apccache.stat.render import human_size
 from stat_support import apcstat, run_main
 
@@ -76,10 +77,10 @@ def test_an_incompatible_layout_names_the_version_that_made_it(segments):
     r = apcstat(c.name)
     assert r.returncode == 1
     assert f"apcstat: segment '{c.name}' has layout version 999" in r.stderr
-    assert "this apccache reads version 1" in r.stderr
+    assert f"this apccache reads version {B.FORMAT}" in r.stderr
     (seg,) = [s for s in json.loads(run_main(["--list", "--json"])[1])["segments"] if s["name"] == c.name]
     assert seg["layout_version"] == 999 and seg["entries"] is None
-    c._mv[8:12] = struct.pack("<I", 1)
+    c._mv[8:12] = struct.pack("<I", B.FORMAT)
 
 
 def test_a_foreign_file_is_not_an_apccache_segment(raw_path):
@@ -139,10 +140,10 @@ def test_list_reads_headers_without_attaching(populated, segments, monkeypatch):
         info, sma = c.info(limited=True), c.sma_info(limited=True)
         s = segs[c.name]
         assert (s["size"], s["entries"], s["memory_free"], s["layout_version"], s["created"], s["creator_pid"]) == (
-            info["seg_size"], info["num_entries"], sma["avail_mem"], 1, info["create_time"], os.getpid())
+            info["seg_size"], info["num_entries"], sma["avail_mem"], B.FORMAT, info["create_time"], os.getpid())
         assert s["owner_uid"] == os.geteuid() and s["mode"] == "0600" and s["creator_alive"] is True
     rc, out, _ = run_main(["--list"])
     assert rc == 0 and out.splitlines()[0].split() == ["Name", "Size", "Free", "Entries", "Owner", "Layout", "Age"]
     (row,) = [ln.split() for ln in out.splitlines() if ln.startswith(populated.name + " ")]
     free = human_size(populated.sma_info()["avail_mem"]).split()
-    assert row[1:6] == ["2.0", "MiB", *free, "6"] and row[7] == "1" and row[8:] == ["10", "min"]
+    assert row[1:6] == ["2.0", "MiB", *free, "6"] and row[7] == str(B.FORMAT) and row[8:] == ["10", "min"]

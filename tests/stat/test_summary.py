@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 import apccache.stat
+from apccache import _bindings as B
 from apccache.metrics import ApcCollector
 from stat_support import ENTRIES, MISSES, apcstat
 
@@ -49,7 +50,7 @@ def test_the_summary_has_every_section_in_order_with_name_value_lines(populated)
     assert list(s) == [f"Segment {populated.name}", "User cache", "Top keys by hits", "Slots", "Allocator"]
     seg = "\n".join(s[f"Segment {populated.name}"])
     assert re.search(r"^  Size:\s+2\.0 MiB \(2,097,152 bytes\)$", seg, re.M)
-    assert re.search(r"^  Layout version:\s+1$", seg, re.M)
+    assert re.search(rf"^  Layout version:\s+{B.FORMAT}$", seg, re.M)
     assert re.search(rf"^  Created:\s+\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d by pid {os.getpid()} \(running\)$", seg, re.M)
     assert re.search(r"^  Uptime:\s+\d+ min \d\d s$", seg, re.M)
     assert re.search(r"^  Owner:\s+\S+, mode 0600$", seg, re.M)
@@ -108,7 +109,7 @@ def test_json_is_one_versioned_object_with_exact_values(populated):
     info, sma = populated.info(limited=True), populated.sma_info()
     assert st["apcstat"] == apccache.stat.SCHEMA == 1
     seg = st["segment"]
-    assert seg == {**seg, "name": populated.name, "size": 2 << 20, "layout_version": 1,
+    assert seg == {**seg, "name": populated.name, "size": 2 << 20, "layout_version": B.FORMAT,
                    "created": info["create_time"], "creator_pid": os.getpid(), "creator_alive": True,
                    "owner_uid": os.geteuid(), "mode": "0600", "path": f"/dev/shm/{populated.name}"}
     u = st["user"]
@@ -122,8 +123,8 @@ def test_json_is_one_versioned_object_with_exact_values(populated):
     assert u["rates"]["hits"] == round(HITS / u["since_start"], 6)
     assert u["top_keys"] == [
         {"key": "alpha", "type": "bytes", "hits": 5, "size": 144},
-        {"key": "beta", "type": "str", "hits": 3, "size": 624},
-        {"key": "delta", "type": "bytes", "hits": 2, "size": 3120},
+        {"key": "beta", "type": "str", "hits": 3, "size": 640},
+        {"key": "delta", "type": "bytes", "hits": 2, "size": 3136},
         {"key": "gamma", "type": "int", "hits": 1, "size": 128},
     ]
     n, longest, hist = expected_chains(populated)
@@ -163,7 +164,7 @@ def test_prometheus_output_parses_and_carries_the_counters(populated):
     assert value("apccache_memory_used_bytes", seg) == sma["used_mem"]
     assert value("apccache_memory_limit_bytes", seg) == sma["seg_size"]
     assert value("apccache_memory_free_bytes", seg) == sma["avail_mem"]
-    assert value("apccache_info", {**seg, "layout_version": "1"}) == 1
+    assert value("apccache_info", {**seg, "layout_version": str(B.FORMAT)}) == 1
     assert fams["apccache_hits"].type == "counter" and fams["apccache_entries"].type == "gauge"
     n, longest, hist = expected_chains(populated)
     assert fams["apccache_chain_length"].type == "histogram"
