@@ -33,6 +33,14 @@ def worker(cfg):
 
     cache = apccache.Cache.attach(cfg["segment"])
     fc = FleetCache(cache, cfg["url"], cfg["namespace"], socket_timeout=0.5, cluster=cfg.get("cluster", False))
+    remote = [0]
+    real_remote = fc._remote
+
+    def counted_remote(*args, **kwargs):  # reads that went to Redis
+        remote[0] += 1
+        return real_remote(*args, **kwargs)
+
+    fc._remote = counted_remote
     own = cfg["own_keys"]
     keys = cfg["keys"]
     version = {k: 0 for k in own}
@@ -46,7 +54,12 @@ def worker(cfg):
     end = time.monotonic() + cfg["duration"]
     mono = time.monotonic
     pause = cfg.get("pause", 0.001)
+    stop = cfg["stop"]
+    n = 0
     while mono() < end:
+        n += 1
+        if n % 64 == 0 and os.path.exists(stop):
+            break
         if own and rnd.random() < cfg["write_ratio"]:
             k = rnd.choice(own)
             v = version[k] = version[k] + 1
@@ -67,7 +80,8 @@ def worker(cfg):
             reads.append((k, v, t0, mono()))
         time.sleep(pause)
     with open(cfg["out"], "w") as f:
-        json.dump({"host": cfg["host"], "writes": writes, "reads": reads, "errors": errors}, f)
+        json.dump({"host": cfg["host"], "writes": writes, "reads": reads, "errors": errors,
+                   "remote": remote[0]}, f)
 
 
 # -------------------------------------------------------------- the run
@@ -124,12 +138,13 @@ class Run:
 
     def start(self):
         go = os.path.join(self.workdir, "go")
+        self.stop_file = os.path.join(self.workdir, "stop")
         readies = []
         for i, h in enumerate(self.hosts):
             cfg = {"segment": h.name, "url": self.url, "namespace": self.namespace, "host": i,
                    "own_keys": self.own[i], "keys": self.keys, "duration": self.duration,
                    "write_ratio": self.write_ratio, "seed": i, "cluster": self.cluster,
-                   "ready": os.path.join(self.workdir, f"ready{i}"), "go": go,
+                   "ready": os.path.join(self.workdir, f"ready{i}"), "go": go, "stop": self.stop_file,
                    "out": os.path.join(self.workdir, f"out{i}.json")}
             path = os.path.join(self.workdir, f"cfg{i}.json")
             with open(path, "w") as f:
@@ -152,11 +167,17 @@ class Run:
         """Sleep until offset seconds after the start."""
         time.sleep(max(0.0, self.started + offset - time.monotonic()))
 
-    def finish(self, timeout=60):
+    def stop(self):
+        """End the run now (before its duration)."""
+        with open(self.stop_file, "w"):
+            pass
+
+    def finish(self, timeout=None):
         results = []
+        deadline = time.monotonic() + (self.duration + 60 if timeout is None else timeout)
         try:
             for p in self.procs:
-                p.wait(timeout=timeout)
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
         finally:
             for p in self.procs:
                 if p.poll() is None:
@@ -214,6 +235,7 @@ def analyse(results, bypass_writes, losses, bound):
     nreads = stale = 0
     violations = []
     pair_lag = {}  # (key, state index, host) -> observed lag
+    stale_lags = []
     for r in results:
         host = r["host"]
         for k, v, t0, t1 in r["reads"]:
@@ -235,6 +257,7 @@ def analyse(results, bypass_writes, losses, bound):
             if newer < t0:
                 stale += 1
                 lag = t0 - newer
+                stale_lags.append(lag)
                 # which later state was acknowledged first
                 j = next(j for j in range(i + 1, len(seq)) if seq[j][3] == newer)
                 key = (k, j, host)
@@ -258,17 +281,22 @@ def analyse(results, bypass_writes, losses, bound):
             return 0.0
         return lags[min(len(lags) - 1, int(p * len(lags)))]
 
-    return {"reads": nreads, "writes": sum(len(w) for w in writes.values()), "stale": stale,
+    stale_lags.sort()
+    return {"stale_p50": stale_lags[len(stale_lags) // 2] if stale_lags else 0.0,
+            "reads": nreads, "writes": sum(len(w) for w in writes.values()), "stale": stale,
             "violations": violations, "lag_p50": pct(0.50), "lag_p99": pct(0.99),
             "lag_max": lags[-1] if lags else 0.0, "pairs": len(lags),
-            "errors": sum(r["errors"] for r in results)}
+            "errors": sum(r["errors"] for r in results),
+            "near": 1 - sum(r.get("remote", 0) for r in results) / max(1, nreads)}
 
 
 def describe(name, a):
-    return (f"{name}: {a['reads']} reads, {a['writes']} writes, {a['stale']} stale within the bound, "
+    return (f"{name}: {a['reads']} reads, {a['writes']} writes, {a['stale']} stale within the bound "
+            f"(median {a['stale_p50'] * 1000:.1f} ms after the newer write), "
             f"{len(a['violations'])} violations; invalidation lag p50 {a['lag_p50'] * 1000:.1f} ms, "
             f"p99 {a['lag_p99'] * 1000:.1f} ms, max {a['lag_max'] * 1000:.1f} ms "
-            f"over {a['pairs']} (write, host) pairs; {a['errors']} reads refused")
+            f"over {a['pairs']} (write, host) pairs; {a['near'] * 100:.0f}% of reads were near hits; "
+            f"{a['errors']} reads refused")
 
 
 if __name__ == "__main__":
