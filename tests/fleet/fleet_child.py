@@ -33,8 +33,19 @@ def main():
         time.sleep(0.5)
         return {"built_by": os.getpid(), "key": key}
 
+    waits = []  # (start, end) of this process's waits on Redis for the key
+    real = fc._fleet_entry
+
+    def timed(*args):
+        t0 = time.monotonic()
+        try:
+            return real(*args)
+        finally:
+            waits.append((t0, time.monotonic()))
+
+    fc._fleet_entry = timed
     value = fc.entry("report", generate, ttl=60)
-    print(json.dumps(value), flush=True)
+    print(json.dumps({"value": value, "waits": waits}), flush=True)
 
 
 if __name__ == "__main__":

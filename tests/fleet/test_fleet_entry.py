@@ -31,8 +31,16 @@ def test_entry_runs_the_generator_once_across_hosts_and_processes(hosts, redis_s
                 p.kill()
                 p.wait()
     assert [p.returncode for p in procs] == [0] * 6
-    values = [json.loads(o) for o in outs]
+    outs = [json.loads(o) for o in outs]
+    values = [o["value"] for o in outs]
     assert len({v["built_by"] for v in values}) == 1
+    # per host, one process at a time waits on Redis (the others wait on the
+    # host's own Cache.entry): those waits never overlap
+    for i in range(2):
+        waits = sorted(w for o in outs[3 * i: 3 * i + 3] for w in o["waits"])
+        assert waits, f"no process of host {i} reached Redis"
+        for (s1, e1), (s2, e2) in zip(waits, waits[1:]):
+            assert s2 >= e1, f"two processes of host {i} waited on Redis at once: {waits}"
     assert int(rclient.get(f"{namespace}-calls")) == 1
     assert hs[0].fc.fetch("report") == values[0]
     assert rclient.ttl(f"{namespace}:report") > 50
