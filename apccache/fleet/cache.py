@@ -106,6 +106,11 @@ class FleetCache:
                 self.redis = redis.Redis.from_url(redis_or_url, **opts)
         else:
             self.redis = redis_or_url
+            kw = getattr(getattr(redis_or_url, "connection_pool", None), "connection_kwargs", {}) or {}
+            if kw.get("decode_responses") or getattr(redis_or_url, "get_encoder", None) and \
+                    getattr(redis_or_url.get_encoder(), "decode_responses", False):
+                raise ValueError("the redis client must return bytes (decode_responses=False): "
+                                 "FleetCache stores tagged binary values")
         self._cluster = isinstance(self.redis, redis.RedisCluster)
         self._ser = getattr(cache, "_ser", None) or PickleSerializer()
         self._nsb = namespace.encode() + b":"
@@ -125,6 +130,10 @@ class FleetCache:
 
     def __repr__(self):
         return f"<FleetCache {self.namespace!r} on {self.cache.name!r}>"
+
+    def close(self):
+        """Close the Redis client (the segment is the caller's)."""
+        self.redis.close()
 
     # ---------------------------------------------------------------- trust
 

@@ -175,6 +175,22 @@ def test_bad_arguments_change_nothing(hosts):
 
     with pytest.raises(ValueError, match="namespace"):
         FleetCache(h.cache, h.url, "has:colon")
+    import redis
+
+    with pytest.raises(ValueError, match="decode_responses"):
+        FleetCache(h.cache, redis.Redis.from_url(h.url, decode_responses=True), "ns")
+
+
+def test_a_redis_py_client_can_be_given(hosts, redis_server, namespace):
+    import redis
+
+    from apccache.fleet import FleetCache
+
+    (h,) = hosts(1)
+    fc = FleetCache(h.cache, redis.Redis(port=redis_server.port), namespace)
+    fc.store("k", [1, 2])
+    assert h.fc.fetch("k") == [1, 2]
+    fc.close()
 
 
 def test_status_reports_the_listener(hosts):
