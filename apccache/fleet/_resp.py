@@ -95,7 +95,10 @@ class Parser:
                 return None, pos
             if len(self._buf) < pos + n + 2:
                 raise _Incomplete
-            return bytes(self._buf[pos : pos + n]), pos + n + 2
+            data = bytes(self._buf[pos : pos + n])
+            if t == b"=":  # verbatim string: "txt:" and the text
+                data = data[4:]
+            return data, pos + n + 2
         if t in (b"*", b"~", b">"):
             n = int(line)
             if n < 0:

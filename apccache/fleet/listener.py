@@ -35,8 +35,10 @@ WHAT IF...
 LIMITATIONS
 
 Plain TCP only (no TLS), no Sentinel.  Redis Cluster: one connection per
-primary, re-read every ``topology_interval``; a replica promoted by a
-failover or a new primary starts a new epoch.
+primary (CLUSTER NODES, slot-less primaries included), re-read every
+``topology_interval``; a new primary, or a replica promoted by a failover,
+starts a new epoch.  Slots moved to a primary within ``topology_interval`` of
+its joining may have their invalidations missed for that long.
 """
 
 import collections
@@ -186,7 +188,7 @@ class Listener:
         mode = first.hello.get(b"mode") if isinstance(first.hello, dict) else None
         if mode == b"cluster":
             first.sock.setblocking(True)
-            shards = first._call(["CLUSTER", "SLOTS"], self.connect_timeout)
+            shards = first._call(["CLUSTER", "NODES"], self.connect_timeout)
             first.sock.setblocking(False)
             self.primaries = _primaries(shards, self.host)
             for addr in self.primaries:
@@ -224,7 +226,7 @@ class Listener:
                     c.send("ping", "PING")
                 next_ping = now + self.ping_interval
             if self.primaries is not None and now >= next_topology:
-                self.conns[0].send("slots", "CLUSTER", "SLOTS")
+                self.conns[0].send("nodes", "CLUSTER", "NODES")
                 next_topology = now + self.topology_interval
             for c in self.conns:
                 if c.pending and now - c.pending[0][1] > self.dead_after:
@@ -257,7 +259,7 @@ class Listener:
             if kind == "ping":
                 c.confirmed = sent
                 synced = True
-            elif kind == "slots":
+            elif kind == "nodes":
                 primaries = _primaries(msg, self.host)
                 if primaries != self.primaries:
                     raise ConnectionError(f"the cluster's primaries changed ({len(primaries)} now)")
@@ -305,15 +307,24 @@ class Listener:
         self._dirty = False
 
 
-def _primaries(slots_reply, seed_host):
-    """The sorted (host, port) of the primaries in a CLUSTER SLOTS reply."""
+def _primaries(nodes_reply, seed_host):
+    """The sorted (host, port) of the primaries in a CLUSTER NODES reply,
+    slot-less ones included: a primary just added is tracked before any slot
+    moves to it."""
+    text = nodes_reply.decode() if isinstance(nodes_reply, bytes) else str(nodes_reply or "")
     out = set()
-    for entry in slots_reply or []:
-        node = entry[2]
-        host = node[0].decode() if isinstance(node[0], bytes) else node[0]
-        if not host or host == "?":
-            host = seed_host
-        out.add((host, int(node[1])))
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 8:
+            continue
+        flags = parts[2].split(",")
+        if "master" not in flags or {"fail", "handshake", "noaddr"} & set(flags):
+            continue
+        addr = parts[1].split("@", 1)[0]
+        host, _, port = addr.rpartition(":")
+        if not port.isdigit() or port == "0":
+            continue
+        out.add((host or seed_host, int(port)))
     return sorted(out)
 
 

@@ -285,10 +285,18 @@ class RedisClusterServers:
     def reshard(self, src, dst, slots):
         """Move `slots` slots (with their keys) from node src to node dst."""
         cli = shutil.which("redis-cli")
-        subprocess.run([cli, "--cluster", "reshard", f"127.0.0.1:{self.nodes[0].port}",
-                        "--cluster-from", self.node_id(src), "--cluster-to", self.node_id(dst),
-                        "--cluster-slots", str(slots), "--cluster-yes"],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+        deadline = time.monotonic() + 30
+        while True:
+            r = subprocess.run([cli, "--cluster", "reshard", f"127.0.0.1:{self.nodes[0].port}",
+                                "--cluster-from", self.node_id(src), "--cluster-to", self.node_id(dst),
+                                "--cluster-slots", str(slots), "--cluster-yes"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120, text=True)
+            if r.returncode == 0:
+                return
+            # gossip has not converged yet (e.g. just after a node joined): try again
+            if "don't agree" not in r.stdout or time.monotonic() > deadline:
+                raise RuntimeError(f"reshard failed: {r.stdout[-2000:]}")
+            time.sleep(0.2)
 
     def stop(self):
         for node in self.nodes:
@@ -307,3 +315,32 @@ def wait_synced(fc, timeout=5.0):
             return
         time.sleep(0.002)
     raise AssertionError(f"no sync confirmed within {timeout} s: {fc.status()}")
+
+
+def add_cluster_node(cluster):
+    """Start one more node and join it to the cluster as a slot-less primary."""
+    node = RedisServer(os.path.join(cluster.dir, f"n{len(cluster.nodes)}"), extra=[
+        "--cluster-enabled", "yes", "--cluster-node-timeout", "2000", "--cluster-port", str(free_port()),
+        "--cluster-config-file", "nodes.conf"]).start()
+    cluster.nodes.append(node)
+    cli = shutil.which("redis-cli")
+    subprocess.run([cli, "--cluster", "add-node", f"127.0.0.1:{node.port}", f"127.0.0.1:{cluster.nodes[0].port}"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+    import redis
+
+    new_id = cluster.node_id(len(cluster.nodes) - 1)
+    deadline = time.monotonic() + 30
+    for other in cluster.nodes:   # every node must know the new one (gossip)
+        r = redis.Redis(port=other.port)
+        try:
+            while new_id not in r.execute_command("CLUSTER", "NODES").decode():
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the cluster did not learn of its new node")
+                time.sleep(0.05)
+            while r.cluster("info").get("cluster_state") != "ok":
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the cluster is not ok after its new node joined")
+                time.sleep(0.05)
+        finally:
+            r.close()
+    return len(cluster.nodes) - 1

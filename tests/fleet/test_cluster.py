@@ -86,3 +86,22 @@ def _evalsha_calls(cluster):
         n += r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
         r.close()
     return n
+
+
+def test_a_new_primary_is_tracked_before_slots_move_to_it(hosts, cluster):
+    from fleet_support import add_cluster_node
+
+    a, b = hosts(2, url=cluster.url, fleet_kwargs={"cluster": True})
+    epoch = b.fc.status()["epoch"]
+    new = add_cluster_node(cluster)
+    port = cluster.nodes[new].port
+    wait_for(lambda: f"127.0.0.1:{port}" in b.listener.log() and b.fc.status()["trusted"]
+             and b.fc.status()["epoch"] != epoch, timeout=20, what="b's listener to track the new primary")
+    cluster.reshard(0, new, 3000)
+    keys = [f"k{i}" for i in range(40)]
+    a.fc.store_many({k: 1 for k in keys})
+    wait_synced(b.fc)
+    assert b.fc.fetch_many(keys) == {k: 1 for k in keys}
+    a.fc.store_many({k: 2 for k in keys})           # some of them now live on the new node
+    wait_for(lambda: b.fc.fetch_many(keys) == {k: 2 for k in keys}, timeout=1.0,
+             what="b to see writes on the new primary")

@@ -36,9 +36,10 @@ def test_entry_runs_the_generator_once_across_hosts_and_processes(hosts, redis_s
     assert len({v["built_by"] for v in values}) == 1
     # per host, one process at a time waits on Redis (the others wait on the
     # host's own Cache.entry): those waits never overlap
+    # (a host whose processes started after the value was stored never waits)
+    assert any(o["waits"] for o in outs)
     for i in range(2):
         waits = sorted(w for o in outs[3 * i: 3 * i + 3] for w in o["waits"])
-        assert waits, f"no process of host {i} reached Redis"
         for (s1, e1), (s2, e2) in zip(waits, waits[1:]):
             assert s2 >= e1, f"two processes of host {i} waited on Redis at once: {waits}"
     assert int(rclient.get(f"{namespace}-calls")) == 1
