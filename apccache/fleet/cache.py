@@ -35,6 +35,12 @@ local v = redis.call('INCRBY', KEYS[1], ARGV[1])
 if existed == 0 and tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return v
 """
+# Compare-and-swap of an int (decimal text), keeping the key's ttl.
+_CAS = """
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') return 1 end
+return 0
+"""
 _UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 _RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
 
@@ -119,6 +125,7 @@ class FleetCache:
         self._gkeys = L.gen_keys
         self._get_pttl = self.redis.register_script(_GET_PTTL)
         self._incr = self.redis.register_script(_INCR)
+        self._cas = self.redis.register_script(_CAS)
         self._unlock = self.redis.register_script(_UNLOCK)
         self._renew = self.redis.register_script(_RENEW)
         # The heartbeat as this process last read it.
@@ -430,6 +437,24 @@ class FleetCache:
             raise TypeError(f"step must be an int, not {type(step).__name__}")
         return self.inc(key, -step, ttl)
 
+    def cas(self, key, old, new):
+        """Replace the int old with new, atomically across the fleet (the
+        key keeps its ttl).  False if the key is missing (never inserts), not
+        an int, or not old."""
+        kb = _key_bytes(key)
+        for name, v in (("old", old), ("new", new)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"{name} must be an int, not {type(v).__name__}")
+            if not _INT64[0] <= v <= _INT64[1]:
+                raise OverflowError(f"{name} {v} is outside the int64 range")
+        try:
+            done = self._cas(keys=[self._nsb + kb], args=[b"%d" % old, b"%d" % new])
+        except (RedisError, OSError) as e:
+            raise self._down(e) from e
+        if done:
+            self._invalidate(kb)
+        return bool(done)
+
     def store_many(self, mapping, ttl=0):
         """Store every item (one pipelined round trip); returns the keys not
         stored ([] on success).  All or nothing on a connection error."""
@@ -493,6 +518,24 @@ class FleetCache:
         for rk in rks:
             self._invalidate(rk[m:])
         return n
+
+    # ------------------------------------------------------- mapping protocol
+
+    def __getitem__(self, key):
+        v = self.fetch(key, _MISSING)
+        if v is _MISSING:
+            raise KeyError(key)
+        return v
+
+    def __setitem__(self, key, value):
+        self.store(key, value)
+
+    def __delitem__(self, key):
+        if not self.delete(key):
+            raise KeyError(key)
+
+    def __contains__(self, key):
+        return self.fetch(key, _MISSING) is not _MISSING
 
     # -------------------------------------------------------------- entry()
 

@@ -199,3 +199,23 @@ def test_status_reports_the_listener(hosts):
     assert s["trusted"] is True
     assert s["pid"] == h.listener.pid
     assert 0 <= s["heartbeat_age"] <= s["max_lag"]
+
+
+def test_cas_and_the_mapping_protocol(hosts, rclient, namespace):
+    (h,) = hosts(1)
+    h.fc.store("c", 5, ttl=100)
+    assert h.fc.fetch("c") == 5
+    assert h.fc.cas("c", 5, 6) is True
+    assert h.fc.fetch("c") == 6                    # this host's copy was invalidated
+    assert h.fc.cas("c", 5, 7) is False
+    assert h.fc.cas("missing", 0, 1) is False and h.fc.fetch("missing") is None
+    assert 0 < rclient.ttl(f"{namespace}:c") <= 100
+    h.fc.store("s", "text")
+    assert h.fc.cas("s", 0, 1) is False
+    h.fc["m"] = {"a": 1}
+    assert h.fc["m"] == {"a": 1} and "m" in h.fc and "nope" not in h.fc
+    del h.fc["m"]
+    with pytest.raises(KeyError):
+        h.fc["m"]
+    with pytest.raises(KeyError):
+        del h.fc["m"]
