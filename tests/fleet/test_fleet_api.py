@@ -219,3 +219,19 @@ def test_cas_and_the_mapping_protocol(hosts, rclient, namespace):
         h.fc["m"]
     with pytest.raises(KeyError):
         del h.fc["m"]
+
+
+def test_a_password_protected_redis(hosts, tmp_path):
+    from fleet_support import RedisServer
+
+    srv = RedisServer(tmp_path / "auth", extra=["--requirepass", "s3cret"])
+    srv.start()
+    try:
+        url = f"redis://:s3cret@127.0.0.1:{srv.port}/0"
+        a, b = hosts(2, url=url)
+        a.fc.store("k", "v1")
+        assert b.fc.fetch("k") == "v1"
+        a.fc.store("k", "v2")
+        wait_for(lambda: b.fc.fetch("k") == "v2", timeout=0.5, what="b to see the write")
+    finally:
+        srv.stop()
