@@ -24,9 +24,12 @@ THE TWO COUNTERS
   else +1.  A reader reads the generation *before* it reads Redis, and files
   its copy under that generation: if an invalidation is handled while the
   read is in flight, the copy is filed under a generation that is no longer
-  current and nobody can find it.  That is the whole no-stale-fill argument;
-  it needs no lock and no re-check, and a copy is never visible for even an
-  instant under a name a reader would look up.
+  current, and a reader that reads the generation afresh never finds it.
+  That is the whole no-stale-fill argument, and it needs no lock.  (Readers
+  memoise generations for one trust window at most -- see
+  FleetCache._memo_gen for why that keeps the bound -- and a filler that sees
+  the generation moved deletes its copy at once, so in practice nobody finds
+  it at all.)
 
 Everything here may be evicted like any entry.  A missing heartbeat means
 "do not trust"; a missing generation is never equal to a recorded one.

@@ -132,7 +132,7 @@ class FleetCache:
         self._trusted_until = 0.0
         self._epoch = None
         self._epfx = None
-        self._gpfx = {}  # generation -> key prefix under the current epoch
+        self._memo = {}  # bucket -> key prefix of its copies, for the current trust window
         self._fetch = cache.fetch
 
     def __repr__(self):
@@ -154,7 +154,9 @@ class FleetCache:
         if epoch != self._epoch:
             self._epoch = epoch
             self._epfx = self._layout.epoch_prefix(epoch)
-            self._gpfx = {}
+        # A new trust window starts with an empty memo, made *before* the
+        # window is published (see fetch).
+        self._memo = {}
         self._trusted_until = synced + bound if synced > 0 else 0.0
         return now < self._trusted_until
 
@@ -225,22 +227,32 @@ class FleetCache:
         given to the constructor) allows a near copy that old."""
         kb = key.encode() if type(key) is str else _key_bytes(key)
         if _monotonic() < self._trusted_until or self._refresh(_monotonic()):
-            fetch = self._fetch
-            g = fetch(self._gkeys[_crc32(kb) & _MASK])
-            if g is not None:
-                p = self._gpfx.get(g)
-                v = fetch((p or self._gen_prefix(g)) + kb, _MISSING)
+            b = _crc32(kb) & _MASK
+            p = self._memo.get(b) or self._memo_gen(b)
+            if p is not None:
+                v = self._fetch(p + kb, _MISSING)
                 if v is not _MISSING:
                     return v
         return self._remote(kb, default, stale_if_error)
 
-    def _gen_prefix(self, g):
-        """The key prefix of copies filed under (current epoch, g), memoised
-        (formatting it costs as much as a lookup)."""
-        d = self._gpfx
-        if len(d) >= 2048:  # bounded: about 200 KiB per process at most
-            d.clear()
-        p = d[g] = self._epfx + b"%d:" % g
+    def _memo_gen(self, b):
+        """Read bucket b's generation and memoise the key prefix of its
+        copies, for this trust window only.
+
+        WHY THE MEMO KEEPS THE BOUND: it is emptied whenever the heartbeat is
+        re-read, so an entry was read after the heartbeat that vouches for
+        the current window (synced time S, trusted until S + max_lag).  A
+        read that starts at t < S + max_lag may only miss writes acknowledged
+        after t - max_lag, hence after S; every earlier write's invalidation
+        had moved its generation before S was written, so before the memo
+        read it.  A copy filed under a generation that moved later can be
+        served by a process whose memo still names it only until its window
+        ends: within max_lag of that write."""
+        memo = self._memo  # the window's own dict, even if a refresh replaces it meanwhile
+        g = self._fetch(self._gkeys[b])
+        if g is None:
+            return None
+        p = memo[b] = self._epfx + b"%d:" % g
         return p
 
     get = fetch
@@ -250,8 +262,11 @@ class FleetCache:
         read *before* Redis: a copy filed under it is only found while no
         invalidation has been handled since (see _near)."""
         epoch = self._epoch
-        gkey = self._gkeys[_crc32(kb) & _MASK]
-        g = _near.read_gen(self.cache, gkey) if epoch is not None else None
+        b = _crc32(kb) & _MASK
+        memo = self._memo
+        g = _near.read_gen(self.cache, self._gkeys[b]) if epoch is not None else None
+        if g is not None:
+            memo[b] = self._layout.value_key(epoch, g, b"")  # read now: fresh for this window
         try:
             raw, pttl = self._get_pttl(keys=[self._nsb + kb])
         except (RedisError, OSError) as e:
@@ -262,13 +277,25 @@ class FleetCache:
             return default
         value = self._loads(raw)
         if g is not None:
-            ttl = _near_ttl(pttl)
-            if ttl is not None:
-                try:
-                    self.cache.store(self._layout.value_key(epoch, g, kb), value, ttl)
-                except (CacheFullError, ValueError):
-                    pass  # too big for the segment: serve it, keep no copy
+            self._fill(b, kb, epoch, g, value, pttl)
         return value
+
+    def _fill(self, b, kb, epoch, g, value, pttl):
+        """File a copy under generation g (read before Redis was).  If the
+        generation has moved since, the copy can only be found by a process
+        whose memo still names g, and only until its trust window ends; it is
+        deleted at once to keep even that from happening."""
+        ttl = _near_ttl(pttl)
+        if ttl is None:
+            return
+        vkey = self._layout.value_key(epoch, g, kb)
+        try:
+            self.cache.store(vkey, value, ttl)
+        except (CacheFullError, ValueError):
+            return  # too big for the segment: serve it, keep no copy
+        if self._fetch(self._gkeys[b]) != g:
+            self.cache.delete(vkey)
+            self._memo.pop(b, None)
 
     def _stale(self, kb, default, stale_if_error, error):
         bound = self.stale_if_error if stale_if_error is _MISSING else stale_if_error
@@ -297,9 +324,10 @@ class FleetCache:
         trusted = _monotonic() < self._trusted_until or self._refresh(_monotonic())
         for key, kb in pairs:
             if trusted:
-                g = self._fetch(self._gkeys[_crc32(kb) & _MASK])
-                if g is not None:
-                    v = self._fetch((self._gpfx.get(g) or self._gen_prefix(g)) + kb, _MISSING)
+                b = _crc32(kb) & _MASK
+                p = self._memo.get(b) or self._memo_gen(b)
+                if p is not None:
+                    v = self._fetch(p + kb, _MISSING)
                     if v is not _MISSING:
                         out[key] = v
                         continue
@@ -330,12 +358,8 @@ class FleetCache:
             if raw is None:
                 continue
             value = out[key] = self._loads(raw)
-            ttl = _near_ttl(pttl)
-            if g is not None and ttl is not None:
-                try:
-                    self.cache.store(self._layout.value_key(epoch, g, kb), value, ttl)
-                except (CacheFullError, ValueError):
-                    pass
+            if g is not None:
+                self._fill(_crc32(kb) & _MASK, kb, epoch, g, value, pttl)
         return out
 
     def _stale_or_missing(self, kb, stale_if_error, error):
@@ -365,7 +389,9 @@ class FleetCache:
     def _invalidate(self, kb):
         """Move this host's generation for kb (after Redis acknowledged a
         write): every worker here misses and reads the new value."""
-        old = _near.bump_gen(self.cache, self._gkeys[_crc32(kb) & _MASK])
+        b = _crc32(kb) & _MASK
+        self._memo.pop(b, None)  # this process reads the new generation next
+        old = _near.bump_gen(self.cache, self._gkeys[b])
         if old is not None and self._epoch is not None:
             self.cache.delete(self._layout.value_key(self._epoch, old, kb))
 
