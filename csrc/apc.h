@@ -202,6 +202,10 @@ typedef struct apc_header_map {
     uint64_t slot_ival_off;
     uint64_t slot_pin_off;
     uint64_t wlock_off;
+    uint64_t elocks_off; /* the entry() records: APC_NELOCKS of elock_size */
+    uint64_t elock_size;
+    uint64_t elock_pid_off;
+    uint64_t elock_start_off;
 } apc_header_map;
 void apc_header_map_get(apc_header_map *out);
 
@@ -242,6 +246,8 @@ int apc_inc(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t ste
             int64_t *out);
 int apc_cas(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t old, int64_t new_, uint64_t now);
 int apc_clear(apc_seg *seg, int table, uint64_t now);
+int apc_touch(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t ttl,
+              uint64_t now);
 int64_t apc_count_live(apc_seg *seg, int table, uint64_t now);
 
 int apc_entry_begin(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t tid, uint64_t now, int64_t *out);
@@ -249,6 +255,9 @@ int apc_entry_end(apc_seg *seg, int64_t token, uint64_t tid);
 int apc_entry_takeover(apc_seg *seg, int64_t token, int64_t dead_pid,
                        uint64_t tid, uint64_t now);
 int apc_pid_alive(int64_t pid);
+/* 1 if the process that holds entry() record token is alive (compared by
+ * pid and start time, so a reused pid is not), 0 if not. */
+int apc_entry_holder_alive(apc_seg *seg, int64_t token);
 int apc_recover(apc_seg *seg, int64_t pid, uint64_t now);
 
 int apc_info_get(apc_seg *seg, int table, apc_info *out);
@@ -262,6 +271,8 @@ int64_t apc_check(apc_seg *seg, char *buf, uint64_t cap);
 uint64_t apc_xxh3_64(const void *data, size_t len);
 int apc_debug_build(void);
 int apc_fault_arm(const char *name);
+/* Debug builds: set the next pin version (to test its wrap); APC_E_ARG in release. */
+int apc_debug_set_version(apc_seg *seg, uint64_t v);
 /* CDEF END */
 
 #endif

@@ -145,6 +145,18 @@ typedef struct apc_slot {
 #define APC_PIN_DEAD APC_PIN_TAG /* version 0: retired, never pinnable */
 #define APC_PIN_MAKE(ver) (APC_PIN_TAG | ((uint64_t)((ver) & 0xFFFFFFFFu) << 16))
 
+/* A fresh live pin word (refs 0) for a slot being published or moved.
+ * Versions run 1 .. 2^32-1 and wrap to 1: version 0 is APC_PIN_DEAD.  The
+ * one place they are handed out (the caller holds the write lock). */
+#define apc_fresh_pin(h)                                                  \
+    __extension__({                                                       \
+        uint64_t v_ = (h)->next_version;                                  \
+        if (v_ == 0 || v_ > 0xFFFFFFFFu)                                  \
+            v_ = 1; /* wrapped, or a damaged counter */                   \
+        (h)->next_version = v_ + 1;                                       \
+        APC_PIN_MAKE(v_);                                                 \
+    })
+
 static inline uint64_t apc_key_pad(uint32_t klen) { return ((uint64_t)klen + 7) & ~7ULL; }
 static inline char *apc_slot_key(apc_slot *s) { return (char *)(s + 1); }
 static inline char *apc_slot_val(apc_slot *s) { return (char *)(s + 1) + apc_key_pad(s->key_len); }
@@ -187,6 +199,7 @@ typedef struct apc_elock {
     uint64_t since;
     uint32_t table;
     uint32_t pad_;
+    uint64_t start; /* the generating process's start time: a reused pid is not it */
 } apc_elock;
 
 typedef struct apc_stripe {
@@ -367,6 +380,8 @@ static inline unsigned apc_class_of(uint64_t size)
 uint64_t apc_now(uint64_t now);
 uint64_t apc_mono_ns(void);
 int64_t apc_pid(void);
+uint64_t apc_proc_start(void);
+int apc_pid_alive_since(int64_t pid, uint64_t start);
 uint64_t apc_walk_cap(const apc_seg *seg);
 
 /* How long a reader waits for an odd seq stripe before it takes a miss. */

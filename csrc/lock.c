@@ -100,6 +100,7 @@ static __thread uint64_t tls_gen;
 static __thread uint32_t tls_tid;
 static __thread uint64_t tls_start;
 static __thread int64_t tls_busy_pid;
+static uint64_t proc_start, proc_start_gen;
 
 void apc_after_fork_child(void); /* segment.c */
 
@@ -176,18 +177,39 @@ static inline uint32_t self_tid(void)
 
 int64_t apc_last_busy_pid(void) { return tls_busy_pid; }
 
-/* Is pid a running process?  A zombie (killed, not yet reaped) is not. */
-int apc_pid_alive(int64_t pid)
+/* This process's start time (clock ticks since boot), as /proc says. */
+uint64_t apc_proc_start(void)
+{
+    uint64_t g = __atomic_load_n(&fork_gen, __ATOMIC_RELAXED);
+    if (__atomic_load_n(&proc_start_gen, __ATOMIC_ACQUIRE) != g) {
+        uint64_t start = 0;
+        int zombie;
+        if (read_stat((uint32_t)apc_pid(), &start, &zombie) != 1)
+            start = 0;
+        __atomic_store_n(&proc_start, start, __ATOMIC_RELAXED);
+        __atomic_store_n(&proc_start_gen, g, __ATOMIC_RELEASE);
+    }
+    return __atomic_load_n(&proc_start, __ATOMIC_RELAXED);
+}
+
+/* Is pid a running process, and (start != 0) the one that started at
+ * start?  A zombie (killed, not yet reaped) is not; nor is a process that
+ * got the pid of one that died. */
+int apc_pid_alive_since(int64_t pid, uint64_t start)
 {
     if (pid <= 0 || pid > APC_TID_MAX)
         return 0;
     if (kill((pid_t)pid, 0) != 0 && errno == ESRCH)
         return 0;
-    uint64_t start;
+    uint64_t now_start = 0;
     int zombie = 0;
-    int r = read_stat((uint32_t)pid, &start, &zombie);
-    return r == 0 ? 0 : !zombie;
+    int r = read_stat((uint32_t)pid, &now_start, &zombie);
+    if (r == 0 || (r == 1 && zombie))
+        return 0;
+    return !(r == 1 && start && now_start != start);
 }
+
+int apc_pid_alive(int64_t pid) { return apc_pid_alive_since(pid, 0); }
 
 /* ---------------------------------------------------------- the futex */
 
@@ -272,9 +294,9 @@ int apc_lock_try(apc_seg *seg, apc_lock *l, int *stolen)
         record_owner(l);
         return APC_OK;
     }
-    if ((w & APC_LOCK_TIDMASK) == me)
-        return APC_E_LOCK; /* this thread already holds it: never reentered */
-    if (!holder_alive(l, w) && steal(l, w, me)) {
+    /* The engine never takes the lock twice: a word naming this very
+     * thread is garbage, like one naming a dead thread. */
+    if (((w & APC_LOCK_TIDMASK) == me || !holder_alive(l, w)) && steal(l, w, me)) {
         *stolen = 1;
         return APC_OK;
     }
@@ -290,8 +312,10 @@ int apc_lock_acquire(apc_seg *seg, apc_lock *l, uint64_t timeout_ns, int *stolen
         record_owner(l);
         return APC_OK;
     }
-    if ((w & APC_LOCK_TIDMASK) == me)
-        return APC_E_LOCK;
+    if ((w & APC_LOCK_TIDMASK) == me && steal(l, w, me)) {
+        *stolen = 1; /* see apc_lock_try */
+        return APC_OK;
+    }
 
     /* A holder usually keeps the lock for a microsecond: spin first. */
     for (int i = 0; i < 200; i++) {
@@ -604,7 +628,26 @@ int apc_fault_arm(const char *name)
 }
 
 int apc_debug_build(void) { return 1; }
+
+int apc_debug_set_version(apc_seg *seg, uint64_t v)
+{
+    if (apc_seg_enter(seg) != APC_OK)
+        return APC_E_CLOSED;
+    int rc = apc_wl_lock(seg);
+    if (rc == APC_OK) {
+        seg->hdr->next_version = v;
+        apc_wl_unlock(seg);
+    }
+    return (int)apc_seg_leave(seg, rc);
+}
 #else
+int apc_debug_set_version(apc_seg *seg, uint64_t v)
+{
+    (void)seg;
+    (void)v;
+    return APC_E_ARG;
+}
+
 int apc_fault_arm(const char *name)
 {
     (void)name;

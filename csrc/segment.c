@@ -264,10 +264,16 @@ static void install_sigbus(void)
 
 static int guard_set(apc_seg *seg, void *base, uint64_t size)
 {
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, install_sigbus);
     int rc = APC_E_SYS;
     pthread_mutex_lock(&guards_mu);
+    if (size) {
+        /* Ours, or put back in front of whatever replaced it since (say
+         * faulthandler.enable()), which then gets what is not ours. */
+        struct sigaction cur;
+        if (sigaction(SIGBUS, NULL, &cur) == 0 &&
+            (!(cur.sa_flags & SA_SIGINFO) || cur.sa_sigaction != on_sigbus))
+            install_sigbus();
+    }
     for (int i = 0; i < APC_NGUARDS; i++) {
         if (guards[i].base == base) {
             /* Stop guarding (or guard anew): clear the entry first. */
@@ -426,6 +432,10 @@ void apc_header_map_get(apc_header_map *out)
     out->slot_ival_off = offsetof(apc_slot, ival);
     out->slot_pin_off = offsetof(apc_slot, pin);
     out->wlock_off = offsetof(apc_header, wlock);
+    out->elocks_off = offsetof(apc_header, elocks);
+    out->elock_size = sizeof(apc_elock);
+    out->elock_pid_off = offsetof(apc_elock, pid);
+    out->elock_start_off = offsetof(apc_elock, start);
 }
 
 uint64_t apc_aux_offset(apc_seg *seg) { return seg && seg->hdr ? seg->hdr->aux_off : 0; }

@@ -363,7 +363,7 @@ int apc_sma_compact_wl(apc_seg *seg)
 #endif
         set_tags(seg, cursor, size, USED);
         apc_slot *moved = (apc_slot *)APC_PTR(seg, cursor + 8);
-        STORE(&moved->pin, APC_PIN_MAKE(++h->next_version));
+        STORE(&moved->pin, apc_fresh_pin(h));
         STORE(link, cursor + 8);
         cursor += size;
         b += size;

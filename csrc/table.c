@@ -283,7 +283,7 @@ static void unrecord_pin(apc_seg *seg, int rec)
 }
 
 /* What both fetches share: check the key and table, read the clock (into
- * *now), find and pin a live entry, check it, count the hit or the miss.
+ * *now), find and pin a live entry, check it, count a miss.
  * On APC_OK the caller owns one pin on *out (ident for the unpin) and *ival
  * is an int entry's checked value. */
 static int fetch_pinned(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t *now,
@@ -317,9 +317,8 @@ static int fetch_pinned(apc_seg *seg, int table, const char *key, uint32_t klen,
         return count_failed_read(seg, table, rc);
     }
     APC_FAULT("fetch.pinned");
-    count_hit(seg, table, s, *now);
     *out = s;
-    return APC_OK;
+    return APC_OK; /* the caller counts the hit once it has the value */
 }
 
 static int64_t do_fetch(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now,
@@ -335,16 +334,18 @@ static int64_t do_fetch(apc_seg *seg, int table, const char *key, uint32_t klen,
         return rc;
     uint64_t type = s->type;
     uint64_t vlen = s->val_len;
+    if (vlen > cap && type != APC_T_INT) {
+        /* The caller tries again with a buffer of this size (and that
+         * call counts the hit). */
+        unpin(s, ident);
+        memcpy(buf, &vlen, sizeof vlen);
+        return APC_E_SMALL;
+    }
+    count_hit(seg, table, s, now);
     if (type == APC_T_INT) {
         memcpy(buf, &ival, sizeof ival);
         unpin(s, ident);
         return (int64_t)((8 << 8) | type);
-    }
-    if (vlen > cap) {
-        /* The caller tries again with a buffer of this size. */
-        unpin(s, ident);
-        memcpy(buf, &vlen, sizeof vlen);
-        return APC_E_SMALL;
     }
     /* A large copy keeps its pin on record, so that apc_recover() can
      * release it if this process dies while copying. */
@@ -381,6 +382,7 @@ int64_t apc_fetch_ref(apc_seg *seg, int table, const char *key, uint32_t klen, u
     rc = fetch_pinned(seg, table, key, klen, &now, &s, &ident, &ival);
     if (rc != APC_OK)
         return apc_seg_leave(seg, rc);
+    count_hit(seg, table, s, now);
     uint64_t type = s->type;
     ref->ptr = apc_slot_val(s);
     ref->len = type == APC_T_INT ? 8 : s->val_len;
@@ -830,9 +832,7 @@ static int insert_wl(apc_seg *seg, int table, const char *key, uint32_t klen, ui
     s->ival = ival;
     s->atime = now;
     s->hits = 0;
-    s->pin = APC_PIN_MAKE(h->next_version);
-    if (++h->next_version > 0xFFFFFFFFu)
-        h->next_version = 1;
+    s->pin = apc_fresh_pin(h);
     memcpy(apc_slot_key(s), key, klen);
     if (vlen) {
         int wrc = write_value(seg, apc_slot_val(s), val, vlen);
@@ -1045,6 +1045,46 @@ int apc_cas(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t old
     return rc ? rc : apc_seg_leave(seg, do_cas(seg, table, key, klen, old, new_, now));
 }
 
+/* touch: give a live entry a new hard ttl counted from now (0: no ttl, it
+ * never expires), as if it had been stored now with that ttl.  Only the ttl
+ * word changes (ctime stays the creation time), so a lock-free reader sees
+ * the old ttl or the new one, never a mix.  APC_NOTFOUND if the key is
+ * missing or expired. */
+static int do_touch(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t ttl,
+                    uint64_t now)
+{
+    if (klen > APC_MAX_KEY)
+        return APC_E_ARG;
+    uint64_t hash = apc_xxh3_64(key, klen);
+    if (bad_table(table))
+        return APC_E_ARG;
+    now = apc_now(now);
+    int rc = wl_enter(seg, NO_SEQ);
+    if (rc != APC_OK)
+        return rc;
+    apc_off_t *link;
+    apc_slot *s;
+    rc = find_wl(seg, table, key, klen, hash, &link, &s);
+    if (rc == APC_OK) {
+        if (apc_expired(s, now)) {
+            rc = APC_NOTFOUND;
+        } else {
+            /* expired once ctime + ttl' < now', i.e. once now + ttl < now' */
+            uint64_t age = now > s->ctime ? now - s->ctime : 0;
+            STORE(&s->ttl, ttl ? age + ttl : 0);
+        }
+    }
+    wl_leave(seg, NO_SEQ);
+    return rc;
+}
+
+int apc_touch(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t ttl,
+              uint64_t now)
+{
+    int rc = apc_seg_enter(seg);
+    return rc ? rc : apc_seg_leave(seg, do_touch(seg, table, key, klen, ttl, now));
+}
+
 static int do_clear(apc_seg *seg, int table, uint64_t now)
 {
     if (bad_table(table))
@@ -1164,7 +1204,7 @@ static int do_entry_begin(apc_seg *seg, int table, const char *key, uint32_t kle
         goto out;
     }
     h->elocks[free_i] = (apc_elock){.hash = hash, .pid = pid, .tid = tid, .since = now,
-                                    .table = (uint32_t)table};
+                                    .table = (uint32_t)table, .start = apc_proc_start()};
     out[0] = free_i;
     out[1] = pid;
     rc = APC_OK;
@@ -1215,6 +1255,7 @@ static int do_entry_takeover(apc_seg *seg, int64_t token, int64_t dead_pid, uint
         e->pid = apc_pid();
         e->tid = tid;
         e->since = now;
+        e->start = apc_proc_start();
     } else {
         rc = APC_BUSY;
     }
@@ -1262,6 +1303,23 @@ static int do_recover(apc_seg *seg, int64_t pid, uint64_t now)
     gc_sweep_wl(seg, now);
     wl_leave(seg, APC_SEQ_ALL);
     return n;
+}
+
+/* Is the process generating entry() record token still the one that took
+ * it?  (Its pid alive and started when it did.) */
+static int do_entry_holder_alive(apc_seg *seg, int64_t token)
+{
+    if (token < 0 || token >= APC_NELOCKS)
+        return APC_E_ARG;
+    apc_elock *e = &seg->hdr->elocks[token];
+    int64_t pid = LOADR(&e->pid);
+    return pid == 0 ? 0 : apc_pid_alive_since(pid, LOADR(&e->start));
+}
+
+int apc_entry_holder_alive(apc_seg *seg, int64_t token)
+{
+    int rc = apc_seg_enter(seg);
+    return rc ? rc : (int)apc_seg_leave(seg, do_entry_holder_alive(seg, token));
 }
 
 int apc_recover(apc_seg *seg, int64_t pid, uint64_t now)
@@ -1701,9 +1759,7 @@ static int repair_wl(apc_seg *seg, uint64_t now)
         } else {
             /* Retired for a move that never happened: live again. */
             if ((s->pin & ~APC_PIN_REFS) == APC_PIN_DEAD) {
-                s->pin = APC_PIN_MAKE(h->next_version);
-                if (++h->next_version > 0xFFFFFFFFu)
-                    h->next_version = 1;
+                s->pin = apc_fresh_pin(h);
             }
             h->stats[s->table].num_entries++;
             h->stats[s->table].mem_size += apc_sma_block_size(seg, live[i]);

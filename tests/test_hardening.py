@@ -58,6 +58,17 @@ def test_a_lock_word_that_is_garbage_is_taken_over(segments, word):
     assert c.fetch("k") == b"v" and c.check() == []
 
 
+def test_a_lock_word_naming_this_very_thread_is_garbage(segments):
+    # The engine never takes the lock twice, so a word naming the caller
+    # cannot be a real holder.
+    c = segments(size=1 << 20, lock_timeout=30)
+    struct.pack_into("<I", c._mv, WORD, threading.get_native_id())
+    t0 = time.monotonic()
+    c.store("k", b"v")
+    assert time.monotonic() - t0 < 1.0
+    assert c.fetch("k") == b"v" and c.info(limited=True)["lock_steals"] == 1
+
+
 def test_a_lock_word_naming_a_live_stranger_waits_the_timeout_then_is_taken_over(segments):
     # A live process that does not map this segment cannot hold its lock.
     c = segments(size=1 << 20, lock_timeout=0.3)
@@ -194,8 +205,9 @@ def test_readers_take_a_miss_from_a_stripe_left_odd_by_a_stopped_writer(segments
 def test_truncating_an_attached_segment_is_an_error_not_a_signal(segments):
     c = segments(size=1 << 20)
     code = f"""
-        import os, apccache
+        import faulthandler, os, apccache
         from apccache import CorruptSegmentError
+        faulthandler.enable()  # another SIGBUS handler: it gets what is not ours
         c = apccache.Cache.attach({c.name!r})
         for i in range(200):
             c.store(f"k{{i}}", os.urandom(2000))
@@ -373,3 +385,77 @@ def test_close_waits_for_a_copy_in_flight(segments):
         t.join(10)
     assert not any(t.is_alive() for t in threads)
     assert results.count("closed") == 3 and all(r is True for r in results if r != "closed")
+
+
+# ------------------------------------------------------------- pin versions
+
+
+def test_compaction_across_the_pin_version_wrap_keeps_every_entry_readable(segments):
+    c = segments(size=1 << 20)
+    code = f"""
+        import apccache
+        from apccache import _bindings as B
+        c = apccache.Cache.attach({c.name!r})
+        arena = c.sma_info()["seg_size"]
+        n = 0
+        while c.sma_info(limited=True)["avail_mem"] > 8_000:
+            c.store(f"k{{n}}", b"x" * 4000)
+            n += 1
+        for i in range(0, n, 2):
+            c.delete(f"k{{i}}")
+        assert B.lib.apc_debug_set_version(c._seg, 0xFFFFFFFF - 5) == 0
+        c.store("big", b"B" * (arena // 4))   # compacts: every move takes a version
+        assert c.info()["compactions"] >= 1
+        missing = [i for i in range(1, n, 2) if c.fetch(f"k{{i}}") != b"x" * 4000]
+        print(missing, c.info(limited=True)["corrupt_reads"], c.check())
+    """
+    p = _run(code, APCCACHE_DEBUG="1")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split("\n")[0] == "[] 0 []"
+
+
+def test_an_entry_holder_whose_pid_now_names_another_process_is_taken_over(segments):
+    """A pid reused by another process is not the generator that died: the
+    record's start time tells them apart."""
+    c = segments(size=1 << 20)
+    p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time, apccache
+        c = apccache.Cache.attach({c.name!r})
+        c.entry("k", lambda key: time.sleep(60) or "theirs")
+    """)])
+    try:
+        deadline = time.monotonic() + 20
+        while c.info()["entries_in_progress"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        # As if the generator had died and its pid been given to p: the
+        # record's start time is no longer p's.
+        for i in range(256):
+            rec = LAYOUT["elocks_off"] + i * LAYOUT["elock_size"]
+            if struct.unpack_from("<q", c._mv, rec + LAYOUT["elock_pid_off"])[0] == p.pid:
+                start = rec + LAYOUT["elock_start_off"]
+                struct.pack_into("<Q", c._mv, start, struct.unpack_from("<Q", c._mv, start)[0] - 1)
+                break
+        else:
+            pytest.fail("no entry() record for the child")
+        t0 = time.monotonic()
+        assert c.entry("k", lambda key: "mine") == "mine"
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        p.kill()
+        p.wait()
+
+
+@pytest.mark.parametrize("path", ["fast", "python"])
+def test_a_large_value_is_one_hit_on_either_path(segments, path):
+    c = segments(size=4 << 20)
+    c.store("big", b"b" * 100_000)
+    h = c if path == "fast" else apccache.Cache.attach(c.name, clock=time.time)
+    try:
+        before = c.info(limited=True)["num_hits"]
+        assert h.fetch("big") == b"b" * 100_000
+        assert c.info(limited=True)["num_hits"] == before + 1
+        assert c.key_info("big")["hits"] == 1
+    finally:
+        if h is not c:
+            h.close()
