@@ -125,10 +125,7 @@ class Listener:
 
     def __init__(self, cache, url, namespace, *, max_lag=0.05, ping_interval=0.01,
                  dead_after=1.0, connect_timeout=2.0, topology_interval=1.0):
-        if not 0 < ping_interval < max_lag:
-            raise ValueError(f"ping_interval must be > 0 and < max_lag (got {ping_interval} and {max_lag})")
-        if not dead_after > 0:
-            raise ValueError(f"dead_after must be > 0 (got {dead_after})")
+        self._check_options(max_lag=max_lag, ping_interval=ping_interval, dead_after=dead_after)
         self.cache = cache
         self.host, self.port, self.username, self.password = parse_url(url)
         self.namespace = namespace
@@ -146,6 +143,17 @@ class Listener:
         self.reconnects = 0
         self._running = True
         self._dirty = True  # copies of other epochs may be in the segment
+
+    @staticmethod
+    def _check_options(max_lag=0.05, ping_interval=0.01, dead_after=1.0, connect_timeout=2.0,
+                       topology_interval=1.0):
+        """ValueError naming a bad option (the constructor's keywords)."""
+        if not 0 < ping_interval < max_lag:
+            raise ValueError(f"ping_interval must be > 0 and < max_lag (got {ping_interval} and {max_lag})")
+        for name, v in (("dead_after", dead_after), ("connect_timeout", connect_timeout),
+                        ("topology_interval", topology_interval)):
+            if not v > 0:
+                raise ValueError(f"{name} must be > 0 (got {v})")
 
     # ------------------------------------------------------------- control
 

@@ -1,10 +1,13 @@
-"""gunicorn: the master's hooks create the segment and run the listener in a
-thread; workers read through it and see another host's writes."""
+"""gunicorn: apccache's integration opens the segment, the fleet hooks run
+the listener in a thread of the master; workers read through it and see
+another host's writes; HUP keeps one listener; TERM stops it and the segment
+goes."""
 
 import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 
 from apc_support import segment_name
@@ -19,10 +22,11 @@ def test_gunicorn_hooks_run_the_listener(hosts, redis_server, namespace, tmp_pat
     port = free_port()
     conf = tmp_path / "gunicorn.conf.py"
     conf.write_text(
-        "from apccache.fleet.gunicorn import fleet_hooks\n"
-        f"on_starting, on_exit = fleet_hooks({seg!r}, redis={redis_server.url!r}, namespace={namespace!r},"
-        " size=8 << 20)\n")
-    env = dict(os.environ, FLEET_SEGMENT=seg, FLEET_REDIS=redis_server.url, FLEET_NS=namespace,
+        "from apccache.integrations import gunicorn as apc\n"
+        "from apccache.fleet import gunicorn as fleet\n"
+        f"apc.install(globals(), name={seg!r}, size='8M')\n"
+        f"fleet.install(globals(), redis={redis_server.url!r}, namespace={namespace!r})\n")
+    env = dict(os.environ, FLEET_REDIS=redis_server.url, FLEET_NS=namespace,
                PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
     log = open(tmp_path / "gunicorn.log", "wb")
     g = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(conf), "-w", "2", "-b", f"127.0.0.1:{port}",
@@ -44,6 +48,11 @@ def test_gunicorn_hooks_run_the_listener(hosts, redis_server, namespace, tmp_pat
         assert get("k")[0] == "'v1'"
         writer.fc.store("k", "v2")
         wait_for(lambda: get("k")[0] == "'v2'", timeout=1.0, what="gunicorn's workers to see the write")
+        os.kill(g.pid, signal.SIGHUP)                 # the config file runs again
+        time.sleep(1.0)
+        writer.fc.store("k", "v3")
+        wait_for(lambda: get("k") == ("'v3'", "True"), timeout=5.0, what="the workers after HUP")
+        assert (tmp_path / "gunicorn.log").read_text().count("listener for namespace") == 1
         os.kill(g.pid, signal.SIGTERM)
         assert g.wait(30) == 0
         assert not os.path.exists(f"/dev/shm/{seg}")
