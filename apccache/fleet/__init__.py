@@ -14,18 +14,22 @@ THE GUARANTEE
 A read that starts more than ``max_lag`` (the listener's trust bound, 50 ms
 by default) after a write was acknowledged -- by this library or by any other
 Redis client writing under ``<namespace>:`` -- never returns an older value.
-On the writer's own host it holds at once (a write invalidates this host's
-copy before it returns).  It rests on Redis's server-assisted client-side
-caching (CLIENT TRACKING, broadcast mode): see ``listener`` for how the
-heartbeat turns the push stream into that bound, and ``_near`` for why a
-fill can never store a value that an invalidation has overtaken.
+In the writing process it holds at once, and in the other processes of its
+host at once too unless a fill raced the write (a write moves this host's
+generation of the key before it returns).  It rests on Redis's
+server-assisted client-side caching (CLIENT TRACKING, broadcast mode): see
+``listener`` for how the heartbeat turns the push stream into that bound,
+``_near`` for why a fill that an invalidation has overtaken is filed where
+readers do not look, and ``FleetCache._memo_gen`` for why memoising
+generations keeps the bound.
 
 WHAT CROSSES PROCESSES
 
 Everything a FleetCache keeps on the host is in the segment: near copies,
 bucket generations and the listener's heartbeat.  A FleetCache object itself
-holds only its Redis client and a cached copy of the heartbeat (re-read at
-least every ``max_lag``).  It may be shared between threads.
+holds only its Redis client, a cached copy of the heartbeat (re-read at
+least every ``max_lag``) and, for that long, the bucket generations it read.
+It may be shared between threads.
 
 VALUES IN REDIS
 
