@@ -74,16 +74,20 @@ class _Conn:
     def __init__(self, addr, username, password, prefix, timeout):
         self.addr = addr
         self.sock = socket.create_connection(addr, timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.parser = Parser()
         self.pending = collections.deque()  # (kind, time sent), in stream order
-        hello = ["HELLO", "3"]
-        if password is not None:
-            hello += ["AUTH", username or "default", password]
-        self.hello = self._call(hello, timeout)
-        self._call(["CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", prefix], timeout)
-        self.sock.setblocking(False)
         self.confirmed = 0.0  # send time of the last PING answered
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            hello = ["HELLO", "3"]
+            if password is not None:
+                hello += ["AUTH", username or "default", password]
+            self.hello = self._call(hello, timeout)
+            self._call(["CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", prefix], timeout)
+            self.sock.setblocking(False)
+        except BaseException:
+            self.close()
+            raise
 
     def _call(self, args, timeout):
         """A blocking request/reply during setup (no pushes can come yet)."""
