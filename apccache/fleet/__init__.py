@@ -20,7 +20,7 @@ generation of the key before it returns).  It rests on Redis's
 server-assisted client-side caching (CLIENT TRACKING, broadcast mode): see
 ``listener`` for how the heartbeat turns the push stream into that bound,
 ``_near`` for why a fill that an invalidation has overtaken is filed where
-readers do not look, and ``FleetCache._memo_gen`` for why memoising
+readers do not look, and ``FleetCache._memo_key`` for why memoising
 generations keeps the bound.
 
 WHAT CROSSES PROCESSES

@@ -27,7 +27,7 @@ THE TWO COUNTERS
   current, and a reader that reads the generation afresh never finds it.
   That is the whole no-stale-fill argument, and it needs no lock.  (Readers
   memoise generations for one trust window at most -- see
-  FleetCache._memo_gen for why that keeps the bound -- and a filler that sees
+  FleetCache._memo_key for why that keeps the bound -- and a filler that sees
   the generation moved deletes its copy at once, so in practice nobody finds
   it at all.)
 

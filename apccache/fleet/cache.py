@@ -24,6 +24,7 @@ _MASK = _near.NBUCKETS - 1
 _F64 = struct.Struct("<d")
 _DECIMAL = re.compile(rb"-?(0|[1-9][0-9]{0,18})")
 _INT64 = (-(1 << 63), (1 << 63) - 1)
+_MEMO_MAX = 8192  # memo entries per trust window (then it starts over)
 
 # GET and PTTL of one key, atomically, in one round trip (works on a cluster:
 # one key, one slot).
@@ -132,7 +133,7 @@ class FleetCache:
         self._trusted_until = 0.0
         self._epoch = None
         self._epfx = None
-        self._memo = {}  # bucket -> key prefix of its copies, for the current trust window
+        self._memo = {}  # key -> the segment key of its copy, for the current trust window
         self._fetch = cache.fetch
 
     def __repr__(self):
@@ -225,39 +226,50 @@ class FleetCache:
         other workers of this host.  If Redis cannot be reached,
         ``FleetUnavailableError`` -- unless ``stale_if_error`` (here or
         given to the constructor) allows a near copy that old."""
-        kb = key.encode() if type(key) is str else _key_bytes(key)
         if _monotonic() < self._trusted_until or self._refresh(_monotonic()):
-            b = _crc32(kb) & _MASK
-            p = self._memo.get(b) or self._memo_gen(b)
-            if p is not None:
-                v = self._fetch(p + kb, _MISSING)
+            nk = self._memo.get(key) or self._memo_key(key)
+            if nk is not None:
+                v = self._fetch(nk, _MISSING)
                 if v is not _MISSING:
                     return v
-        return self._remote(kb, default, stale_if_error)
+        kb = key.encode() if type(key) is str else _key_bytes(key)
+        return self._remote(kb, default, stale_if_error, key)
 
-    def _memo_gen(self, b):
-        """Read bucket b's generation and memoise the key prefix of its
-        copies, for this trust window only.
+    def _memo_key(self, key):
+        """Read the generation of key's bucket and memoise the segment key
+        of its copy (keyed by key as given), for this trust window only.
 
         WHY THE MEMO KEEPS THE BOUND: it is emptied whenever the heartbeat is
-        re-read, so an entry was read after the heartbeat that vouches for
-        the current window (synced time S, trusted until S + max_lag).  A
+        re-read, so an entry's generation was read after the heartbeat that
+        vouches for the current window (synced time S, trusted until S + max_lag).  A
         read that starts at t < S + max_lag may only miss writes acknowledged
         after t - max_lag, hence after S; every earlier write's invalidation
         had moved its generation before S was written, so before the memo
         read it.  A copy filed under a generation that moved later can be
         served by a process whose memo still names it only until its window
         ends: within max_lag of that write."""
+        kb = key.encode() if type(key) is str else _key_bytes(key)
         memo = self._memo  # the window's own dict, even if a refresh replaces it meanwhile
-        g = self._fetch(self._gkeys[b])
+        g = self._fetch(self._gkeys[_crc32(kb) & _MASK])
         if g is None:
             return None
-        p = memo[b] = self._epfx + b"%d:" % g
-        return p
+        if len(memo) >= _MEMO_MAX:
+            memo.clear()
+        nk = memo[key] = self._epfx + b"%d:" % g + kb
+        return nk
+
+    def _forget(self, kb):
+        """Drop kb's memo entries (under its str and bytes forms)."""
+        memo = self._memo
+        memo.pop(kb, None)
+        try:
+            memo.pop(kb.decode(), None)
+        except UnicodeDecodeError:
+            pass
 
     get = fetch
 
-    def _remote(self, kb, default, stale_if_error=_MISSING):
+    def _remote(self, kb, default, stale_if_error=_MISSING, key=None):
         """Read Redis and file a copy (the fill).  The bucket's generation is
         read *before* Redis: a copy filed under it is only found while no
         invalidation has been handled since (see _near)."""
@@ -265,8 +277,8 @@ class FleetCache:
         b = _crc32(kb) & _MASK
         memo = self._memo
         g = _near.read_gen(self.cache, self._gkeys[b]) if epoch is not None else None
-        if g is not None:
-            memo[b] = self._layout.value_key(epoch, g, b"")  # read now: fresh for this window
+        if g is not None and len(memo) < _MEMO_MAX:
+            memo[kb if key is None else key] = self._layout.value_key(epoch, g, kb)  # read now: fresh
         try:
             raw, pttl = self._get_pttl(keys=[self._nsb + kb])
         except (RedisError, OSError) as e:
@@ -295,7 +307,7 @@ class FleetCache:
             return  # too big for the segment: serve it, keep no copy
         if self._fetch(self._gkeys[b]) != g:
             self.cache.delete(vkey)
-            self._memo.pop(b, None)
+            self._forget(kb)
 
     def _stale(self, kb, default, stale_if_error, error):
         bound = self.stale_if_error if stale_if_error is _MISSING else stale_if_error
@@ -324,17 +336,16 @@ class FleetCache:
         trusted = _monotonic() < self._trusted_until or self._refresh(_monotonic())
         for key, kb in pairs:
             if trusted:
-                b = _crc32(kb) & _MASK
-                p = self._memo.get(b) or self._memo_gen(b)
-                if p is not None:
-                    v = self._fetch(p + kb, _MISSING)
+                nk = self._memo.get(key) or self._memo_key(key)
+                if nk is not None:
+                    v = self._fetch(nk, _MISSING)
                     if v is not _MISSING:
                         out[key] = v
                         continue
             rest.append((key, kb))
         if len(rest) <= 1 or self._cluster:
             for key, kb in rest:
-                v = self._remote(kb, _MISSING, stale_if_error)
+                v = self._remote(kb, _MISSING, stale_if_error, key)
                 if v is not _MISSING:
                     out[key] = v
             return out
@@ -390,7 +401,7 @@ class FleetCache:
         """Move this host's generation for kb (after Redis acknowledged a
         write): every worker here misses and reads the new value."""
         b = _crc32(kb) & _MASK
-        self._memo.pop(b, None)  # this process reads the new generation next
+        self._forget(kb)  # this process reads the new generation next
         old = _near.bump_gen(self.cache, self._gkeys[b])
         if old is not None and self._epoch is not None:
             self.cache.delete(self._layout.value_key(self._epoch, old, kb))
