@@ -805,13 +805,21 @@ class Cache:
         out = ffi.new("int64_t[2]")
         delay = 0.0005
         deadline = None if max_wait is None else time.monotonic() + max_wait
+        unreadable = 0
         while True:
             rc = lib.apc_entry_begin(self._seg, table, k, len(k), tid, self._now(), out)
             if rc == B.EXISTS:
                 value = self._fetch_key(k, _MISSING, table)
                 if value is not _MISSING:
                     return value
+                # Deleted or replaced in between, or an entry that exists but
+                # never reads (damaged: a corrupt read is a miss).  Again and
+                # again: drop it, and generate.
+                unreadable += 1
+                if unreadable >= 3:
+                    lib.apc_delete(self._seg, table, k, len(k), self._now())
                 continue
+            unreadable = 0
             if rc == B.BUSY_SELF:
                 value = generator(key)
                 self._store_key(k, value, ttl, 0, table)
@@ -851,11 +859,14 @@ class Cache:
         the cache itself (closed, busy, corrupt) raises."""
         self._require_open()
         ttl = _check_ttl(ttl)
-        items = [(key, _key_bytes(key), v) for key, v in mapping.items()]
+        items = list(mapping.items())
+        for key, _ in items:
+            _key_bytes(key)  # every key is checked before any is stored
+        store = self.store  # the fast path, where there is one
         failed = []
-        for key, k, v in items:
+        for key, v in items:
             try:
-                self._store_key(k, v, ttl, 0)
+                store(key, v, ttl)
             except CacheFullError:
                 failed.append(key)
             except CacheError:
@@ -870,11 +881,14 @@ class Cache:
         cache itself raises, as for store_many."""
         self._require_open()
         ttl = _check_ttl(ttl)
-        items = [(key, _key_bytes(key), v) for key, v in mapping.items()]
+        items = list(mapping.items())
+        for key, _ in items:
+            _key_bytes(key)  # every key is checked before any is added
+        add = self.add  # the fast path, where there is one
         failed = []
-        for key, k, v in items:
+        for key, v in items:
             try:
-                if not self._store_key(k, v, ttl, lib.APC_ADD):
+                if not add(key, v, ttl):
                     failed.append(key)
             except CacheFullError:
                 failed.append(key)
@@ -887,10 +901,13 @@ class Cache:
     def fetch_many(self, keys: Iterable[Key]) -> Dict[Key, Any]:
         """{key: value} for the keys that are present, keyed as given."""
         self._require_open()
-        pairs = [(key, _key_bytes(key)) for key in keys]
+        keys = list(keys)
+        for key in keys:
+            _key_bytes(key)  # every key is checked before any is fetched
+        fetch = self.fetch  # the fast path, where there is one
         out = {}
-        for key, k in pairs:
-            v = self._fetch_key(k, _MISSING)
+        for key in keys:
+            v = fetch(key, _MISSING)
             if v is not _MISSING:
                 out[key] = v
         return out
@@ -898,15 +915,11 @@ class Cache:
     def delete_many(self, keys: Iterable[Key]) -> List[Key]:
         """Delete each key; returns the keys that were missing."""
         self._require_open()
-        pairs = [(key, _key_bytes(key)) for key in keys]
-        missing = []
-        for key, k in pairs:
-            rc = lib.apc_delete(self._seg, 0, k, len(k), self._now())
-            if rc == B.NOTFOUND:
-                missing.append(key)
-            else:
-                B.check(rc, "delete")
-        return missing
+        keys = list(keys)
+        for key in keys:
+            _key_bytes(key)  # every key is checked before any is deleted
+        delete = self.delete  # the fast path, where there is one
+        return [key for key in keys if not delete(key)]
 
     # ------------------------------------------------------------ whole cache
 
@@ -978,7 +991,9 @@ class Cache:
         """[(record tuple, key bytes)] copied out under one lock hold."""
         # Sized from the entry count, so that a big cache is not walked twice.
         i = self._info(table)
-        n = i["num_entries"] + i["gc_entries"]
+        # Counts read from the segment are claims: no more entries than
+        # blocks fit in the arena.
+        n = min(i["num_entries"] + i["gc_entries"], i["arena_size"] // 32)
         cap = max(1 << 16, (n + 64) * (_REC.size + 48))
         while True:
             buf = ffi.new("char[]", cap)

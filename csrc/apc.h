@@ -54,6 +54,10 @@
 #define APC_FETCH_PINNED 128
 #define APC_ADD 1
 #define APC_FMT_CHECKSUMS 1
+/* Or'ed into fetch_ref's table: return APC_WAITED at once, uncounted,
+ * where the read would have to wait for a writer (to let go of the GIL
+ * first, then ask again without it). */
+#define APC_NOWAIT 256
 
 enum apc_rc {
     APC_OK = 0,
@@ -273,6 +277,10 @@ int apc_debug_build(void);
 int apc_fault_arm(const char *name);
 /* Debug builds: set the next pin version (to test its wrap); APC_E_ARG in release. */
 int apc_debug_set_version(apc_seg *seg, uint64_t v);
+/* Where a named field lies, for tests that damage the segment on purpose:
+ * "hdr.<field>" is a byte offset into apc_header, "slot.<field>" one into
+ * an entry's slot, "sizeof.<struct>" a size; -1 for an unknown name. */
+int64_t apc_layout_offset(const char *name);
 /* CDEF END */
 
 #endif

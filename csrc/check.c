@@ -137,7 +137,10 @@ static void check_wl(apc_seg *seg, report *r)
             uint64_t w = *(uint64_t *)APC_PTR(seg, f);
             if (w & 1)
                 say(r, "free class %u: block 0x%llx on the list is in use", c, (unsigned long long)f);
-            if (apc_class_of(w & ~15ULL) != c)
+            if ((w & ~15ULL) < APC_BLOCK_MIN)
+                say(r, "free class %u: block 0x%llx has size %llu", c, (unsigned long long)f,
+                    (unsigned long long)(w & ~15ULL));
+            else if (apc_class_of(w & ~15ULL) != c)
                 say(r, "free class %u: block 0x%llx of %llu bytes belongs to class %u", c,
                     (unsigned long long)f, (unsigned long long)(w & ~15ULL), apc_class_of(w & ~15ULL));
             if (((apc_off_t *)APC_PTR(seg, f + 8))[1] != prev)
@@ -286,4 +289,80 @@ int64_t apc_check(apc_seg *seg, char *buf, uint64_t cap)
         return r.count;
     }
     return rc ? rc : apc_seg_leave(seg, do_check(seg, buf, cap));
+}
+
+/* ------------------------------------------------------------ layout map */
+
+#include <stddef.h>
+
+#define FIELD(prefix, type, f) {prefix #f, offsetof(type, f)}
+
+static const struct {
+    const char *name;
+    int64_t off;
+} layout_fields[] = {
+    FIELD("hdr.", apc_header, magic),
+    FIELD("hdr.", apc_header, format),
+    FIELD("hdr.", apc_header, seg_size),
+    FIELD("hdr.", apc_header, ttl),
+    FIELD("hdr.", apc_header, gc_ttl),
+    FIELD("hdr.", apc_header, aux_off),
+    FIELD("hdr.", apc_header, arena_off),
+    FIELD("hdr.", apc_header, arena_size),
+    FIELD("hdr.", apc_header, geom),
+    FIELD("hdr.", apc_header, wlock),
+    FIELD("hdr.", apc_header, repair_due),
+    FIELD("hdr.", apc_header, seq),
+    FIELD("hdr.", apc_header, free_head),
+    FIELD("hdr.", apc_header, free_map),
+    FIELD("hdr.", apc_header, free_bytes),
+    FIELD("hdr.", apc_header, nfree),
+    FIELD("hdr.", apc_header, nused),
+    FIELD("hdr.", apc_header, gc_head),
+    FIELD("hdr.", apc_header, gc_count),
+    FIELD("hdr.", apc_header, next_version),
+    FIELD("hdr.", apc_header, repairs),
+    FIELD("hdr.", apc_header, compactions),
+    FIELD("hdr.", apc_header, stats),
+    FIELD("hdr.", apc_header, elocks),
+    FIELD("hdr.", apc_header, pins),
+    FIELD("hdr.", apc_header, stripes),
+    FIELD("lock.", apc_lock, word),
+    FIELD("lock.", apc_lock, tid),
+    FIELD("lock.", apc_lock, pid),
+    FIELD("lock.", apc_lock, start),
+    FIELD("lock.", apc_lock, since_ns),
+    FIELD("slot.", apc_slot, hash),
+    FIELD("slot.", apc_slot, ctime),
+    FIELD("slot.", apc_slot, ttl),
+    FIELD("slot.", apc_slot, val_len),
+    FIELD("slot.", apc_slot, key_len),
+    FIELD("slot.", apc_slot, type),
+    FIELD("slot.", apc_slot, table),
+    FIELD("slot.", apc_slot, flags),
+    FIELD("slot.", apc_slot, sum),
+    FIELD("slot.", apc_slot, next_off),
+    FIELD("slot.", apc_slot, mtime),
+    FIELD("slot.", apc_slot, dtime),
+    FIELD("slot.", apc_slot, ival),
+    FIELD("slot.", apc_slot, pin),
+    FIELD("slot.", apc_slot, atime),
+    FIELD("slot.", apc_slot, hits),
+    {"sizeof.apc_header", sizeof(apc_header)},
+    {"sizeof.apc_slot", sizeof(apc_slot)},
+    {"sizeof.wlock", sizeof(((apc_header *)0)->wlock)},
+    {"sizeof.seq", sizeof(((apc_header *)0)->seq[0])},
+    {"sizeof.apc_table_stats", sizeof(apc_table_stats)},
+    {"sizeof.apc_elock", sizeof(apc_elock)},
+    {"sizeof.apc_pin_rec", sizeof(apc_pin_rec)},
+};
+
+int64_t apc_layout_offset(const char *name)
+{
+    if (!name)
+        return -1;
+    for (size_t i = 0; i < sizeof layout_fields / sizeof layout_fields[0]; i++)
+        if (strcmp(layout_fields[i].name, name) == 0)
+            return layout_fields[i].off;
+    return -1;
 }

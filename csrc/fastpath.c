@@ -29,9 +29,10 @@
  * is called once per operation and its time handed to the engine, so tests
  * on a fake clock run this path too.
  *
- * fetch and exists keep the GIL (they never wait for a lock, and for a
- * writer at most APC_READ_WAIT_NS), but fetch releases it to copy a value
- * larger than 16 KiB.  Between apc_fetch_ref and apc_ref_release the call
+ * fetch and exists keep the GIL (they never wait for a lock), except where
+ * fetch finds a writer in the key's bucket: it then lets the GIL go for
+ * its (bounded) wait; and it releases it to copy a value larger than
+ * 16 KiB.  Between apc_fetch_ref and apc_ref_release the call
  * is in flight, so a close() in another thread waits for the copy to
  * finish.  The writes release the GIL for the engine call, which may wait
  * for the write lock.
@@ -258,7 +259,14 @@ static PyObject *h_fetch(Handle *self, PyObject *const *args, Py_ssize_t nargs, 
     /* Read once: close() in another thread may clear it meanwhile, and
      * release must go to the handle the fetch went to. */
     apc_seg *seg = self->seg;
-    int64_t r = self->fetch_ref(seg, APC_TABLE_USER, k, (uint32_t)kl, now, &ref);
+    int64_t r = self->fetch_ref(seg, APC_TABLE_USER | APC_NOWAIT, k, (uint32_t)kl, now, &ref);
+    if (r == APC_WAITED) {
+        /* A writer holds the key's bucket: wait for it (a bounded wait)
+         * without the GIL, so that other threads run meanwhile. */
+        Py_BEGIN_ALLOW_THREADS
+        r = self->fetch_ref(seg, APC_TABLE_USER, k, (uint32_t)kl, now, &ref);
+        Py_END_ALLOW_THREADS
+    }
     if (r < 0) {
         if (r == APC_NOTFOUND)
             return Py_NewRef(dflt);

@@ -78,19 +78,26 @@ uint64_t apc_sma_block_for(uint64_t need)
     return b < APC_BLOCK_MIN ? APC_BLOCK_MIN : b;
 }
 
-static void list_push(apc_seg *seg, apc_off_t b, uint64_t size)
+/* Push a free block on its class's list.  The list's head is a claim
+ * read from the segment: if it is not a free block, nothing is written
+ * through it and APC_E_CORRUPT says the lists need the rebuild. */
+static int list_push(apc_seg *seg, apc_off_t b, uint64_t size)
 {
     apc_header *h = seg->hdr;
     unsigned c = apc_class_of(size);
+    apc_off_t head = h->free_head[c];
+    if (head && (head == b || !free_block_ok(seg, head)))
+        return APC_E_CORRUPT;
     free_links *l = links_at(seg, b);
     l->prev = 0;
-    l->next = h->free_head[c];
-    if (l->next)
-        links_at(seg, l->next)->prev = b;
+    l->next = head;
+    if (head)
+        links_at(seg, head)->prev = b;
     h->free_head[c] = b;
     h->free_map |= 1ULL << c;
     h->free_bytes += size;
     h->nfree++;
+    return APC_OK;
 }
 
 static int list_remove(apc_seg *seg, apc_off_t b, uint64_t size)
@@ -124,21 +131,23 @@ static void reset_lists(apc_seg *seg)
     h->nused = 0;
 }
 
-/* Make [b, b+size) one free block: tags, poison, list. */
-static void make_free(apc_seg *seg, apc_off_t b, uint64_t size)
+/* Make [b, b+size) one free block: tags, poison, list.  APC_E_CORRUPT if
+ * its list's head was bad (the block is then tagged free but not listed:
+ * the caller has the lists rebuilt). */
+static int make_free(apc_seg *seg, apc_off_t b, uint64_t size)
 {
     set_tags(seg, b, size, 0);
 #ifdef APC_DEBUG
     if (size > 32)
         memset((char *)APC_PTR(seg, b) + 8 + sizeof(free_links), 0xDB, size - 16 - sizeof(free_links));
 #endif
-    list_push(seg, b, size);
+    return list_push(seg, b, size);
 }
 
 void apc_sma_init_wl(apc_seg *seg)
 {
     reset_lists(seg);
-    make_free(seg, seg->arena_off, seg->arena_end - seg->arena_off);
+    (void)make_free(seg, seg->arena_off, seg->arena_end - seg->arena_off); /* empty lists */
 }
 
 static apc_off_t alloc_wl(apc_seg *seg, uint64_t need);
@@ -165,10 +174,12 @@ static apc_off_t alloc_wl(apc_seg *seg, uint64_t need)
     uint64_t best_size = 0;
 
     /* The request's own class: best of the first few fits (all of the top
-     * class, which has no upper bound). */
+     * class, which has no upper bound).  The walk is capped: a list with
+     * more links than the arena has blocks has a cycle. */
     unsigned scan = (c == APC_NCLASSES - 1) ? ~0u : 8u;
+    uint64_t cap = apc_walk_cap(seg);
     for (apc_off_t b = h->free_head[c]; b && scan; b = links_at(seg, b)->next) {
-        if (!free_block_ok(seg, b))
+        if (!free_block_ok(seg, b) || --cap == 0)
             return 1;
         uint64_t sz = BSIZE(*tag_at(seg, b));
         if (sz >= want && (!best || sz < best_size)) {
@@ -197,7 +208,10 @@ static apc_off_t alloc_wl(apc_seg *seg, uint64_t need)
     APC_FAULT("alloc.mid_split");
     if (best_size - want >= APC_BLOCK_MIN) {
         set_tags(seg, best, want, USED);
-        make_free(seg, best + want, best_size - want);
+        /* A bad head here: the block is not handed out (nothing reaches
+         * it, so the rebuild frees it again) and the caller rebuilds. */
+        if (make_free(seg, best + want, best_size - want) != APC_OK)
+            return 1;
     } else {
         set_tags(seg, best, best_size, USED);
     }
@@ -250,7 +264,8 @@ void apc_sma_free_wl(apc_seg *seg, apc_off_t payload)
             b = prev;
         }
     }
-    make_free(seg, b, size);
+    if (make_free(seg, b, size) != APC_OK)
+        corrupt_wl(seg); /* b is unreachable: the rebuild lists it */
 }
 
 uint64_t apc_sma_largest_wl(apc_seg *seg)
@@ -260,7 +275,7 @@ uint64_t apc_sma_largest_wl(apc_seg *seg)
         return 0;
     unsigned c = 63u - (unsigned)__builtin_clzll(h->free_map);
     uint64_t best = 0;
-    uint64_t cap = h->nfree + 1;
+    uint64_t cap = apc_walk_cap(seg); /* not nfree: a count read from the segment */
     for (apc_off_t b = h->free_head[c]; b && cap--; b = links_at(seg, b)->next) {
         if (!free_block_ok(seg, b))
             break;
@@ -293,13 +308,13 @@ int apc_sma_rebuild_wl(apc_seg *seg, apc_off_t *live, uint64_t nlive)
         if (b < cursor)
             return APC_E_CORRUPT; /* overlap: the caller drops one */
         if (b > cursor)
-            make_free(seg, cursor, b - cursor);
+            (void)make_free(seg, cursor, b - cursor); /* lists reset: heads are ours */
         set_tags(seg, b, size, USED);
         seg->hdr->nused++;
         cursor = b + size;
     }
     if (cursor < seg->arena_end)
-        make_free(seg, cursor, seg->arena_end - cursor);
+        (void)make_free(seg, cursor, seg->arena_end - cursor);
     return APC_OK;
 }
 
@@ -384,7 +399,7 @@ int apc_sma_compact_wl(apc_seg *seg)
         apc_off_t start = b;
         while (b < seg->arena_end && !(*tag_at(seg, b) & USED))
             b += BSIZE(*tag_at(seg, b));
-        make_free(seg, start, b - start);
+        (void)make_free(seg, start, b - start); /* lists reset: heads are ours */
     }
     return APC_OK;
 }

@@ -178,12 +178,12 @@ static int read_int(apc_seg *seg, apc_slot *s, int64_t *out)
  * (a writer held the bucket for longer than a reader waits), or
  * APC_E_CORRUPT; *ident is the pin word's tag|version for the unpin. */
 static int find_pinned(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash,
-                       apc_slot **out, uint64_t *ident)
+                       apc_slot **out, uint64_t *ident, int nowait)
 {
     int st = stripe_of(seg, table, hash);
     for (unsigned tries = 0;; tries++) {
         uint64_t sq;
-        int rc = apc_seq_read_begin(seg, st, &sq);
+        int rc = apc_seq_read_begin_opt(seg, st, &sq, nowait);
         if (rc != APC_OK)
             return rc;
         apc_off_t off = 0;
@@ -234,12 +234,12 @@ static inline void count_hit(apc_seg *seg, int table, apc_slot *s, uint64_t now)
     ADD(&s->hits, 1);
     if (LOADR(&s->atime) != now)
         STORER(&s->atime, now);
-    ADD(&seg->hdr->stripes[seg->stripe].hits[table], 1);
+    ADD(&apc_my_stripe(seg)->hits[table], 1);
 }
 
 static inline void count_miss(apc_seg *seg, int table)
 {
-    ADD(&seg->hdr->stripes[seg->stripe].misses[table], 1);
+    ADD(&apc_my_stripe(seg)->misses[table], 1);
 }
 
 /* A read that cannot be answered is a miss, counted as what it was: a
@@ -247,10 +247,10 @@ static inline void count_miss(apc_seg *seg, int table)
 static int count_failed_read(apc_seg *seg, int table, int rc)
 {
     if (rc == APC_E_CORRUPT) {
-        ADD(&seg->hdr->stripes[seg->stripe].corrupt[table], 1);
+        ADD(&apc_my_stripe(seg)->corrupt[table], 1);
         apc_repair_later(seg);
     } else if (rc == APC_WAITED) {
-        ADD(&seg->hdr->stripes[seg->stripe].waited[table], 1);
+        ADD(&apc_my_stripe(seg)->waited[table], 1);
     } else if (rc != APC_NOTFOUND) {
         return rc;
     }
@@ -289,12 +289,16 @@ static void unrecord_pin(apc_seg *seg, int rec)
 static int fetch_pinned(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t *now,
                         apc_slot **out, uint64_t *ident, int64_t *ival)
 {
+    int nowait = table & APC_NOWAIT;
+    table &= ~APC_NOWAIT;
     if (bad_table(table) || klen > APC_MAX_KEY)
         return APC_E_ARG;
     *now = apc_now(*now);
     uint64_t hash = apc_xxh3_64(key, klen);
     apc_slot *s;
-    int rc = find_pinned(seg, table, key, klen, hash, &s, ident);
+    int rc = find_pinned(seg, table, key, klen, hash, &s, ident, nowait);
+    if (rc == APC_WAITED && nowait)
+        return rc; /* the caller asks again, waiting */
     if (rc != APC_OK)
         return count_failed_read(seg, table, rc);
     if (apc_expired(s, *now)) {
@@ -324,6 +328,7 @@ static int fetch_pinned(apc_seg *seg, int table, const char *key, uint32_t klen,
 static int64_t do_fetch(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now,
                         char *buf, uint64_t cap)
 {
+    table &= ~APC_NOWAIT; /* only fetch_ref gives up without waiting */
     if (cap < 16 || !buf)
         return APC_E_ARG;
     apc_slot *s;
@@ -382,7 +387,7 @@ int64_t apc_fetch_ref(apc_seg *seg, int table, const char *key, uint32_t klen, u
     rc = fetch_pinned(seg, table, key, klen, &now, &s, &ident, &ival);
     if (rc != APC_OK)
         return apc_seg_leave(seg, rc);
-    count_hit(seg, table, s, now);
+    count_hit(seg, table & ~APC_NOWAIT, s, now);
     uint64_t type = s->type;
     ref->ptr = apc_slot_val(s);
     ref->len = type == APC_T_INT ? 8 : s->val_len;
@@ -439,11 +444,11 @@ static int do_exists(apc_seg *seg, int table, const char *key, uint32_t klen, ui
             return APC_NOTFOUND;
         if (rc != APC_E_CORRUPT)
             return rc;
-        ADD(&seg->hdr->stripes[seg->stripe].corrupt[table], 1);
+        ADD(&apc_my_stripe(seg)->corrupt[table], 1);
         apc_repair_later(seg);
         return APC_NOTFOUND;
     }
-    ADD(&seg->hdr->stripes[seg->stripe].waited[table], 1);
+    ADD(&apc_my_stripe(seg)->waited[table], 1);
     return APC_NOTFOUND;
 }
 
@@ -687,9 +692,13 @@ static int make_room_wl(apc_seg *seg, uint64_t need, uint64_t now, int table)
             return APC_OK;
     }
 
-    uint64_t n = 0;
+    /* The header's entry counts are claims: no more entries than blocks
+     * can exist, and n * sizeof *c must not wrap. */
+    uint64_t n = 0, most = apc_walk_cap(seg);
     for (int t = 0; t < APC_NTABLES; t++)
-        n += h->stats[t].num_entries;
+        n += h->stats[t].num_entries < most ? h->stats[t].num_entries : most;
+    if (n > most)
+        n = most;
     cand *c = n ? malloc(n * sizeof *c) : NULL;
     uint64_t k = 0;
     if (c) {
@@ -1462,7 +1471,7 @@ static int do_sma_info_get(apc_seg *seg, apc_sma_info *o, uint64_t *blocks, uint
     o->nused = h->nused;
     uint64_t k = 0;
     for (int c = APC_NCLASSES - 1; c >= 0 && blocks; c--) {
-        uint64_t walk_cap = h->nfree + 1;
+        uint64_t walk_cap = apc_walk_cap(seg); /* not nfree: a claim */
         for (apc_off_t b = h->free_head[c]; b && k < cap && walk_cap--;) {
             if ((b & 15) || !apc_in_arena(seg, b, APC_BLOCK_MIN))
                 break;
@@ -1527,10 +1536,14 @@ static int64_t do_snapshot(apc_seg *seg, int table, uint64_t now, int flags, cha
         return rc;
     apc_header *h = seg->hdr;
     uint64_t used = 0;
+    /* No more records than blocks: a damaged chain that loops is walked
+     * (capped) once, not once per bucket that reaches it. */
+    uint64_t left = apc_walk_cap(seg);
     apc_entry_rec r;
 #define EMIT(s)                                                              \
     do {                                                                     \
         uint64_t sz = sizeof r + apc_key_pad((s)->key_len);                  \
+        left--;                                                              \
         if (used + sz <= cap) {                                              \
             rec_of(seg, (s), now, &r);                                       \
             memcpy(buf + used, &r, sizeof r);                                \
@@ -1542,7 +1555,7 @@ static int64_t do_snapshot(apc_seg *seg, int table, uint64_t now, int flags, cha
         apc_off_t *b = apc_buckets(seg, table);
         for (uint64_t i = 0; i < seg->geom[table].nslots; i++) {
             uint64_t wcap = apc_walk_cap(seg);
-            for (apc_off_t off = b[i]; off && --wcap;) {
+            for (apc_off_t off = b[i]; off && --wcap && left;) {
                 apc_slot *s = apc_slot_at(seg, off);
                 if (!s)
                     break;
@@ -1553,7 +1566,7 @@ static int64_t do_snapshot(apc_seg *seg, int table, uint64_t now, int flags, cha
     }
     if (flags & APC_SNAP_DELETED) {
         uint64_t wcap = apc_walk_cap(seg);
-        for (apc_off_t off = h->gc_head; off && --wcap;) {
+        for (apc_off_t off = h->gc_head; off && --wcap && left;) {
             apc_slot *s = apc_slot_at(seg, off);
             if (!s)
                 break;
