@@ -429,7 +429,7 @@ static int do_exists(apc_seg *seg, int table, const char *key, uint32_t klen, ui
         if (rc == APC_OK) {
             apc_slot *s = (apc_slot *)APC_PTR(seg, off);
             uint64_t ttl = LOADR(&s->ttl), ctime = LOADR(&s->ctime);
-            expired = ttl > 0 && ctime + ttl < now;
+            expired = ttl > 0 && now > ctime && now - ctime > ttl; /* as apc_expired */
         }
         if (!apc_seq_read_valid(seg, st, sq))
             continue;
@@ -567,7 +567,9 @@ static void gc_sweep_wl(apc_seg *seg, uint64_t now)
         int freed = 0;
         if (!(w & APC_PIN_REFS))
             freed = CAS(&s->pin, &w, APC_PIN_DEAD);
-        if (!freed && h->gc_ttl && now >= s->dtime + h->gc_ttl) {
+        if (!freed && s->dtime > now)
+            s->dtime = now; /* a deletion in the future is a broken claim: age it from now */
+        if (!freed && h->gc_ttl && now - s->dtime >= h->gc_ttl) {
             /* Pinned for longer than gc_ttl: the pinner is presumed dead.
              * Retiring the word makes any late unpin a no-op. */
             STORE(&s->pin, APC_PIN_DEAD);
@@ -634,7 +636,8 @@ static int pred_hard_expired(apc_seg *seg, apc_slot *s, uint64_t now)
 static int pred_soft_expired(apc_seg *seg, apc_slot *s, uint64_t now)
 {
     uint64_t ttl = seg->hdr->ttl;
-    if (s->ttl || !ttl || LOADR(&s->atime) + ttl >= now || (LOADR(&s->pin) & APC_PIN_REFS))
+    uint64_t atime = LOADR(&s->atime);
+    if (s->ttl || !ttl || now <= atime || now - atime <= ttl || (LOADR(&s->pin) & APC_PIN_REFS))
         return 0;
     seg->hdr->stats[s->table].evictions++;
     return 1;
