@@ -30,6 +30,7 @@ import os
 import struct
 import threading
 import time
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Union
 
 from . import _bindings as B
 from ._shm import Segment, check_trusted
@@ -42,6 +43,13 @@ from .errors import (
     UntrustedSegmentError,
 )
 from .serializers import PickleSerializer
+
+if TYPE_CHECKING:
+    import re
+
+    from .locks import AsyncLock, Lock
+
+Key = Union[str, bytes]
 
 ffi, lib = B.ffi, B.lib
 
@@ -70,10 +78,13 @@ if os.environ.get("APCCACHE_NO_FASTPATH", "") in ("", "0"):
         _fastpath = None
 else:
     _fastpath = None
-_FETCH_REF = int(ffi.cast("uintptr_t", ffi.addressof(lib, "apc_fetch_ref")))
-_RELEASE = int(ffi.cast("uintptr_t", ffi.addressof(lib, "apc_ref_release")))
-_STORE = int(ffi.cast("uintptr_t", ffi.addressof(lib, "apc_store")))
-_COUNT_CORRUPT = int(ffi.cast("uintptr_t", ffi.addressof(lib, "apc_count_corrupt")))
+# What the fast path calls, by address: the very functions lib calls.
+_FAST_FNS = tuple(
+    int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
+    for name in ("apc_fetch_ref", "apc_ref_release", "apc_store", "apc_count_corrupt",
+                 "apc_exists", "apc_delete", "apc_inc", "apc_cas")
+)
+_FAST_OPS = ("fetch", "store", "add", "exists", "delete", "inc", "dec", "cas")
 DEFAULT_LOCK_TIMEOUT = 5.0
 
 
@@ -191,19 +202,21 @@ class Cache:
         self._untrusted = None  # why not, for a handle opened for inspection only
         self.name = shm.name.lstrip("/")
         self._fast = None
-        if clock is None and _fastpath is not None:
-            # fetch and store as CPython methods (csrc/fastpath.c); what they
-            # do not handle themselves comes back to the methods below.
-            self._fast = h = _fastpath.Handle(
-                int(ffi.cast("uintptr_t", seg)), _FETCH_REF, _RELEASE, _STORE, _COUNT_CORRUPT,
-                Cache.fetch.__get__(self), Cache.store.__get__(self), self._decode, _MISSING)
-            self.fetch = self.get = h.fetch
-            self.store = h.store
         if clock is not None:
             # The io hot paths read the time from the call block; with a
             # clock, set it before each call.
             for meth in ("fetch", "get", "store"):
                 setattr(self, meth, self._clocked(getattr(self, meth)))
+        if _fastpath is not None:
+            # The single-key operations as CPython methods (csrc/fastpath.c);
+            # what they do not take as it is comes back to the methods below.
+            slow = {op: getattr(self, op) for op in _FAST_OPS}
+            self._fast = h = _fastpath.Handle(
+                int(ffi.cast("uintptr_t", seg)), *_FAST_FNS, slow, self._raise_rc, self._ser,
+                clock)
+            for op in _FAST_OPS:
+                setattr(self, op, getattr(h, op))
+            self.get = h.fetch
 
     def _clocked(self, method):
         def call(*args, **kwargs):
@@ -341,6 +354,10 @@ class Cache:
         _check_lock_timeout(lock_timeout)
         try:
             shm = Segment(name, trust=trust)
+        except FileNotFoundError:
+            from ._open import missing_message
+
+            raise FileNotFoundError(2, missing_message(name)) from None
         except ValueError:
             raise CorruptSegmentError(f"segment {name!r} is empty: not an apccache segment") from None
         deadline = time.monotonic() + timeout
@@ -416,7 +433,7 @@ class Cache:
         except BufferError:
             pass  # a memoryview of aux is still alive; the mapping goes with it
 
-    def unlink(self):
+    def unlink(self) -> None:
         """Remove the segment's name.  Handles already attached keep
         working; new attaches fail with FileNotFoundError."""
         try:
@@ -445,7 +462,7 @@ class Cache:
         return f"<apccache.Cache {self.name!r} {state}>"
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
         return self._seg == ffi.NULL
 
     def _require_open(self):
@@ -615,6 +632,22 @@ class Cache:
             raise self._store_error(k, len(data), rc)
         return True
 
+    def _raise_rc(self, op, rc, key, nbytes=0, step=0):
+        """Raise what a failed engine call means, for op on key (the one
+        place for the fast path, and for the methods below)."""
+        if rc == lib.APC_E_ARG:
+            _key_bytes(key)  # raises the error that says what is wrong with the key
+        if op in ("store", "add"):
+            raise self._store_error(_key_bytes(key), nbytes, rc)
+        if op in ("inc", "dec"):
+            if rc == B.E_TYPE:
+                raise TypeError(f"cannot inc/dec key {key!r}: its value is not an int")
+            if rc == lib.APC_E_OVERFLOW:
+                raise OverflowError(f"inc/dec of key {key!r} by {step} leaves the int64 range")
+            if rc == lib.APC_E_NOMEM or rc == lib.APC_E_TOOBIG:
+                raise self._full_error(_key_bytes(key), 8, rc)
+        raise B.error(rc, op)
+
     def _store_error(self, k, n, rc):
         if rc == lib.APC_E_ARG:
             _key_bytes(k)  # an oversized key: raises the error that names the limit
@@ -638,7 +671,7 @@ class Cache:
 
     # ------------------------------------------------------------ the API
 
-    def fetch(self, key, default=None):
+    def fetch(self, key: Key, default: Any = None) -> Any:
         """The value stored under key, or default.  Expired entries are
         misses.  Counts a hit or a miss.  Never blocks on writers."""
         if type(key) is str:
@@ -658,7 +691,7 @@ class Cache:
             return default
         return self._result(loc, r, k, default, 0)
 
-    def store(self, key, value, ttl=0):
+    def store(self, key: Key, value: Any, ttl: int = 0) -> bool:
         """Store value under key, replacing any entry.  Returns True.
 
         ttl > 0: the entry is gone once ttl whole seconds have passed since
@@ -689,12 +722,12 @@ class Cache:
             return True
         raise self._store_error(k, len(data), rc)
 
-    def add(self, key, value, ttl=0):
+    def add(self, key: Key, value: Any, ttl: int = 0) -> bool:
         """Store only if no live entry exists; True if stored.  Exactly one
         of several processes adding the same key at once wins."""
         return self._store_key(_key_bytes(key), value, _check_ttl(ttl), lib.APC_ADD)
 
-    def delete(self, key):
+    def delete(self, key: Key) -> bool:
         """Remove the entry; False if there was none (or it had expired)."""
         k = _key_bytes(key)
         rc = lib.apc_delete(self._seg, 0, k, len(k), self._now())
@@ -703,7 +736,7 @@ class Cache:
         B.check(rc, "delete")
         return True
 
-    def exists(self, key):
+    def exists(self, key: Key) -> bool:
         """Is there a live entry?  Counts neither a hit nor a miss."""
         k = _key_bytes(key)
         rc = lib.apc_exists(self._seg, 0, k, len(k), self._now())
@@ -712,7 +745,7 @@ class Cache:
         B.check(rc, "exists")
         return True
 
-    def inc(self, key, step=1, ttl=0):
+    def inc(self, key: Key, step: int = 1, ttl: int = 0) -> int:
         """Add step to the int stored under key, atomically across processes,
         and return the new value.  A missing or expired key is created as 0
         first (with ttl).  TypeError if the value is not an int;
@@ -724,23 +757,17 @@ class Cache:
         i64 = self._io().i64
         rc = lib.apc_inc(self._seg, 0, k, len(k), step, ttl, self._now(), i64)
         if rc < 0:
-            if rc == B.E_TYPE:
-                raise TypeError(f"cannot inc/dec key {key!r}: its value is not an int")
-            if rc == lib.APC_E_OVERFLOW:
-                raise OverflowError(f"inc/dec of key {key!r} by {step} leaves the int64 range")
-            if rc == lib.APC_E_NOMEM or rc == lib.APC_E_TOOBIG:
-                raise self._full_error(k, 8, rc)
-            raise B.error(rc, "inc")
+            self._raise_rc("inc", rc, key, 8, step)
         return i64[0]
 
-    def dec(self, key, step=1, ttl=0):
+    def dec(self, key: Key, step: int = 1, ttl: int = 0) -> int:
         """Subtract step; see inc.  A missing key ends up as -step."""
         step = _check_int("step", step)
         if step == _INT64_MIN:
             raise OverflowError(f"dec by {step} leaves the int64 range")
         return self.inc(key, -step, ttl)
 
-    def cas(self, key, old, new):
+    def cas(self, key: Key, old: int, new: int) -> bool:
         """Replace the int old with new, atomically.  False if the key is
         missing (cas never inserts), its value is not an int, or it is not
         old."""
@@ -754,7 +781,7 @@ class Cache:
             return False
         raise B.error(rc, "cas")
 
-    def entry(self, key, generator, ttl=0):
+    def entry(self, key: Key, generator: Callable[[Key], Any], ttl: int = 0) -> Any:
         """The value under key; if missing, ``generator(key)`` makes it, it
         is stored with ttl, and returned.
 
@@ -825,18 +852,21 @@ class Cache:
 
     # --------------------------------------------------------- many at once
 
-    def store_many(self, mapping, ttl=0):
+    def store_many(self, mapping: Mapping[Key, Any], ttl: int = 0) -> List[Key]:
         """Store every item; returns the keys that could not be stored (no
         room, unserialisable value), [] on success.  Keys are all checked
         first: a bad key raises before anything is stored.  An error of
         the cache itself (closed, busy, corrupt) raises."""
         self._require_open()
         ttl = _check_ttl(ttl)
-        items = [(key, _key_bytes(key), v) for key, v in mapping.items()]
+        items = list(mapping.items())
+        for key, _ in items:
+            _key_bytes(key)  # every key is checked before any is stored
+        store = self.store  # the fast path, where there is one
         failed = []
-        for key, k, v in items:
+        for key, v in items:
             try:
-                self._store_key(k, v, ttl, 0)
+                store(key, v, ttl)
             except CacheFullError:
                 failed.append(key)
             except CacheError:
@@ -845,17 +875,20 @@ class Cache:
                 failed.append(key)
         return failed
 
-    def add_many(self, mapping, ttl=0):
+    def add_many(self, mapping: Mapping[Key, Any], ttl: int = 0) -> List[Key]:
         """add() for each item; returns the keys not added (a live entry
         existed, no room, or an unserialisable value); an error of the
         cache itself raises, as for store_many."""
         self._require_open()
         ttl = _check_ttl(ttl)
-        items = [(key, _key_bytes(key), v) for key, v in mapping.items()]
+        items = list(mapping.items())
+        for key, _ in items:
+            _key_bytes(key)  # every key is checked before any is added
+        add = self.add  # the fast path, where there is one
         failed = []
-        for key, k, v in items:
+        for key, v in items:
             try:
-                if not self._store_key(k, v, ttl, lib.APC_ADD):
+                if not add(key, v, ttl):
                     failed.append(key)
             except CacheFullError:
                 failed.append(key)
@@ -865,33 +898,32 @@ class Cache:
                 failed.append(key)
         return failed
 
-    def fetch_many(self, keys):
+    def fetch_many(self, keys: Iterable[Key]) -> Dict[Key, Any]:
         """{key: value} for the keys that are present, keyed as given."""
         self._require_open()
-        pairs = [(key, _key_bytes(key)) for key in keys]
+        keys = list(keys)
+        for key in keys:
+            _key_bytes(key)  # every key is checked before any is fetched
+        fetch = self.fetch  # the fast path, where there is one
         out = {}
-        for key, k in pairs:
-            v = self._fetch_key(k, _MISSING)
+        for key in keys:
+            v = fetch(key, _MISSING)
             if v is not _MISSING:
                 out[key] = v
         return out
 
-    def delete_many(self, keys):
+    def delete_many(self, keys: Iterable[Key]) -> List[Key]:
         """Delete each key; returns the keys that were missing."""
         self._require_open()
-        pairs = [(key, _key_bytes(key)) for key in keys]
-        missing = []
-        for key, k in pairs:
-            rc = lib.apc_delete(self._seg, 0, k, len(k), self._now())
-            if rc == B.NOTFOUND:
-                missing.append(key)
-            else:
-                B.check(rc, "delete")
-        return missing
+        keys = list(keys)
+        for key in keys:
+            _key_bytes(key)  # every key is checked before any is deleted
+        delete = self.delete  # the fast path, where there is one
+        return [key for key in keys if not delete(key)]
 
     # ------------------------------------------------------------ whole cache
 
-    def clear(self):
+    def clear(self) -> None:
         """Remove every entry of the user cache (the file cache keeps its
         entries) and reset hits, misses, inserts and expunges."""
         B.check(lib.apc_clear(self._seg, 0, self._now()), "clear")
@@ -901,7 +933,7 @@ class Cache:
         B.check(lib.apc_info_get(self._seg, table, o), "info")
         return {f: getattr(o, f) for f in dir(o)}
 
-    def info(self, limited=False):
+    def info(self, limited: bool = False) -> Dict[str, Any]:
         """Counters of the user cache, as one snapshot; unless limited, also
         'entries' and 'deleted_list' (entries waiting on the GC list)."""
         i = self._info(0)
@@ -981,7 +1013,7 @@ class Cache:
             pos += rs + ((klen + 7) & ~7)
         return out
 
-    def sma_info(self, limited=False):
+    def sma_info(self, limited: bool = False) -> Dict[str, Any]:
         """The allocator: seg_size (usable arena bytes), avail_mem (free
         bytes), largest_free, and unless limited block_lists, the free
         blocks as [[{size, offset}, ...]] (one list: one segment)."""
@@ -1006,7 +1038,7 @@ class Cache:
             out["block_lists"] = [[{"size": blocks[2 * i], "offset": blocks[2 * i + 1]} for i in range(n)]]
         return out
 
-    def key_info(self, key):
+    def key_info(self, key: Key) -> Optional[Dict[str, int]]:
         """hits, access_time, mtime, creation_time, deletion_time, ttl, refs
         of a live entry, or None.  Not a hit."""
         k = _key_bytes(key)
@@ -1026,7 +1058,7 @@ class Cache:
             "mem_size": r.mem_size,
         }
 
-    def keys(self, pattern=None):
+    def keys(self, pattern: Union[str, "re.Pattern", None] = None) -> Iterator[Key]:
         """An iterator over the live keys (a snapshot: the cache may change
         while it runs).  pattern: a regex applied with re.search.  Keys come
         back as str, or as bytes where they are not valid UTF-8.  The
@@ -1051,7 +1083,7 @@ class Cache:
                     continue
             yield key
 
-    def check(self):
+    def check(self) -> List[str]:
         """The broken invariants of the whole segment, in words ([] when it
         is sound)."""
         cap = 1 << 16
@@ -1065,7 +1097,7 @@ class Cache:
             lines.append(f"... and {n - len(lines)} more")
         return lines
 
-    def recover(self, pid):
+    def recover(self, pid: int) -> int:
         """Release what the dead process pid still held: pins on large
         values, and entry() generations in progress.  Returns how many."""
         pid = _check_int("pid", pid)
@@ -1120,6 +1152,78 @@ class Cache:
         ``apccache.files``)."""
         self._require_open()
         return FileTable(self)
+
+    # ------------------------------------------- for the framework integrations
+    # (apccache.integrations); each is a thin door into its own module.
+
+    @classmethod
+    def open(cls, name: str, size: int = 64 * 1024 * 1024, *, create: bool = True,
+             timeout: float = 5.0, **options) -> "Cache":
+        """Create-or-attach: the segment ``name``, created with ``size``
+        and ``options`` (create()'s keyword arguments) if it does not exist,
+        else attached.  Race-free across processes: when many start at once,
+        exactly one creates it and the others attach it once its creator
+        has finished (waiting up to ``timeout`` seconds).  ``create=False``
+        only attaches (FileNotFoundError naming the segments that exist)."""
+        from ._open import open_cache
+
+        return open_cache(cls, name, size, create, timeout, options)
+
+    def touch(self, key: Key, ttl: int = 0) -> bool:
+        """Give a live entry a new ttl counted from now (0: it never
+        expires), atomically, without rewriting its value.  False if the
+        key is missing or expired."""
+        k = _key_bytes(key)
+        rc = lib.apc_touch(self._seg, 0, k, len(k), _check_ttl(ttl), self._now())
+        if rc == B.NOTFOUND:
+            return False
+        B.check(rc, "touch")
+        return True
+
+    def memoize(self, ttl: int = 0, *, key: Optional[Callable[..., Key]] = None,
+                namespace: Optional[str] = None) -> Callable[[Callable], Callable]:
+        """A decorator caching a function's (or coroutine function's)
+        results in this cache, computed once across all processes; adds
+        ``f.cache_clear()`` and ``f.cache_info()``.  See apccache.memoize."""
+        from .memoize import memoize
+
+        return memoize(self, ttl, key=key, namespace=namespace)
+
+    async def aentry(self, key: Key, generator: Callable[[Key], Any], ttl: int = 0) -> Any:
+        """entry() for coroutines: waiting for another process never blocks
+        the event loop; generator may be a coroutine function.  See
+        apccache.aio."""
+        from .aio import aentry
+
+        return await aentry(self, key, generator, ttl)
+
+    def lock(self, name: str, timeout: Optional[float] = None,
+             blocking_timeout: Optional[float] = None) -> "Lock":
+        """A host-wide lock (context manager; acquire, release, locked,
+        extend), freed at once if its holder dies.  See apccache.locks."""
+        from .locks import Lock
+
+        return Lock(self, name, timeout, blocking_timeout)
+
+    def alock(self, name: str, timeout: Optional[float] = None,
+              blocking_timeout: Optional[float] = None) -> "AsyncLock":
+        """lock() for ``async with``: waiting never blocks the event loop."""
+        from .locks import AsyncLock
+
+        return AsyncLock(self, name, timeout, blocking_timeout)
+
+    # entry()'s protocol, one engine call each, for aentry (apccache.aio),
+    # which cannot wait inside _entry as entry() does.
+
+    def _entry_begin(self, k, tid, out):
+        return lib.apc_entry_begin(self._seg, 0, k, len(k), tid, self._now(), out)
+
+    def _entry_takeover(self, token, holder, tid):
+        return lib.apc_entry_takeover(self._seg, token, holder, tid, self._now())
+
+    def _entry_end(self, token, tid):
+        if self._entries.pop(token, None) is not None:
+            lib.apc_entry_end(self._seg, token, tid)
 
 
 class FileTable:

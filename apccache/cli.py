@@ -47,7 +47,8 @@ def _parser():
                       help="leave the segment in place on exit (overrides [cache] keep)")
     keep.add_argument("--no-keep-cache", dest="keep_cache", action="store_false",
                       help="remove the segment on exit (overrides [cache] keep)")
-    s.add_argument("--check", action="store_true", help="validate CONFIG and exit")
+    s.add_argument("--check", action="store_true", help="validate CONFIG, import each pool's target in a child process, and exit "
+                   "(78 if either fails)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="log verbosity (default: info)")
     s.set_defaults(func=_supervise)
@@ -82,6 +83,13 @@ def _supervise(args):
             cfg = load_config(args.config)
         except ConfigError as e:
             print(f"apccache: {e}", file=sys.stderr)
+            return ExitCode.CONFIG_ERROR
+        from .supervisor.config import check_targets
+
+        problems = check_targets(cfg)
+        for line in problems:
+            print(f"apccache: {args.config}: {line}", file=sys.stderr)
+        if problems:
             return ExitCode.CONFIG_ERROR
         pools = ", ".join(f"{p.name} ({p.workers})" for p in cfg.pools)
         print(f"{args.config}: ok: cache {cfg.cache.name!r}, pools {pools}")

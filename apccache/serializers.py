@@ -29,7 +29,8 @@ def _import_pickle():
 
 class PickleSerializer:
     """Any picklable object; fetch returns an equal copy of the same type.
-    protocol: the pickle protocol of stores (default: the highest).
+    protocol: the pickle protocol of stores (default: pickle's default,
+    which costs no wrapper per call).
 
     Unpickling executes code chosen by whoever wrote the segment."""
 
@@ -40,10 +41,28 @@ class PickleSerializer:
 
     def dumps(self, value):
         p = _pickle or _import_pickle()
-        return p.dumps(value, p.HIGHEST_PROTOCOL if self.protocol is None else self.protocol)
+        self._bind(p)
+        return p.dumps(value) if self.protocol is None else p.dumps(value, self.protocol)
 
     def loads(self, data):
-        return (_pickle or _import_pickle()).loads(data)
+        p = _pickle or _import_pickle()
+        self._bind(p)
+        return p.loads(data)
+
+    def _bind(self, p):
+        """On first use: make this instance's dumps and loads pickle's own
+        functions, so that a value costs no Python frame of ours (not where
+        a subclass has its own)."""
+        import functools
+
+        cls = type(self)
+        if cls.dumps is PickleSerializer.dumps:
+            if self.protocol is None:
+                self.dumps = p.dumps  # pickle's default protocol
+            else:
+                self.dumps = functools.partial(p.dumps, protocol=self.protocol)
+        if cls.loads is PickleSerializer.loads:
+            self.loads = p.loads
 
 
 class JSONSerializer:

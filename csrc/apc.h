@@ -54,6 +54,10 @@
 #define APC_FETCH_PINNED 128
 #define APC_ADD 1
 #define APC_FMT_CHECKSUMS 1
+/* Or'ed into fetch_ref's table: return APC_WAITED at once, uncounted,
+ * where the read would have to wait for a writer (to let go of the GIL
+ * first, then ask again without it). */
+#define APC_NOWAIT 256
 
 enum apc_rc {
     APC_OK = 0,
@@ -246,6 +250,8 @@ int apc_inc(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t ste
             int64_t *out);
 int apc_cas(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t old, int64_t new_, uint64_t now);
 int apc_clear(apc_seg *seg, int table, uint64_t now);
+int apc_touch(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t ttl,
+              uint64_t now);
 int64_t apc_count_live(apc_seg *seg, int table, uint64_t now);
 
 int apc_entry_begin(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t tid, uint64_t now, int64_t *out);

@@ -86,7 +86,7 @@
 #define APC_ENDIAN_MARK 0x01020304u
 #define APC_NTABLES 2
 #define APC_NCLASSES 64
-#define APC_NSTRIPES 16
+#define APC_NSTRIPES 64 /* counter stripes: a process counts in stripe pid % 64 */
 #define APC_NPINS 256
 #define APC_NSEQ 64 /* seqlock stripes; a bucket's stripe is its index % APC_NSEQ */
 #define APC_SEQ_ALL (-1)
@@ -294,7 +294,6 @@ struct apc_seg {
     apc_off_t arena_end;
     apc_table_geom geom[APC_NTABLES]; /* copied at open: a later scribble on the
                                          header cannot send a walk astray */
-    unsigned stripe;
     unsigned char seq_depth[APC_NSEQ]; /* nesting of seq-odd sections per stripe;
                                           valid under wlock */
     /* How large values are written (see write_value in table.c): the
@@ -386,6 +385,14 @@ uint64_t apc_proc_start(void);
 int apc_pid_alive_since(int64_t pid, uint64_t start);
 uint64_t apc_walk_cap(const apc_seg *seg);
 
+/* This process's stripe of the hit and miss counters.  Chosen per call
+ * from the pid, not per handle: workers forked from one handle count in
+ * stripes of their own instead of sharing their parent's cache line. */
+static inline apc_stripe *apc_my_stripe(apc_seg *seg)
+{
+    return &seg->hdr->stripes[(uint64_t)apc_pid() % APC_NSTRIPES];
+}
+
 /* How long a reader waits for an odd seq stripe before it takes a miss. */
 #define APC_READ_WAIT_NS 10000000ULL
 
@@ -428,6 +435,7 @@ void apc_repair_later(apc_seg *seg);
 void apc_seq_begin_wl(apc_seg *seg, int stripe);
 void apc_seq_end_wl(apc_seg *seg, int stripe);
 int apc_seq_read_begin(apc_seg *seg, int stripe, uint64_t *out);
+int apc_seq_read_begin_opt(apc_seg *seg, int stripe, uint64_t *out, int nowait);
 int apc_seq_read_valid(apc_seg *seg, int stripe, uint64_t s);
 int apc_wl_held(apc_seg *seg);
 

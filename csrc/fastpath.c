@@ -1,32 +1,41 @@
 /*
- * fastpath.c -- apccache._fastpath: fetch and store without a Python frame.
+ * fastpath.c -- apccache._fastpath: the cache's operations without a Python
+ * frame.
  *
- * The engine is bound with cffi, and everything goes through that binding
- * except the two calls that dominate a cache's life: Cache.fetch and
- * Cache.store.  Through cffi each costs a Python method frame, a key
- * encode, a thread-local lookup, an argument tuple, two GIL switches and a
- * slice to build the result: several times what the engine itself spends.
- * This module is that hot path as a plain CPython method: it takes the key
- * as given (a str's cached UTF-8 is used in place), calls the engine, and
- * builds the value straight from the pinned entry (one copy).
+ * The engine is bound with cffi, and through cffi every call costs a Python
+ * method frame, a key encode, a thread-local lookup, an argument tuple, two
+ * GIL switches and a slice to build the result: several times what the
+ * engine itself spends.  This module is the hot path of every single-key
+ * operation (fetch, store, add, exists, delete, inc, dec, cas) as plain
+ * CPython methods: it takes the key as given (a str's cached UTF-8 is used
+ * in place), encodes and decodes the native value types itself, calls the
+ * handle's serializer for the others, calls the engine, and builds the
+ * value straight from the pinned entry (one copy).
  *
  * WHAT IT DOES NOT DO
  *
- * It links none of the engine.  apccache._bindings hands it the addresses
- * of the cffi module's apc_fetch_ref, apc_ref_release and apc_store, so
- * there is one engine per process (release or debug, with its fault points)
- * whichever way a call comes.  Anything it does not handle itself -- other
- * key or value types, serialised values, errors, keyword arguments it does
- * not know -- goes to the Python implementation it was given, which has
- * the error messages.  Values the binding serialises are decoded by the
- * binding's decoder, after the entry has been released: no user code ever
- * runs while an entry is pinned.
+ * It links none of the engine.  apccache.cache hands it the addresses of
+ * the cffi module's functions, so there is one engine per process (release
+ * or debug, with its fault points) whichever way a call comes.  Arguments
+ * it does not take as they are -- other key types, keyword arguments it
+ * does not know, a ttl or int that is not an exact int in range -- go to
+ * the Python method it was given, which checks them and says what is
+ * wrong.  An engine error goes to the binding's one function that turns a
+ * return code into an exception (Cache._raise_rc).  No user code runs while
+ * an entry is pinned: a serialised value is copied out and released before
+ * the serializer sees it.
  *
- * fetch keeps the GIL (a fetch never waits for a lock, and for a writer at
- * most APC_READ_WAIT_NS), but releases it to copy a value larger than
- * 16 KiB.  Between apc_fetch_ref and apc_ref_release the call is in flight,
- * so a close() in another thread waits for the copy to finish.  store releases it for the engine call, which may wait for
- * the write lock.
+ * A handle may have a clock (a callable returning seconds, for tests): it
+ * is called once per operation and its time handed to the engine, so tests
+ * on a fake clock run this path too.
+ *
+ * fetch and exists keep the GIL (they never wait for a lock), except where
+ * fetch finds a writer in the key's bucket: it then lets the GIL go for
+ * its (bounded) wait; and it releases it to copy a value larger than
+ * 16 KiB.  Between apc_fetch_ref and apc_ref_release the call
+ * is in flight, so a close() in another thread waits for the copy to
+ * finish.  The writes release the GIL for the engine call, which may wait
+ * for the write lock.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -35,15 +44,26 @@
 
 /* The binding's value tags (apccache/_bindings.py); test_fastpath checks
  * that they agree. */
-enum { T_BYTES = 0, T_STR = 2, T_INT = 3, T_FLOAT = 4, T_TRUE = 5, T_FALSE = 6, T_NONE = 7 };
+enum { T_BYTES = 0, T_STR = 2, T_INT = 3, T_FLOAT = 4, T_TRUE = 5, T_FALSE = 6, T_NONE = 7, T_SER = 8 };
 
 #define BIG_COPY 16384
+#define FASTPATH_MAX_TTL 0x7fffffffLL /* apccache.MAX_TTL, 2**31 - 1 */
 
 typedef int64_t (*fetch_ref_fn)(apc_seg *, int, const char *, uint32_t, uint64_t, apc_ref *);
 typedef void (*release_fn)(apc_seg *, apc_ref *);
 typedef void (*corrupt_fn)(apc_seg *, int);
 typedef int (*store_fn)(apc_seg *, int, const char *, uint32_t, int, const char *, uint64_t,
                         int64_t, uint64_t, uint64_t, int);
+typedef int (*key_fn)(apc_seg *, int, const char *, uint32_t, uint64_t);
+typedef int (*inc_fn)(apc_seg *, int, const char *, uint32_t, int64_t, uint64_t, uint64_t,
+                      int64_t *);
+typedef int (*cas_fn)(apc_seg *, int, const char *, uint32_t, int64_t, int64_t, uint64_t);
+
+/* The operations, for the table of Python fallbacks. */
+enum { OP_FETCH, OP_STORE, OP_ADD, OP_EXISTS, OP_DELETE, OP_INC, OP_DEC, OP_CAS, NOPS };
+static PyObject *str_dumps, *str_loads;
+static const char *const op_names[NOPS] = {"fetch", "store",  "add", "exists",
+                                           "delete", "inc", "dec", "cas"};
 
 typedef struct {
     PyObject_HEAD
@@ -52,13 +72,18 @@ typedef struct {
     release_fn release;
     store_fn store;
     corrupt_fn count_corrupt;
-    PyObject *slow_fetch; /* slow_fetch(key, default=None) */
-    PyObject *slow_store; /* slow_store(key, value, ttl=0) */
-    PyObject *decode;     /* decode(tag, data): the value, or `missing` */
-    PyObject *missing;    /* what decode returns for a value that does not decode */
+    key_fn exists;
+    key_fn delete_;
+    inc_fn inc;
+    cas_fn cas;
+    PyObject *slow[NOPS]; /* the Python methods, for arguments taken apart there */
+    PyObject *raise_rc;   /* raise_rc(op, rc, key, nbytes, step): raises */
+    PyObject *ser;        /* the serializer: its dumps and loads, looked up per call
+                             (a serializer may rebind them, as pickle's does) */
+    PyObject *clock;      /* None, or a callable returning seconds */
 } Handle;
 
-/* The key's bytes, without copying; 0 if the slow path must take it. */
+/* The key's bytes, without copying; 0 if the Python method must take it. */
 static int key_view(PyObject *key, const char **k, Py_ssize_t *n)
 {
     if (PyUnicode_CheckExact(key)) {
@@ -76,24 +101,176 @@ static int key_view(PyObject *key, const char **k, Py_ssize_t *n)
     return *n <= APC_MAX_KEY;
 }
 
+/* The arguments of a call, by position and by the keywords in names;
+ * 0 (take the Python method) for anything else. */
+static int parse(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, int nreq,
+                 const char *const *names, int nnames, PyObject **out)
+{
+    if (nargs < nreq || nargs > nnames)
+        return 0;
+    for (int i = 0; i < nnames; i++)
+        out[i] = i < nargs ? args[i] : NULL;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t j = 0; j < nkw; j++) {
+        PyObject *kw = PyTuple_GET_ITEM(kwnames, j);
+        int found = 0;
+        for (int i = (int)nargs; i < nnames && !found; i++) {
+            if (!out[i] && PyUnicode_Check(kw) && PyUnicode_CompareWithASCIIString(kw, names[i]) == 0) {
+                out[i] = args[nargs + j];
+                found = 1;
+            }
+        }
+        if (!found)
+            return 0;
+    }
+    for (int i = 0; i < nreq; i++)
+        if (!out[i])
+            return 0;
+    return 1;
+}
+
+static PyObject *slow(Handle *self, int op, PyObject *const *args, Py_ssize_t nargs,
+                      PyObject *kwnames)
+{
+    return PyObject_Vectorcall(self->slow[op], args, (size_t)nargs, kwnames);
+}
+
+/* An exact int in [lo, hi] into *v; 0 if it is anything else. */
+static int exact_int(PyObject *o, long long lo, long long hi, long long *v)
+{
+    if (!o)
+        return 1; /* left at its default */
+    if (!PyLong_CheckExact(o))
+        return 0;
+    int overflow;
+    *v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (overflow || (*v == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    return *v >= lo && *v <= hi;
+}
+
+/* The handle's time for the engine: 0 (the engine's own clock), or the
+ * clock's whole seconds.  -1 with an exception set if the clock failed. */
+static int now_of(Handle *self, uint64_t *now)
+{
+    *now = 0;
+    if (self->clock == Py_None)
+        return 0;
+    PyObject *t = PyObject_CallNoArgs(self->clock);
+    if (!t)
+        return -1;
+    double d = PyFloat_AsDouble(t);
+    Py_DECREF(t);
+    if (d == -1.0 && PyErr_Occurred())
+        return -1;
+    *now = d < 1 ? 1 : (uint64_t)d;
+    return 0;
+}
+
+static PyObject *raise_rc(Handle *self, int op, int64_t rc, PyObject *key, Py_ssize_t n,
+                          long long step)
+{
+    PyObject *r = PyObject_CallFunction(self->raise_rc, "sLOnL", op_names[op], (long long)rc, key,
+                                        n, step);
+    Py_XDECREF(r);
+    if (!PyErr_Occurred())
+        PyErr_SetString(PyExc_SystemError, "raise_rc returned");
+    return NULL;
+}
+
+/* ------------------------------------------------------------ values */
+
+typedef struct {
+    int tag;
+    const char *ptr;
+    Py_ssize_t len;
+    int64_t ival;
+    char f8[8];
+    PyObject *owned; /* a serialised value's bytes */
+} encoded;
+
+/* A value as the engine stores it.  1 on success, 0 if the Python method
+ * must take it, -1 with an exception (the serializer's). */
+static int encode(Handle *self, PyObject *v, encoded *e)
+{
+    e->owned = NULL;
+    e->ptr = NULL;
+    e->len = 0;
+    e->ival = 0;
+    if (PyBytes_CheckExact(v)) {
+        e->tag = T_BYTES;
+        e->ptr = PyBytes_AS_STRING(v);
+        e->len = PyBytes_GET_SIZE(v);
+    } else if (PyUnicode_CheckExact(v)) {
+        e->tag = T_STR;
+        e->ptr = PyUnicode_AsUTF8AndSize(v, &e->len);
+        if (!e->ptr) {
+            PyErr_Clear(); /* lone surrogates: stored with surrogatepass there */
+            return 0;
+        }
+    } else if (v == Py_True || v == Py_False || v == Py_None) {
+        e->tag = v == Py_True ? T_TRUE : v == Py_False ? T_FALSE : T_NONE;
+    } else if (PyLong_CheckExact(v)) {
+        int overflow;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (overflow) {
+            PyErr_Clear();
+            goto serialise; /* beyond int64: pickled, as the binding does */
+        }
+        e->tag = T_INT;
+        e->ival = x;
+    } else if (PyFloat_CheckExact(v)) {
+        e->tag = T_FLOAT;
+        if (PyFloat_Pack8(PyFloat_AS_DOUBLE(v), e->f8, 1) < 0)
+            return -1;
+        e->ptr = e->f8;
+        e->len = 8;
+    } else {
+    serialise:
+        e->owned = PyObject_CallMethodOneArg(self->ser, str_dumps, v);
+        if (!e->owned)
+            return -1;
+        if (!PyBytes_CheckExact(e->owned)) {
+            Py_CLEAR(e->owned);
+            return 0;
+        }
+        e->tag = T_SER;
+        e->ptr = PyBytes_AS_STRING(e->owned);
+        e->len = PyBytes_GET_SIZE(e->owned);
+    }
+    return 1;
+}
+
+/* ------------------------------------------------------------ fetch */
+
 static PyObject *h_fetch(Handle *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     const char *k;
     Py_ssize_t kl;
+    uint64_t now;
     if (kwnames || nargs < 1 || nargs > 2 || !key_view(args[0], &k, &kl))
-        return PyObject_Vectorcall(self->slow_fetch, args, (size_t)nargs, kwnames);
+        return slow(self, OP_FETCH, args, nargs, kwnames);
+    if (now_of(self, &now) < 0)
+        return NULL;
+    PyObject *dflt = nargs > 1 ? args[1] : Py_None;
     apc_ref ref;
     /* Read once: close() in another thread may clear it meanwhile, and
      * release must go to the handle the fetch went to. */
     apc_seg *seg = self->seg;
-    int64_t r = self->fetch_ref(seg, APC_TABLE_USER, k, (uint32_t)kl, 0, &ref);
+    int64_t r = self->fetch_ref(seg, APC_TABLE_USER | APC_NOWAIT, k, (uint32_t)kl, now, &ref);
+    if (r == APC_WAITED) {
+        /* A writer holds the key's bucket: wait for it (a bounded wait)
+         * without the GIL, so that other threads run meanwhile. */
+        Py_BEGIN_ALLOW_THREADS
+        r = self->fetch_ref(seg, APC_TABLE_USER, k, (uint32_t)kl, now, &ref);
+        Py_END_ALLOW_THREADS
+    }
     if (r < 0) {
-        if (r == APC_NOTFOUND) {
-            PyObject *dflt = nargs > 1 ? args[1] : Py_None;
-            Py_INCREF(dflt);
-            return dflt;
-        }
-        return PyObject_Vectorcall(self->slow_fetch, args, (size_t)nargs, NULL);
+        if (r == APC_NOTFOUND)
+            return Py_NewRef(dflt);
+        return raise_rc(self, OP_FETCH, r, args[0], 0, 0);
     }
     int tag = (int)(r & 0x7F);
     Py_ssize_t n = (Py_ssize_t)((uint64_t)r >> 8);
@@ -134,20 +311,24 @@ static PyObject *h_fetch(Handle *self, PyObject *const *args, Py_ssize_t nargs, 
     case T_NONE:
         out = Py_NewRef(Py_None);
         break;
-    default: {
-        /* Serialised (or unknown): copy, release, then let the binding
-         * decode it, outside the pin. */
+    case T_SER: {
+        /* Copy, release, then let the serializer load it, outside the pin. */
         PyObject *data = PyBytes_FromStringAndSize(ref.ptr, n);
         self->release(seg, &ref);
         if (!data)
             return NULL;
-        out = PyObject_CallFunction(self->decode, "iN", tag, data);
-        if (out == self->missing) {
-            Py_DECREF(out);
-            goto missing;
+        out = PyObject_CallMethodOneArg(self->ser, str_loads, data);
+        Py_DECREF(data);
+        if (!out && PyErr_ExceptionMatches(PyExc_Exception)) {
+            /* What the serializer refuses is a miss, counted as corruption. */
+            PyErr_Clear();
+            self->count_corrupt(seg, APC_TABLE_USER);
+            return Py_NewRef(dflt);
         }
         return out;
     }
+    default:
+        goto undecodable;
     }
     self->release(seg, &ref);
     return out;
@@ -157,66 +338,160 @@ undecodable:
     PyErr_Clear();
     self->release(seg, &ref);
     self->count_corrupt(seg, APC_TABLE_USER);
-missing: {
-    PyObject *dflt = nargs > 1 ? args[1] : Py_None;
     return Py_NewRef(dflt);
 }
+
+static PyObject *h_exists(Handle *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    const char *k;
+    Py_ssize_t kl;
+    uint64_t now;
+    if (kwnames || nargs != 1 || !key_view(args[0], &k, &kl))
+        return slow(self, OP_EXISTS, args, nargs, kwnames);
+    if (now_of(self, &now) < 0)
+        return NULL;
+    int rc = self->exists(self->seg, APC_TABLE_USER, k, (uint32_t)kl, now);
+    if (rc == APC_OK)
+        Py_RETURN_TRUE;
+    if (rc == APC_NOTFOUND)
+        Py_RETURN_FALSE;
+    return raise_rc(self, OP_EXISTS, rc, args[0], 0, 0);
 }
 
-#define FASTPATH_MAX_TTL 0x7fffffffLL /* apccache.MAX_TTL, 2**31 - 1 */
+/* ------------------------------------------------------------ writes */
 
-static PyObject *h_store(Handle *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+static PyObject *put(Handle *self, int op, PyObject *const *args, Py_ssize_t nargs,
+                     PyObject *kwnames)
 {
-    const char *k, *v;
-    Py_ssize_t kl, vl;
-    PyObject *ttl_obj = nargs > 2 ? args[2] : NULL;
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    int slow = nargs < 2 || nargs > 3 || nkw > 1 || !key_view(args[0], &k, &kl);
-    if (!slow && nkw == 1) {
-        if (ttl_obj || !PyUnicode_Check(PyTuple_GET_ITEM(kwnames, 0)) ||
-            PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "ttl") != 0)
-            slow = 1;
-        else
-            ttl_obj = args[nargs];
-    }
-    int tag = 0;
-    if (!slow) {
-        PyObject *value = args[1];
-        if (PyBytes_CheckExact(value)) {
-            tag = T_BYTES;
-            v = PyBytes_AS_STRING(value);
-            vl = PyBytes_GET_SIZE(value);
-        } else if (PyUnicode_CheckExact(value) && (v = PyUnicode_AsUTF8AndSize(value, &vl))) {
-            tag = T_STR;
-        } else {
-            PyErr_Clear();
-            slow = 1;
-        }
-    }
+    static const char *const names[] = {"key", "value", "ttl"};
+    PyObject *a[3];
+    const char *k;
+    Py_ssize_t kl;
     long long ttl = 0;
-    if (!slow && ttl_obj) {
-        /* Anything but an exact int from 0 to MAX_TTL (apccache.cache) goes
-         * to the Python method, which raises with its message. */
-        if (!PyLong_CheckExact(ttl_obj) || (ttl = PyLong_AsLongLong(ttl_obj)) < 0 ||
-            ttl > FASTPATH_MAX_TTL) {
-            PyErr_Clear();
-            slow = 1;
-        }
+    uint64_t now;
+    if (!parse(args, nargs, kwnames, 2, names, 3, a) || !key_view(a[0], &k, &kl) ||
+        !exact_int(a[2], 0, FASTPATH_MAX_TTL, &ttl))
+        return slow(self, op, args, nargs, kwnames);
+    encoded e;
+    int enc = encode(self, a[1], &e);
+    if (enc < 0)
+        return NULL;
+    if (enc == 0)
+        return slow(self, op, args, nargs, kwnames);
+    if (now_of(self, &now) < 0) {
+        Py_XDECREF(e.owned);
+        return NULL;
     }
-    if (slow)
-        return PyObject_Vectorcall(self->slow_store, args, (size_t)nargs, kwnames);
     int rc;
     apc_seg *seg = self->seg;
     Py_BEGIN_ALLOW_THREADS
-    rc = self->store(seg, APC_TABLE_USER, k, (uint32_t)kl, tag, v, (uint64_t)vl, 0,
-                     (uint64_t)ttl, 0, 0);
+    rc = self->store(seg, APC_TABLE_USER, k, (uint32_t)kl, e.tag, e.ptr, (uint64_t)e.len,
+                     e.ival, (uint64_t)ttl, now, op == OP_ADD ? APC_ADD : 0);
+    Py_END_ALLOW_THREADS
+    Py_XDECREF(e.owned);
+    if (rc == APC_OK)
+        Py_RETURN_TRUE;
+    if (rc == APC_EXISTS)
+        Py_RETURN_FALSE;
+    return raise_rc(self, op, rc, a[0], e.len, 0);
+}
+
+static PyObject *h_store(Handle *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    return put(self, OP_STORE, args, nargs, kwnames);
+}
+
+static PyObject *h_add(Handle *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    return put(self, OP_ADD, args, nargs, kwnames);
+}
+
+static PyObject *h_delete(Handle *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    const char *k;
+    Py_ssize_t kl;
+    uint64_t now;
+    if (kwnames || nargs != 1 || !key_view(args[0], &k, &kl))
+        return slow(self, OP_DELETE, args, nargs, kwnames);
+    if (now_of(self, &now) < 0)
+        return NULL;
+    int rc;
+    apc_seg *seg = self->seg;
+    Py_BEGIN_ALLOW_THREADS
+    rc = self->delete_(seg, APC_TABLE_USER, k, (uint32_t)kl, now);
     Py_END_ALLOW_THREADS
     if (rc == APC_OK)
         Py_RETURN_TRUE;
-    /* Errors are rare: the Python implementation retries and raises with
-     * its own messages. */
-    return PyObject_Vectorcall(self->slow_store, args, (size_t)nargs, kwnames);
+    if (rc == APC_NOTFOUND)
+        Py_RETURN_FALSE;
+    return raise_rc(self, OP_DELETE, rc, args[0], 0, 0);
 }
+
+static PyObject *incdec(Handle *self, int op, PyObject *const *args, Py_ssize_t nargs,
+                        PyObject *kwnames)
+{
+    static const char *const names[] = {"key", "step", "ttl"};
+    PyObject *a[3];
+    const char *k;
+    Py_ssize_t kl;
+    long long step = 1, ttl = 0;
+    uint64_t now;
+    /* dec(INT64_MIN) would overflow its negation: the Python method says so. */
+    if (!parse(args, nargs, kwnames, 1, names, 3, a) || !key_view(a[0], &k, &kl) ||
+        !exact_int(a[1], INT64_MIN + 1, INT64_MAX, &step) ||
+        !exact_int(a[2], 0, FASTPATH_MAX_TTL, &ttl))
+        return slow(self, op, args, nargs, kwnames);
+    if (op == OP_DEC)
+        step = -step;
+    if (now_of(self, &now) < 0)
+        return NULL;
+    int rc;
+    int64_t v = 0;
+    apc_seg *seg = self->seg;
+    Py_BEGIN_ALLOW_THREADS
+    rc = self->inc(seg, APC_TABLE_USER, k, (uint32_t)kl, step, (uint64_t)ttl, now, &v);
+    Py_END_ALLOW_THREADS
+    if (rc == APC_OK)
+        return PyLong_FromLongLong(v);
+    return raise_rc(self, op, rc, a[0], 8, op == OP_DEC ? -step : step);
+}
+
+static PyObject *h_inc(Handle *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    return incdec(self, OP_INC, args, nargs, kwnames);
+}
+
+static PyObject *h_dec(Handle *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    return incdec(self, OP_DEC, args, nargs, kwnames);
+}
+
+static PyObject *h_cas(Handle *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"key", "old", "new"};
+    PyObject *a[3];
+    const char *k;
+    Py_ssize_t kl;
+    long long old = 0, new_ = 0;
+    uint64_t now;
+    if (!parse(args, nargs, kwnames, 3, names, 3, a) || !key_view(a[0], &k, &kl) ||
+        !exact_int(a[1], INT64_MIN, INT64_MAX, &old) || !exact_int(a[2], INT64_MIN, INT64_MAX, &new_))
+        return slow(self, OP_CAS, args, nargs, kwnames);
+    if (now_of(self, &now) < 0)
+        return NULL;
+    int rc;
+    apc_seg *seg = self->seg;
+    Py_BEGIN_ALLOW_THREADS
+    rc = self->cas(seg, APC_TABLE_USER, k, (uint32_t)kl, old, new_, now);
+    Py_END_ALLOW_THREADS
+    if (rc == APC_OK)
+        Py_RETURN_TRUE;
+    if (rc == APC_NOTFOUND || rc == APC_MISMATCH || rc == APC_E_TYPE)
+        Py_RETURN_FALSE;
+    return raise_rc(self, OP_CAS, rc, a[0], 0, 0);
+}
+
+/* ------------------------------------------------------------ the type */
 
 static PyObject *h_close(Handle *self, PyObject *unused)
 {
@@ -227,45 +502,65 @@ static PyObject *h_close(Handle *self, PyObject *unused)
 
 static int h_init(Handle *self, PyObject *args, PyObject *kw)
 {
-    unsigned long long seg, fetch_ref, release, store, count_corrupt;
-    PyObject *slow_fetch, *slow_store, *decode, *missing;
-    static char *names[] = {"seg", "fetch_ref", "release", "store", "count_corrupt",
-                            "slow_fetch", "slow_store", "decode", "missing", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKKKKOOOO", names, &seg, &fetch_ref, &release,
-                                     &store, &count_corrupt, &slow_fetch, &slow_store, &decode,
-                                     &missing))
+    unsigned long long seg, fns[8];
+    PyObject *slow_methods, *raise, *ser, *clock;
+    static char *names[] = {"seg",    "fetch_ref", "release", "store", "count_corrupt",
+                            "exists", "delete",    "inc",     "cas",   "slow",
+                            "raise_rc", "serializer", "clock", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKKKKKKKKOOOO", names, &seg, &fns[0], &fns[1],
+                                     &fns[2], &fns[3], &fns[4], &fns[5], &fns[6], &fns[7],
+                                     &slow_methods, &raise, &ser, &clock))
         return -1;
-    if (!fetch_ref || !release || !store || !count_corrupt) {
-        PyErr_SetString(PyExc_ValueError, "engine function addresses must not be 0");
+    for (int i = 0; i < 8; i++) {
+        if (!fns[i]) {
+            PyErr_SetString(PyExc_ValueError, "engine function addresses must not be 0");
+            return -1;
+        }
+    }
+    if (!PyDict_Check(slow_methods)) {
+        PyErr_SetString(PyExc_TypeError, "slow must be a dict of the Python methods");
         return -1;
     }
+    for (int i = 0; i < NOPS; i++) {
+        PyObject *m = PyDict_GetItemString(slow_methods, op_names[i]);
+        if (!m) {
+            PyErr_Format(PyExc_ValueError, "slow has no %s", op_names[i]);
+            return -1;
+        }
+        Py_XSETREF(self->slow[i], Py_NewRef(m));
+    }
     self->seg = (apc_seg *)(uintptr_t)seg;
-    self->fetch_ref = (fetch_ref_fn)(uintptr_t)fetch_ref;
-    self->release = (release_fn)(uintptr_t)release;
-    self->store = (store_fn)(uintptr_t)store;
-    self->count_corrupt = (corrupt_fn)(uintptr_t)count_corrupt;
-    Py_XSETREF(self->missing, Py_NewRef(missing));
-    Py_XSETREF(self->slow_fetch, Py_NewRef(slow_fetch));
-    Py_XSETREF(self->slow_store, Py_NewRef(slow_store));
-    Py_XSETREF(self->decode, Py_NewRef(decode));
+    self->fetch_ref = (fetch_ref_fn)(uintptr_t)fns[0];
+    self->release = (release_fn)(uintptr_t)fns[1];
+    self->store = (store_fn)(uintptr_t)fns[2];
+    self->count_corrupt = (corrupt_fn)(uintptr_t)fns[3];
+    self->exists = (key_fn)(uintptr_t)fns[4];
+    self->delete_ = (key_fn)(uintptr_t)fns[5];
+    self->inc = (inc_fn)(uintptr_t)fns[6];
+    self->cas = (cas_fn)(uintptr_t)fns[7];
+    Py_XSETREF(self->raise_rc, Py_NewRef(raise));
+    Py_XSETREF(self->ser, Py_NewRef(ser));
+    Py_XSETREF(self->clock, Py_NewRef(clock));
     return 0;
 }
 
 static int h_traverse(Handle *self, visitproc visit, void *arg)
 {
-    Py_VISIT(self->slow_fetch);
-    Py_VISIT(self->slow_store);
-    Py_VISIT(self->decode);
-    Py_VISIT(self->missing);
+    for (int i = 0; i < NOPS; i++)
+        Py_VISIT(self->slow[i]);
+    Py_VISIT(self->raise_rc);
+    Py_VISIT(self->ser);
+    Py_VISIT(self->clock);
     return 0;
 }
 
 static int h_clear(Handle *self)
 {
-    Py_CLEAR(self->slow_fetch);
-    Py_CLEAR(self->slow_store);
-    Py_CLEAR(self->decode);
-    Py_CLEAR(self->missing);
+    for (int i = 0; i < NOPS; i++)
+        Py_CLEAR(self->slow[i]);
+    Py_CLEAR(self->raise_rc);
+    Py_CLEAR(self->ser);
+    Py_CLEAR(self->clock);
     return 0;
 }
 
@@ -276,11 +571,18 @@ static void h_dealloc(Handle *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+#define FAST(name, fn, doc) \
+    {name, (PyCFunction)(void (*)(void))fn, METH_FASTCALL | METH_KEYWORDS, doc}
+
 static PyMethodDef h_methods[] = {
-    {"fetch", (PyCFunction)(void (*)(void))h_fetch, METH_FASTCALL | METH_KEYWORDS,
-     "fetch(key, default=None): Cache.fetch, for str and bytes keys."},
-    {"store", (PyCFunction)(void (*)(void))h_store, METH_FASTCALL | METH_KEYWORDS,
-     "store(key, value, ttl=0): Cache.store, for bytes and str values."},
+    FAST("fetch", h_fetch, "fetch(key, default=None): Cache.fetch."),
+    FAST("store", h_store, "store(key, value, ttl=0): Cache.store."),
+    FAST("add", h_add, "add(key, value, ttl=0): Cache.add."),
+    FAST("exists", h_exists, "exists(key): Cache.exists."),
+    FAST("delete", h_delete, "delete(key): Cache.delete."),
+    FAST("inc", h_inc, "inc(key, step=1, ttl=0): Cache.inc."),
+    FAST("dec", h_dec, "dec(key, step=1, ttl=0): Cache.dec."),
+    FAST("cas", h_cas, "cas(key, old, new): Cache.cas."),
     {"close", (PyCFunction)h_close, METH_NOARGS, "Forget the engine handle."},
     {NULL, NULL, 0, NULL},
 };
@@ -290,7 +592,7 @@ static PyTypeObject HandleType = {
     .tp_name = "apccache._fastpath.Handle",
     .tp_basicsize = sizeof(Handle),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "The fetch/store hot path of one Cache handle.",
+    .tp_doc = "The single-key operations of one Cache handle, without a Python frame.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)h_init,
     .tp_traverse = (traverseproc)h_traverse,
@@ -301,13 +603,17 @@ static PyTypeObject HandleType = {
 
 static struct PyModuleDef fastpath_module = {
     PyModuleDef_HEAD_INIT, "apccache._fastpath",
-    "Cache.fetch and Cache.store as CPython methods over the cffi-bound engine.", -1, NULL,
+    "The cache's single-key operations as CPython methods over the cffi-bound engine.", -1, NULL,
     NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__fastpath(void)
 {
     if (PyType_Ready(&HandleType) < 0)
+        return NULL;
+    str_dumps = PyUnicode_InternFromString("dumps");
+    str_loads = PyUnicode_InternFromString("loads");
+    if (!str_dumps || !str_loads)
         return NULL;
     PyObject *m = PyModule_Create(&fastpath_module);
     if (!m)
@@ -319,7 +625,8 @@ PyMODINIT_FUNC PyInit__fastpath(void)
         PyModule_AddIntConstant(m, "T_FLOAT", T_FLOAT) < 0 ||
         PyModule_AddIntConstant(m, "T_TRUE", T_TRUE) < 0 ||
         PyModule_AddIntConstant(m, "T_FALSE", T_FALSE) < 0 ||
-        PyModule_AddIntConstant(m, "T_NONE", T_NONE) < 0) {
+        PyModule_AddIntConstant(m, "T_NONE", T_NONE) < 0 ||
+        PyModule_AddIntConstant(m, "T_SER", T_SER) < 0) {
         Py_DECREF(m);
         return NULL;
     }

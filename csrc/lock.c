@@ -544,6 +544,13 @@ void apc_seq_end_wl(apc_seg *seg, int stripe)
 
 int apc_seq_read_begin(apc_seg *seg, int stripe, uint64_t *out)
 {
+    return apc_seq_read_begin_opt(seg, stripe, out, 0);
+}
+
+/* nowait: give up (APC_WAITED) after the spins, before yielding: the
+ * caller has something to let go of before it waits (the GIL). */
+int apc_seq_read_begin_opt(apc_seg *seg, int stripe, uint64_t *out, int nowait)
+{
     uint64_t s = LOAD(&seg->hdr->seq[stripe].v);
     if (__builtin_expect(!(s & 1), 1)) {
         *out = s;
@@ -561,16 +568,17 @@ int apc_seq_read_begin(apc_seg *seg, int stripe, uint64_t *out)
             cpu_relax();
             continue;
         }
-        sched_yield();
-        if (spins % 16)
-            continue;
+        if (nowait)
+            return APC_WAITED;
+        /* The clock after every yield: on a busy machine one yield can
+         * give the CPU away for a whole time slice. */
         uint64_t now = apc_mono_ns();
-        if (!start) {
+        if (!start)
             start = now;
+        if (now - start < APC_READ_WAIT_NS) {
+            sched_yield();
             continue;
         }
-        if (now - start < APC_READ_WAIT_NS)
-            continue;
         /* The stripe has been odd for the whole bound.  If its writer is
          * gone (the lock free, or its holder dead), take the lock without
          * waiting, which repairs; a live writer we leave alone. */

@@ -359,7 +359,6 @@ int apc_attach_fd(int fd, apc_seg **out)
     seg->size = h->seg_size;
     seg->arena_off = h->arena_off;
     seg->arena_end = h->arena_off + h->arena_size;
-    seg->stripe = (unsigned)getpid() % APC_NSTRIPES;
     seg->checksums = (h->flags & APC_FMT_CHECKSUMS) != 0;
     seg->lock_timeout_ns = APC_LOCK_TIMEOUT_NS;
     seg->dev_major = major(st.st_dev);
@@ -413,7 +412,7 @@ void apc_count_corrupt(apc_seg *seg, int table)
     if (apc_seg_enter(seg) != APC_OK)
         return;
     if (table >= 0 && table < APC_NTABLES)
-        ADD(&seg->hdr->stripes[seg->stripe].corrupt[table], 1);
+        ADD(&apc_my_stripe(seg)->corrupt[table], 1);
     apc_seg_leave(seg, APC_OK);
 }
 

@@ -178,12 +178,12 @@ static int read_int(apc_seg *seg, apc_slot *s, int64_t *out)
  * (a writer held the bucket for longer than a reader waits), or
  * APC_E_CORRUPT; *ident is the pin word's tag|version for the unpin. */
 static int find_pinned(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash,
-                       apc_slot **out, uint64_t *ident)
+                       apc_slot **out, uint64_t *ident, int nowait)
 {
     int st = stripe_of(seg, table, hash);
     for (unsigned tries = 0;; tries++) {
         uint64_t sq;
-        int rc = apc_seq_read_begin(seg, st, &sq);
+        int rc = apc_seq_read_begin_opt(seg, st, &sq, nowait);
         if (rc != APC_OK)
             return rc;
         apc_off_t off = 0;
@@ -234,12 +234,12 @@ static inline void count_hit(apc_seg *seg, int table, apc_slot *s, uint64_t now)
     ADD(&s->hits, 1);
     if (LOADR(&s->atime) != now)
         STORER(&s->atime, now);
-    ADD(&seg->hdr->stripes[seg->stripe].hits[table], 1);
+    ADD(&apc_my_stripe(seg)->hits[table], 1);
 }
 
 static inline void count_miss(apc_seg *seg, int table)
 {
-    ADD(&seg->hdr->stripes[seg->stripe].misses[table], 1);
+    ADD(&apc_my_stripe(seg)->misses[table], 1);
 }
 
 /* A read that cannot be answered is a miss, counted as what it was: a
@@ -247,10 +247,10 @@ static inline void count_miss(apc_seg *seg, int table)
 static int count_failed_read(apc_seg *seg, int table, int rc)
 {
     if (rc == APC_E_CORRUPT) {
-        ADD(&seg->hdr->stripes[seg->stripe].corrupt[table], 1);
+        ADD(&apc_my_stripe(seg)->corrupt[table], 1);
         apc_repair_later(seg);
     } else if (rc == APC_WAITED) {
-        ADD(&seg->hdr->stripes[seg->stripe].waited[table], 1);
+        ADD(&apc_my_stripe(seg)->waited[table], 1);
     } else if (rc != APC_NOTFOUND) {
         return rc;
     }
@@ -283,18 +283,22 @@ static void unrecord_pin(apc_seg *seg, int rec)
 }
 
 /* What both fetches share: check the key and table, read the clock (into
- * *now), find and pin a live entry, check it, count the hit or the miss.
+ * *now), find and pin a live entry, check it, count a miss.
  * On APC_OK the caller owns one pin on *out (ident for the unpin) and *ival
  * is an int entry's checked value. */
 static int fetch_pinned(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t *now,
                         apc_slot **out, uint64_t *ident, int64_t *ival)
 {
+    int nowait = table & APC_NOWAIT;
+    table &= ~APC_NOWAIT;
     if (bad_table(table) || klen > APC_MAX_KEY)
         return APC_E_ARG;
     *now = apc_now(*now);
     uint64_t hash = apc_xxh3_64(key, klen);
     apc_slot *s;
-    int rc = find_pinned(seg, table, key, klen, hash, &s, ident);
+    int rc = find_pinned(seg, table, key, klen, hash, &s, ident, nowait);
+    if (rc == APC_WAITED && nowait)
+        return rc; /* the caller asks again, waiting */
     if (rc != APC_OK)
         return count_failed_read(seg, table, rc);
     if (apc_expired(s, *now)) {
@@ -317,14 +321,14 @@ static int fetch_pinned(apc_seg *seg, int table, const char *key, uint32_t klen,
         return count_failed_read(seg, table, rc);
     }
     APC_FAULT("fetch.pinned");
-    count_hit(seg, table, s, *now);
     *out = s;
-    return APC_OK;
+    return APC_OK; /* the caller counts the hit once it has the value */
 }
 
 static int64_t do_fetch(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now,
                         char *buf, uint64_t cap)
 {
+    table &= ~APC_NOWAIT; /* only fetch_ref gives up without waiting */
     if (cap < 16 || !buf)
         return APC_E_ARG;
     apc_slot *s;
@@ -335,16 +339,18 @@ static int64_t do_fetch(apc_seg *seg, int table, const char *key, uint32_t klen,
         return rc;
     uint64_t type = s->type;
     uint64_t vlen = s->val_len;
+    if (vlen > cap && type != APC_T_INT) {
+        /* The caller tries again with a buffer of this size (and that
+         * call counts the hit). */
+        unpin(s, ident);
+        memcpy(buf, &vlen, sizeof vlen);
+        return APC_E_SMALL;
+    }
+    count_hit(seg, table, s, now);
     if (type == APC_T_INT) {
         memcpy(buf, &ival, sizeof ival);
         unpin(s, ident);
         return (int64_t)((8 << 8) | type);
-    }
-    if (vlen > cap) {
-        /* The caller tries again with a buffer of this size. */
-        unpin(s, ident);
-        memcpy(buf, &vlen, sizeof vlen);
-        return APC_E_SMALL;
     }
     /* A large copy keeps its pin on record, so that apc_recover() can
      * release it if this process dies while copying. */
@@ -381,6 +387,7 @@ int64_t apc_fetch_ref(apc_seg *seg, int table, const char *key, uint32_t klen, u
     rc = fetch_pinned(seg, table, key, klen, &now, &s, &ident, &ival);
     if (rc != APC_OK)
         return apc_seg_leave(seg, rc);
+    count_hit(seg, table & ~APC_NOWAIT, s, now);
     uint64_t type = s->type;
     ref->ptr = apc_slot_val(s);
     ref->len = type == APC_T_INT ? 8 : s->val_len;
@@ -437,11 +444,11 @@ static int do_exists(apc_seg *seg, int table, const char *key, uint32_t klen, ui
             return APC_NOTFOUND;
         if (rc != APC_E_CORRUPT)
             return rc;
-        ADD(&seg->hdr->stripes[seg->stripe].corrupt[table], 1);
+        ADD(&apc_my_stripe(seg)->corrupt[table], 1);
         apc_repair_later(seg);
         return APC_NOTFOUND;
     }
-    ADD(&seg->hdr->stripes[seg->stripe].waited[table], 1);
+    ADD(&apc_my_stripe(seg)->waited[table], 1);
     return APC_NOTFOUND;
 }
 
@@ -1048,6 +1055,46 @@ int apc_cas(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t old
 {
     int rc = apc_seg_enter(seg);
     return rc ? rc : apc_seg_leave(seg, do_cas(seg, table, key, klen, old, new_, now));
+}
+
+/* touch: give a live entry a new hard ttl counted from now (0: no ttl, it
+ * never expires), as if it had been stored now with that ttl.  Only the ttl
+ * word changes (ctime stays the creation time), so a lock-free reader sees
+ * the old ttl or the new one, never a mix.  APC_NOTFOUND if the key is
+ * missing or expired. */
+static int do_touch(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t ttl,
+                    uint64_t now)
+{
+    if (klen > APC_MAX_KEY)
+        return APC_E_ARG;
+    uint64_t hash = apc_xxh3_64(key, klen);
+    if (bad_table(table))
+        return APC_E_ARG;
+    now = apc_now(now);
+    int rc = wl_enter(seg, NO_SEQ);
+    if (rc != APC_OK)
+        return rc;
+    apc_off_t *link;
+    apc_slot *s;
+    rc = find_wl(seg, table, key, klen, hash, &link, &s);
+    if (rc == APC_OK) {
+        if (apc_expired(s, now)) {
+            rc = APC_NOTFOUND;
+        } else {
+            /* expired once ctime + ttl' < now', i.e. once now + ttl < now' */
+            uint64_t age = now > s->ctime ? now - s->ctime : 0;
+            STORE(&s->ttl, ttl ? age + ttl : 0);
+        }
+    }
+    wl_leave(seg, NO_SEQ);
+    return rc;
+}
+
+int apc_touch(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t ttl,
+              uint64_t now)
+{
+    int rc = apc_seg_enter(seg);
+    return rc ? rc : apc_seg_leave(seg, do_touch(seg, table, key, klen, ttl, now));
 }
 
 static int do_clear(apc_seg *seg, int table, uint64_t now)

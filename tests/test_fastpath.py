@@ -14,9 +14,71 @@ from apccache import cache as cache_module
 pytestmark = pytest.mark.skipif(cache_module._fastpath is None, reason="built without the fast path")
 
 
-def test_the_fast_path_is_what_a_cache_without_a_clock_uses(cache):
-    assert cache._fast is not None
-    assert type(cache.fetch).__name__ == "builtin_function_or_method"
+OPS = ("fetch", "get", "store", "add", "exists", "delete", "inc", "dec", "cas")
+
+
+@pytest.mark.parametrize("on_clock", [False, True])
+def test_every_single_key_operation_takes_the_fast_path(cache, ccache, on_clock):
+    c = ccache if on_clock else cache
+    assert c._fast is not None
+    for op in OPS:
+        assert type(getattr(c, op)).__name__ == "builtin_function_or_method", op
+
+
+def test_it_reads_the_handles_clock_once_per_operation(ccache, clock):
+    c = ccache
+    calls = []
+
+    def counting():
+        calls.append(1)
+        return clock()
+
+    c2 = apccache.Cache.attach(c.name, clock=counting)
+    try:
+        c2.store("k", 1, ttl=10)
+        c2.inc("k")
+        assert c2.fetch("k") == 2 and c2.exists("k")
+        assert len(calls) == 4
+        clock.advance(11)
+        assert c2.fetch("k") is None and not c2.exists("k") and not c2.delete("k")
+        assert c2.add("k", b"v") and not c2.add("k", b"w")
+        assert c2.cas("n", 0, 1) is False
+    finally:
+        c2.close()
+
+
+def test_engine_errors_raise_what_the_python_methods_raise(segments):
+    c = segments(size=1 << 20)
+    c.store("s", b"not an int")
+    with pytest.raises(TypeError, match="not an int"):
+        c.inc("s")
+    with pytest.raises(TypeError, match="not an int"):
+        c.dec("s", 2)
+    c.store("n", 2**63 - 2)
+    with pytest.raises(OverflowError, match="leaves the int64 range"):
+        c.inc("n", 5)
+    assert c.fetch("n") == 2**63 - 2
+    with pytest.raises(apccache.CacheFullError, match="can never fit"):
+        c.store("huge", b"x" * (2 << 20))
+    with pytest.raises(apccache.CacheFullError, match="can never fit"):
+        c.add("huge", "x" * (2 << 20))
+    assert c.cas("s", 1, 2) is False  # not an int: False, as the Python method says
+
+
+def test_the_serializer_is_called_from_the_fast_path(segments):
+    class Counting(apccache.PickleSerializer):
+        def __init__(self):
+            super().__init__(protocol=4)
+            self.n = 0
+
+        def dumps(self, value):
+            self.n += 1
+            return super().dumps(value)
+
+    ser = Counting()
+    c = segments(size=1 << 20, serializer=ser)
+    assert c.store("d", {"a": 1}) and c.add("e", [1]) and ser.n == 2
+    assert c.fetch("d") == {"a": 1}
 
 
 def test_its_type_tags_are_the_bindings(cache):

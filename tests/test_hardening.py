@@ -184,15 +184,34 @@ def test_readers_take_a_miss_from_a_stripe_left_odd_by_a_stopped_writer(segments
                 if f.read().rsplit(")", 1)[1].split()[0] == "T":
                     break
             time.sleep(0.01)
+        ticks = [0]
+        stop = threading.Event()
+
+        def other_thread():
+            while not stop.is_set():
+                ticks[0] += 1
+
+        t = threading.Thread(target=other_thread)
+        t.start()
+        time.sleep(0.2)  # the thread's pace with the GIL to itself
+        rate = ticks[0] / 0.2
         worst, seen = 0.0, 0
-        for i in range(50):
-            t0 = time.monotonic()
-            v = c.fetch(f"k{i}")
-            worst = max(worst, time.monotonic() - t0)
-            seen += v is not None
+        try:
+            ticks[0] = 0
+            start = time.monotonic()
+            for i in range(50):
+                t0 = time.monotonic()
+                v = c.fetch(f"k{i}")
+                worst = max(worst, time.monotonic() - t0)
+                seen += v is not None
+            ran = ticks[0] / (rate * (time.monotonic() - start))
+        finally:
+            stop.set()
+            t.join()
         assert worst < 0.05  # the bound: 10 ms of waiting, then a miss
         assert seen == 0  # clear() holds every stripe odd: each read is a miss
         assert c.info(limited=True)["waited_reads"] >= 50
+        assert ran > 0.7, ran  # the waits let the GIL go: the other thread ran on
     finally:
         p.send_signal(signal.SIGCONT)
         p.wait(10)
@@ -444,3 +463,18 @@ def test_an_entry_holder_whose_pid_now_names_another_process_is_taken_over(segme
     finally:
         p.kill()
         p.wait()
+
+
+@pytest.mark.parametrize("path", ["fast", "python"])
+def test_a_large_value_is_one_hit_on_either_path(segments, path):
+    c = segments(size=4 << 20)
+    c.store("big", b"b" * 100_000)
+    h = c if path == "fast" else apccache.Cache.attach(c.name, clock=time.time)
+    try:
+        before = c.info(limited=True)["num_hits"]
+        assert h.fetch("big") == b"b" * 100_000
+        assert c.info(limited=True)["num_hits"] == before + 1
+        assert c.key_info("big")["hits"] == 1
+    finally:
+        if h is not c:
+            h.close()

@@ -5,6 +5,7 @@ A ttl is an int number of seconds from 0 to apccache.MAX_TTL (2**31 - 1);
 bool is not a ttl.  Anything else is refused with the same exception and
 message by every method that takes a ttl, before anything is changed.
 """
+import asyncio
 import inspect
 import operator
 
@@ -153,9 +154,14 @@ CLOSED_CALLS = {
     "__delitem__": lambda c: operator.delitem(c, "k"),
     "__iter__": iter,
     "__enter__": lambda c: c.__enter__(),
+    "touch": lambda c: c.touch("k", 1),
+    "memoize": lambda c: c.memoize()(_gen)("k"),
+    "aentry": lambda c: asyncio.run(c.aentry("k", _gen)),
+    "lock": lambda c: c.lock("l").acquire(),
+    "alock": lambda c: asyncio.run(c.alock("l").acquire()),
 }
 # Members that are meant to work on a closed handle.
-STILL_WORK = {"close", "closed", "unlink", "name", "create", "attach"}
+STILL_WORK = {"close", "closed", "unlink", "name", "create", "attach", "open"}
 EMPTY_CALLS = {
     "store_many": lambda c: c.store_many({}),
     "add_many": lambda c: c.add_many({}),

@@ -495,3 +495,53 @@ def _range(lo, hi):
     if lo is not None:
         return f" >= {lo}"
     return ""
+
+
+# ------------------------------------------------------------ target check
+
+_IMPORT_TARGET = """
+import importlib, sys, traceback
+target = sys.argv[1]
+modname, _, funcname = target.partition(":")
+try:
+    obj = importlib.import_module(modname)
+    for part in funcname.split("."):
+        obj = getattr(obj, part)
+except BaseException as e:
+    print(f"{type(e).__name__}: {e}", file=sys.stderr)
+    sys.exit(3)
+if not callable(obj):
+    print(f"{target} is {type(obj).__name__}, not a function", file=sys.stderr)
+    sys.exit(3)
+"""
+
+
+def check_targets(config, timeout=60.0):
+    """Import each pool's target as its workers would (python_path first,
+    the pool's env set, from this process's working directory), each in a
+    child process so that nothing it does touches this one.  Returns one
+    line per pool whose target cannot be loaded ([] when all can)."""
+    import subprocess
+    import sys
+
+    import apccache
+
+    problems = []
+    paths = list(config.supervisor.python_path)
+    paths.append(os.path.dirname(os.path.dirname(os.path.abspath(apccache.__file__))))
+    for pool in config.pools:
+        env = dict(os.environ)
+        env.update(dict(pool.env))
+        env["PYTHONPATH"] = os.pathsep.join(
+            dict.fromkeys(paths + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]))
+        try:
+            r = subprocess.run([sys.executable, "-c", _IMPORT_TARGET, pool.target], env=env,
+                               capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            problems.append(f"pools.{pool.name}.target {pool.target!r}: importing it took over {timeout:g}s")
+            continue
+        if r.returncode != 0:
+            lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+            why = lines[-1] if lines else f"the import exited {r.returncode}"
+            problems.append(f"pools.{pool.name}.target {pool.target!r} cannot be loaded: {why}")
+    return problems
