@@ -82,9 +82,9 @@ else:
 _FAST_FNS = tuple(
     int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
     for name in ("apc_fetch_ref", "apc_ref_release", "apc_store", "apc_count_corrupt",
-                 "apc_exists", "apc_delete", "apc_inc", "apc_cas")
+                 "apc_exists", "apc_delete", "apc_inc", "apc_cas", "apc_touch")
 )
-_FAST_OPS = ("fetch", "store", "add", "exists", "delete", "inc", "dec", "cas")
+_FAST_OPS = ("fetch", "store", "add", "exists", "delete", "inc", "dec", "cas", "touch")
 DEFAULT_LOCK_TIMEOUT = 5.0
 
 
@@ -988,22 +988,39 @@ class Cache:
         }
 
     def _snapshot(self, table, flags, now):
-        """[(record tuple, key bytes)] copied out under one lock hold."""
-        # Sized from the entry count, so that a big cache is not walked twice.
-        i = self._info(table)
-        # Counts read from the segment are claims: no more entries than
-        # blocks fit in the arena.
-        n = min(i["num_entries"] + i["gc_entries"], i["arena_size"] // 32)
-        cap = max(1 << 16, (n + 64) * (_REC.size + 48))
-        while True:
+        """[(record tuple, key bytes)]: the live entries (APC_SNAP_LIVE) a
+        bounded chunk at a time, so that writers wait for one chunk at
+        most; the GC list (APC_SNAP_DELETED) in one piece."""
+        parts = []
+        if flags & lib.APC_SNAP_LIVE:
+            cursor = ffi.new("uint64_t[2]")
+            nslots = self._info(table)["num_slots"]
+            cap = 1 << 18
             buf = ffi.new("char[]", cap)
-            r = lib.apc_snapshot(self._seg, table, now, flags, buf, cap)
-            if r == B.E_SMALL:
-                cap = ffi.cast("uint64_t *", buf)[0] + 4096
-                continue
-            B.check(r, "snapshot")
-            data = ffi.buffer(buf, r)[:]
-            break
+            while cursor[0] < nslots:
+                r = lib.apc_snapshot_chunk(self._seg, table, now, cursor, buf, cap)
+                if r == B.E_SMALL:  # one bucket holds more than the buffer
+                    cap = ffi.cast("uint64_t *", buf)[0] + 4096
+                    buf = ffi.new("char[]", cap)
+                    continue
+                B.check(r, "snapshot")
+                parts.append(ffi.buffer(buf, r)[:])
+        if flags & lib.APC_SNAP_DELETED:
+            i = self._info(table)
+            # Counts read from the segment are claims: no more entries than
+            # blocks fit in the arena.
+            n = min(i["gc_entries"], i["arena_size"] // 32)
+            cap = max(1 << 16, (n + 64) * (_REC.size + 48))
+            while True:
+                buf = ffi.new("char[]", cap)
+                r = lib.apc_snapshot(self._seg, table, now, lib.APC_SNAP_DELETED, buf, cap)
+                if r == B.E_SMALL:
+                    cap = ffi.cast("uint64_t *", buf)[0] + 4096
+                    continue
+                B.check(r, "snapshot")
+                parts.append(ffi.buffer(buf, r)[:])
+                break
+        data = b"".join(parts)
         out = []
         pos, rs = 0, _REC.size
         while pos < len(data):
@@ -1012,6 +1029,15 @@ class Cache:
             out.append((rec, data[pos + rs : pos + rs + klen]))
             pos += rs + ((klen + 7) & ~7)
         return out
+
+    def _count_live(self, table):
+        """The table's entries that have not expired, counted a chunk at a
+        time (one short lock hold each)."""
+        cursor = ffi.new("uint64_t[2]")
+        nslots, now, n = self._info(table)["num_slots"], self._now(), 0
+        while cursor[0] < nslots:
+            n += B.check(lib.apc_count_live_chunk(self._seg, table, now, cursor), "len")
+        return n
 
     def sma_info(self, limited: bool = False) -> Dict[str, Any]:
         """The allocator: seg_size (usable arena bytes), avail_mem (free
@@ -1108,7 +1134,7 @@ class Cache:
     # ---------------------------------------------------------- mapping protocol
 
     def __len__(self):
-        return B.check(lib.apc_count_live(self._seg, 0, self._now()), "len")
+        return self._count_live(0)
 
     def __contains__(self, key):
         return self.exists(key)
@@ -1177,7 +1203,8 @@ class Cache:
         rc = lib.apc_touch(self._seg, 0, k, len(k), _check_ttl(ttl), self._now())
         if rc == B.NOTFOUND:
             return False
-        B.check(rc, "touch")
+        if rc < 0:
+            self._raise_rc("touch", rc, key)
         return True
 
     def memoize(self, ttl: int = 0, *, key: Optional[Callable[..., Key]] = None,
@@ -1283,4 +1310,4 @@ class FileTable:
                 if not r[13] & lib.APC_REC_EXPIRED]
 
     def __len__(self):
-        return B.check(lib.apc_count_live(self._c._seg, self.TABLE, self._c._now()), "len")
+        return self._c._count_live(self.TABLE)

@@ -2,6 +2,8 @@
 
 ``apccache supervise CONFIG``   run the supervisor (see apccache.supervisor)
 ``apccache status NAME``        print the supervisor scoreboard of a live segment
+``apccache fleet listen SEGMENT --redis URL --namespace NS``
+                                run a fleet invalidation listener (apccache.fleet)
 
 Exit codes of ``supervise`` are ``apccache.supervisor.ExitCode``; ``status``
 exits 0, or 1 when the segment does not exist or has no scoreboard.
@@ -60,7 +62,45 @@ def _parser():
     st.add_argument("--watch", type=_positive_seconds, metavar="SECONDS",
                     help="redraw every SECONDS until interrupted")
     st.set_defaults(func=_status)
+
+    fl = sub.add_parser("fleet", help="the two-tier cache on Redis (apccache.fleet)",
+                        description="Commands of the fleet tier: Redis as the shared store, this host's "
+                        "segment as the near cache.")
+    flsub = fl.add_subparsers(dest="fleet_command", metavar="COMMAND", required=True)
+    li = flsub.add_parser(
+        "listen", help="keep SEGMENT's near copies of a namespace coherent with Redis",
+        description="Hold a CLIENT TRACKING (broadcast) connection to Redis (one per primary of a "
+        "cluster) and delete the near copies of every key of namespace NS that changes; keep the "
+        "heartbeat that readers check. Runs in the foreground until SIGTERM or SIGINT.")
+    li.add_argument("segment", metavar="SEGMENT", help="the host's cache segment (it must exist)")
+    li.add_argument("--redis", required=True, metavar="URL", help="redis://[user:password@]host:port[/db]")
+    li.add_argument("--namespace", required=True, metavar="NS", help="the FleetCache namespace")
+    li.add_argument("--max-lag", type=_positive_seconds, default=0.05, metavar="SECONDS",
+                    help="readers trust near copies only while the last confirmed sync is this recent "
+                    "(default: 0.05)")
+    li.add_argument("--ping-interval", type=_positive_seconds, default=0.01, metavar="SECONDS",
+                    help="PING period on each tracking connection (default: 0.01)")
+    li.add_argument("--dead-after", type=_positive_seconds, default=1.0, metavar="SECONDS",
+                    help="reconnect when a PING is unanswered this long (default: 1)")
+    li.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                    help="log verbosity (default: info)")
+    li.set_defaults(func=_fleet_listen)
     return p
+
+
+def _fleet_listen(args):
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format=LOG_FORMAT, stream=sys.stderr)
+    from .fleet import listener
+
+    try:
+        return listener.main(args.segment, args.redis, args.namespace, max_lag=args.max_lag,
+                             ping_interval=args.ping_interval, dead_after=args.dead_after)
+    except FileNotFoundError:
+        print(f"apccache: no segment named {args.segment!r}", file=sys.stderr)
+        return 1
+    except ValueError as e:
+        print(f"apccache: {e}", file=sys.stderr)
+        return 2
 
 
 def _positive_seconds(text):

@@ -183,10 +183,6 @@ void apc_ref_release(apc_seg *seg, apc_ref *ref);
 int64_t apc_get(apc_io *io, const char *key, uint32_t klen);
 int apc_put(apc_io *io, const char *key, uint32_t klen, int type,
             const char *val, uint64_t vlen, uint64_t ttl);
-int apc_put_int(apc_io *io, const char *key, uint32_t klen, int64_t ival,
-                uint64_t ttl, int flags);
-int apc_incr(apc_io *io, const char *key, uint32_t klen, int64_t step,
-             uint64_t ttl);
 
 /* Where the header keeps what a listing reads from the file without
  * attaching (apcstat --list): byte offsets into apc_header. */
@@ -252,7 +248,6 @@ int apc_cas(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t old
 int apc_clear(apc_seg *seg, int table, uint64_t now);
 int apc_touch(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t ttl,
               uint64_t now);
-int64_t apc_count_live(apc_seg *seg, int table, uint64_t now);
 
 int apc_entry_begin(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t tid, uint64_t now, int64_t *out);
 int apc_entry_end(apc_seg *seg, int64_t token, uint64_t tid);
@@ -270,6 +265,13 @@ int apc_sma_info_get(apc_seg *seg, apc_sma_info *out, uint64_t *blocks,
 int apc_key_info(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now, apc_entry_rec *out);
 int64_t apc_snapshot(apc_seg *seg, int table, uint64_t now, int flags,
                      char *buf, uint64_t cap);
+/* The live entries from bucket cursor[0] on, as apc_snapshot gives them, a
+ * bounded chunk per call (one short lock hold).  cursor starts {0, 0}; it
+ * moves on (cursor[1] counts the entries so far), and cursor[0] is the
+ * table's slot count when the walk is done. */
+int64_t apc_snapshot_chunk(apc_seg *seg, int table, uint64_t now, uint64_t cursor[2],
+                           char *buf, uint64_t cap);
+int64_t apc_count_live_chunk(apc_seg *seg, int table, uint64_t now, uint64_t cursor[2]);
 int64_t apc_check(apc_seg *seg, char *buf, uint64_t cap);
 
 uint64_t apc_xxh3_64(const void *data, size_t len);

@@ -6,7 +6,7 @@
  * method frame, a key encode, a thread-local lookup, an argument tuple, two
  * GIL switches and a slice to build the result: several times what the
  * engine itself spends.  This module is the hot path of every single-key
- * operation (fetch, store, add, exists, delete, inc, dec, cas) as plain
+ * operation (fetch, store, add, exists, delete, inc, dec, cas, touch) as plain
  * CPython methods: it takes the key as given (a str's cached UTF-8 is used
  * in place), encodes and decodes the native value types itself, calls the
  * handle's serializer for the others, calls the engine, and builds the
@@ -58,12 +58,13 @@ typedef int (*key_fn)(apc_seg *, int, const char *, uint32_t, uint64_t);
 typedef int (*inc_fn)(apc_seg *, int, const char *, uint32_t, int64_t, uint64_t, uint64_t,
                       int64_t *);
 typedef int (*cas_fn)(apc_seg *, int, const char *, uint32_t, int64_t, int64_t, uint64_t);
+typedef int (*touch_fn)(apc_seg *, int, const char *, uint32_t, uint64_t, uint64_t);
 
 /* The operations, for the table of Python fallbacks. */
-enum { OP_FETCH, OP_STORE, OP_ADD, OP_EXISTS, OP_DELETE, OP_INC, OP_DEC, OP_CAS, NOPS };
+enum { OP_FETCH, OP_STORE, OP_ADD, OP_EXISTS, OP_DELETE, OP_INC, OP_DEC, OP_CAS, OP_TOUCH, NOPS };
 static PyObject *str_dumps, *str_loads;
-static const char *const op_names[NOPS] = {"fetch", "store",  "add", "exists",
-                                           "delete", "inc", "dec", "cas"};
+static const char *const op_names[NOPS] = {"fetch", "store",  "add", "exists", "delete",
+                                           "inc",   "dec",    "cas", "touch"};
 
 typedef struct {
     PyObject_HEAD
@@ -76,6 +77,7 @@ typedef struct {
     key_fn delete_;
     inc_fn inc;
     cas_fn cas;
+    touch_fn touch;
     PyObject *slow[NOPS]; /* the Python methods, for arguments taken apart there */
     PyObject *raise_rc;   /* raise_rc(op, rc, key, nbytes, step): raises */
     PyObject *ser;        /* the serializer: its dumps and loads, looked up per call
@@ -491,6 +493,31 @@ static PyObject *h_cas(Handle *self, PyObject *const *args, Py_ssize_t nargs, Py
     return raise_rc(self, OP_CAS, rc, a[0], 0, 0);
 }
 
+static PyObject *h_touch(Handle *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"key", "ttl"};
+    PyObject *a[2];
+    const char *k;
+    Py_ssize_t kl;
+    long long ttl = 0;
+    uint64_t now;
+    if (!parse(args, nargs, kwnames, 1, names, 2, a) || !key_view(a[0], &k, &kl) ||
+        !exact_int(a[1], 0, FASTPATH_MAX_TTL, &ttl))
+        return slow(self, OP_TOUCH, args, nargs, kwnames);
+    if (now_of(self, &now) < 0)
+        return NULL;
+    int rc;
+    apc_seg *seg = self->seg;
+    Py_BEGIN_ALLOW_THREADS
+    rc = self->touch(seg, APC_TABLE_USER, k, (uint32_t)kl, (uint64_t)ttl, now);
+    Py_END_ALLOW_THREADS
+    if (rc == APC_OK)
+        Py_RETURN_TRUE;
+    if (rc == APC_NOTFOUND)
+        Py_RETURN_FALSE;
+    return raise_rc(self, OP_TOUCH, rc, a[0], 0, 0);
+}
+
 /* ------------------------------------------------------------ the type */
 
 static PyObject *h_close(Handle *self, PyObject *unused)
@@ -502,16 +529,16 @@ static PyObject *h_close(Handle *self, PyObject *unused)
 
 static int h_init(Handle *self, PyObject *args, PyObject *kw)
 {
-    unsigned long long seg, fns[8];
+    unsigned long long seg, fns[9];
     PyObject *slow_methods, *raise, *ser, *clock;
     static char *names[] = {"seg",    "fetch_ref", "release", "store", "count_corrupt",
-                            "exists", "delete",    "inc",     "cas",   "slow",
-                            "raise_rc", "serializer", "clock", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKKKKKKKKOOOO", names, &seg, &fns[0], &fns[1],
+                            "exists", "delete",    "inc",     "cas",   "touch",
+                            "slow",   "raise_rc",  "serializer", "clock", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKKKKKKKKKOOOO", names, &seg, &fns[0], &fns[1],
                                      &fns[2], &fns[3], &fns[4], &fns[5], &fns[6], &fns[7],
-                                     &slow_methods, &raise, &ser, &clock))
+                                     &fns[8], &slow_methods, &raise, &ser, &clock))
         return -1;
-    for (int i = 0; i < 8; i++) {
+    for (int i = 0; i < 9; i++) {
         if (!fns[i]) {
             PyErr_SetString(PyExc_ValueError, "engine function addresses must not be 0");
             return -1;
@@ -538,6 +565,7 @@ static int h_init(Handle *self, PyObject *args, PyObject *kw)
     self->delete_ = (key_fn)(uintptr_t)fns[5];
     self->inc = (inc_fn)(uintptr_t)fns[6];
     self->cas = (cas_fn)(uintptr_t)fns[7];
+    self->touch = (touch_fn)(uintptr_t)fns[8];
     Py_XSETREF(self->raise_rc, Py_NewRef(raise));
     Py_XSETREF(self->ser, Py_NewRef(ser));
     Py_XSETREF(self->clock, Py_NewRef(clock));
@@ -583,6 +611,7 @@ static PyMethodDef h_methods[] = {
     FAST("inc", h_inc, "inc(key, step=1, ttl=0): Cache.inc."),
     FAST("dec", h_dec, "dec(key, step=1, ttl=0): Cache.dec."),
     FAST("cas", h_cas, "cas(key, old, new): Cache.cas."),
+    FAST("touch", h_touch, "touch(key, ttl=0): Cache.touch."),
     {"close", (PyCFunction)h_close, METH_NOARGS, "Forget the engine handle."},
     {NULL, NULL, 0, NULL},
 };

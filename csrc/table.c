@@ -511,6 +511,38 @@ static int find_wl(apc_seg *seg, int table, const char *key, uint32_t klen, uint
     return APC_NOTFOUND;
 }
 
+/* What every keyed write starts with: its arguments checked, the key's
+ * hash, the clock, the write lock taken and the key looked up.  A chain
+ * found broken is repaired at once (we hold the lock) and looked up again. */
+typedef struct keyed {
+    uint64_t hash;
+    uint64_t now;
+    apc_off_t *link; /* what points at the entry, or where a new one goes */
+    apc_slot *s;     /* the entry, or NULL */
+    int found;       /* APC_OK (s is it), APC_NOTFOUND, or APC_E_CORRUPT */
+    int live;        /* found and not expired */
+} keyed;
+
+/* APC_OK with the write lock held, or an error without it. */
+static int keyed_begin(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now,
+                       keyed *k)
+{
+    if (bad_table(table) || klen > APC_MAX_KEY)
+        return APC_E_ARG;
+    k->hash = apc_xxh3_64(key, klen);
+    k->now = apc_now(now);
+    int rc = wl_enter(seg, NO_SEQ);
+    if (rc != APC_OK)
+        return rc;
+    k->found = find_wl(seg, table, key, klen, k->hash, &k->link, &k->s);
+    if (k->found == APC_E_CORRUPT) {
+        apc_repair_wl(seg, k->now);
+        k->found = find_wl(seg, table, key, klen, k->hash, &k->link, &k->s);
+    }
+    k->live = k->found == APC_OK && !apc_expired(k->s, k->now);
+    return APC_OK;
+}
+
 apc_off_t *apc_find_link_wl(apc_seg *seg, apc_off_t slot_off)
 {
     apc_slot *s = (apc_slot *)APC_PTR(seg, slot_off);
@@ -893,38 +925,37 @@ static int insert_wl(apc_seg *seg, int table, const char *key, uint32_t klen, ui
 }
 
 static int do_store(apc_seg *seg, int table, const char *key, uint32_t klen, int type,
-              const char *val, uint64_t vlen, int64_t ival, uint64_t ttl, uint64_t now,
-              int flags)
+                    const char *val, uint64_t vlen, int64_t ival, uint64_t ttl, uint64_t now,
+                    int flags)
 {
-    if (klen > APC_MAX_KEY)
-        return APC_E_ARG;
-    uint64_t hash = apc_xxh3_64(key, klen);
-    if (bad_table(table) || type < 0 || type > 255 || (vlen && !val))
+    if (klen > APC_MAX_KEY || type < 0 || type > 255 || (vlen && !val))
         return APC_E_ARG;
     if (type == APC_T_INT)
         vlen = 0;
-    if (apc_sma_block_for(apc_slot_need(klen, vlen)) > seg->arena_end - seg->arena_off)
+    uint64_t arena = seg->arena_end - seg->arena_off;
+    if (vlen > arena || apc_sma_block_for(apc_slot_need(klen, vlen)) > arena)
         return APC_E_TOOBIG;
-    now = apc_now(now);
-    int rc = wl_enter(seg, NO_SEQ);
+    keyed k;
+    int rc = keyed_begin(seg, table, key, klen, now, &k);
     if (rc != APC_OK)
         return rc;
     if (seg->hdr->gc_head) {
         apc_seq_begin_wl(seg, APC_SEQ_ALL);
-        gc_sweep_wl(seg, now);
+        gc_sweep_wl(seg, k.now);
         apc_seq_end_wl(seg, APC_SEQ_ALL);
     }
-    if (flags & APC_ADD) {
-        apc_off_t *link;
-        apc_slot *old;
-        rc = find_wl(seg, table, key, klen, hash, &link, &old);
-        if (rc == APC_OK && !apc_expired(old, now))
-            rc = APC_EXISTS;
-        else if (rc == APC_NOTFOUND || rc == APC_OK)
-            rc = APC_OK;
+    if ((flags & APC_ADD) && k.live) {
+        rc = APC_EXISTS;
+    } else if (k.found == APC_E_CORRUPT) {
+        rc = APC_E_CORRUPT; /* still broken after a repair */
+    } else {
+        rc = insert_wl(seg, table, key, klen, k.hash, type, val, vlen, ival, ttl, k.now);
+        if (rc == APC_E_CORRUPT) {
+            /* Making room met a broken chain: repair, then once more. */
+            apc_repair_wl(seg, k.now);
+            rc = insert_wl(seg, table, key, klen, k.hash, type, val, vlen, ival, ttl, k.now);
+        }
     }
-    if (rc == APC_OK)
-        rc = insert_wl(seg, table, key, klen, hash, type, val, vlen, ival, ttl, now);
     wl_leave(seg, NO_SEQ);
     return rc;
 }
@@ -937,36 +968,27 @@ int apc_store(apc_seg *seg, int table, const char *key, uint32_t klen, int type,
     return rc ? rc : apc_seg_leave(seg, do_store(seg, table, key, klen, type, val, vlen, ival, ttl, now, flags));
 }
 
-static int do_delete(apc_seg *seg, int table, const char *key, uint32_t klen,
-               uint64_t now)
+static int do_delete(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now)
 {
-    if (klen > APC_MAX_KEY)
-        return APC_E_ARG;
-    uint64_t hash = apc_xxh3_64(key, klen);
-    if (bad_table(table))
-        return APC_E_ARG;
-    now = apc_now(now);
-    int rc = wl_enter(seg, NO_SEQ);
+    keyed k;
+    int rc = keyed_begin(seg, table, key, klen, now, &k);
     if (rc != APC_OK)
         return rc;
-    apc_off_t *link;
-    apc_slot *s;
-    rc = find_wl(seg, table, key, klen, hash, &link, &s);
+    rc = k.found;
     if (rc == APC_OK) {
-        int st = stripe_of(seg, table, hash);
-        int expired = apc_expired(s, now);
-        if (expired)
+        int st = stripe_of(seg, table, k.hash);
+        if (!k.live)
             seg->hdr->stats[table].expired++;
         apc_seq_begin_wl(seg, st);
-        remove_wl(seg, link, s, now);
+        remove_wl(seg, k.link, k.s, k.now);
         APC_FAULT("delete.after_unlink");
         apc_seq_end_wl(seg, st);
-        if (expired)
+        if (!k.live)
             rc = APC_NOTFOUND;
     }
     if (seg->hdr->gc_head) {
         apc_seq_begin_wl(seg, APC_SEQ_ALL);
-        gc_sweep_wl(seg, now);
+        gc_sweep_wl(seg, k.now);
         apc_seq_end_wl(seg, APC_SEQ_ALL);
     }
     wl_leave(seg, NO_SEQ);
@@ -981,21 +1003,17 @@ int apc_delete(apc_seg *seg, int table, const char *key, uint32_t klen,
 }
 
 static int do_inc(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t step,
-            uint64_t ttl, uint64_t now, int64_t *out)
+                  uint64_t ttl, uint64_t now, int64_t *out)
 {
-    if (klen > APC_MAX_KEY)
+    if (!out)
         return APC_E_ARG;
-    uint64_t hash = apc_xxh3_64(key, klen);
-    if (bad_table(table) || !out)
-        return APC_E_ARG;
-    now = apc_now(now);
-    int rc = wl_enter(seg, NO_SEQ);
+    keyed k;
+    int rc = keyed_begin(seg, table, key, klen, now, &k);
     if (rc != APC_OK)
         return rc;
-    apc_off_t *link;
-    apc_slot *s;
-    rc = find_wl(seg, table, key, klen, hash, &link, &s);
-    if (rc == APC_OK && !apc_expired(s, now)) {
+    rc = k.found;
+    if (k.live) {
+        apc_slot *s = k.s;
         int64_t v;
         if (s->type != APC_T_INT) {
             rc = APC_E_TYPE;
@@ -1006,12 +1024,12 @@ static int do_inc(apc_seg *seg, int table, const char *key, uint32_t klen, int64
             STORE(&s->ival, v);
             if (seg->checksums)
                 STORE(&s->sum, int_sum(s, v));
-            s->mtime = now;
+            s->mtime = k.now;
             *out = v;
         }
-    } else if (rc == APC_OK || rc == APC_NOTFOUND) {
+    } else if (rc != APC_E_CORRUPT) {
         /* Missing or expired: created as 0, then updated. */
-        rc = insert_wl(seg, table, key, klen, hash, APC_T_INT, NULL, 0, step, ttl, now);
+        rc = insert_wl(seg, table, key, klen, k.hash, APC_T_INT, NULL, 0, step, ttl, k.now);
         if (rc == APC_OK)
             *out = step;
     }
@@ -1027,22 +1045,16 @@ int apc_inc(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t ste
 }
 
 static int do_cas(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t old,
-            int64_t new_, uint64_t now)
+                  int64_t new_, uint64_t now)
 {
-    if (klen > APC_MAX_KEY)
-        return APC_E_ARG;
-    uint64_t hash = apc_xxh3_64(key, klen);
-    if (bad_table(table))
-        return APC_E_ARG;
-    now = apc_now(now);
-    int rc = wl_enter(seg, NO_SEQ);
+    keyed k;
+    int rc = keyed_begin(seg, table, key, klen, now, &k);
     if (rc != APC_OK)
         return rc;
-    apc_off_t *link;
-    apc_slot *s;
-    rc = find_wl(seg, table, key, klen, hash, &link, &s);
+    rc = k.found;
     if (rc == APC_OK) {
-        if (apc_expired(s, now))
+        apc_slot *s = k.s;
+        if (!k.live)
             rc = APC_NOTFOUND;
         else if (s->type != APC_T_INT)
             rc = APC_E_TYPE;
@@ -1052,7 +1064,7 @@ static int do_cas(apc_seg *seg, int table, const char *key, uint32_t klen, int64
             STORE(&s->ival, new_);
             if (seg->checksums)
                 STORE(&s->sum, int_sum(s, new_));
-            s->mtime = now;
+            s->mtime = k.now;
         }
     }
     wl_leave(seg, NO_SEQ);
@@ -1074,25 +1086,18 @@ int apc_cas(apc_seg *seg, int table, const char *key, uint32_t klen, int64_t old
 static int do_touch(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t ttl,
                     uint64_t now)
 {
-    if (klen > APC_MAX_KEY)
-        return APC_E_ARG;
-    uint64_t hash = apc_xxh3_64(key, klen);
-    if (bad_table(table))
-        return APC_E_ARG;
-    now = apc_now(now);
-    int rc = wl_enter(seg, NO_SEQ);
+    keyed k;
+    int rc = keyed_begin(seg, table, key, klen, now, &k);
     if (rc != APC_OK)
         return rc;
-    apc_off_t *link;
-    apc_slot *s;
-    rc = find_wl(seg, table, key, klen, hash, &link, &s);
+    rc = k.found;
     if (rc == APC_OK) {
-        if (apc_expired(s, now)) {
+        if (!k.live) {
             rc = APC_NOTFOUND;
         } else {
             /* expired once ctime + ttl' < now', i.e. once now + ttl < now' */
-            uint64_t age = now > s->ctime ? now - s->ctime : 0;
-            STORE(&s->ttl, ttl ? age + ttl : 0);
+            uint64_t age = k.now > k.s->ctime ? k.now - k.s->ctime : 0;
+            STORE(&k.s->ttl, ttl ? age + ttl : 0);
         }
     }
     wl_leave(seg, NO_SEQ);
@@ -1146,37 +1151,6 @@ int apc_clear(apc_seg *seg, int table, uint64_t now)
 {
     int rc = apc_seg_enter(seg);
     return rc ? rc : apc_seg_leave(seg, do_clear(seg, table, now));
-}
-
-/* Entries that are not hard-expired at now (len() of a table). */
-static int64_t do_count_live(apc_seg *seg, int table, uint64_t now)
-{
-    if (bad_table(table))
-        return APC_E_ARG;
-    now = apc_now(now);
-    int rc = wl_enter(seg, NO_SEQ);
-    if (rc != APC_OK)
-        return rc;
-    int64_t n = 0;
-    apc_off_t *b = apc_buckets(seg, table);
-    for (uint64_t i = 0; i < seg->geom[table].nslots; i++) {
-        uint64_t cap = apc_walk_cap(seg);
-        for (apc_off_t off = b[i]; off && --cap;) {
-            apc_slot *s = apc_slot_at(seg, off);
-            if (!s)
-                break;
-            n += !apc_expired(s, now);
-            off = s->next_off;
-        }
-    }
-    wl_leave(seg, NO_SEQ);
-    return n;
-}
-
-int64_t apc_count_live(apc_seg *seg, int table, uint64_t now)
-{
-    int rc = apc_seg_enter(seg);
-    return rc ? rc : apc_seg_leave(seg, do_count_live(seg, table, now));
 }
 
 /* ------------------------------------------------------------ entry() */
@@ -1363,23 +1337,6 @@ int apc_put(apc_io *io, const char *key, uint32_t klen, int type,
     return apc_store(io->seg, io->table, key, klen, type, val, vlen, 0, ttl, io->now, 0);
 }
 
-int apc_put_int(apc_io *io, const char *key, uint32_t klen, int64_t ival,
-                uint64_t ttl, int flags)
-{
-    return apc_store(io->seg, io->table, key, klen, APC_T_INT, NULL, 0, ival, ttl, io->now,
-                     flags);
-}
-
-/* inc; the new value goes to the first 8 bytes of io->buf. */
-int apc_incr(apc_io *io, const char *key, uint32_t klen, int64_t step,
-             uint64_t ttl)
-{
-    int64_t v = 0;
-    int rc = apc_inc(io->seg, io->table, key, klen, step, ttl, io->now, &v);
-    memcpy(io->buf, &v, sizeof v);
-    return rc;
-}
-
 /* ------------------------------------------------------------ reporting */
 
 static void rec_of(apc_seg *seg, apc_slot *s, uint64_t now, apc_entry_rec *r)
@@ -1506,25 +1463,20 @@ int apc_sma_info_get(apc_seg *seg, apc_sma_info *o, uint64_t *blocks, uint64_t c
 }
 
 static int do_key_info(apc_seg *seg, int table, const char *key, uint32_t klen,
-                 uint64_t now, apc_entry_rec *out)
+                       uint64_t now, apc_entry_rec *out)
 {
-    if (klen > APC_MAX_KEY)
+    if (!out)
         return APC_E_ARG;
-    uint64_t hash = apc_xxh3_64(key, klen);
-    if (bad_table(table) || !out)
-        return APC_E_ARG;
-    now = apc_now(now);
-    int rc = wl_enter(seg, NO_SEQ);
+    keyed k;
+    int rc = keyed_begin(seg, table, key, klen, now, &k);
     if (rc != APC_OK)
         return rc;
-    apc_off_t *link;
-    apc_slot *s;
-    rc = find_wl(seg, table, key, klen, hash, &link, &s);
+    rc = k.found;
     if (rc == APC_OK) {
-        if (apc_expired(s, now))
+        if (!k.live)
             rc = APC_NOTFOUND;
         else
-            rec_of(seg, s, now, out);
+            rec_of(seg, k.s, k.now, out);
     }
     wl_leave(seg, NO_SEQ);
     return rc;
@@ -1601,6 +1553,118 @@ int64_t apc_snapshot(apc_seg *seg, int table, uint64_t now, int flags, char *buf
 {
     int rc = apc_seg_enter(seg);
     return rc ? rc : apc_seg_leave(seg, do_snapshot(seg, table, now, flags, buf, cap));
+}
+
+/*
+ * WALKING A BIG TABLE
+ *
+ * keys(), info()'s entry list, apcstat and len() visit every entry.  Done
+ * in one lock hold, that stalls every writer for the whole walk (half a
+ * second at a million entries).  These walk from a bucket cursor instead,
+ * and stop after APC_CHUNK_RECORDS entries at a bucket's end, or when the
+ * caller's buffer is full: the caller comes back for the rest, and writers
+ * get the lock in between.  What comes out is a snapshot per chunk, not of
+ * the whole table; an entry that moves between buckets cannot exist (a
+ * bucket is its key's), so no live entry is reported twice.
+ */
+#define APC_CHUNK_RECORDS 2048
+
+static int64_t do_snapshot_chunk(apc_seg *seg, int table, uint64_t now, uint64_t cursor[2],
+                                 char *buf, uint64_t cap)
+{
+    if (bad_table(table) || !buf || !cursor || cap < 8)
+        return APC_E_ARG;
+    now = apc_now(now);
+    int rc = wl_enter(seg, NO_SEQ);
+    if (rc != APC_OK)
+        return rc;
+    apc_off_t *b = apc_buckets(seg, table);
+    uint64_t nslots = seg->geom[table].nslots;
+    uint64_t used = 0, records = 0, need = 0;
+    uint64_t i = cursor[0];
+    /* No more records in all than blocks fit in the arena: a damaged chain
+     * that loops is walked (capped) once, not once per bucket reaching it. */
+    uint64_t cap_all = apc_walk_cap(seg), done = cursor[1] < cap_all ? cursor[1] : cap_all;
+    apc_entry_rec r;
+    for (; i < nslots && records < APC_CHUNK_RECORDS && done + records < cap_all; i++) {
+        uint64_t start = used, start_records = records, wcap = apc_walk_cap(seg);
+        int full = 0;
+        for (apc_off_t off = b[i]; off && --wcap && done + records < cap_all;) {
+            apc_slot *s = apc_slot_at(seg, off);
+            if (!s)
+                break;
+            uint64_t sz = sizeof r + apc_key_pad(s->key_len);
+            if (used + sz > cap)
+                full = 1;
+            if (!full) {
+                rec_of(seg, s, now, &r);
+                memcpy(buf + used, &r, sizeof r);
+                memcpy(buf + used + sizeof r, apc_slot_key(s), s->key_len);
+            }
+            used += sz;
+            records++;
+            off = s->next_off;
+        }
+        if (full) {
+            if (start == 0)
+                need = used; /* one bucket alone is more than the buffer */
+            used = start;   /* this bucket goes in the next chunk */
+            records = start_records;
+            break;
+        }
+    }
+    wl_leave(seg, NO_SEQ);
+    if (need) {
+        memcpy(buf, &need, sizeof need);
+        return APC_E_SMALL;
+    }
+    cursor[0] = done + records >= cap_all ? nslots : i;
+    cursor[1] = done + records;
+    return (int64_t)used;
+}
+
+int64_t apc_snapshot_chunk(apc_seg *seg, int table, uint64_t now, uint64_t cursor[2], char *buf,
+                           uint64_t cap)
+{
+    int rc = apc_seg_enter(seg);
+    return rc ? rc : apc_seg_leave(seg, do_snapshot_chunk(seg, table, now, cursor, buf, cap));
+}
+
+/* Entries that are not hard-expired at now, from bucket *cursor on, a
+ * chunk at a time (see above). */
+static int64_t do_count_live_chunk(apc_seg *seg, int table, uint64_t now, uint64_t cursor[2])
+{
+    if (bad_table(table) || !cursor)
+        return APC_E_ARG;
+    now = apc_now(now);
+    int rc = wl_enter(seg, NO_SEQ);
+    if (rc != APC_OK)
+        return rc;
+    int64_t n = 0;
+    uint64_t seen = 0, nslots = seg->geom[table].nslots;
+    uint64_t cap_all = apc_walk_cap(seg), done = cursor[1] < cap_all ? cursor[1] : cap_all;
+    apc_off_t *b = apc_buckets(seg, table);
+    uint64_t i = cursor[0];
+    for (; i < nslots && seen < 4 * APC_CHUNK_RECORDS && done + seen < cap_all; i++) {
+        uint64_t cap = apc_walk_cap(seg);
+        for (apc_off_t off = b[i]; off && --cap && done + seen < cap_all; seen++) {
+            apc_slot *s = apc_slot_at(seg, off);
+            if (!s)
+                break;
+            n += !apc_expired(s, now);
+            off = s->next_off;
+        }
+    }
+    wl_leave(seg, NO_SEQ);
+    cursor[0] = done + seen >= cap_all ? nslots : i;
+    cursor[1] = done + seen;
+    return n;
+}
+
+int64_t apc_count_live_chunk(apc_seg *seg, int table, uint64_t now, uint64_t cursor[2])
+{
+    int rc = apc_seg_enter(seg);
+    return rc ? rc : apc_seg_leave(seg, do_count_live_chunk(seg, table, now, cursor));
 }
 
 /* ------------------------------------------------------------- repair */

@@ -14,7 +14,7 @@ from apccache import cache as cache_module
 pytestmark = pytest.mark.skipif(cache_module._fastpath is None, reason="built without the fast path")
 
 
-OPS = ("fetch", "get", "store", "add", "exists", "delete", "inc", "dec", "cas")
+OPS = ("fetch", "get", "store", "add", "exists", "delete", "inc", "dec", "cas", "touch")
 
 
 @pytest.mark.parametrize("on_clock", [False, True])

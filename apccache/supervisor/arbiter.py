@@ -230,6 +230,7 @@ class Supervisor:
         self.wake_r = self.wake_w = -1
         self.pid = os.getpid()
         self.warned_full = False
+        self.fleet = None  # the [fleet] listener service, if configured
 
     # -- entry point ----------------------------------------------------------
 
@@ -254,6 +255,7 @@ class Supervisor:
                     return code
                 self.start_opcode()
                 self.start_pools()
+                self.start_fleet()
                 self.announce()
                 self.main_loop()
                 return self.exit_code
@@ -277,6 +279,8 @@ class Supervisor:
                 break
             self.check_deadlines()
             self.maintain_workers()
+            if self.fleet is not None and not self.stopping:
+                self.fleet.maintain()
             self.publish()
 
     # -- start-up -------------------------------------------------------------
@@ -394,6 +398,15 @@ class Supervisor:
                  summary["mode"], summary["files"], summary["stored"], summary["present"], summary["skipped"])
         for err in summary["errors"][:5]:
             log.warning("opcode warm: %s", err)
+
+    def start_fleet(self):
+        """Start the [fleet] table's invalidation listener, if there is one."""
+        if self.config.fleet is None:
+            return
+        from ..fleet.service import ListenerService
+
+        self.fleet = ListenerService(self.config.fleet.table(), self.config.cache.name)
+        self.fleet.start()
 
     def run_init(self):
         """Run [init] before anything forks; return an exit code if start-up must stop."""
@@ -530,6 +543,8 @@ class Supervisor:
                 return
             proc = self.procs.pop(pid, None)
             if proc is None:
+                if self.fleet is not None:
+                    self.fleet.exited(pid, status)
                 continue
             self.worker_exited(proc, status)
 
@@ -1007,6 +1022,8 @@ class Supervisor:
         self.exit_code = code
         self.stop_deadline = self.clock() + self.config.supervisor.stop_timeout
         self.reload = None
+        if self.fleet is not None:
+            self.fleet.terminate()
         for proc in list(self.procs.values()):
             if not proc.retiring:
                 self.retire(proc, "the supervisor is stopping")
@@ -1039,6 +1056,8 @@ class Supervisor:
         """Make sure no worker is left, then close (and unless keep, unlink) the segment."""
         if self.procs:
             self.kill_all("shutdown")
+        if self.fleet is not None:
+            self.fleet.stop()
         for pool in self.pools.values():
             pool.close()
         if self.cache is None:

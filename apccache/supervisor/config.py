@@ -37,6 +37,13 @@ The format, with every key and its default::
     warm = []                  # source trees compiled into the segment before forking,
                                # relative to this file
 
+    [fleet]                    # optional: run the fleet tier's invalidation listener
+    redis = "redis://host:6379/0"   # required (see apccache.fleet)
+    namespace = "myapp"        # required: the FleetCache namespace
+    max_lag = 0.05             # seconds: readers' trust bound
+    ping_interval = 0.01
+    dead_after = 1.0
+
     [pools.NAME]               # one table per pool; at least one
     target = "pkg.module:function"   # required
     workers = 1
@@ -149,6 +156,19 @@ class OpcodeConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class FleetConfig:
+    redis: str
+    namespace: str
+    max_lag: float = 0.05
+    ping_interval: float = 0.01
+    dead_after: float = 1.0
+
+    def table(self):
+        """The [fleet] table as apccache.fleet.service.ListenerService takes it."""
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     source: str
     base_dir: str
@@ -157,6 +177,7 @@ class Config:
     init: Optional[InitConfig]
     pools: tuple  # of PoolConfig, in file order
     opcode: OpcodeConfig = dataclasses.field(default_factory=OpcodeConfig)
+    fleet: Optional[FleetConfig] = None
 
     def pool(self, name):
         for p in self.pools:
@@ -195,7 +216,7 @@ def parse(data, source="<config>", base_dir=None):
     if not isinstance(data, dict):
         v.fail("the configuration must be a TOML table")
     base_dir = os.path.abspath(base_dir or os.getcwd())
-    v.known(data, "", ("supervisor", "cache", "init", "pools", "opcode"))
+    v.known(data, "", ("supervisor", "cache", "init", "pools", "opcode", "fleet"))
 
     sup = v.table(data, "supervisor", required=False)
     v.known(sup, "supervisor", ("stop_timeout", "start_timeout", "python_path"))
@@ -249,6 +270,14 @@ def parse(data, source="<config>", base_dir=None):
         v.fail(str(e))
     opcode = OpcodeConfig(enabled=op["enabled"], mode=op["mode"], warm=tuple(op["warm"]))
 
+    from ..fleet import service as _fleet_service
+
+    try:
+        fl = _fleet_service.parse_supervisor_config(data.get("fleet"))
+    except ValueError as e:
+        v.fail(str(e))
+    fleet = FleetConfig(**fl) if fl is not None else None
+
     pools_table = v.table(data, "pools", required=True)
     if not pools_table:
         v.fail("the configuration needs at least one pool: add a [pools.NAME] table with a target")
@@ -279,6 +308,7 @@ def parse(data, source="<config>", base_dir=None):
         init=init,
         pools=tuple(pools),
         opcode=opcode,
+        fleet=fleet,
     )
 
 
