@@ -38,7 +38,8 @@ def report(results, args, seconds):
         f"Seeds {args.first}..{args.last - 1} ({len(results)} runs), {args.jobs} at a time, "
         f"per-run timeout {args.timeout:g} s, {seconds:.0f} s in all. Each run: a 1 MiB segment "
         "filled with every kind of value (and a GC list and a fragmented arena), damaged in 1-3 "
-        "ways, then about 40 operations of every kind. Odd seeds use `checksums=True`"
+        "ways, then about 40 operations of every kind, then the next writer's repair and `check()`. "
+        "Odd seeds use `checksums=True`"
         + ("" if segfuzz.HAS_CHECKSUMS else " (not in this build: every run is without)") + ".")
     lines.append("")
     lines.append("| outcome | without checksums | with checksums | all |")
@@ -54,9 +55,14 @@ def report(results, args, seconds):
     noticed = sum(1 for r in results if r.get("noticed"))
     lines.append(f"- runs in which the engine noticed the damage (a repair, a corrupt read counted, "
                  f"or CorruptSegmentError): {noticed}; with CorruptSegmentError raised: {detected}")
+    repaired = [r for r in results if "after_repair" in r and r["after_repair"] is not None]
+    sound = sum(1 for r in repaired if not r["after_repair"])
+    lines.append(f"- runs whose segment `check()` found sound after the next writer's repair: "
+                 f"{sound} of {len(repaired)}")
     clean = sum(1 for r in results if r.get("final_check") == 0)
     finished = sum(1 for r in results if r.get("final_check") is not None)
-    lines.append(f"- runs whose final `check()` found nothing wrong: {clean} of {finished} that got there")
+    lines.append(f"- runs whose `check()` found nothing wrong before that repair (damage no operation "
+                 f"walked into stays until something does): {clean} of {finished}")
     errs = collections.Counter()
     for r in results:
         errs.update(r.get("errors") or {})
@@ -70,9 +76,9 @@ def report(results, args, seconds):
     lines.append("- damage applied: " + ", ".join(f"{k} {v}" for k, v in kinds.most_common()))
     lines.append("")
     bad = [r for r in results if r["outcome"] not in ("ok", "wrong", "stale") or
-           (r["outcome"] == "wrong" and r.get("checksums"))]
+           (r["outcome"] == "wrong" and r.get("checksums")) or r.get("after_repair")]
     lines.append(f"### Failures ({len(bad)}: signal, hang, undocumented exception, harness error, "
-                 "or a wrong value with checksums)")
+                 "a wrong value with checksums, or unsound after a repair)")
     lines.append("")
     if not bad:
         lines.append("None.")
@@ -84,6 +90,8 @@ def report(results, args, seconds):
             what = r["wrong"][0]
         elif r.get("harness_error"):
             what = r["harness_error"].strip().splitlines()[-1]
+        elif r.get("after_repair"):
+            what = "after a repair: " + r["after_repair"][0]
         elif r.get("hang"):
             stack = [s.strip() for s in r.get("stacks", "").splitlines() if s.strip().startswith("File")]
             what = "hung in " + (stack[0] if stack else "?")
@@ -135,7 +143,7 @@ def main():
             json.dump(results, f)
     print(text)
     bad = [r for r in results if r["outcome"] not in ("ok", "wrong", "stale") or
-           (r["outcome"] == "wrong" and r.get("checksums"))]
+           (r["outcome"] == "wrong" and r.get("checksums")) or r.get("after_repair")]
     return 1 if bad else 0
 
 

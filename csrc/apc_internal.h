@@ -359,10 +359,12 @@ static inline apc_off_t *apc_buckets(const apc_seg *seg, int table)
     return (apc_off_t *)APC_PTR(seg, seg->geom[table].buckets_off);
 }
 
+/* ctime + ttl < now, without the sum: both are claims read from the
+ * segment, and a wrapped sum would expire a huge ttl at once. */
 static inline int apc_expired(const apc_slot *s, uint64_t now)
 {
-    uint64_t ttl = s->ttl;
-    return ttl > 0 && s->ctime + ttl < now;
+    uint64_t ttl = s->ttl, ctime = s->ctime;
+    return ttl > 0 && now > ctime && now - ctime > ttl;
 }
 
 /* The free-list class of a block size: four classes per power of two from

@@ -436,7 +436,7 @@ static int do_exists(apc_seg *seg, int table, const char *key, uint32_t klen, ui
         if (rc == APC_OK) {
             apc_slot *s = (apc_slot *)APC_PTR(seg, off);
             uint64_t ttl = LOADR(&s->ttl), ctime = LOADR(&s->ctime);
-            expired = ttl > 0 && ctime + ttl < now;
+            expired = ttl > 0 && now > ctime && now - ctime > ttl; /* as apc_expired */
         }
         if (!apc_seq_read_valid(seg, st, sq))
             continue;
@@ -464,11 +464,19 @@ int apc_exists(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t
 
 /* Take the lock; make the stripe odd (APC_SEQ_ALL: every stripe) unless
  * NO_SEQ. */
+static int geometry_scribbled(const apc_seg *seg);
+
+/* Where the aux area starts: right after the header, page-aligned (as
+ * segment.c lays it out). */
+#define APC_AUX_OFF ((sizeof(apc_header) + 4095) & ~(uint64_t)4095)
+
 static int wl_enter(apc_seg *seg, int stripe)
 {
     int rc = apc_wl_lock(seg);
     if (rc != APC_OK)
         return rc;
+    if (__builtin_expect(geometry_scribbled(seg), 0))
+        apc_repair_wl(seg, 0); /* whoever wrote there may have written more */
     if (stripe != NO_SEQ)
         apc_seq_begin_wl(seg, stripe);
     return APC_OK;
@@ -599,14 +607,17 @@ static void gc_sweep_wl(apc_seg *seg, uint64_t now)
     while (*link && --cap) {
         apc_slot *s = apc_slot_at(seg, *link);
         if (!s) {
-            *link = 0; /* corrupt tail: the repair reclaims it */
+            *link = 0; /* a corrupt tail: the repair reclaims it */
+            apc_repair_later(seg);
             break;
         }
         uint64_t w = LOAD(&s->pin);
         int freed = 0;
         if (!(w & APC_PIN_REFS))
             freed = CAS(&s->pin, &w, APC_PIN_DEAD);
-        if (!freed && h->gc_ttl && now >= s->dtime + h->gc_ttl) {
+        if (!freed && s->dtime > now)
+            s->dtime = now; /* a deletion in the future is a broken claim: age it from now */
+        if (!freed && h->gc_ttl && now - s->dtime >= h->gc_ttl) {
             /* Pinned for longer than gc_ttl: the pinner is presumed dead.
              * Retiring the word makes any late unpin a no-op. */
             STORE(&s->pin, APC_PIN_DEAD);
@@ -673,7 +684,8 @@ static int pred_hard_expired(apc_seg *seg, apc_slot *s, uint64_t now)
 static int pred_soft_expired(apc_seg *seg, apc_slot *s, uint64_t now)
 {
     uint64_t ttl = seg->hdr->ttl;
-    if (s->ttl || !ttl || LOADR(&s->atime) + ttl >= now || (LOADR(&s->pin) & APC_PIN_REFS))
+    uint64_t atime = LOADR(&s->atime);
+    if (s->ttl || !ttl || now <= atime || now - atime <= ttl || (LOADR(&s->pin) & APC_PIN_REFS))
         return 0;
     seg->hdr->stats[s->table].evictions++;
     return 1;
@@ -1114,7 +1126,8 @@ static int do_clear(apc_seg *seg, int table, uint64_t now)
         while (b[i] && --cap) {
             apc_slot *s = apc_slot_at(seg, b[i]);
             if (!s) {
-                b[i] = 0;
+                b[i] = 0; /* a corrupt tail: the repair reclaims it */
+                apc_repair_later(seg);
                 break;
             }
             remove_wl(seg, &b[i], s, now);
@@ -1747,11 +1760,56 @@ int apc_repair_wl(apc_seg *seg, uint64_t now)
     return rc;
 }
 
+/* Does the header's set-once geometry differ from what this handle
+ * validated at attach?  A few loads and compares per write section. */
+static int geometry_scribbled(const apc_seg *seg)
+{
+    const apc_header *h = seg->hdr;
+    return LOADR(&h->magic) != APC_MAGIC_U64 || h->format != APC_FORMAT ||
+           h->seg_size != seg->size || h->arena_off != seg->arena_off ||
+           h->arena_size != seg->arena_end - seg->arena_off ||
+           h->aux_off != APC_AUX_OFF || h->aux_size != APC_AUX_SIZE ||
+           memcmp(h->geom, seg->geom, sizeof h->geom) != 0;
+}
+
+/* The header's set-once geometry, as this handle validated it at attach:
+ * the engine never reads it again (it uses its own copy), but attachers,
+ * apcstat and the checker do, so a scribble on it is put right here. */
+static void restore_geometry_wl(apc_seg *seg)
+{
+    apc_header *h = seg->hdr;
+    if (h->format != APC_FORMAT)
+        h->format = APC_FORMAT;
+    if (h->header_size != sizeof(apc_header))
+        h->header_size = sizeof(apc_header);
+    if (h->endian != APC_ENDIAN_MARK)
+        h->endian = APC_ENDIAN_MARK;
+    uint32_t flags = seg->checksums ? APC_FMT_CHECKSUMS : 0;
+    if (h->flags != flags)
+        h->flags = flags;
+    if (h->seg_size != seg->size)
+        h->seg_size = seg->size;
+    if (h->arena_off != seg->arena_off)
+        h->arena_off = seg->arena_off;
+    if (h->arena_size != seg->arena_end - seg->arena_off)
+        h->arena_size = seg->arena_end - seg->arena_off;
+    if (h->aux_off != APC_AUX_OFF)
+        h->aux_off = APC_AUX_OFF;
+    if (h->aux_size != APC_AUX_SIZE)
+        h->aux_size = APC_AUX_SIZE;
+    for (int t = 0; t < APC_NTABLES; t++)
+        if (memcmp(&h->geom[t], &seg->geom[t], sizeof h->geom[t]) != 0)
+            h->geom[t] = seg->geom[t];
+    if (LOADR(&h->magic) != APC_MAGIC_U64)
+        STORE(&h->magic, APC_MAGIC_U64); /* last, as at create */
+}
+
 static int repair_wl(apc_seg *seg, uint64_t now)
 {
     apc_header *h = seg->hdr;
     now = apc_now(now);
     h->repairs++;
+    restore_geometry_wl(seg);
     uint64_t max = apc_walk_cap(seg);
     apc_off_t *live = malloc(max * sizeof *live);
     uint64_t *bad = NULL, nbad = 0;
@@ -1801,8 +1859,15 @@ static int repair_wl(apc_seg *seg, uint64_t now)
             apc_slot *s = (apc_slot *)APC_PTR(seg, off);
             uint64_t pw = s->pin;
             if ((pw & APC_PIN_TAGMASK) == APC_PIN_TAG && (pw & ~APC_PIN_REFS) != APC_PIN_DEAD &&
-                (pw & APC_PIN_REFS) && s->table < APC_NTABLES &&
-                apc_sma_block_for(apc_slot_need(s->key_len, s->val_len)) <= size) {
+                (pw & APC_PIN_REFS) && s->table < APC_NTABLES) {
+                /* Its reader took its lengths when it pinned it; if they no
+                 * longer fit the block, make them (the key no longer
+                 * matters), so that every walk of the GC list accepts it. */
+                if (s->val_len > size || s->key_len > size ||
+                    apc_sma_block_for(apc_slot_need(s->key_len, s->val_len)) > size) {
+                    s->key_len = 0;
+                    s->val_len = size - 16 - sizeof(apc_slot);
+                }
                 s->flags |= APC_SLOT_GC;
                 s->dtime = now;
                 s->next_off = h->gc_head;

@@ -13,7 +13,10 @@ One run, for one seed, in a child process of its own:
 3. use it: about forty operations of every kind (fetch, store, delete,
    inc, add, cas, entry, exists, the _many forms, info, sma_info, keys,
    key_info, len, check, clear), each result checked against what was
-   stored.
+   stored;
+4. set repair_due (as a reader that met a broken claim does), write once,
+   and record what check() still finds: the repair must leave a sound
+   segment whatever the damage.
 
 The parent runs the children a few at a time and classifies each run:
 
@@ -690,15 +693,30 @@ def child_run(name, seed, checksums, note=None):
         v.error("final info", e)
         if not _allowed("info", e):
             v.undocumented.append(f"final info: {type(e).__name__}: {e}")
+    problems = []
     try:
-        final = len(c.check())
+        problems = c.check()
+        final = len(problems)
     except Exception as e:  # noqa: BLE001
         v.error("final check", e)
         if not _allowed("check", e):
             v.undocumented.append(f"final check: {type(e).__name__}: {e}")
+    # Then have the next writer repair (as a reader that met a broken
+    # claim would): what does check() say after that?
+    after_repair = None
+    try:
+        _U64.pack_into(ctx.mv, off("hdr.repair_due"), 1)
+        c.store("after-repair", b"x")
+        after_repair = [p[:200] for p in c.check()[:3]]
+    except Exception as e:  # noqa: BLE001
+        v.error("repair", e)
+        if not _allowed("store", e):
+            v.undocumented.append(f"store after repair_due: {type(e).__name__}: {e}")
     return {
+        "after_repair": after_repair,
         "seed": seed, "checksums": checksums, "corruptions": done, "undocumented": v.undocumented,
         "wrong": v.wrong, "stale": v.stale, "detected": v.detected, "noticed": noticed, "errors": v.errors, "final_check": final,
+        "final_problems": [p[:200] for p in problems[:3]],
     }
 
 

@@ -181,3 +181,85 @@ def test_entry_over_an_entry_that_never_reads_generates(cache):
         assert cache.fetch("k") == b"made"
 
     assert in_child(damage_then_use) == ""
+
+
+def test_a_huge_ttl_claim_does_not_wrap_into_expiry(cache):
+    """ctime + ttl wrapped: an entry whose ttl word reads 2**64-1 expired at
+    once.  A ttl is a claim like any other; arithmetic on it must not wrap."""
+    cache.store("k", b"value", ttl=100)
+    slot = [r[9] for r, k in cache._snapshot(0, 1, 0) if k == b"k"][0]
+
+    def damage_then_use():
+        U64.pack_into(cache._mv, slot + off("slot.ttl"), (1 << 64) - 1)
+        assert cache.fetch("k") == b"value"
+        assert cache.exists("k")
+        assert len(cache) == 1
+
+    assert in_child(damage_then_use) == ""
+
+
+def test_a_deletion_time_in_the_future_does_not_free_a_pinned_entry(cache):
+    """dtime + gc_ttl wrapped: a GC-listed entry whose deletion time reads
+    2**64-1 was freed at once although a reader still held its pin, and its
+    memory reused under the reader."""
+    cache.store("k", b"x" * 30_000)
+
+    def damage_then_use():
+        ref = B.ffi.new("apc_ref *")
+        assert B.lib.apc_fetch_ref(cache._seg, 0, b"k", 1, 0, ref) >= 0  # a reader's pin
+        cache.delete("k")  # pinned: onto the GC list
+        (slot,) = [r[9] for r, _ in cache._snapshot(0, 2, 0)]
+        U64.pack_into(cache._mv, slot + off("slot.dtime"), (1 << 64) - 1)
+        for i in range(20):
+            cache.store(f"n{i}", b"n" * 20_000)  # sweeps the GC list, allocates
+        assert bytes(B.ffi.buffer(ref.ptr, ref.len)) == b"x" * 30_000
+        assert cache.info()["gc_entries"] == 1
+        B.lib.apc_ref_release(cache._seg, ref)
+
+    assert in_child(damage_then_use) == ""
+
+
+def test_a_scribbled_header_geometry_is_put_right_by_the_next_writer(cache):
+    """Zeroing the header's first bytes (magic, format, sizes, table
+    geometry) went unnoticed: the engine works from its own copy, but every
+    new attacher was refused and check() reported an arena of size 0.  The
+    next writer notices, restores them from its handle and repairs."""
+    cache.store("k", b"v")
+    name = cache.name
+
+    def damage_then_use():
+        cache._mv[: off("hdr.wlock")] = bytes(off("hdr.wlock"))
+        cache.store("k2", b"v2")
+        assert cache.check() == [], cache.check()
+        other = apccache.Cache.attach(name)
+        assert other.fetch("k") == b"v" and other.fetch("k2") == b"v2"
+        other.close()
+
+    assert in_child(damage_then_use) == ""
+
+
+def test_a_pinned_deleted_entry_with_a_damaged_length_stays_on_the_gc_list(cache):
+    """Seed 809: the repair put a pinned, deleted entry whose val_len read
+    2**64-8 back on the GC list (its size check wrapped), and the next sweep
+    cut the list there without a word: the header still counted it, and its
+    block leaked for good."""
+    cache.store("k", b"x" * 20_000)
+
+    def damage_then_use():
+        ref = B.ffi.new("apc_ref *")
+        assert B.lib.apc_fetch_ref(cache._seg, 0, b"k", 1, 0, ref) >= 0  # a reader's pin
+        cache.delete("k")
+        (slot,) = [r[9] for r, _ in cache._snapshot(0, 2, 0)]
+        U64.pack_into(cache._mv, slot + off("slot.val_len"), (1 << 64) - 8)
+        U64.pack_into(cache._mv, off("hdr.repair_due"), 1)
+        cache.store("a", b"a")  # repairs, then sweeps the GC list
+        cache.store("b", b"b")
+        assert cache.check() == [], cache.check()
+        assert cache.info()["gc_entries"] == 1
+        assert bytes(B.ffi.buffer(ref.ptr, ref.len)) == b"x" * 20_000
+        B.lib.apc_ref_release(cache._seg, ref)
+        cache.store("c", b"c")  # unpinned now: the sweep frees it
+        assert cache.info()["gc_entries"] == 0
+        assert cache.check() == [], cache.check()
+
+    assert in_child(damage_then_use) == ""

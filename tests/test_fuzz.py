@@ -68,6 +68,14 @@ def test_a_checksummed_segment_never_returns_a_wrong_value(results):
     assert not lied, _describe(lied, "wrong")
 
 
+def test_a_repair_leaves_every_damaged_segment_sound(results):
+    """After the run's operations, the next writer repairs (repair_due set,
+    as a reader that met a broken claim sets it): check() then finds
+    nothing wrong, whatever the damage was."""
+    unsound = [r for r in results if r.get("after_repair")]
+    assert not unsound, _describe(unsound, "after_repair")
+
+
 def test_the_damage_is_real(results):
     """The fuzzer bites: in many runs the engine noticed the damage (it
     repaired, counted a corrupt read or raised CorruptSegmentError)."""

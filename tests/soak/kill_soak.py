@@ -5,6 +5,7 @@ Not part of the pytest run (no test_ prefix); run it by hand:
 
     python tests/soak/kill_soak.py                   # 5,000 kills, writes bench/results/kill_soak.md
     python tests/soak/kill_soak.py --kills 500 --out -
+    python tests/soak/kill_soak.py --checksums       # both segments with checksums=True
 
 The parent forks worker processes (with the debug engine, so that fault
 points exist) on two segments:
@@ -167,8 +168,11 @@ class Soak:
         self.points = fault_points()
         tag = f"{os.getpid()}"
         self.names = [f"apcsoak-data-{tag}", f"apcsoak-ctr-{tag}"]
-        self.data = apccache.Cache.create(self.names[0], size=2 << 20, gc_ttl=GC_TTL)
-        self.ctr = apccache.Cache.create(self.names[1], size=1 << 20, gc_ttl=GC_TTL)
+        kw = {"gc_ttl": GC_TTL}
+        if args.checksums:
+            kw["checksums"] = True
+        self.data = apccache.Cache.create(self.names[0], size=2 << 20, **kw)
+        self.ctr = apccache.Cache.create(self.names[1], size=1 << 20, **kw)
         self.workers = {}  # pid -> dict
         self.kills = 0
         self.kills_by = {"fault point": 0, "parent, random time": 0}
@@ -342,7 +346,8 @@ def report(soak, res, args):
     lines.append(
         f"{args.workers} worker slots ({sum(1 for s in range(args.workers) if s % 3 == 2)} readers), "
         f"debug engine, seed {args.seed}; {soak.seconds:.0f} s. Segments: data 2 MiB (stores evict "
-        f"and compact), counters 1 MiB; gc_ttl {GC_TTL} s.")
+        f"and compact), counters 1 MiB; gc_ttl {GC_TTL} s; "
+        f"{'with' if args.checksums else 'without'} checksums.")
     lines.append("")
     lines.append("| check | result | measured |")
     lines.append("|---|---|---|")
@@ -373,6 +378,7 @@ def main():
     ap.add_argument("--kills", type=int, default=5000)
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--checksums", action="store_true", help="make both segments with checksums=True")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "kill_soak.md"))
     args = ap.parse_args()
     soak = Soak(args)
