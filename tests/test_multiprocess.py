@@ -188,13 +188,14 @@ def test_a_creator_process_exiting_does_not_unlink_either(tmp_path):
 
     name = segment_name("creator")
     code = f"import apccache; apccache.Cache.create({name!r}, size=1 << 20).store('k', 1)"
-    subprocess.run([sys.executable, "-c", code], check=True)
     try:
+        subprocess.run([sys.executable, "-c", code], check=True)
         c = apccache.Cache.attach(name)
         assert c.fetch("k") == 1
         c.close()
     finally:
-        os.unlink(f"/dev/shm/{name}")
+        if os.path.exists(f"/dev/shm/{name}"):
+            os.unlink(f"/dev/shm/{name}")
 
 
 def _pin_and_die(c, q):
