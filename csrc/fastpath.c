@@ -40,6 +40,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>
+#include <time.h>
 #include "apc.h"
 
 /* The binding's value tags (apccache/_bindings.py); test_fastpath checks
@@ -630,6 +631,159 @@ static PyTypeObject HandleType = {
     .tp_methods = h_methods,
 };
 
+/* ------------------------------------------------------------ Near */
+
+/*
+ * The near-cache hit of apccache.fleet.FleetCache.fetch: while the host's
+ * listener vouches for the near copies (now < trusted_until, both on
+ * CLOCK_MONOTONIC, as time.monotonic reads it), a key whose segment key this
+ * process has memoised is one dict lookup and one fetch from the segment.
+ * Everything else -- no trust, no memo entry, a near miss, keyword
+ * arguments -- is the Python method's.  FleetCache sets memo and
+ * trusted_until whenever it re-reads the heartbeat.
+ */
+static double coarse_res = 0.01; /* CLOCK_MONOTONIC_COARSE's resolution, set at import */
+
+typedef struct {
+    PyObject_HEAD
+    Handle *h;
+    PyObject *memo;
+    double trusted_until;
+    PyObject *slow;
+    PyObject *missing;
+} Near;
+
+static PyObject *near_fetch(Near *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (kwnames || nargs < 1 || nargs > 2 || !self->memo || !PyDict_Check(self->memo))
+        return PyObject_Vectorcall(self->slow, args, (size_t)nargs, kwnames);
+    /* The coarse clock costs a quarter of the precise one, and lags it by
+     * at most its resolution: adding that keeps the window's end exact or
+     * early, never late. */
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    double now = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 + coarse_res;
+    if (!(now < self->trusted_until))
+        return PyObject_Vectorcall(self->slow, args, (size_t)nargs, kwnames);
+    PyObject *nk = PyDict_GetItemWithError(self->memo, args[0]);
+    if (!nk) {
+        if (PyErr_Occurred())
+            return NULL;
+        return PyObject_Vectorcall(self->slow, args, (size_t)nargs, kwnames);
+    }
+    Py_INCREF(nk); /* the memo may be cleared while the fetch runs */
+    PyObject *fargs[2] = {nk, self->missing};
+    PyObject *v = h_fetch(self->h, fargs, 2, NULL);
+    Py_DECREF(nk);
+    if (v != self->missing)
+        return v; /* the value, or NULL with an exception */
+    Py_DECREF(v);
+    return PyObject_Vectorcall(self->slow, args, (size_t)nargs, kwnames);
+}
+
+static int near_init(Near *self, PyObject *args, PyObject *kw)
+{
+    PyObject *h, *slow, *missing;
+    static char *names[] = {"handle", "slow", "missing", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OO", names, &HandleType, &h, &slow, &missing))
+        return -1;
+    Py_XSETREF(self->h, (Handle *)Py_NewRef(h));
+    Py_XSETREF(self->slow, Py_NewRef(slow));
+    Py_XSETREF(self->missing, Py_NewRef(missing));
+    Py_XSETREF(self->memo, PyDict_New());
+    self->trusted_until = 0.0;
+    return self->memo ? 0 : -1;
+}
+
+static int near_traverse(Near *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->h);
+    Py_VISIT(self->memo);
+    Py_VISIT(self->slow);
+    Py_VISIT(self->missing);
+    return 0;
+}
+
+static int near_clear(Near *self)
+{
+    Py_CLEAR(self->h);
+    Py_CLEAR(self->memo);
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->missing);
+    return 0;
+}
+
+static void near_dealloc(Near *self)
+{
+    PyObject_GC_UnTrack(self);
+    near_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef near_methods[] = {
+    FAST("fetch", near_fetch, "fetch(key, default=None): FleetCache.fetch's near hit."),
+    {NULL, NULL, 0, NULL},
+};
+
+static PyObject *near_get_memo(Near *self, void *c)
+{
+    (void)c;
+    return Py_NewRef(self->memo ? self->memo : Py_None);
+}
+
+static int near_set_memo(Near *self, PyObject *v, void *c)
+{
+    (void)c;
+    if (!v || !PyDict_Check(v)) {
+        PyErr_SetString(PyExc_TypeError, "memo must be a dict");
+        return -1;
+    }
+    Py_XSETREF(self->memo, Py_NewRef(v));
+    return 0;
+}
+
+static PyObject *near_get_until(Near *self, void *c)
+{
+    (void)c;
+    return PyFloat_FromDouble(self->trusted_until);
+}
+
+static int near_set_until(Near *self, PyObject *v, void *c)
+{
+    (void)c;
+    double d = v ? PyFloat_AsDouble(v) : -1.0;
+    if (!v || (d == -1.0 && PyErr_Occurred())) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "trusted_until cannot be deleted");
+        return -1;
+    }
+    self->trusted_until = d;
+    return 0;
+}
+
+static PyGetSetDef near_getset[] = {
+    {"memo", (getter)near_get_memo, (setter)near_set_memo,
+     "key -> the segment key of its near copy", NULL},
+    {"trusted_until", (getter)near_get_until, (setter)near_set_until,
+     "near copies are trusted while time.monotonic() is below this", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject NearType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "apccache._fastpath.Near",
+    .tp_basicsize = sizeof(Near),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The near-cache hit of a FleetCache, without a Python frame.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)near_init,
+    .tp_traverse = (traverseproc)near_traverse,
+    .tp_clear = (inquiry)near_clear,
+    .tp_dealloc = (destructor)near_dealloc,
+    .tp_methods = near_methods,
+    .tp_getset = near_getset,
+};
+
 static struct PyModuleDef fastpath_module = {
     PyModuleDef_HEAD_INIT, "apccache._fastpath",
     "The cache's single-key operations as CPython methods over the cffi-bound engine.", -1, NULL,
@@ -638,8 +792,11 @@ static struct PyModuleDef fastpath_module = {
 
 PyMODINIT_FUNC PyInit__fastpath(void)
 {
-    if (PyType_Ready(&HandleType) < 0)
+    if (PyType_Ready(&HandleType) < 0 || PyType_Ready(&NearType) < 0)
         return NULL;
+    struct timespec res;
+    if (clock_getres(CLOCK_MONOTONIC_COARSE, &res) == 0)
+        coarse_res = (double)res.tv_sec + (double)res.tv_nsec * 1e-9;
     str_dumps = PyUnicode_InternFromString("dumps");
     str_loads = PyUnicode_InternFromString("loads");
     if (!str_dumps || !str_loads)
@@ -648,6 +805,7 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     if (!m)
         return NULL;
     if (PyModule_AddObjectRef(m, "Handle", (PyObject *)&HandleType) < 0 ||
+        PyModule_AddObjectRef(m, "Near", (PyObject *)&NearType) < 0 ||
         PyModule_AddIntConstant(m, "T_BYTES", T_BYTES) < 0 ||
         PyModule_AddIntConstant(m, "T_STR", T_STR) < 0 ||
         PyModule_AddIntConstant(m, "T_INT", T_INT) < 0 ||

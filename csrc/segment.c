@@ -437,8 +437,20 @@ void apc_header_map_get(apc_header_map *out)
     out->elock_start_off = offsetof(apc_elock, start);
 }
 
-uint64_t apc_aux_offset(apc_seg *seg) { return seg && seg->hdr ? seg->hdr->aux_off : 0; }
-uint64_t apc_aux_size(apc_seg *seg) { return seg && seg->hdr ? seg->hdr->aux_size : 0; }
+/* Validated at attach and never changed: read once, from a live handle. */
+uint64_t apc_aux_offset(apc_seg *seg)
+{
+    if (apc_seg_enter(seg) != APC_OK)
+        return 0;
+    return (uint64_t)apc_seg_leave(seg, (int64_t)seg->hdr->aux_off);
+}
+
+uint64_t apc_aux_size(apc_seg *seg)
+{
+    if (apc_seg_enter(seg) != APC_OK)
+        return 0;
+    return (uint64_t)apc_seg_leave(seg, (int64_t)seg->hdr->aux_size);
+}
 
 /* The longest chain (or list) any walk will follow: more links than blocks
  * can exist means a cycle. */

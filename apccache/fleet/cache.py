@@ -10,6 +10,7 @@ import zlib
 import redis
 from redis.exceptions import RedisError, ResponseError
 
+from ..cache import _fastpath
 from ..errors import CacheFullError
 from ..serializers import PickleSerializer
 from . import _near
@@ -135,6 +136,14 @@ class FleetCache:
         self._epfx = None
         self._memo = {}  # key -> the segment key of its copy, for the current trust window
         self._fetch = cache.fetch
+        # The near hit without a Python frame (csrc/fastpath.c): it reads
+        # the memo and the trust window that _refresh hands it, and leaves
+        # everything else to the methods below.
+        self._near = None
+        fast = getattr(cache, "_fast", None)
+        if fast is not None and _fastpath is not None:
+            self._near = _fastpath.Near(fast, FleetCache.fetch.__get__(self), _MISSING)
+            self.fetch = self.get = self._near.fetch
 
     def __repr__(self):
         return f"<FleetCache {self.namespace!r} on {self.cache.name!r}>"
@@ -150,6 +159,8 @@ class FleetCache:
         rec = _near.unpack_hb(self._fetch(self._layout.hb_key))
         if rec is None:
             self._trusted_until = 0.0
+            if self._near is not None:
+                self._near.trusted_until = 0.0
             return False
         epoch, synced, bound = rec[0], rec[1], rec[2]
         if epoch != self._epoch:
@@ -159,6 +170,10 @@ class FleetCache:
         # window is published (see fetch).
         self._memo = {}
         self._trusted_until = synced + bound if synced > 0 else 0.0
+        if self._near is not None:
+            # The memo first: the window it belongs to opens after it.
+            self._near.memo = self._memo
+            self._near.trusted_until = self._trusted_until
         return now < self._trusted_until
 
     def status(self):

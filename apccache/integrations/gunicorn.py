@@ -78,15 +78,26 @@ def install(config: dict, name: str, size: Union[int, str] = 64 << 20, *, keep: 
 
 
 def _chain(theirs, ours, first):
+    """ours and theirs as one hook.  gunicorn checks a hook's arity (the
+    number of its positional parameters), so the chain has exactly ours:
+    on_starting(server) and on_exit(server) take one, child_exit(server,
+    worker) two."""
     if theirs is None or getattr(theirs, "_apccache", False):
         return ours
 
-    def hook(*args):
+    def run(args):
         if first:
             ours(*args)
             return theirs(*args)
         theirs(*args)
         return ours(*args)
+
+    if ours.__code__.co_argcount == 1:
+        def hook(server):
+            return run((server,))
+    else:
+        def hook(server, worker):
+            return run((server, worker))
 
     hook._apccache = True
     return hook

@@ -219,11 +219,19 @@ def read(cache):
     consistently, records relative to each other may be a few ms apart.
     """
     buf = _buffer(cache)
-    raw = bytes(buf[:HEADER_SIZE])
-    if raw[:8] == b"\0" * 8:
-        return None
-    (magic, version, hsize, psize, pcount, wsize, wcount, master_pid, started, updated, seq,
-     generation, state, last_reload, reload_gen) = _HEADER.unpack(raw)
+    # The header is read without a lock: a copy taken while the master
+    # rewrites it (at start-up) may be torn, so one that does not add up is
+    # read again a few times before it is believed.
+    for _ in range(20):
+        raw = bytes(buf[:HEADER_SIZE])
+        if raw[:8] == b"\0" * 8:
+            return None
+        (magic, version, hsize, psize, pcount, wsize, wcount, master_pid, started, updated, seq,
+         generation, state, last_reload, reload_gen) = _HEADER.unpack(raw)
+        if magic == MAGIC and version == FORMAT and (hsize, psize, pcount, wsize, wcount) == (
+                HEADER_SIZE, POOL_SIZE, POOL_COUNT, WORKER_SIZE, WORKER_COUNT):
+            break
+        time.sleep(0.005)
     if magic != MAGIC:
         raise ScoreboardError(
             f"the segment's aux area does not hold a supervisor scoreboard (magic {magic!r}); "

@@ -235,3 +235,22 @@ def test_a_password_protected_redis(hosts, tmp_path):
         wait_for(lambda: b.fc.fetch("k") == "v2", timeout=0.5, what="b to see the write")
     finally:
         srv.stop()
+
+
+def test_the_near_hit_takes_the_fast_path_and_its_misses_the_method(hosts, rclient):
+    from apccache import cache as cache_module
+
+    if cache_module._fastpath is None:
+        pytest.skip("built without the fast path")
+    (h,) = hosts(1)
+    assert type(h.fc.fetch).__name__ == "builtin_function_or_method"
+    h.fc.store("k", b"v")
+    wait_synced(h.fc)
+    assert h.fc.fetch("k") == b"v"  # filled from Redis: the memo now names the copy
+    before = redis_commands(rclient, "evalsha")
+    assert [h.fc.fetch("k") for _ in range(20)] == [b"v"] * 20
+    assert redis_commands(rclient, "evalsha") == before
+    assert h.fc.fetch("missing", 7) == 7  # not memoised: the method, and Redis
+    assert h.fc.fetch("k", stale_if_error=1) == b"v"  # a keyword: the method
+    h.fc._near.trusted_until = 0.0  # the window closed: the method re-reads the heartbeat
+    assert h.fc.fetch("k") == b"v"
