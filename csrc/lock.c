@@ -238,7 +238,9 @@ static int holder_alive(apc_lock *l, uint32_t w)
 }
 
 /* Does process pid map the segment (by device and inode)?  1 yes, 0 no, and
- * 1 when we cannot tell (no fd, or its maps are not readable to us). */
+ * 1 when we cannot tell (no fd, or its maps are not readable to us).  An
+ * empty maps file that we could read is a thread with no memory of its own
+ * (a kernel thread): it maps nothing, so it holds nothing. */
 static int holder_maps_segment(apc_seg *seg, int64_t pid)
 {
     if (seg->ino == 0 || pid <= 0 || pid > APC_TID_MAX)
@@ -249,12 +251,11 @@ static int holder_maps_segment(apc_seg *seg, int64_t pid)
     if (!f)
         return errno == ENOENT ? 0 : 1;
     char line[512];
-    int found = 0, any = 0;
+    int found = 0;
     while (fgets(line, sizeof line, f)) {
         unsigned long long lo, hi, off, ino;
         unsigned maj, mnr;
         char perms[8];
-        any = 1;
         if (sscanf(line, "%llx-%llx %7s %llx %x:%x %llu", &lo, &hi, perms, &off, &maj, &mnr, &ino) ==
                 7 &&
             ino == seg->ino && maj == seg->dev_major && mnr == seg->dev_minor) {
@@ -263,7 +264,7 @@ static int holder_maps_segment(apc_seg *seg, int64_t pid)
         }
     }
     fclose(f);
-    return found || !any;
+    return found;
 }
 
 static void record_owner(apc_lock *l)

@@ -710,6 +710,9 @@ def child_run(name, seed, checksums, note=None):
         after_repair = [p[:200] for p in c.check()[:3]]
     except Exception as e:  # noqa: BLE001
         v.error("repair", e)
+        # With one process, nobody holds the lock: a writer refused now is
+        # refused for good.
+        after_repair = [f"the next writer failed: {type(e).__name__}: {e}"]
         if not _allowed("store", e):
             v.undocumented.append(f"store after repair_due: {type(e).__name__}: {e}")
     return {

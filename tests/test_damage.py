@@ -263,3 +263,36 @@ def test_a_pinned_deleted_entry_with_a_damaged_length_stays_on_the_gc_list(cache
         assert cache.check() == [], cache.check()
 
     assert in_child(damage_then_use) == ""
+
+
+def _kernel_thread():
+    """A pid that exists but maps no memory (a kernel thread), or None."""
+    for pid in range(2, 200):
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                if f.read() == "" and os.path.exists(f"/proc/{pid}/comm"):
+                    os.kill(pid, 0)
+                    return pid
+        except OSError:
+            continue
+    return None
+
+
+def test_a_lock_word_naming_a_kernel_thread_is_taken_over(cache):
+    """Seed 5728: one flipped bit made the write lock's word read 8, the tid
+    of a kernel thread: alive, and its /proc/PID/maps empty, which the
+    holder check took for "cannot tell".  Every writer got CacheBusyError,
+    for ever.  A thread that maps nothing cannot hold the lock."""
+    kt = _kernel_thread()
+    if kt is None:
+        pytest.skip("no kernel thread visible in this pid namespace")
+    name = cache.name
+
+    def damage_then_use():
+        c = apccache.Cache.attach(name, lock_timeout=0.2)
+        struct.pack_into("<I", c._mv, off("hdr.wlock") + off("lock.word"), kt)
+        c.store("k", b"v")
+        assert c.fetch("k") == b"v"
+        assert c.check() == []
+
+    assert in_child(damage_then_use) == ""
