@@ -96,10 +96,14 @@ uint64_t apc_mono_ns(void)
 static int64_t cached_pid;
 static uint64_t fork_gen = 1;
 static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
-static __thread uint64_t tls_gen;
-static __thread uint32_t tls_tid;
-static __thread uint64_t tls_start;
-static __thread int64_t tls_busy_pid;
+/* initial-exec: a few bytes of static TLS, read without a call to
+ * __tls_get_addr (which a shared object's thread-locals cost otherwise, on
+ * every lock taken). */
+#define APC_TLS __thread __attribute__((tls_model("initial-exec")))
+static APC_TLS uint64_t tls_gen;
+static APC_TLS uint32_t tls_tid;
+static APC_TLS uint64_t tls_start;
+static APC_TLS int64_t tls_busy_pid;
 static uint64_t proc_start, proc_start_gen;
 
 void apc_after_fork_child(void); /* segment.c */
@@ -271,7 +275,6 @@ static void record_owner(apc_lock *l)
 {
     STORER(&l->pid, apc_pid());
     STORER(&l->start, tls_start);
-    STORER(&l->since_ns, apc_mono_ns());
     STORE(&l->tid, tls_tid);
 }
 
@@ -410,7 +413,6 @@ void apc_lock_release(apc_lock *l)
         STORER(&l->tid, 0);
         STORER(&l->pid, 0);
         STORER(&l->start, 0);
-        STORER(&l->since_ns, 0);
     }
     for (;;) {
         if ((w & APC_LOCK_TIDMASK) != me)

@@ -853,12 +853,15 @@ static int write_value(apc_seg *seg, char *dst, const char *src, uint64_t len)
  * held and seq odd.  *replaced says whether a live entry was replaced. */
 static int insert_wl(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash,
                      int type, const char *val, uint64_t vlen, int64_t ival, uint64_t ttl,
-                     uint64_t now)
+                     uint64_t now, const keyed *k)
 {
     apc_header *h = seg->hdr;
     uint64_t need = apc_slot_need(klen, vlen);
+    uint64_t repairs = h->repairs;
+    int moved = 0; /* did entries move or go since k's lookup? */
     apc_off_t off = apc_sma_alloc_wl(seg, need);
     if (!off) {
+        moved = 1;
         apc_seq_begin_wl(seg, APC_SEQ_ALL); /* making room frees and moves entries */
         int rc = make_room_wl(seg, need, now, table);
         apc_seq_end_wl(seg, APC_SEQ_ALL);
@@ -896,10 +899,18 @@ static int insert_wl(apc_seg *seg, int table, const char *key, uint32_t klen, ui
     }
     s->sum = seg->checksums ? apc_entry_sum(s, val) : 0;
 
-    /* Look up the old entry only now: making room may have removed it. */
+    /* The old entry: as the caller found it, unless making room or a
+     * repair may have moved or removed it since; then looked up again. */
     apc_off_t *link;
     apc_slot *old;
-    int rc = find_wl(seg, table, key, klen, hash, &link, &old);
+    int rc;
+    if (k && !moved && h->repairs == repairs && k->found != APC_E_CORRUPT) {
+        link = k->link;
+        old = k->found == APC_OK ? k->s : NULL;
+        rc = k->found;
+    } else {
+        rc = find_wl(seg, table, key, klen, hash, &link, &old);
+    }
     if (rc == APC_E_CORRUPT) {
         apc_sma_free_wl(seg, off); /* never reachable: no reader can see it */
         return rc;
@@ -949,11 +960,11 @@ static int do_store(apc_seg *seg, int table, const char *key, uint32_t klen, int
     } else if (k.found == APC_E_CORRUPT) {
         rc = APC_E_CORRUPT; /* still broken after a repair */
     } else {
-        rc = insert_wl(seg, table, key, klen, k.hash, type, val, vlen, ival, ttl, k.now);
+        rc = insert_wl(seg, table, key, klen, k.hash, type, val, vlen, ival, ttl, k.now, &k);
         if (rc == APC_E_CORRUPT) {
             /* Making room met a broken chain: repair, then once more. */
             apc_repair_wl(seg, k.now);
-            rc = insert_wl(seg, table, key, klen, k.hash, type, val, vlen, ival, ttl, k.now);
+            rc = insert_wl(seg, table, key, klen, k.hash, type, val, vlen, ival, ttl, k.now, NULL);
         }
     }
     wl_leave(seg, NO_SEQ);
@@ -1029,7 +1040,7 @@ static int do_inc(apc_seg *seg, int table, const char *key, uint32_t klen, int64
         }
     } else if (rc != APC_E_CORRUPT) {
         /* Missing or expired: created as 0, then updated. */
-        rc = insert_wl(seg, table, key, klen, k.hash, APC_T_INT, NULL, 0, step, ttl, k.now);
+        rc = insert_wl(seg, table, key, klen, k.hash, APC_T_INT, NULL, 0, step, ttl, k.now, &k);
         if (rc == APC_OK)
             *out = step;
     }
