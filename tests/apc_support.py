@@ -56,3 +56,42 @@ def clock():
 def ccache(segments, clock):
     """A cache on a fake clock."""
     return segments(size=4 << 20, clock=clock)
+
+
+# ------------------------------------------------------ another user
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a segment as another user")
+
+
+class Marker:
+    """Unpickling this creates the file at path: proof that code ran."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "x"))
+
+
+def as_nobody(fn, gid=NOBODY):
+    """Run fn() in a forked child that has dropped to uid 65534 (and gid,
+    65534 unless given); its exit status is 0 if fn returned, 1 if it
+    raised."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(NOBODY)
+            fn()
+            code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)

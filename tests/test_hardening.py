@@ -14,11 +14,8 @@ import time
 import pytest
 
 import apccache
-from apccache import CacheBusyError, CacheClosedError, CorruptSegmentError
-from apccache import _bindings as B
+from apccache import CacheBusyError, CacheClosedError
 from apccache._bindings import LAYOUT
-
-from apc_support import segment_name
 
 WORD = LAYOUT["wlock_off"]  # the write lock's futex word, then its owner record
 

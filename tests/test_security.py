@@ -7,7 +7,6 @@ regular file owned by this user and writable by nobody else; otherwise it
 raises UntrustedSegmentError and reads nothing from it.  A segment shared
 by a group is an explicit opt-in that also needs an explicit serializer.
 """
-import builtins
 import os
 import pickle
 import stat
@@ -15,43 +14,7 @@ import stat
 import pytest
 
 import apccache
-from apc_support import segment_name
-
-NOBODY = 65534
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a segment as another user")
-
-
-class _Marker:
-    """Unpickling this creates the file at path: proof that code ran."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (builtins.open, (self.path, "x"))
-
-
-def _as_nobody(fn, gid=NOBODY):
-    """Run fn() in a forked child that has dropped to uid 65534 (and gid,
-    65534 unless given); its exit status is 0 if fn returned, 1 if it
-    raised."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 1
-        try:
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(NOBODY)
-            fn()
-            code = 0
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+from apc_support import NOBODY, Marker as _Marker, as_nobody as _as_nobody, needs_root, segment_name
 
 
 @pytest.fixture

@@ -13,31 +13,7 @@ import pytest
 
 import apccache
 from stat_support import run_main, stat_name
-
-NOBODY = 65534
-
-
-class _Marker:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "x"))
-
-
-def _as_nobody(fn):
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 1
-        try:
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            fn()
-            code = 0
-        finally:
-            os._exit(code)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+from apc_support import NOBODY, Marker as _Marker, as_nobody as _as_nobody
 
 
 @pytest.fixture

@@ -15,32 +15,9 @@ import pytest
 import apccache
 from apccache.supervisor import ExitCode
 from sup_harness import config
+from apc_support import NOBODY, Marker as _Marker, as_nobody as _as_nobody
 
 STEADY = {"web": 'target = "sup_workers:steady"\nworkers = 1'}
-NOBODY = 65534
-
-
-class _Marker:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "x"))
-
-
-def _as_nobody(fn):
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 1
-        try:
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            fn()
-            code = 0
-        finally:
-            os._exit(code)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a segment as another user")
