@@ -164,3 +164,38 @@ def test_the_api_suite_passes_without_the_fast_path():
                         os.path.join(here, "test_api.py"), os.path.join(here, "test_stateful.py")],
                        env=env, capture_output=True, text=True, timeout=600, cwd=here)
     assert p.returncode == 0, p.stdout[-3000:]
+
+
+def test_the_near_window_opens_and_closes_on_the_monotonic_clock(cache):
+    """apccache._fastpath.Near (FleetCache's near hit): a memoised key is
+    served from the segment while time.monotonic() is below trusted_until,
+    and goes to the slow method once it is not -- never late."""
+    import time
+
+    fp = cache_module._fastpath
+    missing = object()
+    slow_calls = []
+
+    def slow(key, default=None):
+        slow_calls.append(key)
+        return "slow"
+
+    near = fp.Near(cache._fast, slow, missing)
+    cache.store(b"seg:k", b"near")
+    near.memo = {"k": b"seg:k"}
+    assert near.fetch("k") == "slow"  # no window yet
+    near.trusted_until = time.monotonic() + 0.2
+    assert near.fetch("k") == b"near" and near.fetch("k", 0) == b"near"
+    assert near.fetch("other") == "slow"  # not memoised
+    deadline = near.trusted_until
+    while time.monotonic() < deadline + 0.01:
+        if near.fetch("k") == "slow":  # closed: it must not be before 98% of the window
+            break
+    closed_at = time.monotonic()
+    assert near.fetch("k") == "slow"
+    assert closed_at <= deadline + 0.01  # and never late
+    near.trusted_until = time.monotonic() - 1.0
+    assert near.fetch("k") == "slow"
+    cache.delete(b"seg:k")
+    near.trusted_until = time.monotonic() + 10
+    assert near.fetch("k") == "slow"  # a near miss: the method
