@@ -67,8 +67,6 @@ _REC = struct.Struct("<10Q4I")  # apc_entry_rec
 
 _fetch = lib.apc_fetch
 _store = lib.apc_store
-_get = lib.apc_get
-_put = lib.apc_put
 _ident = threading.get_ident
 
 if os.environ.get("APCCACHE_NO_FASTPATH", "") in ("", "0"):
@@ -166,13 +164,12 @@ def _key_out(k):
 
 
 class _IO:
-    """A thread's call block and the views on it."""
+    """A thread's copy-out buffer and the views on it."""
 
     __slots__ = ("io", "buf", "view", "i64", "u64")
 
-    def __init__(self, seg):
+    def __init__(self):
         self.io = io = ffi.new("apc_io *")
-        io.seg = seg
         self.buf = io.buf
         self.view = ffi.buffer(io, _BUF)
         self.i64 = ffi.cast("int64_t *", io)
@@ -202,11 +199,6 @@ class Cache:
         self._untrusted = None  # why not, for a handle opened for inspection only
         self.name = shm.name.lstrip("/")
         self._fast = None
-        if clock is not None:
-            # The io hot paths read the time from the call block; with a
-            # clock, set it before each call.
-            for meth in ("fetch", "get", "store"):
-                setattr(self, meth, self._clocked(getattr(self, meth)))
         if _fastpath is not None:
             # The single-key operations as CPython methods (csrc/fastpath.c);
             # what they do not take as it is comes back to the methods below.
@@ -217,15 +209,6 @@ class Cache:
             for op in _FAST_OPS:
                 setattr(self, op, getattr(h, op))
             self.get = h.fetch
-
-    def _clocked(self, method):
-        def call(*args, **kwargs):
-            io = self._io().io
-            io.now = int(self._clock())
-            return method(*args, **kwargs)
-
-        call.__doc__ = method.__doc__
-        return call
 
     # ------------------------------------------------------------ life cycle
 
@@ -483,14 +466,14 @@ class Cache:
     # ------------------------------------------------------------- helpers
 
     def _io(self):
-        """This thread's call block (the GIL is released during C calls, so
+        """This thread's copy-out buffer (the GIL is released during C calls, so
         threads must not share one)."""
         ios = self._ios
         t = ios.get(_ident())
         if t is None:
             if len(ios) > 256:  # threads come and go: forget the old ones
                 ios.clear()
-            t = ios[_ident()] = _IO(self._seg)
+            t = ios[_ident()] = _IO()
         return t
 
     def _now(self):
@@ -673,23 +656,9 @@ class Cache:
 
     def fetch(self, key: Key, default: Any = None) -> Any:
         """The value stored under key, or default.  Expired entries are
-        misses.  Counts a hit or a miss.  Never blocks on writers."""
-        if type(key) is str:
-            k = key.encode()
-        elif type(key) is bytes:
-            k = key
-        else:
-            k = _key_bytes(key)
-        try:
-            loc = self._ios[_ident()]
-        except KeyError:
-            loc = self._io()
-        r = _get(loc.io, k, len(k))
-        if not r & 0xFF:  # a bytes value, copied into the buffer (errors have low bits set)
-            return loc.view[0 : r >> 8]
-        if r == -1:
-            return default
-        return self._result(loc, r, k, default, 0)
+        misses.  Counts a hit or a miss.  Never blocks on writers.  (The
+        fast path's fallback: see csrc/fastpath.c.)"""
+        return self._fetch_key(_key_bytes(key), default)
 
     def store(self, key: Key, value: Any, ttl: int = 0) -> bool:
         """Store value under key, replacing any entry.  Returns True.
@@ -698,29 +667,7 @@ class Cache:
         it was stored.  Raises CacheFullError if no room can be made, and
         the serializer's error if the value cannot be serialised; either way
         the previous value stays."""
-        if type(key) is str:
-            k = key.encode()
-        elif type(key) is bytes:
-            k = key
-        else:
-            k = _key_bytes(key)
-        t = type(value)
-        if t is bytes:
-            tag, data = 0, value  # T_BYTES
-        elif t is str:
-            tag, data = 2, value.encode("utf-8", "surrogatepass")
-        else:
-            return self._store_key(k, value, _check_ttl(ttl), 0)
-        if type(ttl) is not int or not 0 <= ttl <= MAX_TTL:
-            ttl = _check_ttl(ttl)  # raises for a bool, a non-int, or out of range
-        try:
-            io = self._ios[_ident()].io
-        except KeyError:
-            io = self._io().io
-        rc = _put(io, k, len(k), tag, data, len(data), ttl)
-        if rc == 0:
-            return True
-        raise self._store_error(k, len(data), rc)
+        return self._store_key(_key_bytes(key), value, _check_ttl(ttl), 0)
 
     def add(self, key: Key, value: Any, ttl: int = 0) -> bool:
         """Store only if no live entry exists; True if stored.  Exactly one

@@ -150,19 +150,12 @@ typedef struct apc_entry_rec {
 #define APC_REC_DELETED 1
 #define APC_REC_EXPIRED 2
 
-/* A per-thread call block for the hot path: fewer arguments cross the
- * boundary per call.  buf is first, so the value copied out starts at
- * offset 0 of the struct.  Values up to APC_IO_BUF are copied into it (two
- * copies in all, buffer then bytes object); larger ones are pinned and
- * copied once, straight from the segment, which costs two more calls: the
- * two ways cost the same at about 16 KiB on the machines measured. */
+/* The binding's per-thread copy-out buffer for apc_fetch (the Python path;
+ * the fast path copies straight from the entry).  A value larger than
+ * APC_IO_BUF is fetched again into a buffer of its size. */
 #define APC_IO_BUF 16384
 typedef struct apc_io {
     char buf[APC_IO_BUF];
-    apc_seg *seg;
-    uint64_t now; /* 0: the real clock */
-    int32_t table;
-    int32_t pad_;
 } apc_io;
 
 /* A value held in place: what apc_fetch_ref hands back.  ptr stays valid
@@ -180,9 +173,6 @@ typedef struct apc_ref {
 int64_t apc_fetch_ref(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now,
                       apc_ref *ref);
 void apc_ref_release(apc_seg *seg, apc_ref *ref);
-int64_t apc_get(apc_io *io, const char *key, uint32_t klen);
-int apc_put(apc_io *io, const char *key, uint32_t klen, int type,
-            const char *val, uint64_t vlen, uint64_t ttl);
 
 /* Where the header keeps what a listing reads from the file without
  * attaching (apcstat --list): byte offsets into apc_header. */

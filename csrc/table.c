@@ -1335,19 +1335,6 @@ int apc_recover(apc_seg *seg, int64_t pid, uint64_t now)
     return rc ? rc : apc_seg_leave(seg, do_recover(seg, pid, now));
 }
 
-/* ------------------------------------------------------- the io hot path */
-
-int64_t apc_get(apc_io *io, const char *key, uint32_t klen)
-{
-    return apc_fetch(io->seg, io->table, key, klen, io->now, io->buf, APC_IO_BUF);
-}
-
-int apc_put(apc_io *io, const char *key, uint32_t klen, int type,
-            const char *val, uint64_t vlen, uint64_t ttl)
-{
-    return apc_store(io->seg, io->table, key, klen, type, val, vlen, 0, ttl, io->now, 0);
-}
-
 /* ------------------------------------------------------------ reporting */
 
 static void rec_of(apc_seg *seg, apc_slot *s, uint64_t now, apc_entry_rec *r)
