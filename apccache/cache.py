@@ -176,7 +176,27 @@ class _IO:
         self.u64 = ffi.cast("uint64_t *", io)
 
 
-class Cache:
+class ItemMethods:
+    """c[key], c[key] = value and del c[key] over fetch, store and delete
+    (KeyError for a missing key), for Cache and FleetCache alike."""
+
+    __slots__ = ()
+
+    def __getitem__(self, key):
+        v = self.fetch(key, _MISSING)
+        if v is _MISSING:
+            raise KeyError(key)
+        return v
+
+    def __setitem__(self, key, value):
+        self.store(key, value)
+
+    def __delitem__(self, key):
+        if not self.delete(key):
+            raise KeyError(key)
+
+
+class Cache(ItemMethods):
     """A handle on a shared-memory cache segment.  See the module docstring."""
 
     def __init__(self, shm, seg, serializer=None, clock=None, owner=False,
@@ -1085,19 +1105,6 @@ class Cache:
 
     def __contains__(self, key):
         return self.exists(key)
-
-    def __getitem__(self, key):
-        v = self.fetch(key, _MISSING)
-        if v is _MISSING:
-            raise KeyError(key)
-        return v
-
-    def __setitem__(self, key, value):
-        self.store(key, value)
-
-    def __delitem__(self, key):
-        if not self.delete(key):
-            raise KeyError(key)
 
     def __iter__(self):
         return self.keys()

@@ -10,7 +10,7 @@ import zlib
 import redis
 from redis.exceptions import RedisError, ResponseError
 
-from ..cache import _fastpath
+from ..cache import ItemMethods, _fastpath
 from ..errors import CacheFullError
 from ..serializers import PickleSerializer
 from . import _near
@@ -77,7 +77,7 @@ def _near_ttl(pttl):
     return s if s >= 1 else None
 
 
-class FleetCache:
+class FleetCache(ItemMethods):
     """A namespace of Redis keys, read through this host's segment.
 
     ``cache``: an ``apccache.Cache`` (the host's segment, which a listener
@@ -572,19 +572,6 @@ class FleetCache:
         return n
 
     # ------------------------------------------------------- mapping protocol
-
-    def __getitem__(self, key):
-        v = self.fetch(key, _MISSING)
-        if v is _MISSING:
-            raise KeyError(key)
-        return v
-
-    def __setitem__(self, key, value):
-        self.store(key, value)
-
-    def __delitem__(self, key):
-        if not self.delete(key):
-            raise KeyError(key)
 
     def __contains__(self, key):
         return self.fetch(key, _MISSING) is not _MISSING
