@@ -95,3 +95,22 @@ def as_nobody(fn, gid=NOBODY):
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
+
+
+# ------------------------------------------------ segments nearly full
+
+# Setups run (with c, a Cache) before a fault point is armed: a cache
+# nearly full (stores then evict), and one whose free space is split up
+# (stores then compact).
+SETUP_FILL = """
+i = 0
+while c.sma_info(limited=True)["avail_mem"] > 30_000:
+    c.store(f"fill{i}", b"f" * 3000); i += 1
+"""
+SETUP_FRAGMENT = """
+i = 0
+while c.sma_info(limited=True)["avail_mem"] > 10_000:
+    c.store(f"frag{i}", b"f" * 3000); i += 1
+for j in range(0, i, 2):
+    c.delete(f"frag{j}")
+"""

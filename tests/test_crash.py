@@ -18,19 +18,8 @@ import time
 import pytest
 
 import apccache
+from apc_support import SETUP_FILL, SETUP_FRAGMENT
 
-SETUP_FILL = """
-i = 0
-while c.sma_info(limited=True)["avail_mem"] > 30_000:
-    c.store(f"fill{i}", b"f" * 3000); i += 1
-"""
-SETUP_FRAGMENT = """
-i = 0
-while c.sma_info(limited=True)["avail_mem"] > 10_000:
-    c.store(f"frag{i}", b"f" * 3000); i += 1
-for j in range(0, i, 2):
-    c.delete(f"frag{j}")
-"""
 
 # point -> (setup run in the parent, operation run in the dying child)
 SCENARIOS = {

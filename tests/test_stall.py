@@ -13,7 +13,6 @@ stopped:
 and after SIGCONT the stopped writer finishes, and the segment is sound.
 """
 import gc
-import inspect
 import os
 import signal
 import subprocess
@@ -24,27 +23,12 @@ import time
 import pytest
 
 import apccache
+from apc_support import SETUP_FILL, SETUP_FRAGMENT
 
-pytestmark = pytest.mark.skipif(
-    "lock_timeout" not in inspect.signature(apccache.Cache.create).parameters,
-    reason="this engine has no lock_timeout (and no stop: fault points) yet",
-)
 
 LOCK_TIMEOUT = 0.3
 READ_BOUND = 0.050
 
-SETUP_FILL = """
-i = 0
-while c.sma_info(limited=True)["avail_mem"] > 30_000:
-    c.store(f"fill{i}", b"f" * 3000); i += 1
-"""
-SETUP_FRAGMENT = """
-i = 0
-while c.sma_info(limited=True)["avail_mem"] > 10_000:
-    c.store(f"frag{i}", b"f" * 3000); i += 1
-for j in range(0, i, 2):
-    c.delete(f"frag{j}")
-"""
 
 # name -> (fault point, setup run here, operation run by the child that stops)
 SCENARIOS = {
