@@ -219,9 +219,8 @@ typedef struct apc_lock {
     uint32_t tid;      /* the holder's tid, once recorded; 0 after release */
     int64_t pid;       /* the holder's process */
     uint64_t start;    /* the holder thread's start time (clock ticks since boot) */
-    uint64_t since_ns; /* unused: a clock read per lock costs a fifth of a store */
     uint64_t steals;   /* times it was taken over from a dead or vanished holder */
-    uint64_t pad_[3];
+    uint64_t pad_[4];
 } apc_lock;
 
 typedef struct apc_header {

@@ -331,7 +331,6 @@ static const struct {
     FIELD("lock.", apc_lock, tid),
     FIELD("lock.", apc_lock, pid),
     FIELD("lock.", apc_lock, start),
-    FIELD("lock.", apc_lock, since_ns),
     FIELD("slot.", apc_slot, hash),
     FIELD("slot.", apc_slot, ctime),
     FIELD("slot.", apc_slot, ttl),

@@ -452,25 +452,19 @@ static void after_lock(apc_seg *seg, int stolen, int repair_due)
     }
 }
 
-int apc_wl_lock(apc_seg *seg)
+static int wl_lock(apc_seg *seg, int repair_due)
 {
     int stolen;
     int rc = apc_lock_acquire(seg, &seg->hdr->wlock, seg->lock_timeout_ns, &stolen);
     if (rc != APC_OK)
         return rc;
-    after_lock(seg, stolen, 1);
+    after_lock(seg, stolen, repair_due);
     return APC_OK;
 }
 
-int apc_wl_lock_for_check(apc_seg *seg)
-{
-    int stolen;
-    int rc = apc_lock_acquire(seg, &seg->hdr->wlock, seg->lock_timeout_ns, &stolen);
-    if (rc != APC_OK)
-        return rc;
-    after_lock(seg, stolen, 0);
-    return APC_OK;
-}
+int apc_wl_lock(apc_seg *seg) { return wl_lock(seg, 1); }
+
+int apc_wl_lock_for_check(apc_seg *seg) { return wl_lock(seg, 0); }
 
 int apc_wl_trylock(apc_seg *seg)
 {
