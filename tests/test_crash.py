@@ -90,14 +90,20 @@ def test_a_writer_killed_at_a_fault_point_leaves_a_usable_segment(segments, poin
     p = run_dying(c.name, op, point)
     assert p.returncode == -signal.SIGKILL, f"the fault point was not reached:\n{p.stdout}{p.stderr}"
 
+    # The next operation completes at once.  Whether its entry is still
+    # there for the fetch is not asserted while the other process works:
+    # its stores may evict it (atime has one-second resolution, and the
+    # cache is full), and a read that meets its write waits only 10 ms.
     t0 = time.monotonic()
     c.store("after", b"a")
-    assert c.fetch("after") == b"a"
+    c.fetch("after")
     assert time.monotonic() - t0 < 1.0
     worst, n, errors = q.get(timeout=30)
     bg.join(30)
     assert errors == []
     assert n > 10 and worst < 1.0, f"another process stalled for {worst:.2f} s"
+    c.store("after", b"a")
+    assert c.fetch("after") == b"a"
 
     assert c.check() == []
     for k in list(c.keys()):
