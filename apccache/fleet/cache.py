@@ -418,8 +418,12 @@ class FleetCache(ItemMethods):
         b = _crc32(kb) & _MASK
         self._forget(kb)  # this process reads the new generation next
         old = _near.bump_gen(self.cache, self._gkeys[b])
-        if old is not None and self._epoch is not None:
-            self.cache.delete(self._layout.value_key(self._epoch, old, kb))
+        epoch = self._epoch
+        if epoch is None:  # a process that has only written: the listener's epoch, from its heartbeat
+            rec = _near.unpack_hb(self._fetch(self._layout.hb_key))
+            epoch = rec[0] if rec is not None else None
+        if old is not None and epoch is not None:
+            self.cache.delete(self._layout.value_key(epoch, old, kb))
 
     def store(self, key, value, ttl=0):
         """Write to Redis (SET, with ttl seconds if > 0); this host's copy is
