@@ -12,7 +12,7 @@ stays small enough to review; ``--keep-raw`` keeps them. With ``--strict`` the e
 target failed or was not measured.
 
 The verdict of each latency target is the micro suite's paired ratio (from
-``test_targets_paired``), of the scaling target ``multiproc.py``'s; the
+``test_targets_paired``), of the scaling targets ``multiproc.py``'s; the
 peers run's paired ratio is shown beside them as a cross-check.
 """
 
@@ -98,7 +98,11 @@ def targets_section(micro_targets, peers_targets, multi_targets) -> tuple[str, l
 
     for t in judged:
         cross = peers_by.get(t["name"])
-        if t["kind"] == "multi":
+        if t["kind"] == "multi" and t.get("unit") == "x":
+            def fig(v):
+                return "-" if v is None else f"{v:.2f}x scaling"
+            source = "multiproc.py, paired"
+        elif t["kind"] == "multi":
             def fig(v):
                 return "-" if v is None else f"{v / 1e3:,.0f}k ops/s"
             source = "multiproc.py, paired"
@@ -115,8 +119,8 @@ def targets_section(micro_targets, peers_targets, multi_targets) -> tuple[str, l
         "## Targets", "",
         "Verdicts use the paired ratio: both sides timed in interleaved rounds, the median of the "
         "per-round ratios, with the middle half of the rounds' ratios as a measure of the noise. "
-        "*apccache* and *reference* are the medians of that paired run (ops/s for the "
-        "multi-process target). Beside it, for comparison: the ratio of the pytest-benchmark "
+        "*apccache* and *reference* are the medians of that paired run (ops/s, or a scaling, for the "
+        "multi-process targets). Beside it, for comparison: the ratio of the pytest-benchmark "
         "medians (measured one after the other) and `peers.py`'s own paired ratio.", "",
         bl.md_table(["target", "apccache", "reference", "pytest-benchmark ratio", "judged ratio",
                      "peers.py ratio", "verdict", "note"], rows),

@@ -2,7 +2,7 @@
 # Run the whole benchmark suite and write its results under bench/results/:
 #
 #   micro.json       pytest-benchmark JSON of the micro benchmarks (+ "apcbench" summary)
-#   multiproc.json   the 1-vs-2-process mix        multiproc.md  its table
+#   multiproc.json   the multi-process mixes       multiproc.md  their tables
 #   peers.json       the side-by-side peer run     peers.md      its table
 #   latest.md        all of the above with the machine, the commit and the targets
 #
@@ -57,7 +57,7 @@ fi
 echo "== micro benchmarks (pytest-benchmark)"
 "$PY" -m pytest bench/ --benchmark-only --benchmark-json="$OUT/micro.json" "${MICRO_ARGS[@]}"
 
-echo "== multi-process mix"
+echo "== multi-process mixes"
 "$PY" bench/multiproc.py --json "$OUT/multiproc.json" --md "$OUT/multiproc.md" "${MULTI_ARGS[@]}"
 
 echo "== peers side by side"
