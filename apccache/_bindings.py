@@ -32,16 +32,15 @@ if os.environ.get("APCCACHE_FAULT"):
 FORMAT = lib.APC_FORMAT
 MAX_KEY = lib.APC_MAX_KEY
 
-# Value type tags.  The engine knows only T_INT (inc, dec and cas work on
-# it); the others are the binding's own.
-T_BYTES = 0  # 0, so that fetch tells a plain bytes hit with one test
-T_STR = 2
+# Value type tags (apc.h defines them).
+T_BYTES = lib.APC_T_BYTES
+T_STR = lib.APC_T_STR
 T_INT = lib.APC_T_INT
-T_FLOAT = 4
-T_TRUE = 5
-T_FALSE = 6
-T_NONE = 7
-T_SER = 8
+T_FLOAT = lib.APC_T_FLOAT
+T_TRUE = lib.APC_T_TRUE
+T_FALSE = lib.APC_T_FALSE
+T_NONE = lib.APC_T_NONE
+T_SER = lib.APC_T_SER
 TYPE_MASK = 0x7F
 
 OK = lib.APC_OK

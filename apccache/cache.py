@@ -954,6 +954,15 @@ class Cache(ItemMethods):
             "refs": r[10],
         }
 
+    def _stripe_of(self, key, table=0):
+        """The bucket stripe of a key: writes of keys in different stripes
+        do not wait for each other (tests and tools)."""
+        k = _key_bytes(key)
+        rc = lib.apc_key_stripe(self._seg, table, k, len(k))
+        if rc < 0:
+            raise B.error(rc, "stripe")
+        return rc
+
     def _snapshot(self, table, flags, now):
         """[(record tuple, key bytes)]: the live entries (APC_SNAP_LIVE) a
         bounded chunk at a time, so that writers wait for one chunk at

@@ -46,11 +46,22 @@
 #include <stddef.h>
 
 /* CDEF BEGIN */
-#define APC_FORMAT 2
+#define APC_FORMAT 3
 #define APC_TABLE_USER 0
 #define APC_TABLE_FILES 1
 #define APC_MAX_KEY 65535
+/* The value type tags, the one definition (the fast path and the Python
+ * binding use these).  The engine itself knows only APC_T_INT: inc, dec
+ * and cas work on it, and its value lives in the slot.  0 is bytes, so
+ * that a plain bytes hit is told with one test. */
+#define APC_T_BYTES 0
+#define APC_T_STR 2
 #define APC_T_INT 3
+#define APC_T_FLOAT 4
+#define APC_T_TRUE 5
+#define APC_T_FALSE 6
+#define APC_T_NONE 7
+#define APC_T_SER 8
 #define APC_FETCH_PINNED 128
 #define APC_ADD 1
 #define APC_FMT_CHECKSUMS 1
@@ -179,7 +190,9 @@ void apc_ref_release(apc_seg *seg, apc_ref *ref);
 typedef struct apc_header_map {
     uint64_t header_size;
     uint64_t free_bytes_off;
-    uint64_t num_entries_off; /* of the user table */
+    uint64_t num_entries_off; /* of the user table, in the first bucket stripe */
+    uint64_t bstripe_size;    /* ... and the next stripe's, this far on */
+    uint64_t nstripes;
     /* The entry record (apc_slot), for tools and tests that must find
      * its fields in a segment: its size and field offsets. */
     uint64_t slot_size;
@@ -191,7 +204,8 @@ typedef struct apc_header_map {
     uint64_t slot_next_off;
     uint64_t slot_ival_off;
     uint64_t slot_pin_off;
-    uint64_t wlock_off;
+    uint64_t alock_off; /* the allocator lock: its futex word, then its record */
+    uint64_t slock_off; /* the first bucket stripe's lock (bstripe_size apart) */
     uint64_t elocks_off; /* the entry() records: APC_NELOCKS of elock_size */
     uint64_t elock_size;
     uint64_t elock_pid_off;
@@ -218,6 +232,8 @@ void apc_set_lock_timeout(apc_seg *seg, uint64_t ns);
 int apc_fd(apc_seg *seg);
 /* The pid that held the lock when this thread last got APC_E_BUSY. */
 int64_t apc_last_busy_pid(void);
+/* The bucket stripe (whose lock a write of it takes) of a key, 0..63. */
+int apc_key_stripe(apc_seg *seg, int table, const char *key, uint32_t klen);
 /* A value read from the segment failed to decode: count it as corruption. */
 void apc_count_corrupt(apc_seg *seg, int table);
 /* Guard [base, base+size) of another mapping of seg's file (the binding's)

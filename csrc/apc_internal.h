@@ -4,37 +4,63 @@
  *
  * LOCKS, AND THE ORDER IN WHICH THEY ARE TAKEN
  *
- * There is one lock and one sequence word per segment:
+ * Writers do not serialise each other: each key's writes take the lock of
+ * its bucket stripe, and only allocating and freeing take the allocator's.
  *
- *   1. hdr->wlock   the write lock: a futex word holding its owner's thread
- *                   id, with the owner recorded beside it (lock.c).  Every
- *                   change to the segment's structure (chains, allocator,
- *                   GC list, entry() locks, counters that are not atomics)
- *                   happens with it held.  Writers are serialised; readers
- *                   never take it on the fast path.  A waiter takes it over
- *                   from a holder that is dead (or that never was: a
- *                   garbage word) and repairs; it waits for a live holder
- *                   at most the handle's lock_timeout, then fails with
- *                   APC_E_BUSY.
- *   2. hdr->seq[]   seqlock words, one per stripe of buckets (bucket index
- *                   % APC_NSEQ).  A writer that unlinks or frees memory
- *                   reachable from a bucket makes that bucket's stripe
- *                   odd first and even again when done (all stripes, for
- *                   eviction, compaction, clear and repair).  Readers
- *                   walk chains optimistically and throw away what they saw
- *                   if seq moved.  Building a slot in free memory and
- *                   publishing it with one atomic store needs no bump: a
- *                   reader that could still hold a pointer into that memory
- *                   started before the section that freed it, whose bump
- *                   already dooms its validation.  So a store of a new key
- *                   never disturbs readers; replacing or deleting one
- *                   bumps seq only around the retirement of the old slot.
- *                   A reader waits for an odd stripe at most
- *                   APC_READ_WAIT_NS, then takes a miss (APC_WAITED).
+ *   1. hdr->bstripes[i].lock   one lock per stripe of buckets (bucket index
+ *                   % APC_NSEQ, in both tables).  It guards the chains of
+ *                   those buckets, the slots reachable from them (their
+ *                   link, ival, ttl, mtime), the stripe's seq word and the
+ *                   stripe's share of the counters.  store, add, delete,
+ *                   inc, dec, cas and touch take only their key's stripe
+ *                   (and the allocator lock, briefly, to allocate or free).
+ *   2. hdr->alock   the allocator lock: the free lists and their counters,
+ *                   the GC list, next_version, the pin and entry() tables,
+ *                   and the whole-table counters.  Held for an allocation
+ *                   or a free, never while a value is copied.
+ *   3. hdr->seq[i]  the seqlock words, one per stripe, written only by the
+ *                   holder of stripe i's lock.  A writer that unlinks or
+ *                   frees memory reachable from a bucket makes that
+ *                   bucket's stripe odd first and even again when done.
+ *                   Readers walk chains optimistically and throw away what
+ *                   they saw if seq moved.  Building a slot in free memory
+ *                   and publishing it with one atomic store needs no bump:
+ *                   a reader that could still hold a pointer into that
+ *                   memory started before the section that freed it, whose
+ *                   bump already dooms its validation.  A reader waits for
+ *                   an odd stripe at most APC_READ_WAIT_NS, then takes a
+ *                   miss (APC_WAITED).
  *
- * Order: wlock, then seq[] (only ever written by the wlock holder).
- * Nothing else is a lock.  Per-slot pin words are counted references taken
- * with compare-and-swap; a pin never waits.
+ * Order: stripe locks in ascending index, then alock, then seq.  A keyed
+ * write holds one stripe; what touches every chain (making room by
+ * eviction or compaction, clear, repair, check, the info walks, entry()
+ * and the pin table) takes every stripe in order and then alock: "the
+ * whole lock" (apc_wl_lock), under which the _wl functions run.  A keyed
+ * write that finds it needs the whole lock (a full arena, a broken chain,
+ * a repair owed) lets its stripe go and takes the whole lock from the
+ * start: it never waits for a lower stripe while holding a higher one.
+ *
+ * Every lock is our own robust futex lock (lock.c).  A waiter takes over a
+ * lock whose holder died, and repairs what that lock guards:
+ *
+ *   - a stripe lock: the dead holder's INTENTS (below) are finished, and
+ *     the stripe's seq is made even.  Nothing else was in its hands.
+ *   - alock: the free lists may be half-spliced, so a whole repair is owed
+ *     (hdr->repair_due): the taker lets go, and the next holder of the
+ *     whole lock rebuilds the allocator from the reachable entries.
+ *   - the whole lock, taken over from a holder of it: a whole repair.
+ *
+ * INTENTS
+ *
+ * A stripe holder records in its lock what an allocation or a free in
+ * flight would leave unreachable if it died: intent_new, a block it
+ * allocated (written in the same alock section as the allocation) until it
+ * is published in intent_bucket's chain; intent_old, a slot it is about to
+ * unlink, until the alock section that frees it or parks it on the GC list
+ * (which clears it).  Whoever takes the stripe lock next with an intent
+ * set frees intent_new if it is not in its bucket's chain and retires
+ * intent_old if it is no longer in one: a block is never lost, and never
+ * freed twice.
  *
  * PINS
  *
@@ -60,17 +86,18 @@
  *
  * CAVEATS
  *
- * - A process that dies holding wlock leaves its tid in the word.  The
- *   next writer finds it dead, takes the word over and runs
- *   apc_repair_wl() (lock.c) before anything else.  The repair rebuilds the
- *   allocator from the set of reachable entries, so a writer killed at any
- *   instruction leaves at worst lost entries, never lost memory.
+ * - A process that dies holding a lock leaves its tid in the word; the
+ *   next locker finds it dead, takes the word over and repairs (above).
+ *   The whole repair rebuilds the allocator from the set of reachable
+ *   entries, so a writer killed at any instruction leaves at worst lost
+ *   entries, never lost memory.
  * - A process that dies holding a pin leaves refs > 0.  The entry still
  *   serves reads; once it is deleted or replaced it waits on the GC list and
  *   is freed after gc_ttl seconds.  apc_recover(pid) releases the pins that
  *   are recorded in the pin table (large values) straight away.
- * - A reader that finds seq odd for long takes wlock without waiting if it
- *   is free or its holder dead (which repairs), and otherwise takes a miss.
+ * - A reader that finds seq odd for long takes the stripe's lock without
+ *   waiting if it is free or its holder dead (which repairs), and otherwise
+ *   takes a miss.
  */
 #ifndef APC_INTERNAL_H
 #define APC_INTERNAL_H
@@ -112,7 +139,7 @@ typedef uint64_t apc_off_t; /* an offset from the segment base; 0 means none */
  */
 typedef struct apc_slot {
     /* Set once before the slot is published; read-only while reachable
-     * (compaction may move the whole slot, with wlock held and seq odd). */
+     * (compaction may move the whole slot, under the whole lock, seq odd). */
     uint64_t hash;
     uint64_t ctime;
     uint64_t ttl;
@@ -125,7 +152,8 @@ typedef struct apc_slot {
     uint64_t sum; /* with checksums on: apc_entry_sum() of type, length and
                      value (of ival, for ints: rewritten with it) */
 
-    /* Guarded by wlock; read by optimistic readers with atomic loads. */
+    /* Guarded by the stripe's lock; read by optimistic readers with
+     * atomic loads. */
     apc_off_t next_off; /* chain link, or GC list link when on the GC list */
     uint64_t mtime;
     uint64_t dtime;
@@ -138,6 +166,7 @@ typedef struct apc_slot {
 } apc_slot;
 
 #define APC_SLOT_GC 1
+#define APC_SLOT_PENDING 2 /* unlinked, on its stripe's pending list */
 
 #define APC_PIN_TAG 0xA9C0000000000000ULL
 #define APC_PIN_TAGMASK 0xFFFF000000000000ULL
@@ -172,15 +201,21 @@ typedef struct apc_table_geom {
     uint64_t nslots;
 } apc_table_geom;
 
+/* Whole-table counters, written with every lock held (eviction, clear). */
 typedef struct apc_table_stats {
+    uint64_t expunges;
+    uint64_t evictions;
+    uint64_t start_time;
+} apc_table_stats;
+
+/* A bucket stripe's share of a table's counters, written by the holder of
+ * the stripe's lock; a table's figure is the sum over stripes. */
+typedef struct apc_stripe_stats {
     uint64_t num_entries;
     uint64_t mem_size;
     uint64_t num_inserts;
-    uint64_t expunges;
-    uint64_t evictions;
     uint64_t expired;
-    uint64_t start_time;
-} apc_table_stats;
+} apc_stripe_stats;
 
 /* A pin held across a call boundary (values too large for the caller's
  * buffer).  pid > 0: held; pid < 0: being claimed; 0: free. */
@@ -209,9 +244,10 @@ typedef struct apc_stripe {
     uint64_t waited[APC_NTABLES];  /* reads that gave up on a writer */
 } apc_stripe;
 
-/* The write lock (lock.c).  word: 0 free, or the holder's tid with
+/* A lock (lock.c).  word: 0 free, or the holder's tid with
  * APC_LOCK_WAITERS when someone may sleep on it.  The rest is the holder's
- * own record of itself, written after it took the word. */
+ * own record of itself, written after it took the word, and (for a bucket
+ * stripe's lock) what it was in the middle of: see INTENTS above. */
 #define APC_LOCK_WAITERS 0x80000000u
 #define APC_LOCK_TIDMASK 0x3FFFFFFFu
 typedef struct apc_lock {
@@ -220,8 +256,22 @@ typedef struct apc_lock {
     int64_t pid;       /* the holder's process */
     uint64_t start;    /* the holder thread's start time (clock ticks since boot) */
     uint64_t steals;   /* times it was taken over from a dead or vanished holder */
-    uint64_t pad_[4];
+    apc_off_t intent_new;    /* a block allocated for a slot not yet published */
+    apc_off_t intent_bucket; /* the bucket word it is to be published in */
+    apc_off_t intent_old;    /* a slot being unlinked, not yet retired */
+    uint64_t pad_;
 } apc_lock;
+
+/* A bucket stripe: its lock, its share of the counters, and the slots its
+ * writers unlinked and have not yet retired (linked by next_off, at most
+ * APC_PENDING_MAX: see PENDING in table.c), on cache lines of their own. */
+#define APC_PENDING_MAX 32
+typedef struct apc_bstripe {
+    apc_lock lock;
+    apc_stripe_stats st[APC_NTABLES];
+    apc_off_t pending;
+    uint64_t npending;
+} __attribute__((aligned(64))) apc_bstripe;
 
 typedef struct apc_header {
     /* Set once at create, read-only afterwards.  magic is written last. */
@@ -241,9 +291,10 @@ typedef struct apc_header {
     uint64_t arena_size;
     apc_table_geom geom[APC_NTABLES];
 
-    /* The write lock, alone on its cache line. */
-    apc_lock wlock __attribute__((aligned(64)));
-    uint64_t repair_due; /* set by a reader that found a broken claim */
+    /* The locks: one per bucket stripe, then the allocator's. */
+    apc_bstripe bstripes[APC_NSEQ] __attribute__((aligned(64)));
+    apc_lock alock __attribute__((aligned(64)));
+    uint64_t repair_due __attribute__((aligned(64))); /* a whole repair is owed */
 
     /* The seqlock words, one cache line each: a store in one bucket does
      * not make readers of other buckets miss. */
@@ -252,7 +303,7 @@ typedef struct apc_header {
         uint64_t pad_[7];
     } seq[APC_NSEQ] __attribute__((aligned(64)));
 
-    /* Guarded by wlock. */
+    /* Guarded by alock. */
     apc_off_t free_head[APC_NCLASSES] __attribute__((aligned(64)));
     uint64_t free_map; /* bit c set: free_head[c] is not empty */
     uint64_t free_bytes;
@@ -266,7 +317,7 @@ typedef struct apc_header {
     apc_table_stats stats[APC_NTABLES];
     apc_elock elocks[APC_NELOCKS];
 
-    /* Claimed and released by readers with CAS; swept under wlock. */
+    /* Claimed and released by readers with CAS; swept under the whole lock. */
     apc_pin_rec pins[APC_NPINS] __attribute__((aligned(64)));
 
     /* Atomic counters, may be slightly stale; summed on read. */
@@ -294,12 +345,12 @@ struct apc_seg {
     apc_table_geom geom[APC_NTABLES]; /* copied at open: a later scribble on the
                                          header cannot send a walk astray */
     unsigned char seq_depth[APC_NSEQ]; /* nesting of seq-odd sections per stripe;
-                                          valid under wlock */
+                                          valid under the stripe's lock */
     /* How large values are written (see write_value in table.c): the
      * segment's file (-1: by memcpy only), and a bit per page of the
      * segment that this process has written before.  A forked child's
      * page tables start empty, so the map belongs to seen_pid only.
-     * Used under wlock. */
+     * Threads of one process write it under different stripes: atomics. */
     int fd;
     int64_t seen_pid;
     uint64_t seen_pages;
@@ -377,6 +428,20 @@ static inline unsigned apc_class_of(uint64_t size)
     return c < APC_NCLASSES - 1 ? c : APC_NCLASSES - 1;
 }
 
+/* A table's counters: the sum of its stripes' shares. */
+static inline apc_stripe_stats apc_table_sum(const apc_seg *seg, int t)
+{
+    apc_stripe_stats sum = {0, 0, 0, 0};
+    for (int i = 0; i < APC_NSEQ; i++) {
+        const apc_stripe_stats *st = &seg->hdr->bstripes[i].st[t];
+        sum.num_entries += LOADR(&st->num_entries);
+        sum.mem_size += LOADR(&st->mem_size);
+        sum.num_inserts += LOADR(&st->num_inserts);
+        sum.expired += LOADR(&st->expired);
+    }
+    return sum;
+}
+
 uint64_t apc_now(uint64_t now);
 uint64_t apc_mono_ns(void);
 int64_t apc_pid(void);
@@ -422,26 +487,44 @@ static inline int64_t apc_seg_leave(apc_seg *seg, int64_t rc)
     return rc;
 }
 
-/* lock.c */
+/* lock.c: the locks themselves.  A lock taken over from a dead holder
+ * reports *stolen; repairing what it guards is the caller's (table.c). */
 int apc_lock_acquire(apc_seg *seg, apc_lock *l, uint64_t timeout_ns, int *stolen);
 int apc_lock_try(apc_seg *seg, apc_lock *l, int *stolen);
 void apc_lock_release(apc_lock *l);
-int apc_wl_lock(apc_seg *seg);
-int apc_wl_trylock(apc_seg *seg);
-int apc_wl_lock_for_check(apc_seg *seg);
-void apc_wl_unlock(apc_seg *seg);
+int apc_sl_acquire(apc_seg *seg, int stripe, int *stolen);
+int apc_sl_try(apc_seg *seg, int stripe, int *stolen);
+void apc_sl_release(apc_seg *seg, int stripe);
+void apc_sl_seq_reset(apc_seg *seg, int stripe);
+int apc_sl_busy(apc_seg *seg, int stripe);
+int apc_al_acquire(apc_seg *seg, int *stolen);
+void apc_al_release(apc_seg *seg);
+int apc_whole_acquire(apc_seg *seg, int *stolen);
+void apc_whole_release(apc_seg *seg);
+void apc_whole_seq_reset(apc_seg *seg);
+int apc_sl_held(apc_seg *seg, int stripe);
+int apc_al_held(apc_seg *seg);
+int apc_wl_held(apc_seg *seg);
 void apc_repair_later(apc_seg *seg);
 void apc_seq_begin_wl(apc_seg *seg, int stripe);
 void apc_seq_end_wl(apc_seg *seg, int stripe);
 int apc_seq_read_begin(apc_seg *seg, int stripe, uint64_t *out);
 int apc_seq_read_begin_opt(apc_seg *seg, int stripe, uint64_t *out, int nowait);
 int apc_seq_read_valid(apc_seg *seg, int stripe, uint64_t s);
-int apc_wl_held(apc_seg *seg);
+
+/* Not an error: let go, and take the whole lock instead (table.c). */
+#define APC_ESCALATE (-1000)
+
+/* table.c: the whole lock, with its repairs (see LOCKS). */
+int apc_wl_lock(apc_seg *seg);
+int apc_wl_lock_for_check(apc_seg *seg);
+void apc_wl_unlock(apc_seg *seg);
 
 /* table.c: the checksum of an entry as it is now. */
 uint64_t apc_entry_sum(const apc_slot *s, const char *val);
 
-/* sma.c: the block allocator; every function expects wlock held. */
+/* sma.c: the block allocator; every function expects alock held (or the
+ * whole lock, for compaction and the rebuild). */
 void apc_sma_init_wl(apc_seg *seg);
 apc_off_t apc_sma_alloc_wl(apc_seg *seg, uint64_t need);
 void apc_sma_free_wl(apc_seg *seg, apc_off_t payload);

@@ -203,12 +203,12 @@ static void check_wl(apc_seg *seg, report *r)
                 off = s->next_off;
             }
         }
-        if (entries != h->stats[t].num_entries || mem != h->stats[t].mem_size)
+        apc_stripe_stats sum = apc_table_sum(seg, t);
+        if (entries != sum.num_entries || mem != sum.mem_size)
             say(r, "table %d: the header counts %llu entries in %llu bytes, the chains hold %llu "
                    "in %llu",
-                t, (unsigned long long)h->stats[t].num_entries,
-                (unsigned long long)h->stats[t].mem_size, (unsigned long long)entries,
-                (unsigned long long)mem);
+                t, (unsigned long long)sum.num_entries, (unsigned long long)sum.mem_size,
+                (unsigned long long)entries, (unsigned long long)mem);
     }
     uint64_t gcn = 0, wcap = cap;
     for (apc_off_t off = h->gc_head; off;) {
@@ -310,7 +310,8 @@ static const struct {
     FIELD("hdr.", apc_header, arena_off),
     FIELD("hdr.", apc_header, arena_size),
     FIELD("hdr.", apc_header, geom),
-    FIELD("hdr.", apc_header, wlock),
+    FIELD("hdr.", apc_header, bstripes),
+    FIELD("hdr.", apc_header, alock),
     FIELD("hdr.", apc_header, repair_due),
     FIELD("hdr.", apc_header, seq),
     FIELD("hdr.", apc_header, free_head),
@@ -331,6 +332,9 @@ static const struct {
     FIELD("lock.", apc_lock, tid),
     FIELD("lock.", apc_lock, pid),
     FIELD("lock.", apc_lock, start),
+    FIELD("lock.", apc_lock, intent_new),
+    FIELD("lock.", apc_lock, intent_bucket),
+    FIELD("lock.", apc_lock, intent_old),
     FIELD("slot.", apc_slot, hash),
     FIELD("slot.", apc_slot, ctime),
     FIELD("slot.", apc_slot, ttl),
@@ -349,7 +353,8 @@ static const struct {
     FIELD("slot.", apc_slot, hits),
     {"sizeof.apc_header", sizeof(apc_header)},
     {"sizeof.apc_slot", sizeof(apc_slot)},
-    {"sizeof.wlock", sizeof(((apc_header *)0)->wlock)},
+    {"sizeof.lock", sizeof(apc_lock)},
+    {"sizeof.bstripe", sizeof(apc_bstripe)},
     {"sizeof.seq", sizeof(((apc_header *)0)->seq[0])},
     {"sizeof.apc_table_stats", sizeof(apc_table_stats)},
     {"sizeof.apc_elock", sizeof(apc_elock)},

@@ -44,9 +44,17 @@
 #include <time.h>
 #include "apc.h"
 
-/* The binding's value tags (apccache/_bindings.py); test_fastpath checks
- * that they agree. */
-enum { T_BYTES = 0, T_STR = 2, T_INT = 3, T_FLOAT = 4, T_TRUE = 5, T_FALSE = 6, T_NONE = 7, T_SER = 8 };
+/* The value tags, as apc.h defines them. */
+enum {
+    T_BYTES = APC_T_BYTES,
+    T_STR = APC_T_STR,
+    T_INT = APC_T_INT,
+    T_FLOAT = APC_T_FLOAT,
+    T_TRUE = APC_T_TRUE,
+    T_FALSE = APC_T_FALSE,
+    T_NONE = APC_T_NONE,
+    T_SER = APC_T_SER
+};
 
 #define BIG_COPY 16384
 #define FASTPATH_MAX_TTL 0x7fffffffLL /* apccache.MAX_TTL, 2**31 - 1 */

@@ -1,11 +1,15 @@
 /*
- * lock.c -- the write lock, the seqlock, and what happens when a holder
- * dies, stalls, or was never there.
+ * lock.c -- the segment's locks (one per bucket stripe, and the
+ * allocator's), the seqlock, and what happens when a holder dies, stalls,
+ * or was never there.  Which lock guards what, and their order, are in
+ * apc_internal.h (LOCKS); what a taken-over lock's next holder repairs is
+ * table.c's business: here a lock only reports that it was taken over.
  *
- * THE WRITE LOCK
+ * A LOCK
  *
- * It is our own lock on a 32-bit futex word in the segment, not a pthread
- * mutex, because every word of it is then a claim this file can check:
+ * Each is our own lock on a 32-bit futex word in the segment, not a
+ * pthread mutex, because every word of it is then a claim this file can
+ * check:
  *
  *   word == 0                      free
  *   word == tid | APC_LOCK_WAITERS held by thread tid (the kernel's id of
@@ -22,8 +26,8 @@
  *
  *   - no such thread, a zombie, or a thread whose start time is not the one
  *     recorded (its tid was reused): the holder is dead.  The waiter takes
- *     the word over by compare-and-swap (exactly one waiter wins), repairs
- *     what the lock guards, and goes on as the holder;
+ *     the word over by compare-and-swap (exactly one waiter wins), and goes
+ *     on as the holder, told that it took the lock over;
  *   - a word that cannot be a thread id, or the waiters bit alone: the word
  *     is garbage, and is taken over the same way;
  *   - a live holder: the waiter keeps waiting, up to the handle's
@@ -40,12 +44,10 @@
  *
  * Readers do not lock.  They read a seqlock word, walk, and check that it
  * did not move.  While a stripe stays odd they spin, then yield, for at most
- * APC_READ_WAIT_NS; then, unless the write lock is free or its holder dead
- * (in which case the reader takes it without waiting, repairs and goes
- * on), they give up with APC_WAITED, which every read turns into a miss.  A
- * reader never waits on a writer longer than that.
- *
- * Lock order: wlock, then seq.  There is no other lock.
+ * APC_READ_WAIT_NS; then they give up with APC_WAITED (table.c first takes
+ * the stripe's lock without waiting if it is free or its holder dead, and
+ * looks once more), which every read turns into a miss.  A reader never
+ * waits on a writer longer than that.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -102,6 +104,7 @@ static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
 #define APC_TLS __thread __attribute__((tls_model("initial-exec")))
 static APC_TLS uint64_t tls_gen;
 static APC_TLS uint32_t tls_tid;
+static APC_TLS int64_t tls_pid;
 static APC_TLS uint64_t tls_start;
 static APC_TLS int64_t tls_busy_pid;
 static uint64_t proc_start, proc_start_gen;
@@ -166,6 +169,7 @@ static void self_refresh(void)
     if (tls_gen == g)
         return;
     tls_tid = (uint32_t)syscall(SYS_gettid);
+    tls_pid = (int64_t)getpid();
     int z;
     if (read_stat(0, &tls_start, &z) != 1)
         tls_start = 0;
@@ -273,7 +277,7 @@ static int holder_maps_segment(apc_seg *seg, int64_t pid)
 
 static void record_owner(apc_lock *l)
 {
-    STORER(&l->pid, apc_pid());
+    STORER(&l->pid, tls_pid);
     STORER(&l->start, tls_start);
     STORE(&l->tid, tls_tid);
 }
@@ -424,71 +428,105 @@ void apc_lock_release(apc_lock *l)
         futex(&l->word, FUTEX_WAKE, 1, NULL);
 }
 
-/* ------------------------------------------------------ the write lock */
+/* ---------------------------------------------- the segment's locks */
 
-/* The one place a dead or vanished lock holder is dealt with: repair the
- * structure, then finish the write section it left open. */
-static void repair_dead_owner_wl(apc_seg *seg)
+/* What a lock guards is repaired by the caller (table.c), which knows what
+ * that is; here a taken-over lock only reports *stolen and, for a stripe,
+ * has its seq word made even. */
+
+static void seq_even(apc_seg *seg, int i)
 {
-    apc_repair_wl(seg, 0);
+    uint64_t s = LOADR(&seg->hdr->seq[i].v);
+    if (s & 1)
+        STORE(&seg->hdr->seq[i].v, s + 1);
+}
+
+static apc_lock *stripe_lock(apc_seg *seg, int i) { return &seg->hdr->bstripes[i].lock; }
+
+int apc_sl_acquire(apc_seg *seg, int i, int *stolen)
+{
+    int rc = apc_lock_acquire(seg, stripe_lock(seg, i), seg->lock_timeout_ns, stolen);
+    if (rc == APC_OK)
+        seg->seq_depth[i] = 0;
+    return rc;
+}
+
+int apc_sl_try(apc_seg *seg, int i, int *stolen)
+{
+    int rc = apc_lock_try(seg, stripe_lock(seg, i), stolen);
+    if (rc == APC_OK)
+        seg->seq_depth[i] = 0;
+    return rc;
+}
+
+void apc_sl_release(apc_seg *seg, int i)
+{
+    APC_ASSERT(seg->seq_depth[i] == 0);
+    apc_lock_release(stripe_lock(seg, i));
+}
+
+/* A dead holder's stripe section will never end: make it even.  For the
+ * caller, after it has finished the holder's intents. */
+void apc_sl_seq_reset(apc_seg *seg, int i) { seq_even(seg, i); }
+
+int apc_al_acquire(apc_seg *seg, int *stolen)
+{
+    return apc_lock_acquire(seg, &seg->hdr->alock, seg->lock_timeout_ns, stolen);
+}
+
+void apc_al_release(apc_seg *seg) { apc_lock_release(&seg->hdr->alock); }
+
+/* The whole lock: every stripe in order, then alock.  *stolen if any of
+ * them was taken over.  On failure nothing is held. */
+int apc_whole_acquire(apc_seg *seg, int *stolen)
+{
+    *stolen = 0;
     for (int i = 0; i < APC_NSEQ; i++) {
-        uint64_t s = LOADR(&seg->hdr->seq[i].v);
-        if (s & 1)
-            STORE(&seg->hdr->seq[i].v, s + 1);
+        int st;
+        int rc = apc_sl_acquire(seg, i, &st);
+        if (rc != APC_OK) {
+            while (i-- > 0)
+                apc_lock_release(stripe_lock(seg, i));
+            return rc;
+        }
+        *stolen |= st;
     }
-}
-
-/* After taking the lock: repair if the holder before us died, or if a
- * reader found something broken and asked for it (unless we are the
- * checker, which reports what is broken before anyone repairs it). */
-static void after_lock(apc_seg *seg, int stolen, int repair_due)
-{
-    memset(seg->seq_depth, 0, sizeof seg->seq_depth);
-    uint64_t due = repair_due ? LOADR(&seg->hdr->repair_due) : 0;
-    if (stolen || due) {
-        repair_dead_owner_wl(seg);
-        if (due)
-            STORER(&seg->hdr->repair_due, 0);
-    }
-}
-
-static int wl_lock(apc_seg *seg, int repair_due)
-{
-    int stolen;
-    int rc = apc_lock_acquire(seg, &seg->hdr->wlock, seg->lock_timeout_ns, &stolen);
-    if (rc != APC_OK)
+    int st;
+    int rc = apc_al_acquire(seg, &st);
+    if (rc != APC_OK) {
+        for (int i = APC_NSEQ; i-- > 0;)
+            apc_lock_release(stripe_lock(seg, i));
         return rc;
-    after_lock(seg, stolen, repair_due);
+    }
+    *stolen |= st;
     return APC_OK;
 }
 
-int apc_wl_lock(apc_seg *seg) { return wl_lock(seg, 1); }
-
-int apc_wl_lock_for_check(apc_seg *seg) { return wl_lock(seg, 0); }
-
-int apc_wl_trylock(apc_seg *seg)
+/* After a whole repair: every section the dead left open is closed. */
+void apc_whole_seq_reset(apc_seg *seg)
 {
-    int stolen;
-    int rc = apc_lock_try(seg, &seg->hdr->wlock, &stolen);
-    if (rc != APC_OK)
-        return rc;
-    after_lock(seg, stolen, 1);
-    return APC_OK;
+    for (int i = 0; i < APC_NSEQ; i++)
+        seq_even(seg, i);
 }
 
-void apc_wl_unlock(apc_seg *seg)
+void apc_whole_release(apc_seg *seg)
 {
-    apc_lock_release(&seg->hdr->wlock);
+    apc_al_release(seg);
+    for (int i = APC_NSEQ; i-- > 0;)
+        apc_sl_release(seg, i);
 }
 
-/* Debug builds: does this thread hold the write lock? */
-int apc_wl_held(apc_seg *seg)
-{
-    return (LOADR(&seg->hdr->wlock.word) & APC_LOCK_TIDMASK) == self_tid();
-}
+/* Debug builds: does this thread hold the lock? */
+static int held(apc_lock *l) { return (LOADR(&l->word) & APC_LOCK_TIDMASK) == self_tid(); }
+int apc_sl_held(apc_seg *seg, int i) { return held(stripe_lock(seg, i)); }
+int apc_al_held(apc_seg *seg) { return held(&seg->hdr->alock); }
+int apc_wl_held(apc_seg *seg) { return held(&seg->hdr->alock) && held(stripe_lock(seg, APC_NSEQ - 1)); }
 
-/* A reader found something broken under a valid seq: the next writer
- * repairs it. */
+/* Is stripe i's lock word set at all (a writer may be inside)? */
+int apc_sl_busy(apc_seg *seg, int i) { return LOADR(&stripe_lock(seg, i)->word) != 0; }
+
+/* A reader found something broken under a valid seq: the next holder of
+ * the whole lock repairs it. */
 void apc_repair_later(apc_seg *seg)
 {
     STORER(&seg->hdr->repair_due, 1);
@@ -554,7 +592,6 @@ int apc_seq_read_begin_opt(apc_seg *seg, int stripe, uint64_t *out, int nowait)
         return APC_OK;
     }
     uint64_t start = 0;
-    int repaired = 0;
     for (unsigned spins = 1;; spins++) {
         s = LOAD(&seg->hdr->seq[stripe].v);
         if (!(s & 1)) {
@@ -574,16 +611,6 @@ int apc_seq_read_begin_opt(apc_seg *seg, int stripe, uint64_t *out, int nowait)
             start = now;
         if (now - start < APC_READ_WAIT_NS) {
             sched_yield();
-            continue;
-        }
-        /* The stripe has been odd for the whole bound.  If its writer is
-         * gone (the lock free, or its holder dead), take the lock without
-         * waiting, which repairs; a live writer we leave alone. */
-        if (!repaired && apc_wl_trylock(seg) == APC_OK) {
-            if (LOADR(&seg->hdr->seq[stripe].v) & 1)
-                repair_dead_owner_wl(seg); /* a section nobody will finish */
-            apc_wl_unlock(seg);
-            repaired = 1;
             continue;
         }
         return APC_WAITED;
@@ -634,25 +661,7 @@ int apc_fault_arm(const char *name)
 
 int apc_debug_build(void) { return 1; }
 
-int apc_debug_set_version(apc_seg *seg, uint64_t v)
-{
-    if (apc_seg_enter(seg) != APC_OK)
-        return APC_E_CLOSED;
-    int rc = apc_wl_lock(seg);
-    if (rc == APC_OK) {
-        seg->hdr->next_version = v;
-        apc_wl_unlock(seg);
-    }
-    return (int)apc_seg_leave(seg, rc);
-}
 #else
-int apc_debug_set_version(apc_seg *seg, uint64_t v)
-{
-    (void)seg;
-    (void)v;
-    return APC_E_ARG;
-}
-
 int apc_fault_arm(const char *name)
 {
     (void)name;

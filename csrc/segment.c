@@ -420,7 +420,9 @@ void apc_header_map_get(apc_header_map *out)
 {
     out->header_size = sizeof(apc_header);
     out->free_bytes_off = offsetof(apc_header, free_bytes);
-    out->num_entries_off = offsetof(apc_header, stats[APC_TABLE_USER].num_entries);
+    out->num_entries_off = offsetof(apc_header, bstripes[0].st[APC_TABLE_USER].num_entries);
+    out->bstripe_size = sizeof(apc_bstripe);
+    out->nstripes = APC_NSEQ;
     out->slot_size = sizeof(apc_slot);
     out->slot_hash_off = offsetof(apc_slot, hash);
     out->slot_val_len_off = offsetof(apc_slot, val_len);
@@ -430,7 +432,8 @@ void apc_header_map_get(apc_header_map *out)
     out->slot_next_off = offsetof(apc_slot, next_off);
     out->slot_ival_off = offsetof(apc_slot, ival);
     out->slot_pin_off = offsetof(apc_slot, pin);
-    out->wlock_off = offsetof(apc_header, wlock);
+    out->alock_off = offsetof(apc_header, alock);
+    out->slock_off = offsetof(apc_header, bstripes[0].lock);
     out->elocks_off = offsetof(apc_header, elocks);
     out->elock_size = sizeof(apc_elock);
     out->elock_pid_off = offsetof(apc_elock, pid);

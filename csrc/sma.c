@@ -59,11 +59,13 @@ static int free_block_ok(apc_seg *seg, apc_off_t b)
            *tag_at(seg, b + size - 8) == w;
 }
 
-/* The allocator found a bad link or tag: rebuild it from the reachable
- * entries (the same repair as after a crash). */
+/* The allocator found a bad link or tag: the next holder of the whole lock
+ * rebuilds it from the reachable entries (the same repair as after a
+ * crash).  Until then what is asked of it fails safe: an allocation finds
+ * nothing, a free leaves its block to the rebuild. */
 static void corrupt_wl(apc_seg *seg)
 {
-    apc_repair_wl(seg, 0);
+    apc_repair_later(seg);
 }
 
 static void set_tags(apc_seg *seg, apc_off_t b, uint64_t size, uint64_t used)
@@ -329,7 +331,7 @@ int apc_sma_rebuild_wl(apc_seg *seg, apc_off_t *live, uint64_t nlive)
  * its CAS and looks again.  The one link that points at the slot (a bucket
  * head or the previous slot's next_off) is rewritten after the copy.
  *
- * The caller holds wlock and has made seq odd, so no optimistic reader
+ * The caller holds the whole lock and has made seq odd, so no optimistic reader
  * trusts anything it reads meanwhile.  Work: one pass over the arena, plus
  * one chain walk per moved block.
  *

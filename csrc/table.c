@@ -21,7 +21,9 @@
  *
  * HOW A WRITE WORKS
  *
- * A writer takes wlock.  It builds the new slot in full in a free block,
+ * A writer takes its key's stripe lock (see LOCKS in apc_internal.h), and
+ * alock only to allocate and to free.  It builds the new slot in full in a
+ * free block,
  * then publishes it with one atomic store into the link that pointed at
  * the old slot (or the bucket head), which unlinks the old slot in the
  * same store.  Only then, with seq odd, does it retire the old slot: by CAS
@@ -34,11 +36,13 @@
  * THE GC LIST
  *
  * Deleted or replaced slots that are still pinned wait on the GC list with
- * their deletion time.  Every write section sweeps it: a slot whose pins
- * are gone is freed; one older than gc_ttl seconds is freed regardless
- * (its pinner presumably died).  gc_ttl = 0 means never by age.
+ * their deletion time.  Every allocation or free sweeps it (under alock):
+ * a slot whose pins are gone is freed; one older than gc_ttl seconds is
+ * freed regardless (its pinner presumably died).  gc_ttl = 0 means never
+ * by age.
  *
- * Every function with the suffix _wl expects wlock held.
+ * Every function with the suffix _wl expects the whole lock held; _kl, a
+ * keyed write's lock (its stripe's, or the whole); _al, alock.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -167,12 +171,15 @@ static int read_int(apc_seg *seg, apc_slot *s, int64_t *out)
             if (!start)
                 start = now;
             else if (now - start > APC_READ_WAIT_NS)
-                return LOADR(&seg->hdr->wlock.word) ? APC_WAITED : APC_E_CORRUPT;
+                return apc_sl_busy(seg, stripe_of(seg, s->table, s->hash)) ? APC_WAITED
+                                                                            : APC_E_CORRUPT;
             sched_yield();
         }
         v = LOAD(&s->ival);
     }
 }
+
+static int read_begin(apc_seg *seg, int st, uint64_t *sq, int nowait);
 
 /* Find and pin.  Returns APC_OK with *out pinned, APC_NOTFOUND, APC_WAITED
  * (a writer held the bucket for longer than a reader waits), or
@@ -183,7 +190,7 @@ static int find_pinned(apc_seg *seg, int table, const char *key, uint32_t klen, 
     int st = stripe_of(seg, table, hash);
     for (unsigned tries = 0;; tries++) {
         uint64_t sq;
-        int rc = apc_seq_read_begin_opt(seg, st, &sq, nowait);
+        int rc = read_begin(seg, st, &sq, nowait);
         if (rc != APC_OK)
             return rc;
         apc_off_t off = 0;
@@ -427,7 +434,7 @@ static int do_exists(apc_seg *seg, int table, const char *key, uint32_t klen, ui
     int st = stripe_of(seg, table, hash);
     for (;;) {
         uint64_t sq;
-        int rc = apc_seq_read_begin(seg, st, &sq);
+        int rc = read_begin(seg, st, &sq, 0);
         if (rc != APC_OK)
             break;
         apc_off_t off = 0;
@@ -460,33 +467,130 @@ int apc_exists(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t
 
 /* -------------------------------------------------------- write sections */
 
-#define NO_SEQ (-2) /* a write section that frees nothing readers can reach */
+/*
+ * A keyed write holds its key's stripe lock (see LOCKS in apc_internal.h);
+ * everything else holds the whole lock.  The _wl functions below expect the
+ * whole lock, the _kl ones a keyed write's lock (one stripe or the whole),
+ * the _al ones alock.
+ */
 
-/* Take the lock; make the stripe odd (APC_SEQ_ALL: every stripe) unless
- * NO_SEQ. */
+#define NO_SEQ (-2) /* a write section that frees nothing readers can reach */
+#define APC_RETRY_OP (-1001) /* the key changed while the lock was traded: decide again */
+
 static int geometry_scribbled(const apc_seg *seg);
+static int finish_intents(apc_seg *seg, int stripe, int have_alock);
+static void drain_al(apc_seg *seg, int stripe);
 
 /* Where the aux area starts: right after the header, page-aligned (as
  * segment.c lays it out). */
 #define APC_AUX_OFF ((sizeof(apc_header) + 4095) & ~(uint64_t)4095)
 
-static int wl_enter(apc_seg *seg, int stripe)
+/* The whole lock, and the repairs it owes: a whole repair after a holder
+ * of any lock died, when one is due, or when the geometry was scribbled
+ * on; then whatever intents live holders left are finished.  The checker
+ * (repair = 0) repairs only after a death: what else is broken it
+ * reports, before anyone repairs it. */
+static int whole_lock(apc_seg *seg, int repair)
 {
-    int rc = apc_wl_lock(seg);
+    int stolen;
+    int rc = apc_whole_acquire(seg, &stolen);
     if (rc != APC_OK)
         return rc;
-    if (__builtin_expect(geometry_scribbled(seg), 0))
-        apc_repair_wl(seg, 0); /* whoever wrote there may have written more */
-    if (stripe != NO_SEQ)
-        apc_seq_begin_wl(seg, stripe);
+    if (stolen || (repair && (LOADR(&seg->hdr->repair_due) || geometry_scribbled(seg)))) {
+        apc_repair_wl(seg, 0);
+        apc_whole_seq_reset(seg);
+    }
+    for (int i = 0; i < APC_NSEQ; i++) {
+        apc_bstripe *bs = &seg->hdr->bstripes[i];
+        if (LOADR(&bs->lock.intent_new) | LOADR(&bs->lock.intent_old))
+            finish_intents(seg, i, 1);
+        else if (bs->pending)
+            drain_al(seg, i);
+    }
     return APC_OK;
+}
+
+int apc_wl_lock(apc_seg *seg) { return whole_lock(seg, 1); }
+int apc_wl_lock_for_check(apc_seg *seg) { return whole_lock(seg, 0); }
+void apc_wl_unlock(apc_seg *seg) { apc_whole_release(seg); }
+
+static int wl_enter(apc_seg *seg, int stripe)
+{
+    int rc = whole_lock(seg, 1);
+    if (rc == APC_OK && stripe != NO_SEQ)
+        apc_seq_begin_wl(seg, stripe);
+    return rc;
 }
 
 static void wl_leave(apc_seg *seg, int stripe)
 {
     if (stripe != NO_SEQ)
         apc_seq_end_wl(seg, stripe);
-    apc_wl_unlock(seg);
+    apc_whole_release(seg);
+}
+
+/* alock, for a holder of a stripe (or of nothing).  One taken over from a
+ * dead holder means half-spliced free lists: a whole repair is owed, and
+ * the caller, told APC_ESCALATE, goes without (nothing is held).  So does
+ * every later taker until the repair has run: the owed flag is set before
+ * the lock is let go, and read after it is taken. */
+static int al_lock(apc_seg *seg)
+{
+    int stolen;
+    int rc = apc_al_acquire(seg, &stolen);
+    if (rc == APC_OK && __builtin_expect(stolen || LOADR(&seg->hdr->repair_due), 0)) {
+        apc_repair_later(seg);
+        apc_al_release(seg);
+        rc = APC_ESCALATE;
+    }
+    return rc;
+}
+
+/* Stripe i's lock for a keyed write, with what its last holder left
+ * finished.  APC_ESCALATE (nothing held): a whole repair is owed first. */
+static int stripe_lock(apc_seg *seg, int i, int stolen)
+{
+    if (__builtin_expect(LOADR(&seg->hdr->repair_due) || geometry_scribbled(seg), 0)) {
+        apc_sl_release(seg, i);
+        return APC_ESCALATE;
+    }
+    apc_lock *l = &seg->hdr->bstripes[i].lock;
+    if (__builtin_expect(stolen | LOADR(&l->intent_new) | LOADR(&l->intent_old), 0)) {
+        int rc = finish_intents(seg, i, 0);
+        if (stolen)
+            apc_sl_seq_reset(seg, i);
+        if (rc != APC_OK) {
+            apc_sl_release(seg, i);
+            return APC_ESCALATE;
+        }
+    }
+    return APC_OK;
+}
+
+/* A reader found stripe i odd for the whole bound.  If its writer is gone
+ * (the lock free, or its holder dead), take the lock without waiting,
+ * finish what the writer left, and let the reader look again: 1.  A live
+ * writer is left alone: 0. */
+static int stripe_rescue(apc_seg *seg, int i)
+{
+    int stolen;
+    if (apc_sl_try(seg, i, &stolen) != APC_OK)
+        return 0;
+    if (stripe_lock(seg, i, stolen) == APC_OK) {
+        apc_sl_seq_reset(seg, i); /* odd with the lock free: garbage */
+        apc_sl_release(seg, i);
+    }
+    return 1;
+}
+
+/* Begin an optimistic read of stripe st, rescuing it once if its writer
+ * is gone. */
+static int read_begin(apc_seg *seg, int st, uint64_t *sq, int nowait)
+{
+    int rc = apc_seq_read_begin_opt(seg, st, sq, nowait);
+    if (rc == APC_WAITED && !nowait && stripe_rescue(seg, st))
+        rc = apc_seq_read_begin_opt(seg, st, sq, 0);
+    return rc;
 }
 
 /* Find under the lock; *linkp is what points at the slot. */
@@ -512,18 +616,61 @@ static int find_wl(apc_seg *seg, int table, const char *key, uint32_t klen, uint
 }
 
 /* What every keyed write starts with: its arguments checked, the key's
- * hash, the clock, the write lock taken and the key looked up.  A chain
- * found broken is repaired at once (we hold the lock) and looked up again. */
+ * hash, the clock, its stripe's lock taken (or the whole lock, when that
+ * is owed) and the key looked up.  A chain found broken is repaired under
+ * the whole lock and looked up again. */
 typedef struct keyed {
     uint64_t hash;
     uint64_t now;
+    int table;
+    int stripe;      /* the key's stripe */
+    int whole;       /* the whole lock is held, not only the stripe's */
+    int held;        /* a lock is held (0 after a failed escalate) */
     apc_off_t *link; /* what points at the entry, or where a new one goes */
     apc_slot *s;     /* the entry, or NULL */
     int found;       /* APC_OK (s is it), APC_NOTFOUND, or APC_E_CORRUPT */
     int live;        /* found and not expired */
 } keyed;
 
-/* APC_OK with the write lock held, or an error without it. */
+static apc_lock *keyed_lock_rec(apc_seg *seg, const keyed *k)
+{
+    return &seg->hdr->bstripes[k->stripe].lock;
+}
+
+static apc_stripe_stats *stats_of(apc_seg *seg, int table, uint64_t hash)
+{
+    return &seg->hdr->bstripes[stripe_of(seg, table, hash)].st[table];
+}
+
+static void keyed_find(apc_seg *seg, const char *key, uint32_t klen, keyed *k)
+{
+    k->found = find_wl(seg, k->table, key, klen, k->hash, &k->link, &k->s);
+    k->live = k->found == APC_OK && !apc_expired(k->s, k->now);
+}
+
+/* Trade the stripe's lock for the whole lock (nothing half done), and look
+ * the key up again.  On failure nothing is held. */
+static int escalate(apc_seg *seg, const char *key, uint32_t klen, keyed *k)
+{
+    if (!k->whole) {
+        APC_ASSERT(seg->seq_depth[k->stripe] == 0);
+        apc_sl_release(seg, k->stripe);
+        int rc = whole_lock(seg, 1);
+        if (rc != APC_OK) {
+            k->held = 0;
+            return rc;
+        }
+        k->whole = 1;
+    }
+    keyed_find(seg, key, klen, k);
+    if (k->found == APC_E_CORRUPT) {
+        apc_repair_wl(seg, k->now);
+        keyed_find(seg, key, klen, k);
+    }
+    return APC_OK;
+}
+
+/* APC_OK with the key's lock held, or an error without it. */
 static int keyed_begin(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now,
                        keyed *k)
 {
@@ -531,16 +678,38 @@ static int keyed_begin(apc_seg *seg, int table, const char *key, uint32_t klen, 
         return APC_E_ARG;
     k->hash = apc_xxh3_64(key, klen);
     k->now = apc_now(now);
-    int rc = wl_enter(seg, NO_SEQ);
+    k->table = table;
+    k->stripe = stripe_of(seg, table, k->hash);
+    k->whole = 0;
+    int stolen;
+    int rc = apc_sl_acquire(seg, k->stripe, &stolen);
     if (rc != APC_OK)
         return rc;
-    k->found = find_wl(seg, table, key, klen, k->hash, &k->link, &k->s);
-    if (k->found == APC_E_CORRUPT) {
-        apc_repair_wl(seg, k->now);
-        k->found = find_wl(seg, table, key, klen, k->hash, &k->link, &k->s);
-    }
-    k->live = k->found == APC_OK && !apc_expired(k->s, k->now);
+    k->held = 1;
+    if (__builtin_expect(stripe_lock(seg, k->stripe, stolen) == APC_ESCALATE, 0))
+        return escalate(seg, key, klen, k);
+    keyed_find(seg, key, klen, k);
+    if (__builtin_expect(k->found == APC_E_CORRUPT, 0))
+        return escalate(seg, key, klen, k);
     return APC_OK;
+}
+
+int apc_key_stripe(apc_seg *seg, int table, const char *key, uint32_t klen)
+{
+    if (bad_table(table) || klen > APC_MAX_KEY || (klen && !key))
+        return APC_E_ARG;
+    int rc = apc_seg_enter(seg);
+    return rc ? rc : (int)apc_seg_leave(seg, stripe_of(seg, table, apc_xxh3_64(key, klen)));
+}
+
+static void keyed_end(apc_seg *seg, const keyed *k)
+{
+    if (!k->held)
+        return;
+    if (k->whole)
+        apc_whole_release(seg);
+    else
+        apc_sl_release(seg, k->stripe);
 }
 
 apc_off_t *apc_find_link_wl(apc_seg *seg, apc_off_t slot_off)
@@ -567,8 +736,11 @@ int apc_slot_movable_wl(apc_seg *seg, apc_slot *s)
     return !(s->flags & APC_SLOT_GC);
 }
 
-/* The slot is unlinked; free it, or park it on the GC list while pinned. */
-static void retire_wl(apc_seg *seg, apc_slot *s, uint64_t now)
+static void gc_sweep_al(apc_seg *seg, uint64_t now);
+
+/* The slot is unlinked; free it, or park it on the GC list while pinned.
+ * Expects alock. */
+static void retire_al(apc_seg *seg, apc_slot *s, uint64_t now)
 {
     apc_header *h = seg->hdr;
     uint64_t w = LOAD(&s->pin);
@@ -588,18 +760,87 @@ static void retire_wl(apc_seg *seg, apc_slot *s, uint64_t now)
     }
 }
 
-/* Unlink the slot that *link points at, fix the counters, retire it. */
-static void remove_wl(apc_seg *seg, apc_off_t *link, apc_slot *s, uint64_t now)
+/*
+ * PENDING
+ *
+ * A keyed write that unlinks a slot (a delete, or the entry a store
+ * replaced) does not free it at once, which would take alock a second
+ * time: it parks it on its stripe's pending list, under the stripe's lock
+ * alone, and the stripe's next allocation frees what is there in the alock
+ * section it takes anyway (as does the whole lock, when it is taken, and
+ * a list that reaches APC_PENDING_MAX).  A pending slot is unreachable
+ * (its stripe was odd while it was unlinked), so readers never see it;
+ * what the allocator reports (sma_info, check) is taken under the whole
+ * lock, when every list has been emptied.
+ */
+
+/* Retire every slot on stripe i's pending list (alock held).  The list is
+ * a claim: a slot on it must say it is pending, and be of this stripe. */
+static void drain_al(apc_seg *seg, int stripe)
 {
-    apc_table_stats *st = &seg->hdr->stats[s->table];
+    apc_bstripe *bs = &seg->hdr->bstripes[stripe];
+    apc_off_t off = bs->pending;
+    STORER(&bs->pending, 0);
+    bs->npending = 0;
+    for (int n = 0; off; n++) {
+        apc_slot *s = apc_slot_at(seg, off);
+        if (!s || n > APC_PENDING_MAX || !(s->flags & APC_SLOT_PENDING) ||
+            (s->flags & APC_SLOT_GC) || stripe_of(seg, s->table, s->hash) != stripe) {
+            apc_repair_later(seg); /* what is left, the rebuild reclaims */
+            return;
+        }
+        apc_off_t next = s->next_off;
+        s->flags &= (uint8_t)~APC_SLOT_PENDING;
+        retire_al(seg, s, s->dtime); /* deleted when it was parked */
+        off = next;
+    }
+}
+
+/* Retire a slot a keyed write has unlinked (its intent_old), with its
+ * stripe odd: onto the stripe's pending list, or (under the whole lock)
+ * at once. */
+static void retire_kl(apc_seg *seg, const keyed *k, apc_slot *s, uint64_t now)
+{
+    apc_bstripe *bs = &seg->hdr->bstripes[k->stripe];
+    if (k->whole) {
+        retire_al(seg, s, now);
+    } else {
+        s->flags |= APC_SLOT_PENDING;
+        s->dtime = now;
+        STORE(&s->next_off, bs->pending);
+        STORER(&bs->pending, APC_OFF(seg, s));
+        bs->npending++;
+    }
+    APC_FAULT("retire.parked");
+    STORER(&bs->lock.intent_old, 0);
+    if (!k->whole && bs->npending >= APC_PENDING_MAX && al_lock(seg) == APC_OK) {
+        drain_al(seg, k->stripe);
+        APC_FAULT("drain.locked");
+        apc_al_release(seg);
+    }
+}
+
+/* Unlink the slot that *link points at and fix its stripe's counters. */
+static void unlink_counted(apc_seg *seg, apc_off_t *link, apc_slot *s)
+{
+    apc_stripe_stats *st = stats_of(seg, s->table, s->hash);
     STORE(link, s->next_off);
     APC_FAULT("remove.after_unlink");
     st->num_entries--;
     st->mem_size -= apc_sma_block_size(seg, APC_OFF(seg, s));
-    retire_wl(seg, s, now);
 }
 
-static void gc_sweep_wl(apc_seg *seg, uint64_t now)
+/* Unlink and retire, under the whole lock. */
+static void remove_wl(apc_seg *seg, apc_off_t *link, apc_slot *s, uint64_t now)
+{
+    unlink_counted(seg, link, s);
+    retire_al(seg, s, now);
+}
+
+/* Free what on the GC list nobody pins any more, or was pinned for longer
+ * than gc_ttl.  Its slots are unreachable since they were unlinked (with
+ * their stripe odd), so freeing them needs no seq. */
+static void gc_sweep_al(apc_seg *seg, uint64_t now)
 {
     apc_header *h = seg->hdr;
     apc_off_t *link = &h->gc_head;
@@ -677,7 +918,7 @@ static int pred_hard_expired(apc_seg *seg, apc_slot *s, uint64_t now)
 {
     if (!apc_expired(s, now))
         return 0;
-    seg->hdr->stats[s->table].expired++;
+    stats_of(seg, s->table, s->hash)->expired++;
     return 1;
 }
 
@@ -718,7 +959,7 @@ static int make_room_wl(apc_seg *seg, uint64_t need, uint64_t now, int table)
 {
     apc_header *h = seg->hdr;
     uint64_t want = apc_sma_block_for(need);
-    gc_sweep_wl(seg, now);
+    gc_sweep_al(seg, now);
     if (fits_wl(seg, want))
         return APC_OK;
     sweep_wl(seg, now, pred_hard_expired);
@@ -739,8 +980,10 @@ static int make_room_wl(apc_seg *seg, uint64_t need, uint64_t now, int table)
     /* The header's entry counts are claims: no more entries than blocks
      * can exist, and n * sizeof *c must not wrap. */
     uint64_t n = 0, most = apc_walk_cap(seg);
-    for (int t = 0; t < APC_NTABLES; t++)
-        n += h->stats[t].num_entries < most ? h->stats[t].num_entries : most;
+    for (int t = 0; t < APC_NTABLES; t++) {
+        uint64_t e = apc_table_sum(seg, t).num_entries;
+        n += e < most ? e : most;
+    }
     if (n > most)
         n = most;
     cand *c = n ? malloc(n * sizeof *c) : NULL;
@@ -818,14 +1061,14 @@ static int write_value(apc_seg *seg, char *dst, const char *src, uint64_t len)
     uint64_t off = (uint64_t)(dst - (char *)seg->base);
     uint64_t first = off / APC_PAGE, last = (off + len - 1) / APC_PAGE;
     int64_t pid = apc_pid();
-    if (seg->seen_pid != pid) { /* a forked child: none of its pages is mapped yet */
+    if (LOADR(&seg->seen_pid) != pid) { /* a forked child: none of its pages is mapped yet */
         memset(seg->seen, 0, (seg->seen_pages + 7) / 8);
-        seg->seen_pid = pid;
+        STORER(&seg->seen_pid, pid);
     }
     if (last >= seg->seen_pages)
         return APC_E_CORRUPT; /* cannot be: dst is in the arena */
     uint64_t p = first;
-    while (p <= last && (seg->seen[p >> 3] & (1u << (p & 7))))
+    while (p <= last && (LOADR(&seg->seen[p >> 3]) & (1u << (p & 7))))
         p++;
     if (p > last) {
         memcpy(dst, src, len);
@@ -845,32 +1088,122 @@ static int write_value(apc_seg *seg, char *dst, const char *src, uint64_t len)
         len -= (uint64_t)n;
     }
     for (p = first; p <= last; p++)
-        seg->seen[p >> 3] |= (uint8_t)(1u << (p & 7));
+        __atomic_fetch_or(&seg->seen[p >> 3], (uint8_t)(1u << (p & 7)), __ATOMIC_RELAXED);
     return APC_OK;
 }
 
-/* Insert or replace (table, key) with a fully built slot.  Expects wlock
- * held and seq odd.  *replaced says whether a live entry was replaced. */
-static int insert_wl(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash,
-                     int type, const char *val, uint64_t vlen, int64_t ival, uint64_t ttl,
-                     uint64_t now, const keyed *k)
+/* A block just allocated, made this write's intent_new: it says whose it
+ * is (its slot's hash, table and a pin word nobody holds: see INTENTS)
+ * before the intent names it.  Returns the pin word.  Expects alock. */
+static uint64_t claim_block(apc_seg *seg, const keyed *k, apc_lock *rec, apc_off_t off,
+                            apc_off_t bucket)
+{
+    apc_slot *s = (apc_slot *)APC_PTR(seg, off);
+    uint64_t pin = apc_fresh_pin(seg->hdr);
+    s->hash = k->hash;
+    s->table = (uint8_t)k->table;
+    s->flags = 0;
+    s->key_len = 0;
+    s->val_len = 0;
+    STORER(&s->pin, pin);
+    STORER(&rec->intent_bucket, bucket);
+    STORER(&rec->intent_new, off);
+    return pin;
+}
+
+/* A block for a new slot of `need` bytes, with a fresh pin word in *pin.
+ * A stripe holder allocates under alock and records the block as its
+ * intent_new in the same section; when the arena has no block that large
+ * it trades its stripe for the whole lock, which making room needs, and
+ * *moved says the key must be looked up again.  0 with *rc on failure. */
+static apc_off_t alloc_kl(apc_seg *seg, const char *key, uint32_t klen, keyed *k, uint64_t need,
+                          uint64_t *pin, int *moved, int *rc)
 {
     apc_header *h = seg->hdr;
-    uint64_t need = apc_slot_need(klen, vlen);
-    uint64_t repairs = h->repairs;
-    int moved = 0; /* did entries move or go since k's lookup? */
+    apc_lock *rec = keyed_lock_rec(seg, k);
+    apc_off_t bucket = APC_OFF(seg, bucket_of(seg, k->table, k->hash));
+    for (;;) {
+        if (!k->whole) {
+            *rc = al_lock(seg);
+            if (*rc == APC_ESCALATE) {
+                *moved = 1;
+                if ((*rc = escalate(seg, key, klen, k)) != APC_OK)
+                    return 0;
+                continue;
+            }
+            if (*rc != APC_OK)
+                return 0;
+        }
+        if (h->gc_head)
+            gc_sweep_al(seg, k->now);
+        if (h->bstripes[k->stripe].pending)
+            drain_al(seg, k->stripe);
+        apc_off_t off = apc_sma_alloc_wl(seg, need);
+        if (off) {
+            *pin = claim_block(seg, k, rec, off, bucket);
+            APC_FAULT("alloc.locked");
+        }
+        if (!k->whole)
+            apc_al_release(seg);
+        if (off)
+            return off;
+        if (k->whole)
+            break;
+        /* Making room evicts and moves entries in every chain. */
+        *moved = 1;
+        if ((*rc = escalate(seg, key, klen, k)) != APC_OK)
+            return 0;
+    }
+    *moved = 1;
+    if (LOADR(&h->repair_due)) { /* the allocator found itself broken */
+        apc_repair_wl(seg, k->now);
+        apc_off_t off = apc_sma_alloc_wl(seg, need);
+        if (off) {
+            *pin = claim_block(seg, k, rec, off, bucket);
+            return off;
+        }
+    }
+    apc_seq_begin_wl(seg, APC_SEQ_ALL);
+    *rc = make_room_wl(seg, need, k->now, k->table);
+    apc_seq_end_wl(seg, APC_SEQ_ALL);
+    if (*rc != APC_OK)
+        return 0;
     apc_off_t off = apc_sma_alloc_wl(seg, need);
     if (!off) {
-        moved = 1;
-        apc_seq_begin_wl(seg, APC_SEQ_ALL); /* making room frees and moves entries */
-        int rc = make_room_wl(seg, need, now, table);
-        apc_seq_end_wl(seg, APC_SEQ_ALL);
-        if (rc != APC_OK)
-            return rc;
-        off = apc_sma_alloc_wl(seg, need);
-        if (!off)
-            return APC_E_NOMEM;
+        *rc = APC_E_NOMEM;
+        return 0;
     }
+    *pin = claim_block(seg, k, rec, off, bucket);
+    return off;
+}
+
+/* Give back a block this write allocated and never published. */
+static void unalloc_kl(apc_seg *seg, const keyed *k, apc_off_t off)
+{
+    if (!k->whole && al_lock(seg) != APC_OK)
+        return; /* the stripe's next holder frees it (intent_new) */
+    apc_sma_free_wl(seg, off); /* never reachable: no reader can see it */
+    STORER(&keyed_lock_rec(seg, k)->intent_new, 0);
+    if (!k->whole)
+        apc_al_release(seg);
+}
+
+/* Insert or replace k's key with a fully built slot.  Expects the key's
+ * lock (keyed_begin).  The slot is built outside alock. */
+static int insert_kl(apc_seg *seg, const char *key, uint32_t klen, int type, const char *val,
+                     uint64_t vlen, int64_t ival, uint64_t ttl, keyed *k, int absent_only)
+{
+    int table = k->table;
+    uint64_t hash = k->hash, now = k->now;
+    apc_header *h = seg->hdr;
+    apc_lock *rec = keyed_lock_rec(seg, k);
+    uint64_t need = apc_slot_need(klen, vlen);
+    uint64_t repairs = h->repairs;
+    int moved = 0, rc = APC_OK; /* did entries move or go since k's lookup? */
+    uint64_t pin = 0;
+    apc_off_t off = alloc_kl(seg, key, klen, k, need, &pin, &moved, &rc);
+    if (!off)
+        return rc;
     APC_FAULT("store.after_alloc");
 
     apc_slot *s = (apc_slot *)APC_PTR(seg, off);
@@ -888,12 +1221,12 @@ static int insert_wl(apc_seg *seg, int table, const char *key, uint32_t klen, ui
     s->ival = ival;
     s->atime = now;
     s->hits = 0;
-    s->pin = apc_fresh_pin(h);
+    s->pin = pin;
     memcpy(apc_slot_key(s), key, klen);
     if (vlen) {
         int wrc = write_value(seg, apc_slot_val(s), val, vlen);
         if (wrc != APC_OK) {
-            apc_sma_free_wl(seg, off); /* never reachable: no reader can see it */
+            unalloc_kl(seg, k, off);
             return wrc;
         }
     }
@@ -901,36 +1234,41 @@ static int insert_wl(apc_seg *seg, int table, const char *key, uint32_t klen, ui
 
     /* The old entry: as the caller found it, unless making room or a
      * repair may have moved or removed it since; then looked up again. */
-    apc_off_t *link;
-    apc_slot *old;
-    int rc;
-    if (k && !moved && h->repairs == repairs && k->found != APC_E_CORRUPT) {
-        link = k->link;
-        old = k->found == APC_OK ? k->s : NULL;
-        rc = k->found;
-    } else {
-        rc = find_wl(seg, table, key, klen, hash, &link, &old);
+    if (moved || h->repairs != repairs) {
+        keyed_find(seg, key, klen, k);
+        if (absent_only && k->live) {
+            /* Another writer stored the key while we let our stripe go:
+             * the caller decides again. */
+            unalloc_kl(seg, k, off);
+            return APC_RETRY_OP;
+        }
     }
-    if (rc == APC_E_CORRUPT) {
-        apc_sma_free_wl(seg, off); /* never reachable: no reader can see it */
-        return rc;
+    if (k->found == APC_E_CORRUPT) {
+        unalloc_kl(seg, k, off);
+        return APC_E_CORRUPT;
     }
-    s->next_off = old ? old->next_off : *bucket_of(seg, table, hash);
-    STORE(old ? link : bucket_of(seg, table, hash), off);
+    apc_slot *old = k->found == APC_OK ? k->s : NULL;
+    apc_off_t *bucket = bucket_of(seg, table, hash);
+    if (old)
+        STORER(&rec->intent_old, APC_OFF(seg, old));
+    s->next_off = old ? old->next_off : *bucket;
+    STORE(old ? k->link : bucket, off);
+    STORER(&rec->intent_new, 0);
     APC_FAULT("store.after_publish");
 
-    apc_table_stats *st = &h->stats[table];
+    apc_stripe_stats *st = &h->bstripes[k->stripe].st[table];
     st->num_inserts++;
     st->num_entries++;
+    APC_FAULT("store.mid_count");
     st->mem_size += apc_sma_block_size(seg, off);
     if (old) {
         if (apc_expired(old, now))
             st->expired++;
         st->num_entries--;
         st->mem_size -= apc_sma_block_size(seg, APC_OFF(seg, old));
-        apc_seq_begin_wl(seg, stripe_of(seg, table, hash)); /* readers may be at the old slot */
-        retire_wl(seg, old, now);
-        apc_seq_end_wl(seg, stripe_of(seg, table, hash));
+        apc_seq_begin_wl(seg, k->stripe); /* readers may be at the old slot */
+        retire_kl(seg, k, old, now);
+        apc_seq_end_wl(seg, k->stripe);
     }
     return APC_OK;
 }
@@ -950,24 +1288,22 @@ static int do_store(apc_seg *seg, int table, const char *key, uint32_t klen, int
     int rc = keyed_begin(seg, table, key, klen, now, &k);
     if (rc != APC_OK)
         return rc;
-    if (seg->hdr->gc_head) {
-        apc_seq_begin_wl(seg, APC_SEQ_ALL);
-        gc_sweep_wl(seg, k.now);
-        apc_seq_end_wl(seg, APC_SEQ_ALL);
-    }
-    if ((flags & APC_ADD) && k.live) {
-        rc = APC_EXISTS;
-    } else if (k.found == APC_E_CORRUPT) {
-        rc = APC_E_CORRUPT; /* still broken after a repair */
-    } else {
-        rc = insert_wl(seg, table, key, klen, k.hash, type, val, vlen, ival, ttl, k.now, &k);
-        if (rc == APC_E_CORRUPT) {
-            /* Making room met a broken chain: repair, then once more. */
-            apc_repair_wl(seg, k.now);
-            rc = insert_wl(seg, table, key, klen, k.hash, type, val, vlen, ival, ttl, k.now, NULL);
+    for (int again = 0;; again++) {
+        if ((flags & APC_ADD) && k.live) {
+            rc = APC_EXISTS;
+        } else if (k.found == APC_E_CORRUPT) {
+            rc = APC_E_CORRUPT; /* still broken after a repair */
+        } else {
+            rc = insert_kl(seg, key, klen, type, val, vlen, ival, ttl, &k, flags & APC_ADD);
+            if (rc == APC_RETRY_OP && k.held)
+                continue;
+            /* Making room met a broken chain: repaired; once more. */
+            if (rc == APC_E_CORRUPT && k.held && !again && escalate(seg, key, klen, &k) == APC_OK)
+                continue;
         }
+        break;
     }
-    wl_leave(seg, NO_SEQ);
+    keyed_end(seg, &k);
     return rc;
 }
 
@@ -987,22 +1323,18 @@ static int do_delete(apc_seg *seg, int table, const char *key, uint32_t klen, ui
         return rc;
     rc = k.found;
     if (rc == APC_OK) {
-        int st = stripe_of(seg, table, k.hash);
         if (!k.live)
-            seg->hdr->stats[table].expired++;
-        apc_seq_begin_wl(seg, st);
-        remove_wl(seg, k.link, k.s, k.now);
+            seg->hdr->bstripes[k.stripe].st[table].expired++;
+        STORER(&keyed_lock_rec(seg, &k)->intent_old, APC_OFF(seg, k.s));
+        apc_seq_begin_wl(seg, k.stripe);
+        unlink_counted(seg, k.link, k.s);
         APC_FAULT("delete.after_unlink");
-        apc_seq_end_wl(seg, st);
+        retire_kl(seg, &k, k.s, k.now);
+        apc_seq_end_wl(seg, k.stripe);
         if (!k.live)
             rc = APC_NOTFOUND;
     }
-    if (seg->hdr->gc_head) {
-        apc_seq_begin_wl(seg, APC_SEQ_ALL);
-        gc_sweep_wl(seg, k.now);
-        apc_seq_end_wl(seg, APC_SEQ_ALL);
-    }
-    wl_leave(seg, NO_SEQ);
+    keyed_end(seg, &k);
     return rc;
 }
 
@@ -1022,29 +1354,34 @@ static int do_inc(apc_seg *seg, int table, const char *key, uint32_t klen, int64
     int rc = keyed_begin(seg, table, key, klen, now, &k);
     if (rc != APC_OK)
         return rc;
-    rc = k.found;
-    if (k.live) {
-        apc_slot *s = k.s;
-        int64_t v;
-        if (s->type != APC_T_INT) {
-            rc = APC_E_TYPE;
-        } else if (__builtin_add_overflow(LOADR(&s->ival), step, &v)) {
-            rc = APC_E_OVERFLOW;
-        } else {
-            APC_FAULT("inc.in_place");
-            STORE(&s->ival, v);
-            if (seg->checksums)
-                STORE(&s->sum, int_sum(s, v));
-            s->mtime = k.now;
-            *out = v;
+    for (;;) {
+        rc = k.found;
+        if (k.live) {
+            apc_slot *s = k.s;
+            int64_t v;
+            if (s->type != APC_T_INT) {
+                rc = APC_E_TYPE;
+            } else if (__builtin_add_overflow(LOADR(&s->ival), step, &v)) {
+                rc = APC_E_OVERFLOW;
+            } else {
+                APC_FAULT("inc.in_place");
+                STORE(&s->ival, v);
+                if (seg->checksums)
+                    STORE(&s->sum, int_sum(s, v));
+                s->mtime = k.now;
+                *out = v;
+            }
+        } else if (rc != APC_E_CORRUPT) {
+            /* Missing or expired: created as 0, then updated. */
+            rc = insert_kl(seg, key, klen, APC_T_INT, NULL, 0, step, ttl, &k, 1);
+            if (rc == APC_RETRY_OP && k.held)
+                continue;
+            if (rc == APC_OK)
+                *out = step;
         }
-    } else if (rc != APC_E_CORRUPT) {
-        /* Missing or expired: created as 0, then updated. */
-        rc = insert_wl(seg, table, key, klen, k.hash, APC_T_INT, NULL, 0, step, ttl, k.now, &k);
-        if (rc == APC_OK)
-            *out = step;
+        break;
     }
-    wl_leave(seg, NO_SEQ);
+    keyed_end(seg, &k);
     return rc;
 }
 
@@ -1078,7 +1415,7 @@ static int do_cas(apc_seg *seg, int table, const char *key, uint32_t klen, int64
             s->mtime = k.now;
         }
     }
-    wl_leave(seg, NO_SEQ);
+    keyed_end(seg, &k);
     return rc;
 }
 
@@ -1111,7 +1448,7 @@ static int do_touch(apc_seg *seg, int table, const char *key, uint32_t klen, uin
             STORE(&k.s->ttl, ttl ? age + ttl : 0);
         }
     }
-    wl_leave(seg, NO_SEQ);
+    keyed_end(seg, &k);
     return rc;
 }
 
@@ -1145,9 +1482,10 @@ static int do_clear(apc_seg *seg, int table, uint64_t now)
             APC_FAULT("clear.mid");
         }
     }
-    gc_sweep_wl(seg, now);
+    gc_sweep_al(seg, now);
     apc_table_stats *st = &h->stats[table];
-    st->num_inserts = 0;
+    for (int i = 0; i < APC_NSEQ; i++)
+        h->bstripes[i].st[table].num_inserts = 0;
     st->expunges = 0;
     st->start_time = now;
     for (int i = 0; i < APC_NSTRIPES; i++) {
@@ -1307,7 +1645,7 @@ static int do_recover(apc_seg *seg, int64_t pid, uint64_t now)
             STORE(&r->pid, 0); /* died while claiming: no pin was counted */
         }
     }
-    gc_sweep_wl(seg, now);
+    gc_sweep_al(seg, now);
     wl_leave(seg, APC_SEQ_ALL);
     return n;
 }
@@ -1371,12 +1709,13 @@ static int do_info_get(apc_seg *seg, int table, apc_info *o)
     o->gc_ttl = h->gc_ttl;
     o->num_slots = seg->geom[table].nslots;
     const apc_table_stats *st = &h->stats[table];
-    o->num_entries = LOADR(&st->num_entries);
-    o->mem_size = LOADR(&st->mem_size);
-    o->num_inserts = LOADR(&st->num_inserts);
+    apc_stripe_stats sum = apc_table_sum(seg, table);
+    o->num_entries = sum.num_entries;
+    o->mem_size = sum.mem_size;
+    o->num_inserts = sum.num_inserts;
     o->expunges = LOADR(&st->expunges);
     o->evictions = LOADR(&st->evictions);
-    o->expired = LOADR(&st->expired);
+    o->expired = sum.expired;
     o->start_time = LOADR(&st->start_time);
     for (int i = 0; i < APC_NSTRIPES; i++) {
         o->num_hits += LOADR(&h->stripes[i].hits[table]);
@@ -1384,7 +1723,9 @@ static int do_info_get(apc_seg *seg, int table, apc_info *o)
         o->corrupt_reads += LOADR(&h->stripes[i].corrupt[table]);
         o->waited_reads += LOADR(&h->stripes[i].waited[table]);
     }
-    o->lock_steals = LOADR(&h->wlock.steals);
+    o->lock_steals = LOADR(&h->alock.steals);
+    for (int i = 0; i < APC_NSEQ; i++)
+        o->lock_steals += LOADR(&h->bstripes[i].lock.steals);
     o->checksums = seg->checksums;
     o->repairs = LOADR(&h->repairs);
     o->compactions = LOADR(&h->compactions);
@@ -1393,8 +1734,12 @@ static int do_info_get(apc_seg *seg, int table, apc_info *o)
     for (int i = 0; i < APC_NPINS; i++)
         o->pins += LOADR(&h->pins[i].pid) > 0;
     o->gc_entries = LOADR(&h->gc_count);
-    if (o->gc_entries) {
-        /* Only the GC list needs the lock. */
+    int pending = 0;
+    for (int i = 0; i < APC_NSEQ; i++)
+        pending |= LOADR(&h->bstripes[i].pending) != 0;
+    if (o->gc_entries || pending) {
+        /* The GC list, with what the pending lists would add to it: under
+         * the whole lock, which empties them first. */
         int lrc = wl_enter(seg, NO_SEQ);
         if (lrc != APC_OK)
             return lrc;
@@ -1667,6 +2012,118 @@ int64_t apc_count_live_chunk(apc_seg *seg, int table, uint64_t now, uint64_t cur
 
 /* ------------------------------------------------------------- repair */
 
+/* ------------------------------------------- what a stripe holder left */
+
+/*
+ * An intent is a claim like any other word of the segment: before a block
+ * it names is freed, it must be what a stripe's writer would have left
+ * there.  A block is allocated with its slot's hash, table and pin word
+ * written in the same alock section as the intent (alloc_kl), so a true
+ * intent_new names a slot of this very stripe (and of intent_bucket), not
+ * on the GC list, pinned by nobody; a true intent_old, a slot of this
+ * stripe.  Whether either is still reachable is asked of every chain of
+ * the stripe: a forged intent naming a live entry of the stripe finds it
+ * there and frees nothing, and one naming anything else is refused.  What
+ * cannot be settled that way is left to a whole repair.
+ */
+static int intent_slot_ok(apc_seg *seg, int stripe, apc_off_t off, apc_slot **out)
+{
+    apc_slot *s = apc_slot_at(seg, off);
+    if (!s || (s->flags & APC_SLOT_GC) || stripe_of(seg, s->table, s->hash) != stripe)
+        return 0;
+    *out = s;
+    return 1;
+}
+
+/* Walk every chain of the stripe: count its entries and memory, and say
+ * whether the slots at a and b are among them.  0, or -1 for a chain that
+ * cannot be walked. */
+static int walk_stripe(apc_seg *seg, int stripe, apc_off_t a, apc_off_t b, int *seen_a,
+                       int *seen_b)
+{
+    *seen_a = *seen_b = 0;
+    for (int t = 0; t < APC_NTABLES; t++) {
+        uint64_t n = 0, mem = 0;
+        apc_off_t *bk = apc_buckets(seg, t);
+        for (uint64_t i = (uint64_t)stripe; i < seg->geom[t].nslots; i += APC_NSEQ) {
+            uint64_t cap = apc_walk_cap(seg);
+            for (apc_off_t o = bk[i]; o;) {
+                apc_slot *s = apc_slot_at(seg, o);
+                if (!s || --cap == 0)
+                    return -1;
+                *seen_a |= o == a;
+                *seen_b |= o == b;
+                n++;
+                mem += apc_sma_block_size(seg, o);
+                o = s->next_off;
+            }
+        }
+        apc_stripe_stats *st = &seg->hdr->bstripes[stripe].st[t];
+        st->num_entries = n;
+        st->mem_size = mem;
+    }
+    return 0;
+}
+
+/*
+ * Finish what the last holder of stripe i left (see INTENTS): free the
+ * block it allocated if it never published it, retire the slot it
+ * unlinked if it did not; and since it may have died between two of its
+ * counter updates, count the stripe again.  Expects stripe i's lock, and
+ * alock if have_alock.  APC_ESCALATE: a whole repair is owed first
+ * (alock was lost to a dead holder, or an intent is not to be believed);
+ * the intents wait for it.
+ */
+static int finish_intents(apc_seg *seg, int i, int have_alock)
+{
+    apc_lock *l = &seg->hdr->bstripes[i].lock;
+    apc_off_t nw = LOADR(&l->intent_new), old = LOADR(&l->intent_old);
+    apc_slot *ns = NULL, *os = NULL;
+    if (nw && (!intent_slot_ok(seg, i, nw, &ns) || (LOADR(&ns->pin) & APC_PIN_REFS) ||
+               LOADR(&l->intent_bucket) != APC_OFF(seg, bucket_of(seg, ns->table, ns->hash))))
+        goto owed;
+    if (old && !intent_slot_ok(seg, i, old, &os))
+        goto owed;
+    int nw_linked, old_linked;
+    if (walk_stripe(seg, i, nw, old, &nw_linked, &old_linked) != 0)
+        goto owed;
+    /* An unlinked intent_old may already be parked on the pending list. */
+    apc_bstripe *bs = &seg->hdr->bstripes[i];
+    int old_parked = 0;
+    if (old && !old_linked) {
+        int n = 0;
+        for (apc_off_t o = bs->pending; o && !old_parked;) {
+            apc_slot *p = apc_slot_at(seg, o);
+            if (!p || ++n > APC_PENDING_MAX + 1)
+                goto owed;
+            old_parked = o == old;
+            o = p->next_off;
+        }
+    }
+    int retire_old = old && !old_linked && !old_parked && old != nw;
+    if ((nw && !nw_linked) || retire_old || bs->pending) {
+        if (!have_alock && al_lock(seg) != APC_OK)
+            return APC_ESCALATE;
+        uint64_t now = apc_now(0);
+        apc_seq_begin_wl(seg, i);
+        drain_al(seg, i);
+        if (nw && !nw_linked)
+            apc_sma_free_wl(seg, nw); /* checks that it is a used block */
+        if (retire_old)
+            retire_al(seg, os, now);
+        apc_seq_end_wl(seg, i);
+        if (!have_alock)
+            apc_al_release(seg);
+    }
+    STORER(&l->intent_new, 0);
+    STORER(&l->intent_old, 0);
+    STORER(&l->intent_bucket, 0);
+    return APC_OK;
+owed:
+    apc_repair_later(seg);
+    return APC_ESCALATE;
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -1731,8 +2188,10 @@ static void collect_chain(apc_seg *seg, apc_off_t *link, int table, uint64_t buc
 /*
  * REPAIR
  *
- * Runs with wlock held, when the previous holder died inside a write
- * section.  It trusts nothing but what it checks:
+ * Runs with the whole lock held, after a holder of any lock died in the
+ * middle of the whole lock's work or of the allocator's, or when a repair
+ * is owed (a reader or the allocator met a broken claim).  It trusts
+ * nothing but what it checks:
  *   1. walk every chain and the GC list, cutting each at the first slot
  *      that is not sane (inside the arena, at a used block whose two tags
  *      agree, big enough for its key and value, in the right bucket);
@@ -1741,10 +2200,11 @@ static void collect_chain(apc_seg *seg, apc_off_t *link, int table, uint64_t buc
  *      acceptable, a corrupt chain is not);
  *   3. rebuild the allocator from the gaps between reachable blocks, which
  *      reclaims anything the dead writer had allocated but not published;
- *   4. recount the tables' entries and memory.
- * It runs inside a seq-odd section of its own (which nests when the
- * allocator calls it in the middle of a write section on finding a bad
- * link); lock.c evens out a seq that a dead owner left odd.
+ *   4. recount the stripes' entries and memory, and forget every intent
+ *      (what they name is reclaimed or reachable by now).
+ * It runs inside a seq-odd section of its own (which nests inside a
+ * write section's, for a writer that meets a broken chain); whole_lock
+ * evens out a seq that a dead owner left odd.
  * Unreachable blocks that a reader still pins are not reclaimed here: they
  * are put on the GC list, found by walking the arena while its tags hold.
  */
@@ -1866,7 +2326,7 @@ static int repair_wl(apc_seg *seg, uint64_t now)
                     s->key_len = 0;
                     s->val_len = size - 16 - sizeof(apc_slot);
                 }
-                s->flags |= APC_SLOT_GC;
+                s->flags = (uint8_t)((s->flags | APC_SLOT_GC) & ~APC_SLOT_PENDING);
                 s->dtime = now;
                 s->next_off = h->gc_head;
                 h->gc_head = off;
@@ -1886,10 +2346,15 @@ static int repair_wl(apc_seg *seg, uint64_t now)
         nlive = 0;
     }
 
-    /* Recount. */
-    for (int t = 0; t < APC_NTABLES; t++) {
-        h->stats[t].num_entries = 0;
-        h->stats[t].mem_size = 0;
+    /* Recount; nothing is left in flight. */
+    for (int i = 0; i < APC_NSEQ; i++) {
+        apc_bstripe *bs = &h->bstripes[i];
+        memset(bs->st, 0, sizeof bs->st);
+        bs->pending = 0; /* unreachable: freed by the rebuild, or kept on the GC list */
+        bs->npending = 0;
+        STORER(&bs->lock.intent_new, 0);
+        STORER(&bs->lock.intent_old, 0);
+        STORER(&bs->lock.intent_bucket, 0);
     }
     h->gc_count = 0;
     for (uint64_t i = 0; i < nlive; i++) {
@@ -1901,11 +2366,35 @@ static int repair_wl(apc_seg *seg, uint64_t now)
             if ((s->pin & ~APC_PIN_REFS) == APC_PIN_DEAD) {
                 s->pin = apc_fresh_pin(h);
             }
-            h->stats[s->table].num_entries++;
-            h->stats[s->table].mem_size += apc_sma_block_size(seg, live[i]);
+            apc_stripe_stats *st = stats_of(seg, s->table, s->hash);
+            st->num_entries++;
+            st->mem_size += apc_sma_block_size(seg, live[i]);
         }
     }
+    STORER(&h->repair_due, 0);
     free(live);
     free(bad);
     return APC_OK;
 }
+
+#ifdef APC_DEBUG
+/* Set the pin version counter (to test its wrap). */
+int apc_debug_set_version(apc_seg *seg, uint64_t v)
+{
+    if (apc_seg_enter(seg) != APC_OK)
+        return APC_E_CLOSED;
+    int rc = apc_wl_lock(seg);
+    if (rc == APC_OK) {
+        seg->hdr->next_version = v;
+        apc_wl_unlock(seg);
+    }
+    return (int)apc_seg_leave(seg, rc);
+}
+#else
+int apc_debug_set_version(apc_seg *seg, uint64_t v)
+{
+    (void)seg;
+    (void)v;
+    return APC_E_ARG;
+}
+#endif

@@ -261,11 +261,22 @@ HEADER_WORDS = ["hdr.repair_due", "hdr.free_map", "hdr.free_bytes", "hdr.nfree",
 
 
 def c_header_field(ctx, rng):
-    name = rng.choice(HEADER_WORDS + ["stats"] * 4)
+    name = rng.choice(HEADER_WORDS + ["stats"] * 2 + ["stripe stats"] * 2 + ["intent"] * 3)
     if name == "stats":
-        # num_entries, mem_size, ... of either table
-        at = off("hdr.stats") + rng.randrange(2) * off("sizeof.apc_table_stats") + 8 * rng.randrange(7)
+        # expunges, evictions, start_time of either table
+        at = off("hdr.stats") + rng.randrange(2) * off("sizeof.apc_table_stats") + 8 * rng.randrange(3)
         return "header stats " + _word(ctx, rng, at)
+    if name == "stripe stats":
+        # a bucket stripe's num_entries, mem_size, num_inserts or expired, of either table
+        at = rng.choice(_locks()[1:]) + off("sizeof.lock") + 8 * rng.randrange(8)
+        return "stripe stats " + _word(ctx, rng, at)
+    if name == "intent":
+        # what a stripe's holder was in the middle of: a block it allocated,
+        # where it was to go, a slot it was unlinking (often a real slot's
+        # offset, or near one)
+        at = rng.choice(_locks()[1:]) + off("lock." + rng.choice(["intent_new", "intent_bucket",
+                                                                   "intent_old"]))
+        return "stripe intent " + _word(ctx, rng, at)
     return f"header {name} " + _word(ctx, rng, off(name))
 
 
@@ -382,17 +393,19 @@ def c_zero_page(ctx, rng):
     return f"zeroed page {page}"
 
 
-def _lock_field(name):
-    try:
-        return off("hdr.wlock") + off("lock." + name)
-    except KeyError:  # an engine without its own lock record
-        return None
+def _locks():
+    """Where each of the segment's locks is: the allocator's, then one per
+    bucket stripe."""
+    first, step = off("hdr.bstripes"), off("sizeof.bstripe")
+    return [off("hdr.alock")] + [first + i * step for i in range(B.LAYOUT["nstripes"])]
 
 
 def c_lock_word(ctx, rng):
-    at = off("hdr.wlock")
-    n = off("sizeof.wlock")
-    word, pid_at = _lock_field("word") or at, _lock_field("pid")
+    # the allocator's lock (every allocating write takes it) half the time
+    locks = _locks()
+    at = locks[0] if rng.random() < 0.5 else rng.choice(locks[1:])
+    n = off("sizeof.lock")
+    word, pid_at = at + off("lock.word"), at + off("lock.pid")
     kind = rng.randrange(6)
     if kind == 0:
         ctx.mv[at:at + n] = rng.randbytes(n)

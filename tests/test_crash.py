@@ -28,10 +28,20 @@ SCENARIOS = {
     "alloc.mid_split": ("", "c.store('fresh', b'x' * 500)"),
     "remove.after_unlink": ("", "c.delete('victim')"),
     "delete.after_unlink": ("", "c.delete('victim')"),
-    "free.before_coalesce": ("", "c.delete('victim')"),
+    # a deleted slot is freed by its stripe's next allocation
+    "free.before_coalesce": ("", "c.delete('victim'); c.store('victim', b'n')"),
     # a block only the big free block can hold: cut from its front, so its neighbour is free
-    "free.mid_coalesce": ("", "c.store('t', b't' * 500_000); c.delete('t')"),
+    "free.mid_coalesce": ("", "c.store('t', b't' * 500_000); c.delete('t'); c.store('t', b'u')"),
     "inc.in_place": ("c.store('n', 41)", "c.inc('n')"),
+    # inside the allocator lock (with a block just taken), and between two
+    # of a stripe's counters
+    "alloc.locked": ("", "c.store('fresh', b'x' * 500)"),
+    "store.mid_count": ("", "c.store('fresh', b'x' * 500)"),
+    # a slot parked on its stripe's pending list, and the list freed when full
+    "retire.parked": ("", "c.store('victim', b'new' * 100)"),
+    "drain.locked": ("[c.store(f'p{i}', b'p') for i in range(4000)]",
+                     "s = c._stripe_of('victim')\n"
+                     "[c.delete(k) for k in (f'p{i}' for i in range(4000)) if c._stripe_of(k) == s]"),
     "clear.mid": ("", "c.clear()"),
     "evict.after_remove": (SETUP_FILL, "[c.store(f'more{j}', b'm' * 3000) for j in range(100)]"),
     "evict.before_compact": (SETUP_FRAGMENT, "c.store('big', b'B' * 200_000)"),
@@ -81,9 +91,10 @@ def test_a_writer_killed_at_a_fault_point_leaves_a_usable_segment(segments, poin
 
     ctx = mp.get_context("fork")
     q = ctx.Queue()
-    # free.mid_coalesce needs the block after the child's to stay free, so
+    # free.mid_coalesce needs the block after the child's to stay free, and
+    # drain.locked a pending list nobody else's allocation empties first, so
     # there the other process only reads and increments in place.
-    allocate = point != "free.mid_coalesce"
+    allocate = point not in ("free.mid_coalesce", "drain.locked")
     bg = ctx.Process(target=_keep_working, args=(c.name, time.time() + 1.5, q, allocate))
     bg.start()
     time.sleep(0.3)
@@ -114,14 +125,64 @@ def test_a_writer_killed_at_a_fault_point_leaves_a_usable_segment(segments, poin
     assert s["avail_mem"] == s["seg_size"], "memory leaked by the crash was never reclaimed"
 
 
-def test_the_repair_is_counted_and_seq_is_even_again(segments):
+def test_a_writer_killed_holding_the_allocator_lock_owes_a_whole_repair(segments):
     c = segments(size=1 << 20)
-    c.store("victim", b"x")
-    p = run_dying(c.name, "c.store('victim', b'y')", "store.after_publish")
+    c.store("keep", b"k" * 100)
+    c.store("n", 1)
+    p = run_dying(c.name, "c.store('fresh', b'x' * 500)", "alloc.locked")
     assert p.returncode == -signal.SIGKILL
-    assert c.fetch("victim") in (b"x", b"y")  # a reader first: it must not spin forever
-    c.store("z", 1)
-    assert c.info()["repairs"] == 1
+    assert c.fetch("keep") == b"k" * 100  # readers take no lock
+    c.inc("n")  # in place: its stripe only, no allocation, no repair
+    assert c.info(limited=True)["repairs"] == 0
+    c.store("other", b"o" * 100)  # allocates: alock is taken over, the repair runs
+    i = c.info(limited=True)
+    assert i["repairs"] == 1 and i["lock_steals"] >= 1
+    assert c.fetch("other") == b"o" * 100 and c.fetch("keep") == b"k" * 100
+    assert c.check() == []
+    s = c.sma_info()
+    assert s["seg_size"] - s["avail_mem"] == c.info()["mem_size"]
+
+
+def test_a_writer_killed_between_its_stripes_counters_is_recounted(segments):
+    c = segments(size=1 << 20)
+    p = run_dying(c.name, "c.store('fresh', b'x' * 500)", "store.mid_count")
+    assert p.returncode == -signal.SIGKILL
+    c.store("fresh", b"y" * 10)  # the same stripe: taken over, recounted
+    i = c.info()
+    assert i["num_entries"] == 1 and i["repairs"] == 0
+    assert c.check() == []
+
+
+def test_a_dead_writers_stripe_is_rescued_by_a_reader_and_its_seq_made_even(segments):
+    c = segments(size=1 << 20)
+    c.store("victim", b"x" * 100)
+    p = run_dying(c.name, "c.delete('victim')", "delete.after_unlink")  # dies with the stripe odd
+    assert p.returncode == -signal.SIGKILL
+    t0 = time.monotonic()
+    assert c.fetch("victim") is None  # a reader first: it must not spin forever
+    assert time.monotonic() - t0 < 0.5
+    i = c.info(limited=True)
+    # the reader took the dead writer's stripe over and finished its delete:
+    # no whole repair, and no read was given up
+    assert i["lock_steals"] == 1 and i["repairs"] == 0 and i["waited_reads"] == 0
+    s = c.sma_info()
+    assert s["avail_mem"] == s["seg_size"]  # the unlinked slot was freed
+    c.store("victim", b"y")
+    assert c.fetch("victim") == b"y"
+    assert c.check() == []
+
+
+def test_a_dead_writers_replaced_slot_is_freed_by_the_stripes_next_writer(segments):
+    c = segments(size=1 << 20)
+    c.store("victim", b"x" * 100)
+    p = run_dying(c.name, "c.store('victim', b'y' * 200)", "store.after_publish")
+    assert p.returncode == -signal.SIGKILL
+    assert c.fetch("victim") == b"y" * 200  # published before it died
+    c.store("victim", b"z")  # the same stripe: taken over; the old slot is freed
+    i = c.info()
+    assert i["lock_steals"] == 1 and i["repairs"] == 0
+    s = c.sma_info()
+    assert s["seg_size"] - s["avail_mem"] == i["mem_size"]
     assert c.check() == []
 
 

@@ -86,13 +86,13 @@ def test_a_free_list_head_outside_the_arena_is_not_written_through(cache, head):
     for i in range(60):
         cache.store(f"k{i}", b"v" * (100 + 37 * i))  # used blocks side by side
     heads = off("hdr.free_head")
-    header = bytes(cache._mv[:off("hdr.wlock")])
+    header = bytes(cache._mv[:off("hdr.bstripes")])
 
     def damage_then_use():
         for c_ in range(63):  # every list but the top one (the arena's tail)
             U64.pack_into(cache._mv, heads + 8 * c_, head)
         cache.delete("k30")  # both neighbours used: freed straight onto its list
-        assert bytes(cache._mv[:off("hdr.wlock")]) == header, "the header was written"
+        assert bytes(cache._mv[:off("hdr.bstripes")]) == header, "the header was written"
         cache.clear()
         for i in range(40):
             cache.store(f"n{i}", b"n" * (50 * i))
@@ -228,7 +228,7 @@ def test_a_scribbled_header_geometry_is_put_right_by_the_next_writer(cache):
     name = cache.name
 
     def damage_then_use():
-        cache._mv[: off("hdr.wlock")] = bytes(off("hdr.wlock"))
+        cache._mv[: off("hdr.bstripes")] = bytes(off("hdr.bstripes"))
         cache.store("k2", b"v2")
         assert cache.check() == [], cache.check()
         other = apccache.Cache.attach(name)
@@ -290,7 +290,7 @@ def test_a_lock_word_naming_a_kernel_thread_is_taken_over(cache):
 
     def damage_then_use():
         c = apccache.Cache.attach(name, lock_timeout=0.2)
-        struct.pack_into("<I", c._mv, off("hdr.wlock") + off("lock.word"), kt)
+        struct.pack_into("<I", c._mv, off("hdr.alock") + off("lock.word"), kt)
         c.store("k", b"v")
         assert c.fetch("k") == b"v"
         assert c.check() == []

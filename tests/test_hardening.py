@@ -17,7 +17,7 @@ import apccache
 from apccache import CacheBusyError, CacheClosedError
 from apccache._bindings import LAYOUT
 
-WORD = LAYOUT["wlock_off"]  # the write lock's futex word, then its owner record
+WORD = LAYOUT["alock_off"]  # the allocator lock's futex word, then its owner record
 
 
 def _slot_of(c, key):
@@ -82,7 +82,7 @@ def test_a_lock_word_naming_a_live_stranger_waits_the_timeout_then_is_taken_over
     assert c.info(limited=True)["lock_steals"] == 1
 
 
-def test_a_writer_killed_holding_the_lock_is_repaired_by_the_next(segments):
+def test_a_writer_killed_holding_its_stripe_is_repaired_by_the_stripes_next_writer(segments):
     c = segments(size=1 << 20)
     c.store("keep", b"x")
     p = _run(f"""
@@ -92,13 +92,34 @@ def test_a_writer_killed_holding_the_lock_is_repaired_by_the_next(segments):
     """, APCCACHE_DEBUG="1", APCCACHE_FAULT="store.after_alloc")
     assert p.returncode == -signal.SIGKILL, p.stderr
     t0 = time.monotonic()
-    c.store("after", 1)
+    c.store("k", 1)  # the same key: the same stripe's lock
     assert time.monotonic() - t0 < 1.0
-    assert c.fetch("keep") == b"x" and c.fetch("after") == 1
-    assert c.info(limited=True)["lock_steals"] == 1
-    assert c.check() == []
+    assert c.fetch("keep") == b"x" and c.fetch("k") == 1
+    info = c.info(limited=True)
+    assert info["lock_steals"] == 1
+    assert info["repairs"] == 0  # only what the stripe's lock guards was redone
     s = c.sma_info()
-    assert s["seg_size"] - s["avail_mem"] == c.info()["mem_size"]  # nothing leaked
+    assert s["seg_size"] - s["avail_mem"] == c.info()["mem_size"]  # its block was freed
+    assert c.check() == []
+
+
+def test_a_writer_killed_holding_its_stripe_holds_up_no_other_stripe(segments):
+    c = segments(size=1 << 20, lock_timeout=30)
+    p = _run(f"""
+        import apccache
+        c = apccache.Cache.attach({c.name!r})
+        c.store("k", b"y" * 100)
+    """, APCCACHE_DEBUG="1", APCCACHE_FAULT="store.after_alloc")
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    others = [f"o{i}" for i in range(200) if c._stripe_of(f"o{i}") != c._stripe_of("k")]
+    t0 = time.monotonic()
+    for key in others:
+        c.store(key, key)
+    assert time.monotonic() - t0 < 1.0
+    assert all(c.fetch(key) == key for key in others)
+    assert c.info(limited=True)["lock_steals"] == 0  # nobody needed the dead writer's lock
+    assert c.check() == []  # which takes every lock: the dead one too, and repairs
+    assert c.info(limited=True)["lock_steals"] == 1
 
 
 STALLER = """
@@ -143,17 +164,32 @@ def test_a_writer_waits_for_a_stopped_holder_only_up_to_lock_timeout(stalled):
     c, p = stalled
     t0 = time.monotonic()
     with pytest.raises(CacheBusyError) as e:
-        c.store("k", b"after")
+        c.store("held", b"after")  # the stopped writer's key: its stripe's lock
     waited = time.monotonic() - t0
     assert 0.25 < waited < 2.0
     assert e.value.pid == p.pid and str(p.pid) in str(e.value)
     assert isinstance(e.value, TimeoutError)
-    assert c.fetch("k") == b"before"  # the failed write changed nothing
+    assert c.fetch("held") is None  # the failed write changed nothing
     p.send_signal(signal.SIGCONT)
     assert p.stdout.readline().strip() == "done"
-    assert c.store("k", b"after") and c.fetch("k") == b"after"
-    assert c.fetch("held") == b"z" * 100
+    assert c.store("held", b"after") and c.fetch("held") == b"after"
+    assert c.fetch("k") == b"before"
     assert c.check() == []
+
+
+def test_writers_of_other_stripes_do_not_wait_for_a_stopped_holder(stalled):
+    c, p = stalled
+    held = c._stripe_of("held")
+    others = [f"o{i}" for i in range(100) if c._stripe_of(f"o{i}") != held]
+    counters = [f"n{i}" for i in range(100) if c._stripe_of(f"n{i}") != held]
+    t0 = time.monotonic()
+    for key in others:
+        c.store(key, key)
+    for key in counters:
+        c.inc(key)
+        c.delete(key)
+    assert time.monotonic() - t0 < 0.25  # less than lock_timeout: none of them waited it out
+    assert all(c.fetch(key) == key for key in others)
 
 
 def test_readers_do_not_wait_for_a_stopped_writer(stalled):

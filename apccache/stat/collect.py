@@ -46,7 +46,9 @@ _U64 = struct.Struct("=Q")
 
 _HEADER_READ = B.LAYOUT["header_size"]
 _FREE_BYTES_OFF = B.LAYOUT["free_bytes_off"]
-_NUM_ENTRIES_OFF = B.LAYOUT["num_entries_off"]
+# The user table's entry count is kept per bucket stripe: summed here.
+_NUM_ENTRIES_AT = [B.LAYOUT["num_entries_off"] + i * B.LAYOUT["bstripe_size"]
+                   for i in range(B.LAYOUT["nstripes"])]
 
 # The binding's value type tags (apccache._bindings), by name.
 TYPE_NAMES = {B.T_BYTES: "bytes", B.T_STR: "str", B.T_INT: "int", B.T_FLOAT: "float", B.T_TRUE: "bool",
@@ -137,7 +139,7 @@ def read_header(path):
     out.update(size=seg_size, created=ctime, creator_pid=cpid, arena_size=arena_size)
     if fmt == B.FORMAT and len(raw) >= _HEADER_READ:
         out["memory_free"] = _U64.unpack_from(raw, _FREE_BYTES_OFF)[0]
-        out["entries"] = _U64.unpack_from(raw, _NUM_ENTRIES_OFF)[0]
+        out["entries"] = sum(_U64.unpack_from(raw, at)[0] for at in _NUM_ENTRIES_AT)
     return out
 
 
