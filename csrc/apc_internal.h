@@ -255,23 +255,25 @@ typedef struct apc_lock {
     uint32_t tid;      /* the holder's tid, once recorded; 0 after release */
     int64_t pid;       /* the holder's process */
     uint64_t start;    /* the holder thread's start time (clock ticks since boot) */
-    uint64_t steals;   /* times it was taken over from a dead or vanished holder */
+    uint32_t steals;   /* times it was taken over from a dead or vanished holder */
+    /* A bucket stripe's lock only, guarded by it: */
+    uint32_t npending;       /* slots on the pending list */
     apc_off_t intent_new;    /* a block allocated for a slot not yet published */
     apc_off_t intent_bucket; /* the bucket word it is to be published in */
     apc_off_t intent_old;    /* a slot being unlinked, not yet retired */
-    uint64_t pad_;
-} apc_lock;
-
-/* A bucket stripe: its lock, its share of the counters, and the slots its
- * writers unlinked and have not yet retired (linked by next_off, at most
- * APC_PENDING_MAX: see PENDING in table.c), on cache lines of their own. */
+    apc_off_t pending;       /* the slots its writers unlinked and have not yet
+                                retired, linked by next_off, at most
+                                APC_PENDING_MAX (see PENDING in table.c) */
+} __attribute__((aligned(64))) apc_lock;
 #define APC_PENDING_MAX 32
+
+/* A bucket stripe: its lock (with what a writer of it is in the middle
+ * of), and its share of the counters: a store writes these two cache
+ * lines and no other line of the header. */
 typedef struct apc_bstripe {
     apc_lock lock;
     apc_stripe_stats st[APC_NTABLES];
-    apc_off_t pending;
-    uint64_t npending;
-} __attribute__((aligned(64))) apc_bstripe;
+} apc_bstripe;
 
 typedef struct apc_header {
     /* Set once at create, read-only afterwards.  magic is written last. */

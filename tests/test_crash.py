@@ -39,6 +39,8 @@ SCENARIOS = {
     "store.mid_count": ("", "c.store('fresh', b'x' * 500)"),
     # a slot parked on its stripe's pending list, and the list freed when full
     "retire.parked": ("", "c.store('victim', b'new' * 100)"),
+    # a parked block of the right size taken for a store, before it leaves the list
+    "reuse.claimed": ("", "c.store('victim', b'new' * 100); c.store('victim', b'old' * 100)"),
     "drain.locked": ("[c.store(f'p{i}', b'p') for i in range(4000)]",
                      "s = c._stripe_of('victim')\n"
                      "[c.delete(k) for k in (f'p{i}' for i in range(4000)) if c._stripe_of(k) == s]"),
