@@ -27,9 +27,9 @@
  *                | table 0 (user cache): nslots bucket heads  |
  *                | table 1 (file cache): nslots bucket heads  |
  *   arena_off    +--------------------------------------------+
- *                | arena: boundary-tagged blocks; each used    |
+ *                | arena: tagged blocks (sma.c); each used     |
  *                | block holds one slot (entry): apc_slot,     |
- *                | key bytes, value bytes                      |
+ *                | its optional words, key bytes, value bytes  |
  *   seg_size     +--------------------------------------------+
  *
  * Everything inside is addressed by offsets from the segment's base.  The
@@ -46,7 +46,7 @@
 #include <stddef.h>
 
 /* CDEF BEGIN */
-#define APC_FORMAT 2
+#define APC_FORMAT 3
 #define APC_TABLE_USER 0
 #define APC_TABLE_FILES 1
 #define APC_MAX_KEY 65535

@@ -82,10 +82,11 @@ static int walk(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_
         if ((off & 7) || !apc_in_arena(seg, off, sizeof(apc_slot)))
             return APC_E_CORRUPT;
         apc_slot *s = (apc_slot *)APC_PTR(seg, off);
-        if (LOADR(&s->hash) == hash && LOADR(&s->key_len) == klen) {
-            if (!apc_in_arena(seg, off, sizeof(apc_slot) + klen))
+        if (LOADR(&s->hash) == (uint32_t)hash && LOADR(&s->key_len) == klen) {
+            uint64_t ext = apc_slot_ext(s);
+            if (!apc_in_arena(seg, off, sizeof(apc_slot) + ext + klen))
                 return APC_E_CORRUPT;
-            if (memcmp(apc_slot_key(s), key, klen) == 0) {
+            if (memcmp((char *)(s + 1) + ext, key, klen) == 0) {
                 *out = off;
                 return APC_OK;
             }
@@ -102,15 +103,14 @@ static int walk(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_
 static int slot_fits(apc_seg *seg, apc_slot *s)
 {
     apc_off_t off = APC_OFF(seg, s);
-    if ((off & 15) != 8 || off < seg->arena_off + 8)
-        return 0;
-    uint64_t w = LOADR((uint64_t *)APC_PTR(seg, off - 8));
-    uint64_t size = w & ~15ULL;
+    uint64_t size = apc_sma_used_size(seg, off);
     uint64_t vlen = LOADR(&s->val_len);
     uint32_t klen = LOADR(&s->key_len);
-    return (w & 1) && size >= APC_BLOCK_MIN && apc_in_arena(seg, off - 8, size) &&
-           vlen <= size && klen <= APC_MAX_KEY &&
-           apc_sma_block_for(apc_slot_need(klen, vlen)) <= size;
+    unsigned bits = apc_slot_bits(s), flags = apc_bits_flags(bits);
+    return size && vlen <= size && (bits & 3) < APC_NTABLES &&
+           !(flags & APC_SLOT_SUM) == !seg->checksums &&
+           !(flags & APC_SLOT_IVAL) == (s->type != APC_T_INT) &&
+           apc_sma_block_for(apc_slot_need(klen, vlen, flags)) <= size;
 }
 
 static uint64_t mix64(uint64_t x)
@@ -139,7 +139,7 @@ static uint64_t int_sum(const apc_slot *s, int64_t v)
 uint64_t apc_entry_sum(const apc_slot *s, const char *val)
 {
     if (s->type == APC_T_INT)
-        return int_sum(s, LOADR(&s->ival));
+        return int_sum(s, LOADR(apc_slot_ival(s)));
     return sum_of(s->type, s->key_len, s->val_len, apc_xxh3_64(val, s->val_len));
 }
 
@@ -150,14 +150,14 @@ uint64_t apc_entry_sum(const apc_slot *s, const char *val)
  * nobody does. */
 static int read_int(apc_seg *seg, apc_slot *s, int64_t *out)
 {
-    int64_t v = LOAD(&s->ival);
+    int64_t v = LOAD(apc_slot_ival(s));
     if (!seg->checksums) {
         *out = v;
         return APC_OK;
     }
     uint64_t start = 0;
     for (unsigned i = 0;; i++) {
-        uint64_t sum = LOAD(&s->sum);
+        uint64_t sum = LOAD(apc_slot_sum(s));
         if (int_sum(s, v) == sum) {
             *out = v;
             return APC_OK;
@@ -170,7 +170,7 @@ static int read_int(apc_seg *seg, apc_slot *s, int64_t *out)
                 return LOADR(&seg->hdr->wlock.word) ? APC_WAITED : APC_E_CORRUPT;
             sched_yield();
         }
-        v = LOAD(&s->ival);
+        v = LOAD(apc_slot_ival(s));
     }
 }
 
@@ -231,9 +231,10 @@ static void unpin(apc_slot *s, uint64_t ident)
 
 static inline void count_hit(apc_seg *seg, int table, apc_slot *s, uint64_t now)
 {
-    ADD(&s->hits, 1);
-    if (LOADR(&s->atime) != now)
-        STORER(&s->atime, now);
+    if (LOADR(&s->hits) < APC_HITS_MAX)
+        ADD(&s->hits, 1);
+    if (LOADR(&s->atime) != (uint32_t)now)
+        STORER(&s->atime, (uint32_t)now);
     ADD(&apc_my_stripe(seg)->hits[table], 1);
 }
 
@@ -312,7 +313,7 @@ static int fetch_pinned(apc_seg *seg, int table, const char *key, uint32_t klen,
         /* A value over the io buffer's size may take a while to hash: put
          * the pin on record meanwhile, for apc_recover(). */
         int r = s->val_len > APC_IO_BUF ? record_pin(seg, s, *ident, *now) : -1;
-        if (apc_entry_sum(s, apc_slot_val(s)) != LOADR(&s->sum))
+        if (apc_entry_sum(s, apc_slot_val(s)) != LOADR(apc_slot_sum(s)))
             rc = APC_E_CORRUPT;
         unrecord_pin(seg, r);
     }
@@ -499,7 +500,8 @@ static int find_wl(apc_seg *seg, int table, const char *key, uint32_t klen, uint
         apc_slot *s = apc_slot_at(seg, *link);
         if (!s || --cap == 0)
             return APC_E_CORRUPT;
-        if (s->hash == hash && s->key_len == klen && memcmp(apc_slot_key(s), key, klen) == 0) {
+        if (s->hash == (uint32_t)hash && s->key_len == klen &&
+            memcmp(apc_slot_key(s), key, klen) == 0) {
             *linkp = link;
             *out = s;
             return APC_OK;
@@ -545,10 +547,10 @@ static int keyed_begin(apc_seg *seg, int table, const char *key, uint32_t klen, 
 
 apc_off_t *apc_find_link_wl(apc_seg *seg, apc_off_t slot_off)
 {
-    apc_slot *s = (apc_slot *)APC_PTR(seg, slot_off);
-    if (s->table >= APC_NTABLES)
+    apc_slot *s = apc_slot_at(seg, slot_off);
+    if (!s)
         return NULL;
-    apc_off_t *link = bucket_of(seg, s->table, s->hash);
+    apc_off_t *link = bucket_of(seg, s->table, apc_slot_hash64(s));
     uint64_t cap = apc_walk_cap(seg);
     while (*link && --cap) {
         if (*link == slot_off)
@@ -575,7 +577,7 @@ static void retire_wl(apc_seg *seg, apc_slot *s, uint64_t now)
     for (;;) {
         if (w & APC_PIN_REFS) {
             s->flags |= APC_SLOT_GC;
-            s->dtime = now;
+            s->mtime = (uint32_t)now; /* its deletion time, from now on */
             STORE(&s->next_off, h->gc_head);
             h->gc_head = APC_OFF(seg, s);
             h->gc_count++;
@@ -615,9 +617,9 @@ static void gc_sweep_wl(apc_seg *seg, uint64_t now)
         int freed = 0;
         if (!(w & APC_PIN_REFS))
             freed = CAS(&s->pin, &w, APC_PIN_DEAD);
-        if (!freed && s->dtime > now)
-            s->dtime = now; /* a deletion in the future is a broken claim: age it from now */
-        if (!freed && h->gc_ttl && now - s->dtime >= h->gc_ttl) {
+        if (!freed && s->mtime > now) /* mtime: the deletion time, on the GC list */
+            s->mtime = (uint32_t)now; /* a deletion in the future is a broken claim: age it from now */
+        if (!freed && h->gc_ttl && now - s->mtime >= h->gc_ttl) {
             /* Pinned for longer than gc_ttl: the pinner is presumed dead.
              * Retiring the word makes any late unpin a no-op. */
             STORE(&s->pin, APC_PIN_DEAD);
@@ -856,7 +858,8 @@ static int insert_wl(apc_seg *seg, int table, const char *key, uint32_t klen, ui
                      uint64_t now, const keyed *k)
 {
     apc_header *h = seg->hdr;
-    uint64_t need = apc_slot_need(klen, vlen);
+    unsigned flags = (seg->checksums ? APC_SLOT_SUM : 0) | (type == APC_T_INT ? APC_SLOT_IVAL : 0);
+    uint64_t need = apc_slot_need(klen, vlen, flags);
     uint64_t repairs = h->repairs;
     int moved = 0; /* did entries move or go since k's lookup? */
     apc_off_t off = apc_sma_alloc_wl(seg, need);
@@ -874,20 +877,19 @@ static int insert_wl(apc_seg *seg, int table, const char *key, uint32_t klen, ui
     APC_FAULT("store.after_alloc");
 
     apc_slot *s = (apc_slot *)APC_PTR(seg, off);
-    s->hash = hash;
-    s->ctime = now;
-    s->ttl = ttl;
-    s->val_len = vlen;
-    s->key_len = klen;
+    s->hash = (uint32_t)hash;
+    s->ctime = (uint32_t)now;
+    s->ttl = ttl > UINT32_MAX ? UINT32_MAX : (uint32_t)ttl;
+    s->val_len = (uint32_t)vlen;
+    s->key_len = (uint16_t)klen;
     s->type = (uint8_t)type;
-    s->table = (uint8_t)table;
-    s->flags = 0;
-    s->pad_ = 0;
-    s->mtime = now;
-    s->dtime = 0;
-    s->ival = ival;
-    s->atime = now;
+    s->table = (uint8_t)table & 3;
+    s->flags = flags & 63;
+    s->mtime = (uint32_t)now;
+    s->atime = (uint32_t)now;
     s->hits = 0;
+    if (flags & APC_SLOT_IVAL)
+        *apc_slot_ival(s) = ival;
     s->pin = apc_fresh_pin(h);
     memcpy(apc_slot_key(s), key, klen);
     if (vlen) {
@@ -897,7 +899,8 @@ static int insert_wl(apc_seg *seg, int table, const char *key, uint32_t klen, ui
             return wrc;
         }
     }
-    s->sum = seg->checksums ? apc_entry_sum(s, val) : 0;
+    if (flags & APC_SLOT_SUM)
+        *apc_slot_sum(s) = apc_entry_sum(s, val);
 
     /* The old entry: as the caller found it, unless making room or a
      * repair may have moved or removed it since; then looked up again. */
@@ -944,7 +947,9 @@ static int do_store(apc_seg *seg, int table, const char *key, uint32_t klen, int
     if (type == APC_T_INT)
         vlen = 0;
     uint64_t arena = seg->arena_end - seg->arena_off;
-    if (vlen > arena || apc_sma_block_for(apc_slot_need(klen, vlen)) > arena)
+    unsigned sflags = (seg->checksums ? APC_SLOT_SUM : 0) | (type == APC_T_INT ? APC_SLOT_IVAL : 0);
+    if (vlen > arena || vlen > APC_VAL_MAX ||
+        apc_sma_block_for(apc_slot_need(klen, vlen, sflags)) > arena)
         return APC_E_TOOBIG;
     keyed k;
     int rc = keyed_begin(seg, table, key, klen, now, &k);
@@ -1028,14 +1033,14 @@ static int do_inc(apc_seg *seg, int table, const char *key, uint32_t klen, int64
         int64_t v;
         if (s->type != APC_T_INT) {
             rc = APC_E_TYPE;
-        } else if (__builtin_add_overflow(LOADR(&s->ival), step, &v)) {
+        } else if (__builtin_add_overflow(LOADR(apc_slot_ival(s)), step, &v)) {
             rc = APC_E_OVERFLOW;
         } else {
             APC_FAULT("inc.in_place");
-            STORE(&s->ival, v);
+            STORE(apc_slot_ival(s), v);
             if (seg->checksums)
-                STORE(&s->sum, int_sum(s, v));
-            s->mtime = k.now;
+                STORE(apc_slot_sum(s), int_sum(s, v));
+            s->mtime = (uint32_t)k.now;
             *out = v;
         }
     } else if (rc != APC_E_CORRUPT) {
@@ -1069,13 +1074,13 @@ static int do_cas(apc_seg *seg, int table, const char *key, uint32_t klen, int64
             rc = APC_NOTFOUND;
         else if (s->type != APC_T_INT)
             rc = APC_E_TYPE;
-        else if (LOADR(&s->ival) != old)
+        else if (LOADR(apc_slot_ival(s)) != old)
             rc = APC_MISMATCH;
         else {
-            STORE(&s->ival, new_);
+            STORE(apc_slot_ival(s), new_);
             if (seg->checksums)
-                STORE(&s->sum, int_sum(s, new_));
-            s->mtime = k.now;
+                STORE(apc_slot_sum(s), int_sum(s, new_));
+            s->mtime = (uint32_t)k.now;
         }
     }
     wl_leave(seg, NO_SEQ);
@@ -1108,7 +1113,8 @@ static int do_touch(apc_seg *seg, int table, const char *key, uint32_t klen, uin
         } else {
             /* expired once ctime + ttl' < now', i.e. once now + ttl < now' */
             uint64_t age = k.now > k.s->ctime ? k.now - k.s->ctime : 0;
-            STORE(&k.s->ttl, ttl ? age + ttl : 0);
+            uint64_t t = ttl ? age + ttl : 0;
+            STORE(&k.s->ttl, t > UINT32_MAX ? UINT32_MAX : (uint32_t)t);
         }
     }
     wl_leave(seg, NO_SEQ);
@@ -1339,11 +1345,11 @@ int apc_recover(apc_seg *seg, int64_t pid, uint64_t now)
 
 static void rec_of(apc_seg *seg, apc_slot *s, uint64_t now, apc_entry_rec *r)
 {
-    r->hash = s->hash;
+    r->hash = apc_slot_hash64(s); /* the slot keeps 32 bits of it */
     r->ctime = s->ctime;
     r->mtime = s->mtime;
     r->atime = LOADR(&s->atime);
-    r->dtime = s->dtime;
+    r->dtime = (s->flags & APC_SLOT_GC) ? s->mtime : 0; /* mtime is it, on the GC list */
     r->ttl = s->ttl;
     r->hits = LOADR(&s->hits);
     r->mem_size = apc_sma_block_size(seg, APC_OFF(seg, s));
@@ -1407,8 +1413,8 @@ static int do_info_get(apc_seg *seg, int table, apc_info *o)
             if (s->table == table) {
                 o->gc_entries++;
                 o->gc_mem_size += apc_sma_block_size(seg, off);
-                if (!o->gc_oldest || s->dtime < o->gc_oldest)
-                    o->gc_oldest = s->dtime;
+                if (!o->gc_oldest || s->mtime < o->gc_oldest) /* the deletion time */
+                    o->gc_oldest = s->mtime;
             }
             off = s->next_off;
         }
@@ -1441,13 +1447,15 @@ static int do_sma_info_get(apc_seg *seg, apc_sma_info *o, uint64_t *blocks, uint
     for (int c = APC_NCLASSES - 1; c >= 0 && blocks; c--) {
         uint64_t walk_cap = apc_walk_cap(seg); /* not nfree: a claim */
         for (apc_off_t b = h->free_head[c]; b && k < cap && walk_cap--;) {
-            if ((b & 15) || !apc_in_arena(seg, b, APC_BLOCK_MIN))
+            apc_blk blk;
+            apc_off_t next, prev;
+            if (!apc_sma_free_ok(seg, b) || apc_blk_at(seg, b, &blk) != APC_BLK_OK)
                 break;
-            uint64_t *tag = (uint64_t *)APC_PTR(seg, b);
-            blocks[2 * k] = *tag & ~15ULL;
+            blocks[2 * k] = blk.size;
             blocks[2 * k + 1] = b;
             k++;
-            b = ((apc_off_t *)APC_PTR(seg, b + 8))[0];
+            apc_sma_free_links(seg, b, &next, &prev);
+            b = next;
         }
     }
     wl_leave(seg, NO_SEQ);
@@ -1676,20 +1684,17 @@ static int cmp_u64(const void *a, const void *b)
 /* Is this a plausible slot at the payload of a used block? */
 static int slot_sane(apc_seg *seg, apc_off_t off, int table, uint64_t bucket)
 {
-    if ((off & 15) != 8 || !apc_in_arena(seg, off - 8, APC_BLOCK_MIN))
-        return 0;
-    uint64_t w = *(uint64_t *)APC_PTR(seg, off - 8);
-    uint64_t size = w & ~15ULL;
-    if (!(w & 1) || size < APC_BLOCK_MIN || !apc_in_arena(seg, off - 8, size) ||
-        *(uint64_t *)APC_PTR(seg, off - 8 + size - 8) != w)
+    uint64_t size = apc_sma_used_block(seg, off);
+    if (!size || !apc_slot_at(seg, off))
         return 0;
     apc_slot *s = (apc_slot *)APC_PTR(seg, off);
-    if (s->val_len > size || apc_sma_block_for(apc_slot_need(s->key_len, s->val_len)) > size)
+    if (s->val_len > size || apc_sma_block_for(apc_slot_need(s->key_len, s->val_len, s->flags)) > size)
         return 0;
     if ((s->pin & APC_PIN_TAGMASK) != APC_PIN_TAG)
         return 0;
-    if (table >= 0 && (s->table != table || s->hash % seg->geom[table].nslots != bucket ||
-                       (s->flags & APC_SLOT_GC)))
+    if (table >= 0 && (s->table != table || (s->flags & APC_SLOT_GC) ||
+                       apc_slot_hash64(s) % seg->geom[table].nslots != bucket ||
+                       (uint32_t)apc_slot_hash64(s) != s->hash))
         return 0;
     if (table < 0 && (!(s->flags & APC_SLOT_GC) || s->table >= APC_NTABLES))
         return 0;
@@ -1717,7 +1722,7 @@ static void collect_chain(apc_seg *seg, apc_off_t *link, int table, uint64_t buc
             return;
         }
         apc_slot *s = (apc_slot *)APC_PTR(seg, off);
-        if (table >= 0 && seg->checksums && apc_entry_sum(s, apc_slot_val(s)) != s->sum) {
+        if (table >= 0 && seg->checksums && apc_entry_sum(s, apc_slot_val(s)) != *apc_slot_sum(s)) {
             /* Sound as a structure, but its value was changed: drop it
              * alone (the rebuild frees its block). */
             *link = s->next_off;
@@ -1825,8 +1830,8 @@ static int repair_wl(apc_seg *seg, uint64_t now)
         qsort(live, nlive, sizeof *live, cmp_u64);
         uint64_t newbad = 0;
         for (uint64_t i = 1; i < nlive; i++) {
-            apc_off_t prev_end = live[i - 1] - 8 + apc_sma_block_size(seg, live[i - 1]);
-            if (live[i] - 8 < prev_end)
+            apc_off_t prev_end = apc_blk_of(live[i - 1]) + apc_sma_block_size(seg, live[i - 1]);
+            if (apc_blk_of(live[i]) < prev_end)
                 newbad++;
         }
         if (!newbad)
@@ -1836,8 +1841,8 @@ static int repair_wl(apc_seg *seg, uint64_t now)
             break;
         bad = nb;
         for (uint64_t i = 1; i < nlive; i++) {
-            apc_off_t prev_end = live[i - 1] - 8 + apc_sma_block_size(seg, live[i - 1]);
-            if (live[i] - 8 < prev_end)
+            apc_off_t prev_end = apc_blk_of(live[i - 1]) + apc_sma_block_size(seg, live[i - 1]);
+            if (apc_blk_of(live[i]) < prev_end)
                 bad[nbad++] = live[i];
         }
         qsort(bad, nbad, sizeof *bad, cmp_u64);
@@ -1845,15 +1850,14 @@ static int repair_wl(apc_seg *seg, uint64_t now)
 
     /* Pinned but unreachable slots: keep them, on the GC list. */
     uint64_t extra = 0;
-    apc_off_t b = seg->arena_off;
-    while (b < seg->arena_end && nlive + extra < max) {
-        uint64_t w = *(uint64_t *)APC_PTR(seg, b);
-        uint64_t size = w & ~15ULL;
-        if (size < APC_BLOCK_MIN || size > seg->arena_end - b ||
-            *(uint64_t *)APC_PTR(seg, b + size - 8) != w)
-            break; /* tags no longer trustworthy from here */
-        apc_off_t off = b + 8;
-        if ((w & 1) && !bsearch(&off, live, nlive, sizeof *live, cmp_u64)) {
+    apc_blk blk;
+    for (apc_off_t b = seg->arena_off; nlive + extra < max; b += blk.size) {
+        if (apc_blk_at(seg, b, &blk) != APC_BLK_OK)
+            break; /* the end, or tags no longer trustworthy from here */
+        uint64_t size = blk.size;
+        apc_off_t off = apc_blk_payload(b);
+        if (blk.used && size >= 8 + sizeof(apc_slot) + 16 &&
+            !bsearch(&off, live, nlive, sizeof *live, cmp_u64)) {
             apc_slot *s = (apc_slot *)APC_PTR(seg, off);
             uint64_t pw = s->pin;
             if ((pw & APC_PIN_TAGMASK) == APC_PIN_TAG && (pw & ~APC_PIN_REFS) != APC_PIN_DEAD &&
@@ -1861,19 +1865,21 @@ static int repair_wl(apc_seg *seg, uint64_t now)
                 /* Its reader took its lengths when it pinned it; if they no
                  * longer fit the block, make them (the key no longer
                  * matters), so that every walk of the GC list accepts it. */
-                if (s->val_len > size || s->key_len > size ||
-                    apc_sma_block_for(apc_slot_need(s->key_len, s->val_len)) > size) {
+                unsigned flags = (seg->checksums ? APC_SLOT_SUM : 0) |
+                                 (s->type == APC_T_INT ? APC_SLOT_IVAL : 0);
+                if (s->val_len > size || s->key_len > size || (s->flags & ~APC_SLOT_GC) != flags ||
+                    apc_sma_block_for(apc_slot_need(s->key_len, s->val_len, s->flags)) > size) {
                     s->key_len = 0;
-                    s->val_len = size - 16 - sizeof(apc_slot);
+                    s->flags = flags;
+                    s->val_len = (uint32_t)(size - 8 - sizeof(apc_slot) - apc_slot_ext_of(flags));
                 }
                 s->flags |= APC_SLOT_GC;
-                s->dtime = now;
+                s->mtime = (uint32_t)now; /* its deletion time */
                 s->next_off = h->gc_head;
                 h->gc_head = off;
                 live[nlive + extra++] = off;
             }
         }
-        b += size;
     }
     nlive += extra;
 
