@@ -83,7 +83,11 @@ def apc_fill(n: int) -> dict:
         c.close()
 
 
-def apc_fill_at_first_eviction(size: int) -> dict:
+def apc_fill_at_first_eviction(size: int, mixed: bool = False) -> dict:
+    """mixed: values of 10 to 1,000 bytes (seeded), every tenth key deleted
+    again, so that the arena fragments before it fills."""
+    import random
+    rng = random.Random(1)
     name = f"{bl.PREFIX}memev-{os.getpid()}"
     c = apccache.Cache.create(name, size=size)
     try:
@@ -91,7 +95,12 @@ def apc_fill_at_first_eviction(size: int) -> dict:
         before = c.info(limited=True)
         i = 0
         while True:
-            c.store(key(i), VALUE)
+            if mixed:
+                c.store(key(i), b"m" * rng.randrange(10, 1001))
+                if i % 10 == 9:
+                    c.delete(key(i - rng.randrange(1, 9)))
+            else:
+                c.store(key(i), VALUE)
             i += 1
             now = c.info(limited=True)
             if now["evictions"] or now["expunges"]:
@@ -104,6 +113,7 @@ def apc_fill_at_first_eviction(size: int) -> dict:
             "used_before": before["mem_size"],
             "fill": before["mem_size"] / arena,
             "stores": i,
+            "compactions": c.info(limited=True)["compactions"],
         }
     finally:
         c.unlink()
@@ -231,7 +241,7 @@ def redis_fill(n: int, notes: list[str]) -> dict | None:
 # --- report ----------------------------------------------------------------------
 
 
-def render(n, apc, ev, mc, rd, notes) -> str:
+def render(n, apc, ev, evm, mc, rd, notes) -> str:
     lines = [
         "# Memory per small entry",
         "",
@@ -275,6 +285,11 @@ def render(n, apc, ev, mc, rd, notes) -> str:
         f"has to evict: it then held {ev['entries_before']:,} entries in {ev['used_before']:,} B of "
         f"arena, a fill of **{ev['fill'] * 100:.2f}%**.",
         "",
+        f"The same with values of 10 to 1,000 bytes and every tenth store followed by a delete of "
+        f"an earlier key (a fragmented arena): {evm['entries_before']:,} entries in "
+        f"{evm['used_before']:,} B, a fill of **{evm['fill'] * 100:.2f}%** at the first eviction "
+        f"({evm['compactions']} compactions by then).",
+        "",
     ]
     if notes:
         lines += ["Notes:", ""] + [f"- {x}" for x in notes] + [""]
@@ -291,6 +306,7 @@ def main(argv=None) -> int:
     notes: list[str] = []
     apc = apc_fill(args.entries)
     ev = apc_fill_at_first_eviction(args.evict_size)
+    evm = apc_fill_at_first_eviction(args.evict_size, mixed=True)
     mc = rd = None
     try:
         mc = memcached_fill(args.entries, notes)
@@ -300,7 +316,7 @@ def main(argv=None) -> int:
         rd = redis_fill(args.entries, notes)
     except (OSError, RuntimeError) as e:
         notes.append(f"redis failed: {e}")
-    text = render(args.entries, apc, ev, mc, rd, notes)
+    text = render(args.entries, apc, ev, evm, mc, rd, notes)
     print(text)
     with contextlib.suppress(FileNotFoundError):
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
