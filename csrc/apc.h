@@ -181,7 +181,10 @@ typedef struct apc_header_map {
     uint64_t free_bytes_off;
     uint64_t num_entries_off; /* of the user table */
     /* The entry record (apc_slot), for tools and tests that must find
-     * its fields in a segment: its size and field offsets. */
+     * its fields in a segment: its size and field offsets.  An int's
+     * value and the checksum are optional words after the slot (in that
+     * order; apc_internal.h): slot_ival_off is exact for an int entry,
+     * slot_sum_off for any other; the key follows them, the value the key. */
     uint64_t slot_size;
     uint64_t slot_hash_off;
     uint64_t slot_val_len_off;
