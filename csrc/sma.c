@@ -135,13 +135,23 @@ static void corrupt_wl(apc_seg *seg)
     apc_repair_wl(seg, 0);
 }
 
-/* Set or clear the PREV_USED bit of the block at b (if there is one). */
+/* Set or clear the PREV_USED bit of the used block at b (if there is
+ * one; a free block's bit is always set, in both of its tags). */
 static void set_prev_used(apc_seg *seg, apc_off_t b, int used)
 {
     if (b >= seg->arena_end)
         return;
     uint64_t *t = tag_at(seg, b);
-    *t = used ? (*t | PREV_USED) : (*t & ~PREV_USED);
+    if (*t & USED)
+        *t = used ? (*t | PREV_USED) : (*t & ~PREV_USED);
+}
+
+/* Tag [b, b+size) free (after a used block), without listing it: for
+ * compaction, so that the arena stays walkable after every move. */
+static void tag_free(apc_seg *seg, apc_off_t b, uint64_t size)
+{
+    *tag_at(seg, b) = size | PREV_USED;
+    *tag_at(seg, b + size - 8) = size | PREV_USED;
 }
 
 /* A used block's header; the block after it is told by set_prev_used. */
@@ -413,11 +423,15 @@ int apc_sma_rebuild_wl(apc_seg *seg, apc_off_t *live, uint64_t nlive)
  * The caller holds wlock and has made seq odd, so no optimistic reader
  * trusts anything it reads meanwhile.  Work: one pass over the arena, plus
  * one chain walk per moved block, then one pass that relists the free
- * space and sets every PREV_USED bit.
+ * space and merges what touches.
  *
- * WHAT IF THE WRITER DIES HALF WAY?  A slot whose copy had begun may be
- * garbage at its old place with its link still pointing there; the repair
- * drops it (a lost entry) and rebuilds the free space.
+ * WHAT IF THE WRITER DIES HALF WAY?  After every move the space between
+ * the moved block's new end and the next block is tagged free, and the
+ * next block's PREV_USED bit says so: the arena stays a sound run of
+ * blocks (free ones not listed, perhaps side by side), which the repair's
+ * checks accept and its rebuild relists.  A slot whose copy had begun may
+ * be garbage at its old place with its link still pointing there; the
+ * repair drops it (a lost entry) and rebuilds the free space.
  */
 int apc_sma_compact_wl(apc_seg *seg)
 {
@@ -444,7 +458,8 @@ int apc_sma_compact_wl(apc_seg *seg)
                       CAS(&s->pin, &pw, APC_PIN_DEAD);
         if (!movable) {
             if (cursor < b)
-                *tag_at(seg, cursor) = b - cursor; /* a gap, listed below */
+                tag_free(seg, cursor, b - cursor); /* a gap, listed below */
+            *tag_at(seg, b) = cursor < b ? (w & ~PREV_USED) : (w | PREV_USED);
             cursor = b + size;
             b += size;
             continue;
@@ -458,17 +473,21 @@ int apc_sma_compact_wl(apc_seg *seg)
 #else
         memmove(APC_PTR(seg, cursor), APC_PTR(seg, b), size);
 #endif
-        set_used(seg, cursor, size, 1); /* PREV_USED is set right below */
+        set_used(seg, cursor, size, 1); /* what lies before it is used */
         apc_slot *moved = (apc_slot *)APC_PTR(seg, cursor + 8);
         STORE(&moved->pin, apc_fresh_pin(h));
         STORE(link, cursor + 8);
         cursor += size;
         b += size;
+        /* The space it left (b - cursor: the free space met so far, so at
+         * least one free block's worth) is free until the next move. */
+        tag_free(seg, cursor, b - cursor);
+        set_prev_used(seg, b, 0);
     }
     if (cursor < seg->arena_end)
-        *tag_at(seg, cursor) = seg->arena_end - cursor;
+        tag_free(seg, cursor, seg->arena_end - cursor);
 
-    /* Relist the free blocks, merging gaps that now touch, and set every
+    /* Relist the free blocks, merging those that now touch, and set every
      * used block's PREV_USED bit. */
     reset_lists(seg);
     b = seg->arena_off;
