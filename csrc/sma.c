@@ -483,6 +483,7 @@ int apc_sma_compact_wl(apc_seg *seg)
          * least one free block's worth) is free until the next move. */
         tag_free(seg, cursor, b - cursor);
         set_prev_used(seg, b, 0);
+        APC_FAULT("compact.after_move");
     }
     if (cursor < seg->arena_end)
         tag_free(seg, cursor, seg->arena_end - cursor);
