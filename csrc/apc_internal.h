@@ -153,8 +153,9 @@ _Static_assert(sizeof(apc_slot) == 48, "apc_slot is 48 bytes");
 _Static_assert(__builtin_offsetof(apc_slot, type) + 1 == 47, "table and flags share byte 47");
 
 #define APC_SLOT_GC 1   /* on the GC list; mtime is its deletion time */
-#define APC_SLOT_SUM 2  /* a checksum word follows the slot (and ival) */
-#define APC_SLOT_IVAL 4 /* an int entry's value word follows the slot */
+/* 2 is left free (main's stripe-lock work uses it for APC_SLOT_PENDING) */
+#define APC_SLOT_SUM 4  /* a checksum word follows the slot (and ival) */
+#define APC_SLOT_IVAL 8 /* an int entry's value word follows the slot */
 /* The byte holding table and flags, for the layout map. */
 #define APC_SLOT_BITS_OFF 47
 
