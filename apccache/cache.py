@@ -661,6 +661,9 @@ class Cache(ItemMethods):
     def _full_error(self, k, n, rc):
         size = self._shm.size
         sma = self.sma_info(limited=True)
+        if rc == lib.APC_E_TOOBIG and n >= 1 << 32:
+            return CacheFullError(f"a {_human(n)} value is over the engine's limit: values are "
+                                  f"under 4 GiB")
         if rc == lib.APC_E_TOOBIG:
             return CacheFullError(
                 f"a {_human(n)} entry can never fit in {self.name!r} ({_human(size)} segment, "

@@ -27,9 +27,9 @@
  *                | table 0 (user cache): nslots bucket heads  |
  *                | table 1 (file cache): nslots bucket heads  |
  *   arena_off    +--------------------------------------------+
- *                | arena: boundary-tagged blocks; each used    |
+ *                | arena: tagged blocks (sma.c); each used     |
  *                | block holds one slot (entry): apc_slot,     |
- *                | key bytes, value bytes                      |
+ *                | its optional words, key bytes, value bytes  |
  *   seg_size     +--------------------------------------------+
  *
  * Everything inside is addressed by offsets from the segment's base.  The
@@ -194,7 +194,10 @@ typedef struct apc_header_map {
     uint64_t bstripe_size;    /* ... and the next stripe's, this far on */
     uint64_t nstripes;
     /* The entry record (apc_slot), for tools and tests that must find
-     * its fields in a segment: its size and field offsets. */
+     * its fields in a segment: its size and field offsets.  An int's
+     * value and the checksum are optional words after the slot (in that
+     * order; apc_internal.h): slot_ival_off is exact for an int entry,
+     * slot_sum_off for any other; the key follows them, the value the key. */
     uint64_t slot_size;
     uint64_t slot_hash_off;
     uint64_t slot_val_len_off;

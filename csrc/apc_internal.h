@@ -54,13 +54,13 @@
  *
  * A stripe holder records in its lock what an allocation or a free in
  * flight would leave unreachable if it died: intent_new, a block it
- * allocated (written in the same alock section as the allocation) until it
- * is published in intent_bucket's chain; intent_old, a slot it is about to
- * unlink, until the alock section that frees it or parks it on the GC list
- * (which clears it).  Whoever takes the stripe lock next with an intent
- * set frees intent_new if it is not in its bucket's chain and retires
- * intent_old if it is no longer in one: a block is never lost, and never
- * freed twice.
+ * allocated (written in the same alock section as the allocation, or taken
+ * from the stripe's pending list) until it is published; intent_old, a
+ * slot it is about to unlink, until it is parked on the stripe's pending
+ * list (PENDING in table.c).  Whoever takes the stripe lock next with an
+ * intent set frees intent_new if no chain holds it and retires intent_old
+ * if none holds it any more and it was not parked: a block is never lost,
+ * and never freed twice.
  *
  * PINS
  *
@@ -119,7 +119,7 @@
 #define APC_SEQ_ALL (-1)
 #define APC_NELOCKS 256
 #define APC_AUX_SIZE 65536
-#define APC_ALIGN 16
+#define APC_ALIGN 8 /* blocks and their payloads */
 #define APC_BLOCK_MIN 32
 #define APC_MIN_ARENA 65536
 
@@ -133,40 +133,63 @@ typedef uint64_t apc_off_t; /* an offset from the segment base; 0 means none */
 /* --------------------------------------------------------------- the slot */
 
 /*
- * One cache entry.  A used arena block is [size word | apc_slot | key bytes
- * | pad to 8 | value bytes | ... | size word]; the slot's offset is the
- * block's offset + 8.
+ * One cache entry, 48 bytes.  A used arena block is
+ *
+ *   [header word | apc_slot | ival? | sum? | key bytes | value bytes | pad to 8]
+ *
+ * with no footer (see sma.c); the slot's offset is the block's offset + 8,
+ * so slots are 8-byte aligned.  The optional words follow the slot, 8-byte
+ * aligned: ival (an int entry's value, atomic, updated in place) when
+ * APC_SLOT_IVAL is set, then sum (the checksum) when APC_SLOT_SUM is set
+ * (every slot of a segment with checksums on, none otherwise).  The key
+ * follows them and the value follows the key, unpadded.
+ *
+ * Times are seconds (the engine's clock), 32 bits: until 2106.  hash is
+ * the low 32 bits of the key's XXH3-64; the bucket is the full XXH3-64
+ * modulo the slot count, so a check of an entry's bucket rehashes its key
+ * (apc_slot_hash64).
  */
 typedef struct apc_slot {
-    /* Set once before the slot is published; read-only while reachable
-     * (compaction may move the whole slot, under the whole lock, seq odd). */
-    uint64_t hash;
-    uint64_t ctime;
-    uint64_t ttl;
-    uint64_t val_len;
-    uint32_t key_len;
-    uint8_t type;
-    uint8_t table;
-    uint8_t flags; /* APC_SLOT_GC */
-    uint8_t pad_;
-    uint64_t sum; /* with checksums on: apc_entry_sum() of type, length and
-                     value (of ival, for ints: rewritten with it) */
+    /* Atomics written by readers (only while they hold a pin). */
+    uint64_t pin; /* APC_PIN_TAG | version << 16 | refs */
 
     /* Guarded by the stripe's lock; read by optimistic readers with
      * atomic loads. */
     apc_off_t next_off; /* chain link, or GC list link when on the GC list */
-    uint64_t mtime;
-    uint64_t dtime;
-    int64_t ival; /* an int entry's value: atomic, updated in place */
+
+    /* Set once before the slot is published; read-only while reachable
+     * (compaction may move the whole slot, under the whole lock, seq odd). */
+    uint32_t hash;    /* the low 32 bits of the key's XXH3-64 */
+    uint32_t val_len; /* values of 4 GiB and more are refused (APC_E_TOOBIG) */
+    uint32_t ctime;
+    uint32_t ttl; /* touch() rewrites it, atomically */
+
+    /* Guarded by the stripe's lock.  On the GC list or the pending list it
+     * is the deletion time (dtime). */
+    uint32_t mtime;
 
     /* Atomics written by readers (only while they hold a pin). */
-    uint64_t pin; /* APC_PIN_TAG | version << 16 | refs */
-    uint64_t atime;
-    uint64_t hits;
+    uint32_t atime;
+    uint32_t hits; /* saturating */
+
+    uint16_t key_len;
+    uint8_t type;
+    uint8_t table : 2;
+    uint8_t flags : 6; /* APC_SLOT_GC, APC_SLOT_SUM, APC_SLOT_IVAL */
 } apc_slot;
 
-#define APC_SLOT_GC 1
+_Static_assert(sizeof(apc_slot) == 48, "apc_slot is 48 bytes");
+_Static_assert(__builtin_offsetof(apc_slot, type) + 1 == 47, "table and flags share byte 47");
+
+#define APC_SLOT_GC 1   /* on the GC list; mtime is its deletion time */
 #define APC_SLOT_PENDING 2 /* unlinked, on its stripe's pending list */
+#define APC_SLOT_SUM 4  /* a checksum word follows the slot (and ival) */
+#define APC_SLOT_IVAL 8 /* an int entry's value word follows the slot */
+/* The byte holding table and flags, for the layout map. */
+#define APC_SLOT_BITS_OFF 47
+
+#define APC_HITS_MAX 0xFFFF0000u /* hits stop counting here (concurrent adds stay below 2^32) */
+#define APC_VAL_MAX 0xFFFFFFFFULL
 
 #define APC_PIN_TAG 0xA9C0000000000000ULL
 #define APC_PIN_TAGMASK 0xFFFF000000000000ULL
@@ -186,12 +209,42 @@ typedef struct apc_slot {
         APC_PIN_MAKE(v_);                                                 \
     })
 
-static inline uint64_t apc_key_pad(uint32_t klen) { return ((uint64_t)klen + 7) & ~7ULL; }
-static inline char *apc_slot_key(apc_slot *s) { return (char *)(s + 1); }
-static inline char *apc_slot_val(apc_slot *s) { return (char *)(s + 1) + apc_key_pad(s->key_len); }
-static inline uint64_t apc_slot_need(uint32_t klen, uint64_t vlen)
+/* The table/flags byte, read once (a torn or racing read must not give
+ * two different extents to a bounds check and the pointer it guards). */
+static inline unsigned apc_slot_bits(const apc_slot *s)
 {
-    return sizeof(apc_slot) + apc_key_pad(klen) + vlen;
+    return __atomic_load_n((const uint8_t *)s + APC_SLOT_BITS_OFF, __ATOMIC_RELAXED);
+}
+static inline unsigned apc_bits_flags(unsigned bits) { return bits >> 2; }
+/* The optional words' size for a slot with these flags. */
+static inline uint64_t apc_slot_ext_of(unsigned flags)
+{
+    return ((flags & APC_SLOT_IVAL) ? 8 : 0) + ((flags & APC_SLOT_SUM) ? 8 : 0);
+}
+static inline uint64_t apc_slot_ext(const apc_slot *s)
+{
+    return apc_slot_ext_of(apc_bits_flags(apc_slot_bits(s)));
+}
+static inline int64_t *apc_slot_ival(const apc_slot *s) { return (int64_t *)(s + 1); }
+static inline uint64_t *apc_slot_sum(const apc_slot *s)
+{
+    return (uint64_t *)((char *)(s + 1) + ((s->flags & APC_SLOT_IVAL) ? 8 : 0));
+}
+static inline char *apc_slot_key(const apc_slot *s) { return (char *)(s + 1) + apc_slot_ext(s); }
+static inline char *apc_slot_val(const apc_slot *s) { return apc_slot_key(s) + s->key_len; }
+/* The key's padding in a snapshot record (not in the arena). */
+static inline uint64_t apc_key_pad(uint32_t klen) { return ((uint64_t)klen + 7) & ~7ULL; }
+/* The bytes a slot with these lengths and flags needs (its block adds the
+ * header word and the rounding). */
+static inline uint64_t apc_slot_need(uint32_t klen, uint64_t vlen, unsigned flags)
+{
+    return sizeof(apc_slot) + apc_slot_ext_of(flags) + klen + vlen;
+}
+/* The full XXH3-64 of a slot's key (its bucket), for the checks that the
+ * slot is in the right bucket.  The key's extent must have been checked. */
+static inline uint64_t apc_slot_hash64(const apc_slot *s)
+{
+    return apc_xxh3_64(apc_slot_key(s), s->key_len);
 }
 
 /* ------------------------------------------------------------ the header */
@@ -259,7 +312,6 @@ typedef struct apc_lock {
     /* A bucket stripe's lock only, guarded by it: */
     uint32_t npending;       /* slots on the pending list */
     apc_off_t intent_new;    /* a block allocated for a slot not yet published */
-    apc_off_t intent_bucket; /* the bucket word it is to be published in */
     apc_off_t intent_old;    /* a slot being unlinked, not yet retired */
     apc_off_t pending;       /* the slots its writers unlinked and have not yet
                                 retired, linked by next_off, at most
@@ -392,7 +444,8 @@ static inline int apc_in_arena(const apc_seg *seg, apc_off_t off, uint64_t len)
 }
 
 /* A slot offset read from shared memory: aligned, inside the arena with its
- * fixed part, the key and the value. */
+ * fixed part, its optional words, the key and the value; its optional
+ * words the ones its type and the segment say it has. */
 static inline apc_slot *apc_slot_at(const apc_seg *seg, apc_off_t off)
 {
     if ((off & 7) != 0 || !apc_in_arena(seg, off, sizeof(apc_slot)))
@@ -400,8 +453,10 @@ static inline apc_slot *apc_slot_at(const apc_seg *seg, apc_off_t off)
     apc_slot *s = (apc_slot *)APC_PTR(seg, off);
     uint32_t klen = LOADR(&s->key_len);
     uint64_t vlen = LOADR(&s->val_len);
-    if (vlen > seg->arena_end || !apc_in_arena(seg, off, apc_slot_need(klen, vlen)) ||
-        s->table >= APC_NTABLES)
+    unsigned bits = apc_slot_bits(s), flags = apc_bits_flags(bits);
+    if (!apc_in_arena(seg, off, apc_slot_need(klen, vlen, flags)) || (bits & 3) >= APC_NTABLES ||
+        !(flags & APC_SLOT_SUM) != !seg->checksums ||
+        !(flags & APC_SLOT_IVAL) != (s->type != APC_T_INT))
         return NULL;
     return s;
 }
@@ -415,7 +470,7 @@ static inline apc_off_t *apc_buckets(const apc_seg *seg, int table)
  * segment, and a wrapped sum would expire a huge ttl at once. */
 static inline int apc_expired(const apc_slot *s, uint64_t now)
 {
-    uint64_t ttl = s->ttl, ctime = s->ctime;
+    uint64_t ttl = LOADR(&s->ttl), ctime = s->ctime;
     return ttl > 0 && now > ctime && now - ctime > ttl;
 }
 
@@ -524,6 +579,38 @@ void apc_wl_unlock(apc_seg *seg);
 
 /* table.c: the checksum of an entry as it is now. */
 uint64_t apc_entry_sum(const apc_slot *s, const char *val);
+
+/* sma.c: the block format.  Only sma.c knows the tag bits; these decode
+ * them for the checker, the repair and the reports.
+ *
+ * apc_blk_at: the block at b, for a walk of the arena (the first is at
+ * arena_off, the next at b + size).  APC_BLK_OK; APC_BLK_END at the
+ * arena's end; APC_BLK_BADSIZE if b or its size lies outside the arena
+ * (the walk cannot go on); APC_BLK_BADFOOTER for a free block whose footer
+ * disagrees with its header (size is filled: a checker may go on). */
+typedef struct apc_blk {
+    apc_off_t b;
+    uint64_t size;
+    int used;
+    int prev_used; /* what its header says of the block before it */
+} apc_blk;
+#define APC_BLK_OK 1
+#define APC_BLK_END 0
+#define APC_BLK_BADSIZE (-1)
+#define APC_BLK_BADFOOTER (-2)
+int apc_blk_at(const apc_seg *seg, apc_off_t b, apc_blk *out);
+/* The payload of a block is at its offset + 8. */
+static inline apc_off_t apc_blk_payload(apc_off_t b) { return b + 8; }
+static inline apc_off_t apc_blk_of(apc_off_t payload) { return payload - 8; }
+/* The size of the used block holding payload, checked (aligned, inside the
+ * arena, used, and the block after it agreeing that it is), or 0. */
+uint64_t apc_sma_used_block(const apc_seg *seg, apc_off_t payload);
+/* The same from the header alone, for lock-free readers: 0 if not used or
+ * outside the arena. */
+uint64_t apc_sma_used_size(const apc_seg *seg, apc_off_t payload);
+/* Is b a free block (tags agreeing)?  Its list links. */
+int apc_sma_free_ok(const apc_seg *seg, apc_off_t b);
+void apc_sma_free_links(const apc_seg *seg, apc_off_t b, apc_off_t *next, apc_off_t *prev);
 
 /* sma.c: the block allocator; every function expects alock held (or the
  * whole lock, for compaction and the rebuild). */

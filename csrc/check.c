@@ -10,8 +10,9 @@
  *
  * The invariants:
  *   - seq is even while nobody holds the lock;
- *   - the arena is an exact run of blocks whose two tags agree, and no two
- *     free blocks are neighbours;
+ *   - the arena is an exact run of blocks, each free block's two tags
+ *     agree, each block's PREV_USED bit says what the block before it is,
+ *     and no two free blocks are neighbours;
  *   - used + free == arena size, and the header's free byte and block
  *     counts agree with the walk;
  *   - every free block is on the list of its size class exactly once, the
@@ -78,21 +79,24 @@ static void check_wl(apc_seg *seg, report *r)
     }
     apc_off_t b = seg->arena_off;
     int prev_free = 0;
-    while (b < seg->arena_end) {
-        uint64_t w = *(uint64_t *)APC_PTR(seg, b);
-        uint64_t size = w & ~15ULL;
-        if (size < APC_BLOCK_MIN || size > seg->arena_end - b) {
+    apc_blk blk;
+    for (int rc; (rc = apc_blk_at(seg, b, &blk)) != APC_BLK_END; b += blk.size) {
+        uint64_t size = blk.size;
+        if (rc == APC_BLK_BADSIZE) {
             say(r, "block at 0x%llx has size %llu, outside the arena", (unsigned long long)b,
                 (unsigned long long)size);
             break;
         }
-        uint64_t ftr = *(uint64_t *)APC_PTR(seg, b + size - 8);
-        if (ftr != w)
-            say(r, "block at 0x%llx: header tag 0x%llx and footer tag 0x%llx differ",
-                (unsigned long long)b, (unsigned long long)w, (unsigned long long)ftr);
-        if (w & 1) {
+        if (rc == APC_BLK_BADFOOTER)
+            say(r, "block at 0x%llx: free, but its header and footer tags differ",
+                (unsigned long long)b);
+        if (blk.prev_used != !prev_free)
+            say(r, "block at 0x%llx: its header says the block before it is %s, but it is %s",
+                (unsigned long long)b, blk.prev_used ? "used" : "free", prev_free ? "free" : "used");
+        if (blk.used) {
             used_bytes += size;
-            used[nused++] = b + 8;
+            if (nused < cap)
+                used[nused++] = apc_blk_payload(b);
             prev_free = 0;
         } else {
             if (prev_free)
@@ -102,7 +106,6 @@ static void check_wl(apc_seg *seg, report *r)
             nfree++;
             prev_free = 1;
         }
-        b += size;
     }
     if (b == seg->arena_end && used_bytes + free_bytes != h->arena_size)
         say(r, "used + free == arena size fails: %llu + %llu != %llu",
@@ -125,25 +128,28 @@ static void check_wl(apc_seg *seg, report *r)
                 !!(h->free_map & (1ULL << c)), nonempty ? "non-empty" : "empty");
         apc_off_t prev = 0;
         uint64_t wcap = cap;
-        for (apc_off_t f = h->free_head[c]; f; f = ((apc_off_t *)APC_PTR(seg, f + 8))[0]) {
+        apc_off_t next = 0, back = 0;
+        for (apc_off_t f = h->free_head[c]; f; f = next) {
             if (--wcap == 0) {
                 say(r, "free class %u: the list has a cycle", c);
                 break;
             }
-            if ((f & 15) || !apc_in_arena(seg, f, APC_BLOCK_MIN)) {
+            apc_blk fb;
+            int frc = apc_blk_at(seg, f, &fb);
+            if (frc == APC_BLK_END || ((f & 7) || !apc_in_arena(seg, f, APC_BLOCK_MIN))) {
                 say(r, "free class %u: link 0x%llx is outside the arena", c, (unsigned long long)f);
                 break;
             }
-            uint64_t w = *(uint64_t *)APC_PTR(seg, f);
-            if (w & 1)
+            if (fb.used)
                 say(r, "free class %u: block 0x%llx on the list is in use", c, (unsigned long long)f);
-            if ((w & ~15ULL) < APC_BLOCK_MIN)
+            if (frc == APC_BLK_BADSIZE)
                 say(r, "free class %u: block 0x%llx has size %llu", c, (unsigned long long)f,
-                    (unsigned long long)(w & ~15ULL));
-            else if (apc_class_of(w & ~15ULL) != c)
+                    (unsigned long long)fb.size);
+            else if (apc_class_of(fb.size) != c)
                 say(r, "free class %u: block 0x%llx of %llu bytes belongs to class %u", c,
-                    (unsigned long long)f, (unsigned long long)(w & ~15ULL), apc_class_of(w & ~15ULL));
-            if (((apc_off_t *)APC_PTR(seg, f + 8))[1] != prev)
+                    (unsigned long long)f, (unsigned long long)fb.size, apc_class_of(fb.size));
+            apc_sma_free_links(seg, f, &next, &back);
+            if (back != prev)
                 say(r, "free class %u: block 0x%llx has a wrong back link", c, (unsigned long long)f);
             prev = f;
             listed++;
@@ -180,17 +186,21 @@ static void check_wl(apc_seg *seg, report *r)
                 if (s->table != t)
                     say(r, "slot 0x%llx in table %d says it belongs to table %d",
                         (unsigned long long)off, t, s->table);
-                if (s->hash % seg->geom[t].nslots != i)
+                uint64_t h64 = apc_slot_hash64(s);
+                if (h64 % seg->geom[t].nslots != i)
                     say(r, "slot 0x%llx in bucket %llu of table %d hashes to bucket %llu",
                         (unsigned long long)off, (unsigned long long)i, t,
-                        (unsigned long long)(s->hash % seg->geom[t].nslots));
+                        (unsigned long long)(h64 % seg->geom[t].nslots));
+                if ((uint32_t)h64 != s->hash)
+                    say(r, "slot 0x%llx: its hash 0x%x is not its key's", (unsigned long long)off,
+                        s->hash);
                 if (s->flags & APC_SLOT_GC)
                     say(r, "slot 0x%llx in table %d is marked deleted", (unsigned long long)off, t);
                 if (s->val_len > apc_sma_block_size(seg, off) ||
-                    apc_sma_block_for(apc_slot_need(s->key_len, s->val_len)) >
+                    apc_sma_block_for(apc_slot_need(s->key_len, s->val_len, s->flags)) >
                         apc_sma_block_size(seg, off))
                     say(r, "slot 0x%llx: key and value overrun its block", (unsigned long long)off);
-                else if (seg->checksums && apc_entry_sum(s, apc_slot_val(s)) != s->sum)
+                else if (seg->checksums && apc_entry_sum(s, apc_slot_val(s)) != *apc_slot_sum(s))
                     say(r, "slot 0x%llx: its value does not match its checksum",
                         (unsigned long long)off);
                 if ((s->pin & APC_PIN_TAGMASK) != APC_PIN_TAG || (s->pin & ~APC_PIN_REFS) == APC_PIN_DEAD)
@@ -244,7 +254,7 @@ static void check_wl(apc_seg *seg, report *r)
                 j++;
             if (j >= nreached || reached[j] != used[i])
                 say(r, "block at 0x%llx is in use but no chain reaches it (leaked)",
-                    (unsigned long long)(used[i] - 8));
+                    (unsigned long long)apc_blk_of(used[i]));
         }
     }
     free(used);
@@ -333,24 +343,29 @@ static const struct {
     FIELD("lock.", apc_lock, pid),
     FIELD("lock.", apc_lock, start),
     FIELD("lock.", apc_lock, intent_new),
-    FIELD("lock.", apc_lock, intent_bucket),
     FIELD("lock.", apc_lock, intent_old),
+    FIELD("lock.", apc_lock, pending),
     FIELD("slot.", apc_slot, hash),
     FIELD("slot.", apc_slot, ctime),
     FIELD("slot.", apc_slot, ttl),
     FIELD("slot.", apc_slot, val_len),
     FIELD("slot.", apc_slot, key_len),
     FIELD("slot.", apc_slot, type),
-    FIELD("slot.", apc_slot, table),
-    FIELD("slot.", apc_slot, flags),
-    FIELD("slot.", apc_slot, sum),
+    /* table (2 bits) and flags (6 bits) share one byte */
+    {"slot.table", APC_SLOT_BITS_OFF},
+    {"slot.flags", APC_SLOT_BITS_OFF},
     FIELD("slot.", apc_slot, next_off),
     FIELD("slot.", apc_slot, mtime),
-    FIELD("slot.", apc_slot, dtime),
-    FIELD("slot.", apc_slot, ival),
+    {"slot.dtime", offsetof(apc_slot, mtime)}, /* on the GC list */
     FIELD("slot.", apc_slot, pin),
     FIELD("slot.", apc_slot, atime),
     FIELD("slot.", apc_slot, hits),
+    /* The optional words after the slot: an int entry's value first, then
+     * the checksum (segments with checksums on): so "slot.ival" is exact
+     * for an int entry, "slot.sum" for any other. */
+    {"slot.ival", sizeof(apc_slot)},
+    {"slot.sum", sizeof(apc_slot)},
+    {"slot.key", sizeof(apc_slot)}, /* of a non-int entry without a checksum */
     {"sizeof.apc_header", sizeof(apc_header)},
     {"sizeof.apc_slot", sizeof(apc_slot)},
     {"sizeof.lock", sizeof(apc_lock)},

@@ -428,9 +428,9 @@ void apc_header_map_get(apc_header_map *out)
     out->slot_val_len_off = offsetof(apc_slot, val_len);
     out->slot_key_len_off = offsetof(apc_slot, key_len);
     out->slot_type_off = offsetof(apc_slot, type);
-    out->slot_sum_off = offsetof(apc_slot, sum);
+    out->slot_sum_off = sizeof(apc_slot); /* of an entry that is not an int */
     out->slot_next_off = offsetof(apc_slot, next_off);
-    out->slot_ival_off = offsetof(apc_slot, ival);
+    out->slot_ival_off = sizeof(apc_slot); /* of an int entry */
     out->slot_pin_off = offsetof(apc_slot, pin);
     out->alock_off = offsetof(apc_header, alock);
     out->slock_off = offsetof(apc_header, bstripes[0].lock);

@@ -1,12 +1,23 @@
 /*
  * sma.c -- the shared-memory block allocator.
  *
- * The arena is a run of boundary-tagged blocks.  Every block starts and
- * ends with the same size word (the low bit set when the block is used),
- * so the neighbours of any block are found in O(1) and two free neighbours
- * always coalesce on free: the arena never holds two free blocks side by
- * side.  A used block's payload is exactly one slot (an entry); nothing
- * else is ever allocated here.
+ * The arena is a run of blocks, 8-byte aligned, each a multiple of 8
+ * bytes and at least APC_BLOCK_MIN.  Every block starts with a header
+ * word: its size, with
+ *
+ *   bit 0  USED       the block holds an entry;
+ *   bit 1  PREV_USED  the block before it is used (or it is the first).
+ *
+ * A used block is [header | payload]: the payload (exactly one slot, an
+ * entry; nothing else is ever allocated here) runs to the block's end.  A
+ * free block is [header | next | prev | ... | footer], the footer a copy
+ * of the header, so that the block after it finds it (through its own
+ * PREV_USED bit being clear) in O(1).  Two free neighbours always coalesce
+ * on free: the arena never holds two free blocks side by side, so a free
+ * block's PREV_USED bit is always set.
+ *
+ * Only this file knows the tag bits: everything else decodes blocks with
+ * apc_blk_at() and apc_sma_used_block() (apc_internal.h).
  *
  * Free blocks sit on one of 64 segregated lists, four per power of two
  * from 32 bytes to 1 MiB, the last list taking everything larger.  A bitmap
@@ -37,27 +48,85 @@
 #include "apc_internal.h"
 
 #define USED 1ULL
-#define BSIZE(w) ((w) & ~15ULL)
+#define PREV_USED 2ULL
+#define BSIZE(w) ((w) & ~7ULL)
 
 typedef struct free_links {
     apc_off_t next; /* block offsets, 0 = end */
     apc_off_t prev;
 } free_links;
 
-static inline uint64_t *tag_at(apc_seg *seg, apc_off_t b) { return (uint64_t *)APC_PTR(seg, b); }
-static inline free_links *links_at(apc_seg *seg, apc_off_t b) { return (free_links *)APC_PTR(seg, b + 8); }
+static inline uint64_t *tag_at(const apc_seg *seg, apc_off_t b) { return (uint64_t *)APC_PTR(seg, b); }
+static inline free_links *links_at(const apc_seg *seg, apc_off_t b) { return (free_links *)APC_PTR(seg, b + 8); }
 
 /* A free block as found through a list link or a neighbour's tag: aligned,
- * inside the arena, not in use, both tags agreeing. */
-static int free_block_ok(apc_seg *seg, apc_off_t b)
+ * inside the arena, not in use, header and footer agreeing. */
+static int free_block_ok(const apc_seg *seg, apc_off_t b)
 {
-    if (!b || (b & 15) || !apc_in_arena(seg, b, APC_BLOCK_MIN))
+    if (!b || (b & 7) || !apc_in_arena(seg, b, APC_BLOCK_MIN))
         return 0;
     uint64_t w = *tag_at(seg, b);
     uint64_t size = BSIZE(w);
     return !(w & USED) && size >= APC_BLOCK_MIN && apc_in_arena(seg, b, size) &&
            *tag_at(seg, b + size - 8) == w;
 }
+
+/* ------------------------------------------------- the format, for others */
+
+int apc_blk_at(const apc_seg *seg, apc_off_t b, apc_blk *out)
+{
+    if (b == seg->arena_end)
+        return APC_BLK_END;
+    if ((b & 7) || !apc_in_arena(seg, b, APC_BLOCK_MIN))
+        return APC_BLK_BADSIZE;
+    uint64_t w = *tag_at(seg, b);
+    out->b = b;
+    out->size = BSIZE(w);
+    out->used = (w & USED) != 0;
+    out->prev_used = (w & PREV_USED) != 0;
+    if (out->size < APC_BLOCK_MIN || out->size > seg->arena_end - b)
+        return APC_BLK_BADSIZE;
+    if (!out->used && *tag_at(seg, b + out->size - 8) != w)
+        return APC_BLK_BADFOOTER;
+    return APC_BLK_OK;
+}
+
+uint64_t apc_sma_used_block(const apc_seg *seg, apc_off_t payload)
+{
+    apc_off_t b = payload - 8;
+    if ((payload & 7) || payload < seg->arena_off + 8 || !apc_in_arena(seg, b, APC_BLOCK_MIN))
+        return 0;
+    uint64_t w = *tag_at(seg, b);
+    uint64_t size = BSIZE(w);
+    if (!(w & USED) || size < APC_BLOCK_MIN || size > seg->arena_end - b)
+        return 0;
+    if (b + size < seg->arena_end && !(*tag_at(seg, b + size) & PREV_USED))
+        return 0; /* the next block does not know this one is used */
+    return size;
+}
+
+uint64_t apc_sma_used_size(const apc_seg *seg, apc_off_t payload)
+{
+    apc_off_t b = payload - 8;
+    if ((payload & 7) || payload < seg->arena_off + 8)
+        return 0;
+    uint64_t w = LOADR(tag_at(seg, b));
+    uint64_t size = BSIZE(w);
+    if (!(w & USED) || size < APC_BLOCK_MIN || size > seg->arena_end - b)
+        return 0;
+    return size;
+}
+
+int apc_sma_free_ok(const apc_seg *seg, apc_off_t b) { return free_block_ok(seg, b); }
+
+void apc_sma_free_links(const apc_seg *seg, apc_off_t b, apc_off_t *next, apc_off_t *prev)
+{
+    free_links *l = links_at(seg, b);
+    *next = l->next;
+    *prev = l->prev;
+}
+
+/* ---------------------------------------------------------------- inside */
 
 /* The allocator found a bad link or tag: the next holder of the whole lock
  * rebuilds it from the reachable entries (the same repair as after a
@@ -68,15 +137,34 @@ static void corrupt_wl(apc_seg *seg)
     apc_repair_later(seg);
 }
 
-static void set_tags(apc_seg *seg, apc_off_t b, uint64_t size, uint64_t used)
+/* Set or clear the PREV_USED bit of the used block at b (if there is
+ * one; a free block's bit is always set, in both of its tags). */
+static void set_prev_used(apc_seg *seg, apc_off_t b, int used)
 {
-    *tag_at(seg, b) = size | used;
-    *tag_at(seg, b + size - 8) = size | used;
+    if (b >= seg->arena_end)
+        return;
+    uint64_t *t = tag_at(seg, b);
+    if (*t & USED)
+        *t = used ? (*t | PREV_USED) : (*t & ~PREV_USED);
+}
+
+/* Tag [b, b+size) free (after a used block), without listing it: for
+ * compaction, so that the arena stays walkable after every move. */
+static void tag_free(apc_seg *seg, apc_off_t b, uint64_t size)
+{
+    *tag_at(seg, b) = size | PREV_USED;
+    *tag_at(seg, b + size - 8) = size | PREV_USED;
+}
+
+/* A used block's header; the block after it is told by set_prev_used. */
+static void set_used(apc_seg *seg, apc_off_t b, uint64_t size, int prev_used)
+{
+    *tag_at(seg, b) = size | USED | (prev_used ? PREV_USED : 0);
 }
 
 uint64_t apc_sma_block_for(uint64_t need)
 {
-    uint64_t b = (need + 16 + (APC_ALIGN - 1)) & ~(uint64_t)(APC_ALIGN - 1);
+    uint64_t b = (need + 8 + (APC_ALIGN - 1)) & ~(uint64_t)(APC_ALIGN - 1);
     return b < APC_BLOCK_MIN ? APC_BLOCK_MIN : b;
 }
 
@@ -133,12 +221,16 @@ static void reset_lists(apc_seg *seg)
     h->nused = 0;
 }
 
-/* Make [b, b+size) one free block: tags, poison, list.  APC_E_CORRUPT if
- * its list's head was bad (the block is then tagged free but not listed:
- * the caller has the lists rebuilt). */
+/* Make [b, b+size) one free block: tags (the block before it is used: free
+ * blocks are always coalesced), the next block's PREV_USED bit, poison,
+ * list.  APC_E_CORRUPT if its list's head was bad (the block is then
+ * tagged free but not listed: the caller has the lists rebuilt). */
 static int make_free(apc_seg *seg, apc_off_t b, uint64_t size)
 {
-    set_tags(seg, b, size, 0);
+    uint64_t w = size | PREV_USED;
+    *tag_at(seg, b) = w;
+    *tag_at(seg, b + size - 8) = w;
+    set_prev_used(seg, b + size, 0);
 #ifdef APC_DEBUG
     if (size > 32)
         memset((char *)APC_PTR(seg, b) + 8 + sizeof(free_links), 0xDB, size - 16 - sizeof(free_links));
@@ -209,13 +301,14 @@ static apc_off_t alloc_wl(apc_seg *seg, uint64_t need)
         return 1;
     APC_FAULT("alloc.mid_split");
     if (best_size - want >= APC_BLOCK_MIN) {
-        set_tags(seg, best, want, USED);
+        set_used(seg, best, want, 1);
         /* A bad head here: the block is not handed out (nothing reaches
          * it, so the rebuild frees it again) and the caller rebuilds. */
         if (make_free(seg, best + want, best_size - want) != APC_OK)
             return 1;
     } else {
-        set_tags(seg, best, best_size, USED);
+        set_used(seg, best, best_size, 1);
+        set_prev_used(seg, best + best_size, 1);
     }
     h->nused++;
     return best + 8;
@@ -231,10 +324,9 @@ void apc_sma_free_wl(apc_seg *seg, apc_off_t payload)
     apc_header *h = seg->hdr;
     apc_off_t b = payload - 8;
     uint64_t w0 = *tag_at(seg, b);
-    uint64_t size = BSIZE(w0);
+    uint64_t size = apc_sma_used_block(seg, payload);
     APC_ASSERT(w0 & USED);
-    if (!(w0 & USED) || size < APC_BLOCK_MIN || !apc_in_arena(seg, b, size) ||
-        *tag_at(seg, b + size - 8) != w0) {
+    if (!size) {
         corrupt_wl(seg); /* the block is unreachable already: the rebuild frees it */
         return;
     }
@@ -253,18 +345,16 @@ void apc_sma_free_wl(apc_seg *seg, apc_off_t payload)
             APC_FAULT("free.mid_coalesce");
         }
     }
-    if (b > seg->arena_off) {
-        uint64_t w = *tag_at(seg, b - 8);
-        if (!(w & USED)) {
-            apc_off_t prev = b - BSIZE(w);
-            if (BSIZE(w) > b - seg->arena_off || !free_block_ok(seg, prev) ||
-                list_remove(seg, prev, BSIZE(w)) != APC_OK) {
-                corrupt_wl(seg);
-                return;
-            }
-            size += BSIZE(w);
-            b = prev;
+    if (b > seg->arena_off && !(w0 & PREV_USED)) {
+        uint64_t w = *tag_at(seg, b - 8); /* the free block before: its footer */
+        apc_off_t prev = b - BSIZE(w);
+        if (BSIZE(w) > b - seg->arena_off || !free_block_ok(seg, prev) ||
+            *tag_at(seg, prev) != w || list_remove(seg, prev, BSIZE(w)) != APC_OK) {
+            corrupt_wl(seg);
+            return;
         }
+        size += BSIZE(w);
+        b = prev;
     }
     if (make_free(seg, b, size) != APC_OK)
         corrupt_wl(seg); /* b is unreachable: the rebuild lists it */
@@ -309,9 +399,10 @@ int apc_sma_rebuild_wl(apc_seg *seg, apc_off_t *live, uint64_t nlive)
         uint64_t size = BSIZE(*tag_at(seg, b));
         if (b < cursor)
             return APC_E_CORRUPT; /* overlap: the caller drops one */
-        if (b > cursor)
+        int gap = b > cursor;
+        if (gap)
             (void)make_free(seg, cursor, b - cursor); /* lists reset: heads are ours */
-        set_tags(seg, b, size, USED);
+        set_used(seg, b, size, !gap);
         seg->hdr->nused++;
         cursor = b + size;
     }
@@ -333,11 +424,16 @@ int apc_sma_rebuild_wl(apc_seg *seg, apc_off_t *live, uint64_t nlive)
  *
  * The caller holds the whole lock and has made seq odd, so no optimistic reader
  * trusts anything it reads meanwhile.  Work: one pass over the arena, plus
- * one chain walk per moved block.
+ * one chain walk per moved block, then one pass that relists the free
+ * space and merges what touches.
  *
- * WHAT IF THE WRITER DIES HALF WAY?  A slot whose copy had begun may be
- * garbage at its old place with its link still pointing there; the repair
- * drops it (a lost entry) and rebuilds the free space.
+ * WHAT IF THE WRITER DIES HALF WAY?  After every move the space between
+ * the moved block's new end and the next block is tagged free, and the
+ * next block's PREV_USED bit says so: the arena stays a sound run of
+ * blocks (free ones not listed, perhaps side by side), which the repair's
+ * checks accept and its rebuild relists.  A slot whose copy had begun may
+ * be garbage at its old place with its link still pointing there; the
+ * repair drops it (a lost entry) and rebuilds the free space.
  */
 int apc_sma_compact_wl(apc_seg *seg)
 {
@@ -364,7 +460,8 @@ int apc_sma_compact_wl(apc_seg *seg)
                       CAS(&s->pin, &pw, APC_PIN_DEAD);
         if (!movable) {
             if (cursor < b)
-                set_tags(seg, cursor, b - cursor, 0); /* a gap, listed below */
+                tag_free(seg, cursor, b - cursor); /* a gap, listed below */
+            *tag_at(seg, b) = cursor < b ? (w & ~PREV_USED) : (w | PREV_USED);
             cursor = b + size;
             b += size;
             continue;
@@ -378,30 +475,40 @@ int apc_sma_compact_wl(apc_seg *seg)
 #else
         memmove(APC_PTR(seg, cursor), APC_PTR(seg, b), size);
 #endif
-        set_tags(seg, cursor, size, USED);
+        set_used(seg, cursor, size, 1); /* what lies before it is used */
         apc_slot *moved = (apc_slot *)APC_PTR(seg, cursor + 8);
         STORE(&moved->pin, apc_fresh_pin(h));
         STORE(link, cursor + 8);
         cursor += size;
         b += size;
+        /* The space it left (b - cursor: the free space met so far, so at
+         * least one free block's worth) is free until the next move. */
+        tag_free(seg, cursor, b - cursor);
+        set_prev_used(seg, b, 0);
+        APC_FAULT("compact.after_move");
     }
     if (cursor < seg->arena_end)
-        set_tags(seg, cursor, seg->arena_end - cursor, 0);
+        tag_free(seg, cursor, seg->arena_end - cursor);
 
-    /* Relist the free blocks, merging gaps that now touch. */
+    /* Relist the free blocks, merging those that now touch, and set every
+     * used block's PREV_USED bit. */
     reset_lists(seg);
     b = seg->arena_off;
+    int prev_used = 1;
     while (b < seg->arena_end) {
-        uint64_t size = BSIZE(*tag_at(seg, b));
-        if (*tag_at(seg, b) & USED) {
+        uint64_t w = *tag_at(seg, b);
+        if (w & USED) {
+            set_used(seg, b, BSIZE(w), prev_used);
             h->nused++;
-            b += size;
+            prev_used = 1;
+            b += BSIZE(w);
             continue;
         }
         apc_off_t start = b;
         while (b < seg->arena_end && !(*tag_at(seg, b) & USED))
             b += BSIZE(*tag_at(seg, b));
         (void)make_free(seg, start, b - start); /* lists reset: heads are ours */
+        prev_used = 0;
     }
     return APC_OK;
 }

@@ -86,10 +86,11 @@ static int walk(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_
         if ((off & 7) || !apc_in_arena(seg, off, sizeof(apc_slot)))
             return APC_E_CORRUPT;
         apc_slot *s = (apc_slot *)APC_PTR(seg, off);
-        if (LOADR(&s->hash) == hash && LOADR(&s->key_len) == klen) {
-            if (!apc_in_arena(seg, off, sizeof(apc_slot) + klen))
+        if (LOADR(&s->hash) == (uint32_t)hash && LOADR(&s->key_len) == klen) {
+            uint64_t ext = apc_slot_ext(s);
+            if (!apc_in_arena(seg, off, sizeof(apc_slot) + ext + klen))
                 return APC_E_CORRUPT;
-            if (memcmp(apc_slot_key(s), key, klen) == 0) {
+            if (memcmp((char *)(s + 1) + ext, key, klen) == 0) {
                 *out = off;
                 return APC_OK;
             }
@@ -106,15 +107,14 @@ static int walk(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_
 static int slot_fits(apc_seg *seg, apc_slot *s)
 {
     apc_off_t off = APC_OFF(seg, s);
-    if ((off & 15) != 8 || off < seg->arena_off + 8)
-        return 0;
-    uint64_t w = LOADR((uint64_t *)APC_PTR(seg, off - 8));
-    uint64_t size = w & ~15ULL;
+    uint64_t size = apc_sma_used_size(seg, off);
     uint64_t vlen = LOADR(&s->val_len);
     uint32_t klen = LOADR(&s->key_len);
-    return (w & 1) && size >= APC_BLOCK_MIN && apc_in_arena(seg, off - 8, size) &&
-           vlen <= size && klen <= APC_MAX_KEY &&
-           apc_sma_block_for(apc_slot_need(klen, vlen)) <= size;
+    unsigned bits = apc_slot_bits(s), flags = apc_bits_flags(bits);
+    return size && vlen <= size && (bits & 3) < APC_NTABLES &&
+           !(flags & APC_SLOT_SUM) == !seg->checksums &&
+           !(flags & APC_SLOT_IVAL) == (s->type != APC_T_INT) &&
+           apc_sma_block_for(apc_slot_need(klen, vlen, flags)) <= size;
 }
 
 static uint64_t mix64(uint64_t x)
@@ -143,7 +143,7 @@ static uint64_t int_sum(const apc_slot *s, int64_t v)
 uint64_t apc_entry_sum(const apc_slot *s, const char *val)
 {
     if (s->type == APC_T_INT)
-        return int_sum(s, LOADR(&s->ival));
+        return int_sum(s, LOADR(apc_slot_ival(s)));
     return sum_of(s->type, s->key_len, s->val_len, apc_xxh3_64(val, s->val_len));
 }
 
@@ -154,14 +154,14 @@ uint64_t apc_entry_sum(const apc_slot *s, const char *val)
  * nobody does. */
 static int read_int(apc_seg *seg, apc_slot *s, int64_t *out)
 {
-    int64_t v = LOAD(&s->ival);
+    int64_t v = LOAD(apc_slot_ival(s));
     if (!seg->checksums) {
         *out = v;
         return APC_OK;
     }
     uint64_t start = 0;
     for (unsigned i = 0;; i++) {
-        uint64_t sum = LOAD(&s->sum);
+        uint64_t sum = LOAD(apc_slot_sum(s));
         if (int_sum(s, v) == sum) {
             *out = v;
             return APC_OK;
@@ -171,11 +171,11 @@ static int read_int(apc_seg *seg, apc_slot *s, int64_t *out)
             if (!start)
                 start = now;
             else if (now - start > APC_READ_WAIT_NS)
-                return apc_sl_busy(seg, stripe_of(seg, s->table, s->hash)) ? APC_WAITED
+                return apc_sl_busy(seg, stripe_of(seg, s->table, apc_slot_hash64(s))) ? APC_WAITED
                                                                             : APC_E_CORRUPT;
             sched_yield();
         }
-        v = LOAD(&s->ival);
+        v = LOAD(apc_slot_ival(s));
     }
 }
 
@@ -238,9 +238,10 @@ static void unpin(apc_slot *s, uint64_t ident)
 
 static inline void count_hit(apc_seg *seg, int table, apc_slot *s, uint64_t now)
 {
-    ADD(&s->hits, 1);
-    if (LOADR(&s->atime) != now)
-        STORER(&s->atime, now);
+    if (LOADR(&s->hits) < APC_HITS_MAX)
+        ADD(&s->hits, 1);
+    if (LOADR(&s->atime) != (uint32_t)now)
+        STORER(&s->atime, (uint32_t)now);
     ADD(&apc_my_stripe(seg)->hits[table], 1);
 }
 
@@ -319,7 +320,7 @@ static int fetch_pinned(apc_seg *seg, int table, const char *key, uint32_t klen,
         /* A value over the io buffer's size may take a while to hash: put
          * the pin on record meanwhile, for apc_recover(). */
         int r = s->val_len > APC_IO_BUF ? record_pin(seg, s, *ident, *now) : -1;
-        if (apc_entry_sum(s, apc_slot_val(s)) != LOADR(&s->sum))
+        if (apc_entry_sum(s, apc_slot_val(s)) != LOADR(apc_slot_sum(s)))
             rc = APC_E_CORRUPT;
         unrecord_pin(seg, r);
     }
@@ -603,7 +604,8 @@ static int find_wl(apc_seg *seg, int table, const char *key, uint32_t klen, uint
         apc_slot *s = apc_slot_at(seg, *link);
         if (!s || --cap == 0)
             return APC_E_CORRUPT;
-        if (s->hash == hash && s->key_len == klen && memcmp(apc_slot_key(s), key, klen) == 0) {
+        if (s->hash == (uint32_t)hash && s->key_len == klen &&
+            memcmp(apc_slot_key(s), key, klen) == 0) {
             *linkp = link;
             *out = s;
             return APC_OK;
@@ -714,10 +716,10 @@ static void keyed_end(apc_seg *seg, const keyed *k)
 
 apc_off_t *apc_find_link_wl(apc_seg *seg, apc_off_t slot_off)
 {
-    apc_slot *s = (apc_slot *)APC_PTR(seg, slot_off);
-    if (s->table >= APC_NTABLES)
+    apc_slot *s = apc_slot_at(seg, slot_off);
+    if (!s)
         return NULL;
-    apc_off_t *link = bucket_of(seg, s->table, s->hash);
+    apc_off_t *link = bucket_of(seg, s->table, apc_slot_hash64(s));
     uint64_t cap = apc_walk_cap(seg);
     while (*link && --cap) {
         if (*link == slot_off)
@@ -747,7 +749,7 @@ static void retire_al(apc_seg *seg, apc_slot *s, uint64_t now)
     for (;;) {
         if (w & APC_PIN_REFS) {
             s->flags |= APC_SLOT_GC;
-            s->dtime = now;
+            s->mtime = (uint32_t)now; /* its deletion time, from now on */
             STORE(&s->next_off, h->gc_head);
             h->gc_head = APC_OFF(seg, s);
             h->gc_count++;
@@ -785,13 +787,13 @@ static void drain_al(apc_seg *seg, int stripe)
     for (int n = 0; off; n++) {
         apc_slot *s = apc_slot_at(seg, off);
         if (!s || n > APC_PENDING_MAX || !(s->flags & APC_SLOT_PENDING) ||
-            (s->flags & APC_SLOT_GC) || stripe_of(seg, s->table, s->hash) != stripe) {
+            (s->flags & APC_SLOT_GC) || stripe_of(seg, s->table, apc_slot_hash64(s)) != stripe) {
             apc_repair_later(seg); /* what is left, the rebuild reclaims */
             return;
         }
         apc_off_t next = s->next_off;
         s->flags &= (uint8_t)~APC_SLOT_PENDING;
-        retire_al(seg, s, s->dtime); /* deleted when it was parked */
+        retire_al(seg, s, s->mtime); /* deleted when it was parked */
         off = next;
     }
 }
@@ -806,7 +808,7 @@ static void retire_kl(apc_seg *seg, const keyed *k, apc_slot *s, uint64_t now)
         retire_al(seg, s, now);
     } else {
         s->flags |= APC_SLOT_PENDING;
-        s->dtime = now;
+        s->mtime = (uint32_t)now; /* its deletion time */
         STORE(&s->next_off, bs->lock.pending);
         STORER(&bs->lock.pending, APC_OFF(seg, s));
         bs->lock.npending++;
@@ -820,10 +822,11 @@ static void retire_kl(apc_seg *seg, const keyed *k, apc_slot *s, uint64_t now)
     }
 }
 
-/* Unlink the slot that *link points at and fix its stripe's counters. */
-static void unlink_counted(apc_seg *seg, apc_off_t *link, apc_slot *s)
+/* Unlink the slot that *link points at, of the given stripe, and fix the
+ * stripe's counters. */
+static void unlink_counted(apc_seg *seg, apc_off_t *link, apc_slot *s, int stripe)
 {
-    apc_stripe_stats *st = stats_of(seg, s->table, s->hash);
+    apc_stripe_stats *st = &seg->hdr->bstripes[stripe].st[s->table];
     STORE(link, s->next_off);
     APC_FAULT("remove.after_unlink");
     st->num_entries--;
@@ -833,7 +836,7 @@ static void unlink_counted(apc_seg *seg, apc_off_t *link, apc_slot *s)
 /* Unlink and retire, under the whole lock. */
 static void remove_wl(apc_seg *seg, apc_off_t *link, apc_slot *s, uint64_t now)
 {
-    unlink_counted(seg, link, s);
+    unlink_counted(seg, link, s, stripe_of(seg, s->table, apc_slot_hash64(s)));
     retire_al(seg, s, now);
 }
 
@@ -856,9 +859,9 @@ static void gc_sweep_al(apc_seg *seg, uint64_t now)
         int freed = 0;
         if (!(w & APC_PIN_REFS))
             freed = CAS(&s->pin, &w, APC_PIN_DEAD);
-        if (!freed && s->dtime > now)
-            s->dtime = now; /* a deletion in the future is a broken claim: age it from now */
-        if (!freed && h->gc_ttl && now - s->dtime >= h->gc_ttl) {
+        if (!freed && s->mtime > now) /* mtime: the deletion time, on the GC list */
+            s->mtime = (uint32_t)now; /* a deletion in the future is a broken claim: age it from now */
+        if (!freed && h->gc_ttl && now - s->mtime >= h->gc_ttl) {
             /* Pinned for longer than gc_ttl: the pinner is presumed dead.
              * Retiring the word makes any late unpin a no-op. */
             STORE(&s->pin, APC_PIN_DEAD);
@@ -918,7 +921,7 @@ static int pred_hard_expired(apc_seg *seg, apc_slot *s, uint64_t now)
 {
     if (!apc_expired(s, now))
         return 0;
-    stats_of(seg, s->table, s->hash)->expired++;
+    stats_of(seg, s->table, apc_slot_hash64(s))->expired++;
     return 1;
 }
 
@@ -1095,27 +1098,20 @@ static int write_value(apc_seg *seg, char *dst, const char *src, uint64_t len)
 /* A block just allocated, made this write's intent_new: it says whose it
  * is (its slot's hash, table and a pin word nobody holds: see INTENTS)
  * before the intent names it.  Returns the pin word.  Expects alock. */
-static uint64_t claim_block(apc_seg *seg, const keyed *k, apc_lock *rec, apc_off_t off,
-                            apc_off_t bucket)
+static uint64_t claim_block(apc_seg *seg, const keyed *k, apc_lock *rec, apc_off_t off)
 {
     apc_slot *s = (apc_slot *)APC_PTR(seg, off);
     uint64_t pin = apc_fresh_pin(seg->hdr);
-    s->hash = k->hash;
-    s->table = (uint8_t)k->table;
+    s->hash = (uint32_t)k->hash;
+    s->table = (uint8_t)k->table & 3;
     s->flags = 0;
     s->key_len = 0;
     s->val_len = 0;
     STORER(&s->pin, pin);
-    STORER(&rec->intent_bucket, bucket);
     STORER(&rec->intent_new, off);
     return pin;
 }
 
-/* A block for a new slot of `need` bytes, with a fresh pin word in *pin.
- * A stripe holder allocates under alock and records the block as its
- * intent_new in the same section; when the arena has no block that large
- * it trades its stripe for the whole lock, which making room needs, and
- * *moved says the key must be looked up again.  0 with *rc on failure. */
 /*
  * A block of exactly the size wanted, from the stripe's own pending list:
  * a slot this stripe's writers unlinked, that nobody pins.  Taken under the
@@ -1127,7 +1123,7 @@ static uint64_t claim_block(apc_seg *seg, const keyed *k, apc_lock *rec, apc_off
  * before it leaves the list: a holder that dies in between leaves a block
  * that is both, which the takeover frees once (finish_intents).  0: none.
  */
-static apc_off_t reuse_kl(apc_seg *seg, keyed *k, uint64_t want, apc_off_t bucket, uint64_t *pin)
+static apc_off_t reuse_kl(apc_seg *seg, keyed *k, uint64_t want, uint64_t *pin)
 {
     apc_bstripe *bs = &seg->hdr->bstripes[k->stripe];
     apc_off_t *link = &bs->lock.pending;
@@ -1141,11 +1137,10 @@ static apc_off_t reuse_kl(apc_seg *seg, keyed *k, uint64_t want, apc_off_t bucke
             (w & APC_PIN_TAGMASK) == APC_PIN_TAG && w != APC_PIN_DEAD &&
             CAS(&s->pin, &w, APC_PIN_DEAD)) {
             uint32_t v = (uint32_t)((w >> 16) + 1);
-            s->hash = k->hash;
-            s->table = (uint8_t)k->table;
+            s->hash = (uint32_t)k->hash;
+            s->table = (uint8_t)k->table & 3;
             s->key_len = 0;
             s->val_len = 0;
-            STORER(&bs->lock.intent_bucket, bucket);
             STORER(&bs->lock.intent_new, off);
             APC_FAULT("reuse.claimed");
             *link = s->next_off;
@@ -1160,14 +1155,18 @@ static apc_off_t reuse_kl(apc_seg *seg, keyed *k, uint64_t want, apc_off_t bucke
     return 0;
 }
 
+/* A block for a new slot of `need` bytes, with a fresh pin word in *pin.
+ * A stripe holder allocates under alock and records the block as its
+ * intent_new in the same section; when the arena has no block that large
+ * it trades its stripe for the whole lock, which making room needs, and
+ * *moved says the key must be looked up again.  0 with *rc on failure. */
 static apc_off_t alloc_kl(apc_seg *seg, const char *key, uint32_t klen, keyed *k, uint64_t need,
                           uint64_t *pin, int *moved, int *rc)
 {
     apc_header *h = seg->hdr;
     apc_lock *rec = keyed_lock_rec(seg, k);
-    apc_off_t bucket = APC_OFF(seg, bucket_of(seg, k->table, k->hash));
     if (!k->whole && h->bstripes[k->stripe].lock.pending) {
-        apc_off_t off = reuse_kl(seg, k, apc_sma_block_for(need), bucket, pin);
+        apc_off_t off = reuse_kl(seg, k, apc_sma_block_for(need), pin);
         if (off)
             return off;
     }
@@ -1189,7 +1188,7 @@ static apc_off_t alloc_kl(apc_seg *seg, const char *key, uint32_t klen, keyed *k
             drain_al(seg, k->stripe);
         apc_off_t off = apc_sma_alloc_wl(seg, need);
         if (off) {
-            *pin = claim_block(seg, k, rec, off, bucket);
+            *pin = claim_block(seg, k, rec, off);
             APC_FAULT("alloc.locked");
         }
         if (!k->whole)
@@ -1208,7 +1207,7 @@ static apc_off_t alloc_kl(apc_seg *seg, const char *key, uint32_t klen, keyed *k
         apc_repair_wl(seg, k->now);
         apc_off_t off = apc_sma_alloc_wl(seg, need);
         if (off) {
-            *pin = claim_block(seg, k, rec, off, bucket);
+            *pin = claim_block(seg, k, rec, off);
             return off;
         }
     }
@@ -1222,7 +1221,7 @@ static apc_off_t alloc_kl(apc_seg *seg, const char *key, uint32_t klen, keyed *k
         *rc = APC_E_NOMEM;
         return 0;
     }
-    *pin = claim_block(seg, k, rec, off, bucket);
+    *pin = claim_block(seg, k, rec, off);
     return off;
 }
 
@@ -1246,7 +1245,8 @@ static int insert_kl(apc_seg *seg, const char *key, uint32_t klen, int type, con
     uint64_t hash = k->hash, now = k->now;
     apc_header *h = seg->hdr;
     apc_lock *rec = keyed_lock_rec(seg, k);
-    uint64_t need = apc_slot_need(klen, vlen);
+    unsigned flags = (seg->checksums ? APC_SLOT_SUM : 0) | (type == APC_T_INT ? APC_SLOT_IVAL : 0);
+    uint64_t need = apc_slot_need(klen, vlen, flags);
     uint64_t repairs = h->repairs;
     int moved = 0, rc = APC_OK; /* did entries move or go since k's lookup? */
     uint64_t pin = 0;
@@ -1256,20 +1256,19 @@ static int insert_kl(apc_seg *seg, const char *key, uint32_t klen, int type, con
     APC_FAULT("store.after_alloc");
 
     apc_slot *s = (apc_slot *)APC_PTR(seg, off);
-    s->hash = hash;
-    s->ctime = now;
-    s->ttl = ttl;
-    s->val_len = vlen;
-    s->key_len = klen;
+    s->hash = (uint32_t)hash;
+    s->ctime = (uint32_t)now;
+    s->ttl = ttl > UINT32_MAX ? UINT32_MAX : (uint32_t)ttl;
+    s->val_len = (uint32_t)vlen;
+    s->key_len = (uint16_t)klen;
     s->type = (uint8_t)type;
-    s->table = (uint8_t)table;
-    s->flags = 0;
-    s->pad_ = 0;
-    s->mtime = now;
-    s->dtime = 0;
-    s->ival = ival;
-    s->atime = now;
+    s->table = (uint8_t)table & 3;
+    s->flags = flags & 63;
+    s->mtime = (uint32_t)now;
+    s->atime = (uint32_t)now;
     s->hits = 0;
+    if (flags & APC_SLOT_IVAL)
+        *apc_slot_ival(s) = ival;
     s->pin = pin;
     memcpy(apc_slot_key(s), key, klen);
     if (vlen) {
@@ -1279,7 +1278,8 @@ static int insert_kl(apc_seg *seg, const char *key, uint32_t klen, int type, con
             return wrc;
         }
     }
-    s->sum = seg->checksums ? apc_entry_sum(s, val) : 0;
+    if (flags & APC_SLOT_SUM)
+        *apc_slot_sum(s) = apc_entry_sum(s, val);
 
     /* The old entry: as the caller found it, unless making room or a
      * repair may have moved or removed it since; then looked up again. */
@@ -1331,7 +1331,9 @@ static int do_store(apc_seg *seg, int table, const char *key, uint32_t klen, int
     if (type == APC_T_INT)
         vlen = 0;
     uint64_t arena = seg->arena_end - seg->arena_off;
-    if (vlen > arena || apc_sma_block_for(apc_slot_need(klen, vlen)) > arena)
+    unsigned sflags = (seg->checksums ? APC_SLOT_SUM : 0) | (type == APC_T_INT ? APC_SLOT_IVAL : 0);
+    if (vlen > arena || vlen > APC_VAL_MAX ||
+        apc_sma_block_for(apc_slot_need(klen, vlen, sflags)) > arena)
         return APC_E_TOOBIG;
     keyed k;
     int rc = keyed_begin(seg, table, key, klen, now, &k);
@@ -1376,7 +1378,7 @@ static int do_delete(apc_seg *seg, int table, const char *key, uint32_t klen, ui
             seg->hdr->bstripes[k.stripe].st[table].expired++;
         STORER(&keyed_lock_rec(seg, &k)->intent_old, APC_OFF(seg, k.s));
         apc_seq_begin_wl(seg, k.stripe);
-        unlink_counted(seg, k.link, k.s);
+        unlink_counted(seg, k.link, k.s, k.stripe);
         APC_FAULT("delete.after_unlink");
         retire_kl(seg, &k, k.s, k.now);
         apc_seq_end_wl(seg, k.stripe);
@@ -1410,14 +1412,14 @@ static int do_inc(apc_seg *seg, int table, const char *key, uint32_t klen, int64
             int64_t v;
             if (s->type != APC_T_INT) {
                 rc = APC_E_TYPE;
-            } else if (__builtin_add_overflow(LOADR(&s->ival), step, &v)) {
+            } else if (__builtin_add_overflow(LOADR(apc_slot_ival(s)), step, &v)) {
                 rc = APC_E_OVERFLOW;
             } else {
                 APC_FAULT("inc.in_place");
-                STORE(&s->ival, v);
+                STORE(apc_slot_ival(s), v);
                 if (seg->checksums)
-                    STORE(&s->sum, int_sum(s, v));
-                s->mtime = k.now;
+                    STORE(apc_slot_sum(s), int_sum(s, v));
+                s->mtime = (uint32_t)k.now;
                 *out = v;
             }
         } else if (rc != APC_E_CORRUPT) {
@@ -1455,13 +1457,13 @@ static int do_cas(apc_seg *seg, int table, const char *key, uint32_t klen, int64
             rc = APC_NOTFOUND;
         else if (s->type != APC_T_INT)
             rc = APC_E_TYPE;
-        else if (LOADR(&s->ival) != old)
+        else if (LOADR(apc_slot_ival(s)) != old)
             rc = APC_MISMATCH;
         else {
-            STORE(&s->ival, new_);
+            STORE(apc_slot_ival(s), new_);
             if (seg->checksums)
-                STORE(&s->sum, int_sum(s, new_));
-            s->mtime = k.now;
+                STORE(apc_slot_sum(s), int_sum(s, new_));
+            s->mtime = (uint32_t)k.now;
         }
     }
     keyed_end(seg, &k);
@@ -1494,7 +1496,8 @@ static int do_touch(apc_seg *seg, int table, const char *key, uint32_t klen, uin
         } else {
             /* expired once ctime + ttl' < now', i.e. once now + ttl < now' */
             uint64_t age = k.now > k.s->ctime ? k.now - k.s->ctime : 0;
-            STORE(&k.s->ttl, ttl ? age + ttl : 0);
+            uint64_t t = ttl ? age + ttl : 0;
+            STORE(&k.s->ttl, t > UINT32_MAX ? UINT32_MAX : (uint32_t)t);
         }
     }
     keyed_end(seg, &k);
@@ -1726,11 +1729,11 @@ int apc_recover(apc_seg *seg, int64_t pid, uint64_t now)
 
 static void rec_of(apc_seg *seg, apc_slot *s, uint64_t now, apc_entry_rec *r)
 {
-    r->hash = s->hash;
+    r->hash = apc_slot_hash64(s); /* the slot keeps 32 bits of it */
     r->ctime = s->ctime;
     r->mtime = s->mtime;
     r->atime = LOADR(&s->atime);
-    r->dtime = s->dtime;
+    r->dtime = (s->flags & APC_SLOT_GC) ? s->mtime : 0; /* mtime is it, on the GC list */
     r->ttl = s->ttl;
     r->hits = LOADR(&s->hits);
     r->mem_size = apc_sma_block_size(seg, APC_OFF(seg, s));
@@ -1801,8 +1804,8 @@ static int do_info_get(apc_seg *seg, int table, apc_info *o)
             if (s->table == table) {
                 o->gc_entries++;
                 o->gc_mem_size += apc_sma_block_size(seg, off);
-                if (!o->gc_oldest || s->dtime < o->gc_oldest)
-                    o->gc_oldest = s->dtime;
+                if (!o->gc_oldest || s->mtime < o->gc_oldest) /* the deletion time */
+                    o->gc_oldest = s->mtime;
             }
             off = s->next_off;
         }
@@ -1835,13 +1838,15 @@ static int do_sma_info_get(apc_seg *seg, apc_sma_info *o, uint64_t *blocks, uint
     for (int c = APC_NCLASSES - 1; c >= 0 && blocks; c--) {
         uint64_t walk_cap = apc_walk_cap(seg); /* not nfree: a claim */
         for (apc_off_t b = h->free_head[c]; b && k < cap && walk_cap--;) {
-            if ((b & 15) || !apc_in_arena(seg, b, APC_BLOCK_MIN))
+            apc_blk blk;
+            apc_off_t next, prev;
+            if (!apc_sma_free_ok(seg, b) || apc_blk_at(seg, b, &blk) != APC_BLK_OK)
                 break;
-            uint64_t *tag = (uint64_t *)APC_PTR(seg, b);
-            blocks[2 * k] = *tag & ~15ULL;
+            blocks[2 * k] = blk.size;
             blocks[2 * k + 1] = b;
             k++;
-            b = ((apc_off_t *)APC_PTR(seg, b + 8))[0];
+            apc_sma_free_links(seg, b, &next, &prev);
+            b = next;
         }
     }
     wl_leave(seg, NO_SEQ);
@@ -2066,22 +2071,47 @@ int64_t apc_count_live_chunk(apc_seg *seg, int table, uint64_t now, uint64_t cur
 /*
  * An intent is a claim like any other word of the segment: before a block
  * it names is freed, it must be what a stripe's writer would have left
- * there.  A block is allocated with its slot's hash, table and pin word
- * written in the same alock section as the intent (alloc_kl), so a true
- * intent_new names a slot of this very stripe (and of intent_bucket), not
- * on the GC list, pinned by nobody; a true intent_old, a slot of this
- * stripe.  Whether either is still reachable is asked of every chain of
- * the stripe: a forged intent naming a live entry of the stripe finds it
- * there and frees nothing, and one naming anything else is refused.  What
- * cannot be settled that way is left to a whole repair.
+ * there.  A true intent_old is a slot of this very stripe (its key hashes
+ * here), not on the GC list; a true intent_new, a slot on no list, pinned
+ * by nobody (a writer claims a block with a pin word nobody holds, in the
+ * same alock section as the intent: claim_block), or one parked on this
+ * stripe's own pending list (reuse_kl).  Whether it is still reachable is
+ * asked of every chain of the stripe, and, for intent_new, of the chain
+ * its key hashes to (it may be half written, so that chain may be any
+ * stripe's, read as a reader reads it): a forged intent naming a live
+ * entry finds it there and frees nothing.  What cannot be settled that
+ * way is left to a whole repair.
  */
-static int intent_slot_ok(apc_seg *seg, int stripe, apc_off_t off, apc_slot **out)
+static apc_slot *intent_slot(apc_seg *seg, apc_off_t off)
 {
     apc_slot *s = apc_slot_at(seg, off);
-    if (!s || (s->flags & APC_SLOT_GC) || stripe_of(seg, s->table, s->hash) != stripe)
-        return 0;
-    *out = s;
-    return 1;
+    return s && !(s->flags & APC_SLOT_GC) ? s : NULL;
+}
+
+/* Is off in the chain of the bucket that h64 falls in, read as a reader
+ * reads it?  1, 0, or -1 when that cannot be told (a broken chain, a
+ * stripe that stays odd). */
+static int linked_at(apc_seg *seg, int table, uint64_t h64, apc_off_t off)
+{
+    int st = stripe_of(seg, table, h64);
+    for (int tries = 0; tries < 64; tries++) {
+        uint64_t sq;
+        if (apc_seq_read_begin(seg, st, &sq) != APC_OK)
+            return -1;
+        int r = 0;
+        uint64_t cap = apc_walk_cap(seg);
+        for (apc_off_t o = LOAD(bucket_of(seg, table, h64)); o;) {
+            apc_slot *s = apc_slot_at(seg, o);
+            if (o == off || !s || --cap == 0) {
+                r = o == off ? 1 : -1;
+                break;
+            }
+            o = LOAD(&s->next_off);
+        }
+        if (apc_seq_read_valid(seg, st, sq))
+            return r;
+    }
+    return -1;
 }
 
 /* Walk every chain of the stripe: count its entries and memory, and say
@@ -2127,11 +2157,9 @@ static int finish_intents(apc_seg *seg, int i, int have_alock)
 {
     apc_lock *l = &seg->hdr->bstripes[i].lock;
     apc_off_t nw = LOADR(&l->intent_new), old = LOADR(&l->intent_old);
-    apc_slot *ns = NULL, *os = NULL;
-    if (nw && (!intent_slot_ok(seg, i, nw, &ns) || (LOADR(&ns->pin) & APC_PIN_REFS) ||
-               LOADR(&l->intent_bucket) != APC_OFF(seg, bucket_of(seg, ns->table, ns->hash))))
-        goto owed;
-    if (old && !intent_slot_ok(seg, i, old, &os))
+    apc_slot *ns = nw ? intent_slot(seg, nw) : NULL, *os = old ? intent_slot(seg, old) : NULL;
+    if ((nw && (!ns || (LOADR(&ns->pin) & APC_PIN_REFS))) ||
+        (old && (!os || stripe_of(seg, os->table, apc_slot_hash64(os)) != i)))
         goto owed;
     int nw_linked, old_linked;
     if (walk_stripe(seg, i, nw, old, &nw_linked, &old_linked) != 0)
@@ -2147,6 +2175,16 @@ static int finish_intents(apc_seg *seg, int i, int have_alock)
         old_parked |= o == old;
         nw_parked |= o == nw;
         o = p->next_off;
+    }
+    if (nw && (ns->flags & APC_SLOT_PENDING) && !nw_parked)
+        goto owed; /* another stripe's */
+    if (nw && !nw_linked && !nw_parked) {
+        uint64_t h64 = apc_slot_hash64(ns);
+        if (stripe_of(seg, ns->table, h64) != i) {
+            int r = linked_at(seg, ns->table, h64, nw);
+            if (r != 0)
+                goto owed;
+        }
     }
     int free_new = nw && !nw_linked && !nw_parked;
     int retire_old = old && !old_linked && !old_parked && old != nw;
@@ -2166,7 +2204,6 @@ static int finish_intents(apc_seg *seg, int i, int have_alock)
     }
     STORER(&l->intent_new, 0);
     STORER(&l->intent_old, 0);
-    STORER(&l->intent_bucket, 0);
     return APC_OK;
 owed:
     apc_repair_later(seg);
@@ -2182,20 +2219,17 @@ static int cmp_u64(const void *a, const void *b)
 /* Is this a plausible slot at the payload of a used block? */
 static int slot_sane(apc_seg *seg, apc_off_t off, int table, uint64_t bucket)
 {
-    if ((off & 15) != 8 || !apc_in_arena(seg, off - 8, APC_BLOCK_MIN))
-        return 0;
-    uint64_t w = *(uint64_t *)APC_PTR(seg, off - 8);
-    uint64_t size = w & ~15ULL;
-    if (!(w & 1) || size < APC_BLOCK_MIN || !apc_in_arena(seg, off - 8, size) ||
-        *(uint64_t *)APC_PTR(seg, off - 8 + size - 8) != w)
+    uint64_t size = apc_sma_used_block(seg, off);
+    if (!size || !apc_slot_at(seg, off))
         return 0;
     apc_slot *s = (apc_slot *)APC_PTR(seg, off);
-    if (s->val_len > size || apc_sma_block_for(apc_slot_need(s->key_len, s->val_len)) > size)
+    if (s->val_len > size || apc_sma_block_for(apc_slot_need(s->key_len, s->val_len, s->flags)) > size)
         return 0;
     if ((s->pin & APC_PIN_TAGMASK) != APC_PIN_TAG)
         return 0;
-    if (table >= 0 && (s->table != table || s->hash % seg->geom[table].nslots != bucket ||
-                       (s->flags & APC_SLOT_GC)))
+    if (table >= 0 && (s->table != table || (s->flags & APC_SLOT_GC) ||
+                       apc_slot_hash64(s) % seg->geom[table].nslots != bucket ||
+                       (uint32_t)apc_slot_hash64(s) != s->hash))
         return 0;
     if (table < 0 && (!(s->flags & APC_SLOT_GC) || s->table >= APC_NTABLES))
         return 0;
@@ -2223,7 +2257,7 @@ static void collect_chain(apc_seg *seg, apc_off_t *link, int table, uint64_t buc
             return;
         }
         apc_slot *s = (apc_slot *)APC_PTR(seg, off);
-        if (table >= 0 && seg->checksums && apc_entry_sum(s, apc_slot_val(s)) != s->sum) {
+        if (table >= 0 && seg->checksums && apc_entry_sum(s, apc_slot_val(s)) != *apc_slot_sum(s)) {
             /* Sound as a structure, but its value was changed: drop it
              * alone (the rebuild frees its block). */
             *link = s->next_off;
@@ -2334,8 +2368,8 @@ static int repair_wl(apc_seg *seg, uint64_t now)
         qsort(live, nlive, sizeof *live, cmp_u64);
         uint64_t newbad = 0;
         for (uint64_t i = 1; i < nlive; i++) {
-            apc_off_t prev_end = live[i - 1] - 8 + apc_sma_block_size(seg, live[i - 1]);
-            if (live[i] - 8 < prev_end)
+            apc_off_t prev_end = apc_blk_of(live[i - 1]) + apc_sma_block_size(seg, live[i - 1]);
+            if (apc_blk_of(live[i]) < prev_end)
                 newbad++;
         }
         if (!newbad)
@@ -2345,8 +2379,8 @@ static int repair_wl(apc_seg *seg, uint64_t now)
             break;
         bad = nb;
         for (uint64_t i = 1; i < nlive; i++) {
-            apc_off_t prev_end = live[i - 1] - 8 + apc_sma_block_size(seg, live[i - 1]);
-            if (live[i] - 8 < prev_end)
+            apc_off_t prev_end = apc_blk_of(live[i - 1]) + apc_sma_block_size(seg, live[i - 1]);
+            if (apc_blk_of(live[i]) < prev_end)
                 bad[nbad++] = live[i];
         }
         qsort(bad, nbad, sizeof *bad, cmp_u64);
@@ -2354,15 +2388,14 @@ static int repair_wl(apc_seg *seg, uint64_t now)
 
     /* Pinned but unreachable slots: keep them, on the GC list. */
     uint64_t extra = 0;
-    apc_off_t b = seg->arena_off;
-    while (b < seg->arena_end && nlive + extra < max) {
-        uint64_t w = *(uint64_t *)APC_PTR(seg, b);
-        uint64_t size = w & ~15ULL;
-        if (size < APC_BLOCK_MIN || size > seg->arena_end - b ||
-            *(uint64_t *)APC_PTR(seg, b + size - 8) != w)
-            break; /* tags no longer trustworthy from here */
-        apc_off_t off = b + 8;
-        if ((w & 1) && !bsearch(&off, live, nlive, sizeof *live, cmp_u64)) {
+    apc_blk blk;
+    for (apc_off_t b = seg->arena_off; nlive + extra < max; b += blk.size) {
+        if (apc_blk_at(seg, b, &blk) != APC_BLK_OK)
+            break; /* the end, or tags no longer trustworthy from here */
+        uint64_t size = blk.size;
+        apc_off_t off = apc_blk_payload(b);
+        if (blk.used && size >= 8 + sizeof(apc_slot) + 16 &&
+            !bsearch(&off, live, nlive, sizeof *live, cmp_u64)) {
             apc_slot *s = (apc_slot *)APC_PTR(seg, off);
             uint64_t pw = s->pin;
             if ((pw & APC_PIN_TAGMASK) == APC_PIN_TAG && (pw & ~APC_PIN_REFS) != APC_PIN_DEAD &&
@@ -2370,19 +2403,21 @@ static int repair_wl(apc_seg *seg, uint64_t now)
                 /* Its reader took its lengths when it pinned it; if they no
                  * longer fit the block, make them (the key no longer
                  * matters), so that every walk of the GC list accepts it. */
-                if (s->val_len > size || s->key_len > size ||
-                    apc_sma_block_for(apc_slot_need(s->key_len, s->val_len)) > size) {
+                unsigned flags = (seg->checksums ? APC_SLOT_SUM : 0) |
+                                 (s->type == APC_T_INT ? APC_SLOT_IVAL : 0);
+                if (s->val_len > size || s->key_len > size || (s->flags & ~APC_SLOT_GC) != flags ||
+                    apc_sma_block_for(apc_slot_need(s->key_len, s->val_len, s->flags)) > size) {
                     s->key_len = 0;
-                    s->val_len = size - 16 - sizeof(apc_slot);
+                    s->flags = flags;
+                    s->val_len = (uint32_t)(size - 8 - sizeof(apc_slot) - apc_slot_ext_of(flags));
                 }
-                s->flags = (uint8_t)((s->flags | APC_SLOT_GC) & ~APC_SLOT_PENDING);
-                s->dtime = now;
+                s->flags = (s->flags | APC_SLOT_GC) & ~APC_SLOT_PENDING & 63;
+                s->mtime = (uint32_t)now; /* its deletion time */
                 s->next_off = h->gc_head;
                 h->gc_head = off;
                 live[nlive + extra++] = off;
             }
         }
-        b += size;
     }
     nlive += extra;
 
@@ -2403,7 +2438,6 @@ static int repair_wl(apc_seg *seg, uint64_t now)
         bs->lock.npending = 0;
         STORER(&bs->lock.intent_new, 0);
         STORER(&bs->lock.intent_old, 0);
-        STORER(&bs->lock.intent_bucket, 0);
     }
     h->gc_count = 0;
     for (uint64_t i = 0; i < nlive; i++) {
@@ -2415,7 +2449,7 @@ static int repair_wl(apc_seg *seg, uint64_t now)
             if ((s->pin & ~APC_PIN_REFS) == APC_PIN_DEAD) {
                 s->pin = apc_fresh_pin(h);
             }
-            apc_stripe_stats *st = stats_of(seg, s->table, s->hash);
+            apc_stripe_stats *st = stats_of(seg, s->table, apc_slot_hash64(s));
             st->num_entries++;
             st->mem_size += apc_sma_block_size(seg, live[i]);
         }

@@ -139,6 +139,7 @@ class Ctx:
         self.seg_size = h["seg_size"]
         self.arena_off = _U64.unpack_from(self.mv, off("hdr.arena_off"))[0]
         self.arena_end = self.arena_off + _U64.unpack_from(self.mv, off("hdr.arena_size"))[0]
+        self.checksums = bool(h["checksums"])
         self.expected = _Expected()
         self.history = self.expected.history
         self.refs = []  # pins held for the whole run
@@ -274,17 +275,38 @@ def c_header_field(ctx, rng):
         # what a stripe's holder was in the middle of: a block it allocated,
         # where it was to go, a slot it was unlinking (often a real slot's
         # offset, or near one)
-        at = rng.choice(_locks()[1:]) + off("lock." + rng.choice(["intent_new", "intent_bucket",
-                                                                   "intent_old"]))
+        at = rng.choice(_locks()[1:]) + off("lock." + rng.choice(["intent_new", "intent_old",
+                                                                   "pending"]))
         return "stripe intent " + _word(ctx, rng, at)
     return f"header {name} " + _word(ctx, rng, off(name))
 
 
 SLOT_FIELDS = {
-    "hash": 8, "ctime": 8, "ttl": 8, "val_len": 8, "key_len": 4, "type": 1, "table": 1,
-    "flags": 1, "sum": 8, "next_off": 8, "mtime": 8, "dtime": 8, "ival": 8, "pin": 8, "atime": 8,
-    "hits": 8,
+    "hash": 4, "ctime": 4, "ttl": 4, "val_len": 4, "key_len": 2, "type": 1, "table": 1,
+    "flags": 1, "sum": 8, "next_off": 8, "mtime": 4, "dtime": 4, "ival": 8, "pin": 8, "atime": 4,
+    "hits": 4,
 }
+APC_T_INT = 3
+
+
+def _is_int(ctx, slot):
+    return ctx.mv[slot + off("slot.type")] == APC_T_INT
+
+
+def _ext(ctx, slot):
+    """The optional words between an entry's slot and its key: an int's
+    value, then the checksum (csrc/apc_internal.h)."""
+    return (8 if _is_int(ctx, slot) else 0) + (8 if ctx.checksums else 0)
+
+
+def _field_at(ctx, slot, f):
+    """Where field f of the entry at slot lies: the optional words follow
+    the slot (the checksum after an int's value)."""
+    if f == "sum":
+        return slot + off("slot.sum") + (8 if _is_int(ctx, slot) else 0)
+    if f == "ival" and not _is_int(ctx, slot):
+        return slot + off("slot.ival") + _ext(ctx, slot)  # no int word: the key's first bytes
+    return slot + off("slot." + f)
 SLOT_WEIGHTS = ["val_len"] * 5 + ["key_len"] * 3 + ["next_off"] * 5 + ["pin"] * 4 + \
     ["type"] * 3 + ["table"] * 2 + ["flags"] * 2 + ["hash", "ctime", "ttl", "ival", "dtime"]
 try:
@@ -296,7 +318,7 @@ except KeyError:  # an engine without checksums
 
 def _slot_field(ctx, rng, slot, key):
     f = rng.choice(SLOT_WEIGHTS)
-    at = slot + off("slot." + f)
+    at = _field_at(ctx, slot, f)
     width = SLOT_FIELDS[f]
     if f == "pin":
         old = _get64(ctx, at)
@@ -324,6 +346,11 @@ def _slot_field(ctx, rng, slot, key):
         new = rng.choice([0, 1, old + 1, old + 8, 0xFFFF, 0x10000, 0xFFFFFFFF, rng.getrandbits(32)])
         struct.pack_into("<I", ctx.mv, at, new % (1 << 32))
         return f"slot {key!r} {f} {old} -> {new % (1 << 32)}"
+    if width == 2:
+        old = struct.unpack_from("<H", ctx.mv, at)[0]
+        new = rng.choice([0, 1, old + 1, old + 8, 0xFF, 0x100, 0xFFFF, rng.getrandbits(16)])
+        struct.pack_into("<H", ctx.mv, at, new % (1 << 16))
+        return f"slot {key!r} {f} {old} -> {new % (1 << 16)}"
     old = ctx.mv[at]
     new = rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 127, 128, 255, old ^ (1 << rng.randrange(8))])
     ctx.mv[at] = new
@@ -361,8 +388,10 @@ def c_block_tag(ctx, rng):
     if ctx.slots and rng.random() < 0.6:
         slot, key = rng.choice(ctx.slots)
         b = slot - 8
-        size = _get64(ctx, b) & ~15
-        at = b if rng.random() < 0.6 or not size else b + size - 8
+        size = _get64(ctx, b) & ~7
+        # A used block has a header only; the next block's header holds
+        # its PREV_USED bit (it stands in for the footer).
+        at = b if rng.random() < 0.6 or not size or b + size >= ctx.arena_end else b + size
         return f"used block tag of {key!r} " + _word(ctx, rng, at)
     if ctx.free_blocks:
         b, size = rng.choice(ctx.free_blocks)
@@ -451,10 +480,10 @@ def c_value_bytes(ctx, rng):
     if not ctx.slots:
         return c_flip_arena(ctx, rng)
     slot, key = rng.choice(ctx.slots)
-    klen = struct.unpack_from("<I", ctx.mv, slot + off("slot.key_len"))[0]
-    vlen = _get64(ctx, slot + off("slot.val_len"))
-    vstart = slot + off("sizeof.apc_slot") + ((klen + 7) & ~7)
-    if vlen == 0:
+    klen = struct.unpack_from("<H", ctx.mv, slot + off("slot.key_len"))[0]
+    vlen = struct.unpack_from("<I", ctx.mv, slot + off("slot.val_len"))[0]
+    vstart = slot + off("sizeof.apc_slot") + _ext(ctx, slot) + klen
+    if vlen == 0 and _is_int(ctx, slot):
         at = slot + off("slot.ival")
         ctx.mv[at + rng.randrange(8)] ^= 1 << rng.randrange(8)
         return f"flip a bit of {key!r}'s int"
@@ -472,7 +501,7 @@ def c_key_bytes(ctx, rng):
     slot, key = rng.choice(ctx.slots)
     if not key:
         return c_flip_arena(ctx, rng)
-    at = slot + off("sizeof.apc_slot") + rng.randrange(len(key))
+    at = slot + off("sizeof.apc_slot") + _ext(ctx, slot) + rng.randrange(len(key))
     ctx.mv[at] ^= 1 << rng.randrange(8)
     return f"flip a bit of key {key!r}"
 

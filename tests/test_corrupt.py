@@ -7,6 +7,7 @@ import pytest
 import apccache
 from apccache import CorruptSegmentError, IncompatibleSegmentError
 
+from apccache import _bindings as B
 from apccache._bindings import LAYOUT
 from apc_support import segment_name
 
@@ -106,9 +107,27 @@ def test_check_names_a_slot_in_the_wrong_bucket(segments):
     c = segments(size=1 << 20, slots=7)
     c.store("k", 1)
     (off,) = _slot_offsets(c)
-    h = struct.unpack_from("<Q", c._mv, off)[0]
-    c._mv[off : off + 8] = struct.pack("<Q", h + 1)  # hash no longer matches its bucket
+    # The bucket is the key's full XXH3-64 (the slot keeps 32 bits of it):
+    # move the slot to the next bucket instead.
+    buckets = struct.unpack_from("<Q", c._mv, B.lib.apc_layout_offset(b"hdr.geom"))[0]
+    (i,) = [i for i in range(7) if struct.unpack_from("<Q", c._mv, buckets + 8 * i)[0] == off]
+    struct.pack_into("<Q", c._mv, buckets + 8 * i, 0)
+    struct.pack_into("<Q", c._mv, buckets + 8 * ((i + 1) % 7), off)
     assert any("hashes to bucket" in p for p in c.check())
+
+
+def test_check_names_a_slot_whose_hash_is_not_its_keys(segments):
+    c = segments(size=1 << 20, slots=7)
+    c.store("k", 1)
+    (off,) = _slot_offsets(c)
+    at = off + LAYOUT["slot_hash_off"]
+    h = struct.unpack_from("<I", c._mv, at)[0]
+    struct.pack_into("<I", c._mv, at, (h + 1) % (1 << 32))
+    assert c.fetch("k") is None  # a reader compares the hash first: a miss
+    assert any("is not its key's" in p for p in c.check())
+    struct.pack_into("<Q", c._mv, B.lib.apc_layout_offset(b"hdr.repair_due"), 1)
+    c.store("other", 2)  # a repair drops the entry
+    assert c.check() == [] and c.fetch("other") == 2 and c.fetch("k") is None
 
 
 def test_check_reports_broken_block_tags(segments):

@@ -49,6 +49,7 @@ SCENARIOS = {
     "evict.before_compact": (SETUP_FRAGMENT, "c.store('big', b'B' * 200_000)"),
     "compact.before_move": (SETUP_FRAGMENT, "c.store('big', b'B' * 200_000)"),
     "compact.mid_move": (SETUP_FRAGMENT, "c.store('big', b'B' * 200_000)"),
+    "compact.after_move": (SETUP_FRAGMENT, "c.store('big', b'B' * 200_000)"),
 }
 
 
@@ -125,6 +126,27 @@ def test_a_writer_killed_at_a_fault_point_leaves_a_usable_segment(segments, poin
     s = c.sma_info()
     assert c.info()["gc_entries"] == 0
     assert s["avail_mem"] == s["seg_size"], "memory leaked by the crash was never reclaimed"
+
+
+def test_a_writer_killed_between_two_moves_of_a_compaction_loses_no_entry(segments):
+    """A used block has no footer: the repair accepts it only if the next
+    block's PREV_USED bit says it is used.  So each move of a compaction
+    leaves the space behind it tagged free and the next block told: killed
+    after a move, the repair keeps every entry, the moved one included."""
+    c = segments(size=2 << 20)
+    for i in range(200):
+        c.store(f"k{i}", b"v" * (i * 3))
+    exec(textwrap.dedent(SETUP_FRAGMENT), {"c": c})
+    before = {k: c.fetch(k) for k in c.keys()}
+    compactions = c.info()["compactions"]
+    p = run_dying(c.name, "c.store('big', b'B' * 200_000)", "compact.after_move")
+    assert p.returncode == -signal.SIGKILL, f"the fault point was not reached:\n{p.stdout}{p.stderr}"
+    assert c.info()["compactions"] == compactions + 1
+    c.store("after", b"a")  # takes the lock over and repairs
+    assert c.info()["repairs"] >= 1
+    assert c.check() == []
+    assert {k: c.fetch(k) for k in before} == before
+    assert c.fetch("after") == b"a"
 
 
 def test_a_writer_killed_holding_the_allocator_lock_owes_a_whole_repair(segments):

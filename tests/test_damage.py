@@ -18,6 +18,7 @@ from apccache import _bindings as B
 from apc_support import segment_name
 
 U64 = struct.Struct("<Q")
+U32 = struct.Struct("<I")  # the slot's times and lengths
 
 
 def off(name):
@@ -185,12 +186,13 @@ def test_entry_over_an_entry_that_never_reads_generates(cache):
 
 def test_a_huge_ttl_claim_does_not_wrap_into_expiry(cache):
     """ctime + ttl wrapped: an entry whose ttl word reads 2**64-1 expired at
-    once.  A ttl is a claim like any other; arithmetic on it must not wrap."""
+    once.  A ttl is a claim like any other; arithmetic on it must not wrap.
+    (The ttl word is 32 bits now: its largest value.)"""
     cache.store("k", b"value", ttl=100)
     slot = [r[9] for r, k in cache._snapshot(0, 1, 0) if k == b"k"][0]
 
     def damage_then_use():
-        U64.pack_into(cache._mv, slot + off("slot.ttl"), (1 << 64) - 1)
+        U32.pack_into(cache._mv, slot + off("slot.ttl"), (1 << 32) - 1)
         assert cache.fetch("k") == b"value"
         assert cache.exists("k")
         assert len(cache) == 1
@@ -209,7 +211,7 @@ def test_a_deletion_time_in_the_future_does_not_free_a_pinned_entry(cache):
         assert B.lib.apc_fetch_ref(cache._seg, 0, b"k", 1, 0, ref) >= 0  # a reader's pin
         cache.delete("k")  # pinned: onto the GC list
         (slot,) = [r[9] for r, _ in cache._snapshot(0, 2, 0)]
-        U64.pack_into(cache._mv, slot + off("slot.dtime"), (1 << 64) - 1)
+        U32.pack_into(cache._mv, slot + off("slot.dtime"), (1 << 32) - 1)  # 32 bits now
         for i in range(20):
             cache.store(f"n{i}", b"n" * 20_000)  # sweeps the GC list, allocates
         assert bytes(B.ffi.buffer(ref.ptr, ref.len)) == b"x" * 30_000
@@ -250,7 +252,7 @@ def test_a_pinned_deleted_entry_with_a_damaged_length_stays_on_the_gc_list(cache
         assert B.lib.apc_fetch_ref(cache._seg, 0, b"k", 1, 0, ref) >= 0  # a reader's pin
         cache.delete("k")
         (slot,) = [r[9] for r, _ in cache._snapshot(0, 2, 0)]
-        U64.pack_into(cache._mv, slot + off("slot.val_len"), (1 << 64) - 8)
+        U32.pack_into(cache._mv, slot + off("slot.val_len"), (1 << 32) - 8)  # 32 bits now
         U64.pack_into(cache._mv, off("hdr.repair_due"), 1)
         cache.store("a", b"a")  # repairs, then sweeps the GC list
         cache.store("b", b"b")

@@ -25,6 +25,13 @@ def _slot_of(c, key):
     return off
 
 
+def _value_of(c, key):
+    """Where the value of a (non-int) entry starts: after the slot, its
+    checksum word (checksums on), and its key, unpadded."""
+    sum_word = 8 if c.info(limited=True)["checksums"] else 0
+    return _slot_of(c, key) + LAYOUT["slot_size"] + sum_word + len(key.encode())
+
+
 def _run(code, timeout=60, **env):
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **env})
@@ -312,7 +319,7 @@ def test_with_checksums_a_changed_value_is_a_counted_miss_then_dropped(segments,
     if isinstance(value, int):
         pos = off + LAYOUT["slot_ival_off"]
     else:
-        pos = off + LAYOUT["slot_size"] + 8  # the first value byte (key "k" padded to 8)
+        pos = _value_of(c, "k")  # the first value byte
     c._mv[pos] ^= 0x20
     assert c.fetch("k") is None and c.fetch("k", "d") == "d"
     assert "k" in c  # exists() does not read the value
@@ -326,7 +333,7 @@ def test_with_checksums_a_changed_value_is_a_counted_miss_then_dropped(segments,
 def test_without_checksums_a_changed_value_is_returned_as_it_now_is(segments):
     c = segments(size=1 << 20)
     c.store("k", b"abc")
-    c._mv[_slot_of(c, "k") + LAYOUT["slot_size"] + 8] = ord("X")
+    c._mv[_value_of(c, "k")] = ord("X")
     assert c.fetch("k") == b"Xbc"  # documented: only checksums catch this
 
 
@@ -370,10 +377,10 @@ def test_bytes_that_do_not_decode_as_their_tag_are_a_counted_miss(segments, fast
     c.store("s", "héllo")
     c.store("f", 1.5)
     base = c._mv
-    s_off = _slot_of(c, "s") + LAYOUT["slot_size"] + 8
+    s_off = _value_of(c, "s")
     base[s_off + 1 : s_off + 3] = b"\xff\xfe"  # not UTF-8 any more
     f_off = _slot_of(c, "f") + LAYOUT["slot_val_len_off"]
-    struct.pack_into("<Q", base, f_off, 4)  # a float of 4 bytes
+    struct.pack_into("<I", base, f_off, 4)  # a float of 4 bytes (val_len is 32 bits)
     assert c.fetch("s") is None and c.fetch("f", 0) == 0
     assert c.info(limited=True)["corrupt_reads"] == 2
     if not fast:

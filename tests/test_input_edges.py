@@ -230,3 +230,17 @@ def test_the_supervisor_config_uses_the_same_limit():
     from apccache.supervisor import config
 
     assert config._MAX_TTL == apccache.MAX_TTL
+
+
+def test_a_value_of_4_gib_or_more_is_refused_and_changes_nothing(segments):
+    """The slot keeps a value's length in 32 bits: a longer one is refused
+    as too big (the engine checks the length before it reads a byte)."""
+    from apccache import _bindings as B
+    c = segments(size=1 << 20)
+    c.store("k", b"v")
+    buf = B.ffi.new("char[]", 16)
+    for vlen in (1 << 32, (1 << 32) + 8, (1 << 64) - 1):
+        rc = B.lib.apc_store(c._seg, 0, b"big", 3, B.T_BYTES, buf, vlen, 0, 0, 0, 0)
+        assert rc == B.lib.APC_E_TOOBIG
+    assert c.fetch("big") is None and c.fetch("k") == b"v" and len(c) == 1
+    assert c.check() == []
