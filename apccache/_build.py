@@ -19,7 +19,8 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(os.path.dirname(HERE), "csrc")
-SOURCES = ["segment.c", "lock.c", "sma.c", "table.c", "check.c", "xxh3.c"]
+SOURCES = ["segment.c", "lock.c", "sma.c", "chains.c", "room.c", "repair.c", "api.c", "report.c", "check.c",
+           "xxh3.c"]
 
 
 def _cdef():

@@ -57,7 +57,7 @@
  * allocated (written in the same alock section as the allocation, or taken
  * from the stripe's pending list) until it is published; intent_old, a
  * slot it is about to unlink, until it is parked on the stripe's pending
- * list (PENDING in table.c).  Whoever takes the stripe lock next with an
+ * list (PENDING in chains.c).  Whoever takes the stripe lock next with an
  * intent set frees intent_new if no chain holds it and retires intent_old
  * if none holds it any more and it was not parked: a block is never lost,
  * and never freed twice.
@@ -315,7 +315,7 @@ typedef struct apc_lock {
     apc_off_t intent_old;    /* a slot being unlinked, not yet retired */
     apc_off_t pending;       /* the slots its writers unlinked and have not yet
                                 retired, linked by next_off, at most
-                                APC_PENDING_MAX (see PENDING in table.c) */
+                                APC_PENDING_MAX (see PENDING in chains.c) */
 } __attribute__((aligned(64))) apc_lock;
 #define APC_PENDING_MAX 32
 
@@ -400,7 +400,7 @@ struct apc_seg {
                                          header cannot send a walk astray */
     unsigned char seq_depth[APC_NSEQ]; /* nesting of seq-odd sections per stripe;
                                           valid under the stripe's lock */
-    /* How large values are written (see write_value in table.c): the
+    /* How large values are written (see write_value in api.c): the
      * segment's file (-1: by memcpy only), and a bit per page of the
      * segment that this process has written before.  A forked child's
      * page tables start empty, so the map belongs to seen_pid only.
@@ -466,6 +466,36 @@ static inline apc_off_t *apc_buckets(const apc_seg *seg, int table)
     return (apc_off_t *)APC_PTR(seg, seg->geom[table].buckets_off);
 }
 
+/* The most blocks the arena can hold: every walk of a chain or a list
+ * stops there (a cycle in the segment is a claim too). */
+static inline uint64_t apc_walk_cap(const apc_seg *seg)
+{
+    return (seg->arena_end - seg->arena_off) / APC_BLOCK_MIN + 1;
+}
+
+static inline int apc_bad_table(int table) { return table < 0 || table >= APC_NTABLES; }
+
+/* The bucket a key's XXH3-64 falls in, and the stripe (of locks and seqs)
+ * that guards it. */
+static inline apc_off_t *apc_bucket_of(const apc_seg *seg, int table, uint64_t hash)
+{
+    return &apc_buckets(seg, table)[hash % seg->geom[table].nslots];
+}
+
+static inline int apc_stripe_of(const apc_seg *seg, int table, uint64_t hash)
+{
+    return (int)((hash % seg->geom[table].nslots) % APC_NSEQ);
+}
+
+static inline apc_stripe_stats *apc_stats_of(apc_seg *seg, int table, uint64_t hash)
+{
+    return &seg->hdr->bstripes[apc_stripe_of(seg, table, hash)].st[table];
+}
+
+/* Where the aux area starts: right after the header, page-aligned (as
+ * segment.c lays it out). */
+#define APC_AUX_OFF ((sizeof(apc_header) + 4095) & ~(uint64_t)4095)
+
 /* ctime + ttl < now, without the sum: both are claims read from the
  * segment, and a wrapped sum would expire a huge ttl at once. */
 static inline int apc_expired(const apc_slot *s, uint64_t now)
@@ -504,7 +534,6 @@ uint64_t apc_mono_ns(void);
 int64_t apc_pid(void);
 uint64_t apc_proc_start(void);
 int apc_pid_alive_since(int64_t pid, uint64_t start);
-uint64_t apc_walk_cap(const apc_seg *seg);
 
 /* This process's stripe of the hit and miss counters.  Chosen per call
  * from the pid, not per handle: workers forked from one handle count in
@@ -545,7 +574,7 @@ static inline int64_t apc_seg_leave(apc_seg *seg, int64_t rc)
 }
 
 /* lock.c: the locks themselves.  A lock taken over from a dead holder
- * reports *stolen; repairing what it guards is the caller's (table.c). */
+ * reports *stolen; repairing what it guards is the caller's (api.c). */
 int apc_lock_acquire(apc_seg *seg, apc_lock *l, uint64_t timeout_ns, int *stolen);
 int apc_lock_try(apc_seg *seg, apc_lock *l, int *stolen);
 void apc_lock_release(apc_lock *l);
@@ -569,16 +598,13 @@ int apc_seq_read_begin(apc_seg *seg, int stripe, uint64_t *out);
 int apc_seq_read_begin_opt(apc_seg *seg, int stripe, uint64_t *out, int nowait);
 int apc_seq_read_valid(apc_seg *seg, int stripe, uint64_t s);
 
-/* Not an error: let go, and take the whole lock instead (table.c). */
+/* Not an error: let go, and take the whole lock instead (api.c). */
 #define APC_ESCALATE (-1000)
 
-/* table.c: the whole lock, with its repairs (see LOCKS). */
+/* api.c: the whole lock, with its repairs (see LOCKS). */
 int apc_wl_lock(apc_seg *seg);
 int apc_wl_lock_for_check(apc_seg *seg);
 void apc_wl_unlock(apc_seg *seg);
-
-/* table.c: the checksum of an entry as it is now. */
-uint64_t apc_entry_sum(const apc_slot *s, const char *val);
 
 /* sma.c: the block format.  Only sma.c knows the tag bits; these decode
  * them for the checker, the repair and the reports.
@@ -621,11 +647,54 @@ uint64_t apc_sma_block_size(apc_seg *seg, apc_off_t payload);
 uint64_t apc_sma_largest_wl(apc_seg *seg);
 uint64_t apc_sma_block_for(uint64_t need);
 int apc_sma_rebuild_wl(apc_seg *seg, apc_off_t *live, uint64_t nlive);
-int apc_sma_compact_wl(apc_seg *seg);
+/* Compaction moves used blocks; which may move, and what points at them,
+ * is for the layer above (room.c) to say. */
+typedef struct apc_mover {
+    /* The payload may move: its pin word is retired, and the link that
+     * points at it returned.  NULL: it stays where it is. */
+    apc_off_t *(*take)(apc_seg *seg, apc_off_t payload);
+    /* It moved to payload: give it a fresh pin word and point link at it. */
+    void (*moved)(apc_seg *seg, apc_off_t *link, apc_off_t payload);
+} apc_mover;
+int apc_sma_compact_wl(apc_seg *seg, const apc_mover *m);
 
-/* table.c */
-int apc_repair_wl(apc_seg *seg, uint64_t now);
-int apc_slot_movable_wl(apc_seg *seg, apc_slot *s);
+/* ------------------------------------------------ the layers' interfaces */
+
+/* lock.c: alock for a holder of a stripe (or of nothing); APC_ESCALATE
+ * (nothing held) while a whole repair is owed. */
+int apc_al_lock(apc_seg *seg);
+
+/* chains.c */
+int apc_chain_walk(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash,
+                   apc_off_t *out);
+int apc_slot_fits(apc_seg *seg, apc_slot *s);
+uint64_t apc_entry_sum(const apc_slot *s, const char *val);
+uint64_t apc_int_sum(const apc_slot *s, int64_t v);
+void apc_unpin(apc_slot *s, uint64_t ident);
+int apc_find_locked(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash,
+                apc_off_t **linkp, apc_slot **out);
 apc_off_t *apc_find_link_wl(apc_seg *seg, apc_off_t slot_off);
+int apc_slot_movable_wl(apc_seg *seg, apc_slot *s);
+void apc_retire_al(apc_seg *seg, apc_slot *s, uint64_t now);
+void apc_drain_al(apc_seg *seg, int stripe);
+void apc_unlink_counted(apc_seg *seg, apc_off_t *link, apc_slot *s, int stripe);
+void apc_remove_wl(apc_seg *seg, apc_off_t *link, apc_slot *s, uint64_t now);
+void apc_gc_sweep_al(apc_seg *seg, uint64_t now);
+int apc_finish_intents(apc_seg *seg, int stripe, int have_alock);
+void apc_rec_of(apc_seg *seg, apc_slot *s, uint64_t now, apc_entry_rec *r);
+
+/* room.c */
+int apc_make_room_wl(apc_seg *seg, uint64_t need, uint64_t now, int table);
+
+/* repair.c */
+int apc_repair_wl(apc_seg *seg, uint64_t now);
+int apc_geometry_scribbled(const apc_seg *seg);
+
+
+/* api.c: the whole lock's section, for the walks (report.c); NO_SEQ for
+ * one that frees nothing readers can reach. */
+#define NO_SEQ (-2)
+int apc_wl_enter(apc_seg *seg, int stripe);
+void apc_wl_leave(apc_seg *seg, int stripe);
 
 #endif

@@ -62,6 +62,7 @@ static int cmp_u64(const void *a, const void *b)
 
 static void check_wl(apc_seg *seg, report *r)
 {
+    APC_ASSERT(apc_wl_held(seg));
     apc_header *h = seg->hdr;
     uint64_t cap = apc_walk_cap(seg);
 

@@ -3,7 +3,7 @@
  * allocator's), the seqlock, and what happens when a holder dies, stalls,
  * or was never there.  Which lock guards what, and their order, are in
  * apc_internal.h (LOCKS); what a taken-over lock's next holder repairs is
- * table.c's business: here a lock only reports that it was taken over.
+ * api.c's business: here a lock only reports that it was taken over.
  *
  * A LOCK
  *
@@ -44,7 +44,7 @@
  *
  * Readers do not lock.  They read a seqlock word, walk, and check that it
  * did not move.  While a stripe stays odd they spin, then yield, for at most
- * APC_READ_WAIT_NS; then they give up with APC_WAITED (table.c first takes
+ * APC_READ_WAIT_NS; then they give up with APC_WAITED (api.c first takes
  * the stripe's lock without waiting if it is free or its holder dead, and
  * looks once more), which every read turns into a miss.  A reader never
  * waits on a writer longer than that.
@@ -109,13 +109,10 @@ static APC_TLS uint64_t tls_start;
 static APC_TLS int64_t tls_busy_pid;
 static uint64_t proc_start, proc_start_gen;
 
-void apc_after_fork_child(void); /* segment.c */
-
 static void pid_after_fork(void)
 {
     cached_pid = (int64_t)getpid();
     __atomic_add_fetch(&fork_gen, 1, __ATOMIC_RELAXED);
-    apc_after_fork_child();
 }
 
 static void pid_init(void)
@@ -430,7 +427,7 @@ void apc_lock_release(apc_lock *l)
 
 /* ---------------------------------------------- the segment's locks */
 
-/* What a lock guards is repaired by the caller (table.c), which knows what
+/* What a lock guards is repaired by the caller (api.c), which knows what
  * that is; here a taken-over lock only reports *stolen and, for a stripe,
  * has its seq word made even. */
 
@@ -514,6 +511,23 @@ void apc_whole_release(apc_seg *seg)
     apc_al_release(seg);
     for (int i = APC_NSEQ; i-- > 0;)
         apc_sl_release(seg, i);
+}
+
+/* alock, for a holder of a stripe (or of nothing).  One taken over from a
+ * dead holder means half-spliced free lists: a whole repair is owed, and
+ * the caller, told APC_ESCALATE, goes without (nothing is held).  So does
+ * every later taker until the repair has run: the owed flag is set before
+ * the lock is let go, and read after it is taken. */
+int apc_al_lock(apc_seg *seg)
+{
+    int stolen;
+    int rc = apc_al_acquire(seg, &stolen);
+    if (rc == APC_OK && __builtin_expect(stolen || LOADR(&seg->hdr->repair_due), 0)) {
+        apc_repair_later(seg);
+        apc_al_release(seg);
+        rc = APC_ESCALATE;
+    }
+    return rc;
 }
 
 /* Debug builds: does this thread hold the lock? */

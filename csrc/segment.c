@@ -308,7 +308,7 @@ int apc_guard_range(apc_seg *seg, void *base, uint64_t size)
 
 /* In a forked child, the calls that were in flight in other threads of the
  * parent do not exist. */
-void apc_after_fork_child(void)
+static void after_fork_child(void)
 {
     pthread_mutex_init(&guards_mu, NULL);
     for (int i = 0; i < APC_NGUARDS; i++) {
@@ -322,8 +322,12 @@ void apc_after_fork_child(void)
 
 #define APC_LOCK_TIMEOUT_NS 5000000000ULL
 
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+static void fork_init(void) { pthread_atfork(NULL, NULL, after_fork_child); }
+
 int apc_attach_fd(int fd, apc_seg **out)
 {
+    pthread_once(&fork_once, fork_init);
     *out = NULL;
     struct stat st;
     if (fstat(fd, &st) != 0)
@@ -367,7 +371,7 @@ int apc_attach_fd(int fd, apc_seg **out)
     for (int t = 0; t < APC_NTABLES; t++)
         seg->geom[t] = h->geom[t]; /* validated above; never re-read */
     /* Large values are written through the file where that saves page
-     * faults (table.c), with a map of the pages this process has written. */
+     * faults (api.c), with a map of the pages this process has written. */
     uint64_t pages = (seg->size + APC_PAGE - 1) / APC_PAGE;
     seg->seen = calloc((pages + 7) / 8, 1);
     if (seg->seen) {
@@ -457,7 +461,3 @@ uint64_t apc_aux_size(apc_seg *seg)
 
 /* The longest chain (or list) any walk will follow: more links than blocks
  * can exist means a cycle. */
-uint64_t apc_walk_cap(const apc_seg *seg)
-{
-    return (seg->arena_end - seg->arena_off) / APC_BLOCK_MIN + 1;
-}

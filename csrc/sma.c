@@ -248,12 +248,19 @@ static apc_off_t alloc_wl(apc_seg *seg, uint64_t need);
 
 apc_off_t apc_sma_alloc_wl(apc_seg *seg, uint64_t need)
 {
+    APC_ASSERT(apc_al_held(seg));
     apc_off_t off = alloc_wl(seg, need);
     if (off == 1) { /* a bad link: rebuild, then try once more */
         corrupt_wl(seg);
         off = alloc_wl(seg, need);
     }
-    return off == 1 ? 0 : off;
+    if (off == 1)
+        return 0;
+    /* What it hands out is a used block that holds the request, and the
+     * free space it counts fits in the arena. */
+    APC_ASSERT(!off || apc_sma_used_block(seg, off) >= apc_sma_block_for(need));
+    APC_ASSERT(seg->hdr->free_bytes <= seg->arena_end - seg->arena_off);
+    return off;
 }
 
 /* 0: no fit; 1: a bad link or tag was found; otherwise the payload. */
@@ -321,6 +328,7 @@ uint64_t apc_sma_block_size(apc_seg *seg, apc_off_t payload)
 
 void apc_sma_free_wl(apc_seg *seg, apc_off_t payload)
 {
+    APC_ASSERT(apc_al_held(seg));
     apc_header *h = seg->hdr;
     apc_off_t b = payload - 8;
     uint64_t w0 = *tag_at(seg, b);
@@ -362,6 +370,7 @@ void apc_sma_free_wl(apc_seg *seg, apc_off_t payload)
 
 uint64_t apc_sma_largest_wl(apc_seg *seg)
 {
+    APC_ASSERT(apc_al_held(seg));
     apc_header *h = seg->hdr;
     if (!h->free_map)
         return 0;
@@ -391,6 +400,7 @@ static int cmp_off(const void *a, const void *b)
  */
 int apc_sma_rebuild_wl(apc_seg *seg, apc_off_t *live, uint64_t nlive)
 {
+    APC_ASSERT(apc_wl_held(seg));
     qsort(live, nlive, sizeof *live, cmp_off);
     reset_lists(seg);
     apc_off_t cursor = seg->arena_off;
@@ -435,8 +445,9 @@ int apc_sma_rebuild_wl(apc_seg *seg, apc_off_t *live, uint64_t nlive)
  * be garbage at its old place with its link still pointing there; the
  * repair drops it (a lost entry) and rebuilds the free space.
  */
-int apc_sma_compact_wl(apc_seg *seg)
+int apc_sma_compact_wl(apc_seg *seg, const apc_mover *m)
 {
+    APC_ASSERT(apc_wl_held(seg));
     apc_header *h = seg->hdr;
     apc_off_t cursor = seg->arena_off;
     apc_off_t b = seg->arena_off;
@@ -452,13 +463,8 @@ int apc_sma_compact_wl(apc_seg *seg)
             b += size;
             continue;
         }
-        apc_slot *s = (apc_slot *)APC_PTR(seg, b + 8);
-        apc_off_t *link = NULL;
-        uint64_t pw = LOAD(&s->pin);
-        int movable = cursor < b && apc_slot_movable_wl(seg, s) && (pw & APC_PIN_REFS) == 0 &&
-                      (link = apc_find_link_wl(seg, b + 8)) != NULL &&
-                      CAS(&s->pin, &pw, APC_PIN_DEAD);
-        if (!movable) {
+        apc_off_t *link = cursor < b ? m->take(seg, b + 8) : NULL;
+        if (!link) {
             if (cursor < b)
                 tag_free(seg, cursor, b - cursor); /* a gap, listed below */
             *tag_at(seg, b) = cursor < b ? (w & ~PREV_USED) : (w | PREV_USED);
@@ -476,9 +482,7 @@ int apc_sma_compact_wl(apc_seg *seg)
         memmove(APC_PTR(seg, cursor), APC_PTR(seg, b), size);
 #endif
         set_used(seg, cursor, size, 1); /* what lies before it is used */
-        apc_slot *moved = (apc_slot *)APC_PTR(seg, cursor + 8);
-        STORE(&moved->pin, apc_fresh_pin(h));
-        STORE(link, cursor + 8);
+        m->moved(seg, link, cursor + 8);
         cursor += size;
         b += size;
         /* The space it left (b - cursor: the free space met so far, so at

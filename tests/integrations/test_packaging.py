@@ -36,7 +36,7 @@ def test_sdist_builds_installs_and_runs(tmp_path):
     (sdist,) = dist.glob("apccache-*.tar.gz")
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-    for need in ("csrc/apc.h", "csrc/apc_internal.h", "csrc/xxh3.h", "csrc/table.c", "csrc/fastpath.c",
+    for need in ("csrc/apc.h", "csrc/apc_internal.h", "csrc/xxh3.h", "csrc/api.c", "csrc/chains.c", "csrc/fastpath.c",
                  "apccache/_build.py", "apccache/py.typed", "LICENSE", "setup.py"):
         assert need in names, need
     assert not any(n.endswith((".so", ".o")) or n.startswith("apccache/_engine") for n in names)
