@@ -99,7 +99,7 @@ def error(rc, what=""):
     if rc == lib.APC_E_BUSY:
         pid = lib.apc_last_busy_pid()
         return CacheBusyError(
-            f"{what + ': ' if what else ''}pid {pid} has held the segment's write lock for longer "
+            f"{what + ': ' if what else ''}pid {pid} has held a lock of the segment for longer "
             "than the lock timeout (stopped, or stuck in a long operation?)", pid)
     if rc == lib.APC_E_TRUNCATED:
         msg = ("the segment's file was truncated under this process (or is shorter than its "

@@ -4,9 +4,10 @@ A ``Cache`` is a handle on one shared-memory segment.  Every process that
 attaches the same name sees the same entries; each operation is one call
 into the C engine, which is atomic with respect to every other process:
 
-- ``store``, ``add``, ``delete``, ``inc``, ``dec`` and ``cas`` are
-  serialised by the segment's write lock, so concurrent ``inc`` calls sum
-  exactly and concurrent ``add`` calls have exactly one winner;
+- ``store``, ``add``, ``delete``, ``inc``, ``dec`` and ``cas`` of one key
+  are serialised by the lock of its bucket stripe (writes of other keys
+  seldom wait for them), so concurrent ``inc`` calls sum exactly and
+  concurrent ``add`` calls have exactly one winner;
 - ``fetch`` and ``exists`` take no lock: readers never wait for each other,
   and see either the value before a concurrent write or the value after it;
 - ``entry`` runs its generator once per missing key across all processes.
@@ -330,7 +331,7 @@ class Cache(ItemMethods):
         shared segment without saying so.  Others may never write it.
 
         ``lock_timeout`` (seconds, default 5) bounds how long a write waits
-        for another live process that holds the segment's write lock; then
+        for another live process that holds a lock it needs; then
         it raises CacheBusyError naming that process.  A holder that died is
         never waited for.  Reads never wait for the lock.
 

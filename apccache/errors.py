@@ -27,11 +27,11 @@ class CorruptSegmentError(CacheError, ValueError):
 
 
 class CacheLockError(CacheError, OSError):
-    """The segment's write lock could not be taken or repaired."""
+    """A lock of the segment could not be taken or repaired."""
 
 
 class CacheBusyError(CacheLockError, TimeoutError):
-    """A live process held the segment's write lock for longer than the
+    """A live process held a lock of the segment for longer than the
     handle's ``lock_timeout``.  ``pid`` is that process (0 if unknown)."""
 
     def __init__(self, message, pid=0):

@@ -30,7 +30,7 @@ class ApcCollector:
 
     ``cache`` is an attached ``apccache.Cache``.  With ``detail=True`` each
     scrape also builds the chain-length and free-block histograms, which
-    copies the entry records out under the write lock once (a pass over the
+    copies the entry records out under the locks once (a pass over the
     slot table); by default a scrape reads only lock-free counters and the
     allocator totals.
     """
@@ -103,7 +103,7 @@ def families(st):
     add("gauge", "apccache_gc_entries", "Deleted entries still held by a reader (the GC list).",
         u["gc"]["entries"], s)
     add("gauge", "apccache_gc_memory_bytes", "Bytes held by the GC list.", u["gc"]["memory"], s)
-    add("counter", "apccache_repairs", "Repairs after a process died holding the write lock.", a["repairs"], s)
+    add("counter", "apccache_repairs", "Repairs after a process died holding a lock.", a["repairs"], s)
     add("counter", "apccache_compactions", "Arena compactions.", a["compactions"], s)
 
     hists = []

@@ -16,8 +16,8 @@
  *   0            +--------------------------------------------+
  *                | apc_header   magic "APCCACHE", format word |
  *                |              geometry (set once)           |
- *                |              write lock, seqlock word      |
- *                |              allocator roots, counters     |
+ *                |              stripe locks, seqlock words   |
+ *                |              alock, allocator roots        |
  *                |              entry() locks, pin records     |
  *                |              striped hit/miss counters     |
  *   aux_off      +--------------------------------------------+
@@ -87,12 +87,12 @@ enum apc_rc {
     APC_E_TRUNCATED = -16,  /* the mapping is shorter than the header says */
     APC_E_CORRUPT = -17,    /* an offset or a chain failed its bounds check */
     APC_E_ARG = -18,        /* a malformed argument (the binding validates first) */
-    APC_E_LOCK = -19,       /* the write lock could not be taken or repaired */
+    APC_E_LOCK = -19,       /* a lock could not be taken or repaired */
     APC_E_SMALL = -20,      /* the output buffer is too small */
     APC_E_NOTREADY = -21,   /* the creator has not finished formatting the segment */
     APC_E_SYS = -22,        /* a system call failed; see errno */
     APC_E_CLOSED = -23,     /* the handle is NULL or closed */
-    APC_E_BUSY = -24        /* a live process held the write lock past the lock timeout */
+    APC_E_BUSY = -24        /* a live process held a lock past the lock timeout */
 };
 
 typedef struct apc_seg apc_seg;
@@ -124,7 +124,7 @@ typedef struct apc_info {
     uint64_t pins;
     uint64_t corrupt_reads;  /* reads that found a broken claim: counted as misses */
     uint64_t waited_reads;   /* reads that gave up on a writer: counted as misses */
-    uint64_t lock_steals;    /* write locks taken over from a dead or vanished holder */
+    uint64_t lock_steals;    /* locks taken over from a dead or vanished holder */
     uint64_t checksums;      /* 1: every entry carries a checksum, verified on read */
 } apc_info;
 

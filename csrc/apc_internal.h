@@ -199,7 +199,7 @@ _Static_assert(__builtin_offsetof(apc_slot, type) + 1 == 47, "table and flags sh
 
 /* A fresh live pin word (refs 0) for a slot being published or moved.
  * Versions run 1 .. 2^32-1 and wrap to 1: version 0 is APC_PIN_DEAD.  The
- * one place they are handed out (the caller holds the write lock). */
+ * one place they are handed out (the caller holds alock). */
 #define apc_fresh_pin(h)                                                  \
     __extension__({                                                       \
         uint64_t v_ = (h)->next_version;                                  \
@@ -689,7 +689,6 @@ int apc_make_room_wl(apc_seg *seg, uint64_t need, uint64_t now, int table);
 /* repair.c */
 int apc_repair_wl(apc_seg *seg, uint64_t now);
 int apc_geometry_scribbled(const apc_seg *seg);
-
 
 /* api.c: the whole lock's section, for the walks (report.c); NO_SEQ for
  * one that frees nothing readers can reach. */

@@ -49,7 +49,6 @@
 
 /* ------------------------------------------------------------ lock-free */
 
-
 /* An int entry's value, checked against its checksum when checksums are
  * on.  inc and cas rewrite the value and then the checksum, under the write
  * lock: a reader between the two stores reads again.  APC_WAITED if a
@@ -129,7 +128,6 @@ static int find_pinned(apc_seg *seg, int table, const char *key, uint32_t klen, 
             return APC_WAITED;
     }
 }
-
 
 static inline void count_hit(apc_seg *seg, int table, apc_slot *s, uint64_t now)
 {
@@ -372,7 +370,6 @@ int apc_exists(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t
 
 #define APC_RETRY_OP (-1001) /* the key changed while the lock was traded: decide again */
 
-
 /* The whole lock, and the repairs it owes: a whole repair after a holder
  * of any lock died, when one is due, or when the geometry was scribbled
  * on; then whatever intents live holders left are finished.  The checker
@@ -464,7 +461,6 @@ static int read_begin(apc_seg *seg, int st, uint64_t *sq, int nowait)
     return rc;
 }
 
-
 /* What every keyed write starts with: its arguments checked, the key's
  * hash, the clock, its stripe's lock taken (or the whole lock, when that
  * is owed) and the key looked up.  A chain found broken is repaired under
@@ -486,7 +482,6 @@ static apc_lock *keyed_lock_rec(apc_seg *seg, const keyed *k)
 {
     return &seg->hdr->bstripes[k->stripe].lock;
 }
-
 
 static void keyed_find(apc_seg *seg, const char *key, uint32_t klen, keyed *k)
 {
@@ -558,7 +553,6 @@ static void keyed_end(apc_seg *seg, const keyed *k)
         apc_sl_release(seg, k->stripe);
 }
 
-
 /* Retire a slot a keyed write has unlinked (its intent_old), with its
  * stripe odd: onto the stripe's pending list, or (under the whole lock)
  * at once. */
@@ -583,8 +577,6 @@ static void retire_kl(apc_seg *seg, const keyed *k, apc_slot *s, uint64_t now)
         apc_al_release(seg);
     }
 }
-
-
 
 /* ------------------------------------------------------------- inserting */
 
@@ -1244,7 +1236,6 @@ int apc_entry_takeover(apc_seg *seg, int64_t token, int64_t dead_pid, uint64_t t
     return rc ? rc : apc_seg_leave(seg, do_entry_takeover(seg, token, dead_pid, tid, now));
 }
 
-
 static int do_recover(apc_seg *seg, int64_t pid, uint64_t now)
 {
     if (pid <= 0)
@@ -1302,9 +1293,6 @@ int apc_recover(apc_seg *seg, int64_t pid, uint64_t now)
     int rc = apc_seg_enter(seg);
     return rc ? rc : apc_seg_leave(seg, do_recover(seg, pid, now));
 }
-
-
-
 
 #ifdef APC_DEBUG
 /* Set the pin version counter (to test its wrap). */

@@ -4,7 +4,7 @@
  * apc_check() walks every block of the arena, every free list, every chain
  * of both tables and the GC list, and reports each broken invariant as one
  * line of text ("slot 0x3a48 in bucket 17 of table 0 hashes to bucket 9").
- * It takes the write lock (so a repair, if one is due, runs first), and it
+ * It takes every lock (so a repair, if one is due, runs first), and it
  * never follows an offset it has not bounds-checked, so it works on a
  * segment in any state.
  *
@@ -276,12 +276,12 @@ static int64_t do_check(apc_seg *seg, char *buf, uint64_t cap)
     }
     int rc = apc_wl_lock_for_check(seg);
     if (rc == APC_E_BUSY) {
-        say(&r, "the write lock has been held by pid %lld for longer than the lock timeout",
+        say(&r, "a lock has been held by pid %lld for longer than the lock timeout",
             (long long)apc_last_busy_pid());
         return r.count;
     }
     if (rc != APC_OK) {
-        say(&r, "the write lock cannot be taken");
+        say(&r, "the locks cannot be taken");
         return r.count;
     }
     check_wl(seg, &r);

@@ -35,7 +35,7 @@
  * 16 KiB.  Between apc_fetch_ref and apc_ref_release the call
  * is in flight, so a close() in another thread waits for the copy to
  * finish.  The writes release the GIL for the engine call, which may wait
- * for the write lock.
+ * for a lock.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -70,7 +70,7 @@ const char *apc_strerror(int rc)
     case APC_E_NOTREADY: return "the segment is still being created";
     case APC_E_SYS: return "system error";
     case APC_E_CLOSED: return "operation on a closed cache";
-    case APC_E_BUSY: return "another process has held the write lock for longer than the lock timeout";
+    case APC_E_BUSY: return "another process has held a lock for longer than the lock timeout";
     case APC_WAITED: return "a writer held the entry's bucket for longer than a reader waits";
     default: return "unknown error";
     }
@@ -155,7 +155,7 @@ int apc_format_segment(void *base, uint64_t size, uint64_t nslots_user,
     for (int t = 0; t < APC_NTABLES; t++)
         h->stats[t].start_time = h->create_time;
     memset((char *)base + l.aux_off, 0, l.arena_off - l.aux_off);
-    /* The write lock is free as zeroed (lock.c). */
+    /* Every lock is free as zeroed (lock.c). */
 
     apc_seg tmp = {.base = base, .hdr = h, .size = size, .arena_off = l.arena_off, .arena_end = arena_end};
     apc_sma_init_wl(&tmp);

@@ -42,7 +42,7 @@
  * blocks except in apc_sma_compact_wl, which runs only when free space is
  * enough for a request but no single block is.
  *
- * Every function here expects the write lock held (suffix _wl).
+ * Every function here expects alock held, or the whole lock (suffix _wl).
  */
 #include <stdlib.h>
 #include "apc_internal.h"

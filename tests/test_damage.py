@@ -281,7 +281,7 @@ def _kernel_thread():
 
 
 def test_a_lock_word_naming_a_kernel_thread_is_taken_over(cache):
-    """Seed 5728: one flipped bit made the write lock's word read 8, the tid
+    """Seed 5728: one flipped bit made the (then single) write lock's word read 8, the tid
     of a kernel thread: alive, and its /proc/PID/maps empty, which the
     holder check took for "cannot tell".  Every writer got CacheBusyError,
     for ever.  A thread that maps nothing cannot hold the lock."""

@@ -133,14 +133,14 @@ STALLER = """
     import apccache, sys
     c = apccache.Cache.attach({name!r})
     print("ready", flush=True)
-    c.store("held", b"z" * 100)   # stops inside, holding the write lock
+    c.store("held", b"z" * 100)   # stops inside, holding its key's stripe lock
     print("done", flush=True)
 """
 
 
 @pytest.fixture
 def stalled(segments):
-    """A child stopped inside store() while it holds the write lock."""
+    """A child stopped inside store() while it holds its key's stripe lock."""
     c = segments(size=1 << 20, lock_timeout=0.3)
     c.store("k", b"before")
     env = {**os.environ, "APCCACHE_DEBUG": "1", "APCCACHE_FAULT": "stop:store.after_alloc"}

@@ -1,4 +1,4 @@
-"""A writer stopped while it holds the write lock stalls nobody for long.
+"""A writer stopped while it holds a lock stalls nobody for long.
 
 A child process with the debug engine and ``APCCACHE_FAULT=stop:<point>``
 SIGSTOPs itself at a fault point inside a lock-holding operation (clear,

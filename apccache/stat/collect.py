@@ -8,7 +8,7 @@ its version; it changes whenever a field changes meaning or goes away).
 Reading disturbs nothing.  Counters come from ``Cache.info(limited=True)``
 and ``FileTable.info()``, which take no lock; the entry records (for the
 chain-length histogram, top keys and the entry table) come from one
-snapshot call, which holds the write lock for one pass over the slot table
+snapshot call, which holds the locks for one pass over the slot table
 and copies records out without counting a hit, touching an access time or
 pinning anything; the allocator's free list is read under the same lock,
 once.  The supervisor's scoreboard is read lock-free.  Nothing here calls

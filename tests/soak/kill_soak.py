@@ -356,7 +356,7 @@ def report(soak, res, args):
     lines.append("")
     in_lock = sum(v for k, v in soak.kills_at.items() if k != "fetch.pinned")
     lines.append(f"- kills: {soak.kills_by['fault point']} at fault points ({in_lock} of them "
-                 f"inside the write lock), "
+                 f"holding a lock), "
                  f"{soak.kills_by['parent, random time']} by the parent at a random moment; "
                  f"{soak.kills_role['writer']} writers, {soak.kills_role['reader']} readers")
     lines.append("- kills by fault point: " + ", ".join(
