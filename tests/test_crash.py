@@ -95,9 +95,11 @@ def test_a_writer_killed_at_a_fault_point_leaves_a_usable_segment(segments, poin
     ctx = mp.get_context("fork")
     q = ctx.Queue()
     # free.mid_coalesce needs the block after the child's to stay free, and
-    # drain.locked a pending list nobody else's allocation empties first, so
-    # there the other process only reads and increments in place.
-    allocate = point not in ("free.mid_coalesce", "drain.locked")
+    # the points on the way from a stripe's pending list a list that nobody
+    # else's allocation empties first, so there the other process only
+    # reads and increments in place.
+    allocate = point not in ("free.mid_coalesce", "free.before_coalesce", "drain.locked",
+                             "reuse.claimed")
     bg = ctx.Process(target=_keep_working, args=(c.name, time.time() + 1.5, q, allocate))
     bg.start()
     time.sleep(0.3)
