@@ -231,20 +231,27 @@ def test_readers_take_a_miss_from_a_stripe_left_odd_by_a_stopped_writer(segments
             while not stop.is_set():
                 ticks[0] += 1
 
+        def pace():
+            """The thread's ticks per second with the GIL to itself."""
+            n0, t0 = ticks[0], time.monotonic()
+            time.sleep(0.3)
+            return (ticks[0] - n0) / (time.monotonic() - t0)
+
         t = threading.Thread(target=other_thread)
         t.start()
-        time.sleep(0.2)  # the thread's pace with the GIL to itself
-        rate = ticks[0] / 0.2
         worst, seen = 0.0, 0
         try:
-            ticks[0] = 0
-            start = time.monotonic()
+            before = pace()
+            n0, start = ticks[0], time.monotonic()
             for i in range(50):
                 t0 = time.monotonic()
                 v = c.fetch(f"k{i}")
                 worst = max(worst, time.monotonic() - t0)
                 seen += v is not None
-            ran = ticks[0] / (rate * (time.monotonic() - start))
+            n1, end = ticks[0], time.monotonic()
+            # its pace before and after, so that a machine that got busier
+            # or quieter meanwhile does not decide it
+            ran = (n1 - n0) / ((before + pace()) / 2 * (end - start))
         finally:
             stop.set()
             t.join()
