@@ -578,6 +578,7 @@ static inline int64_t apc_seg_leave(apc_seg *seg, int64_t rc)
 int apc_lock_acquire(apc_seg *seg, apc_lock *l, uint64_t timeout_ns, int *stolen);
 int apc_lock_try(apc_seg *seg, apc_lock *l, int *stolen);
 void apc_lock_release(apc_lock *l);
+int apc_lock_orphaned(apc_lock *l);
 int apc_sl_acquire(apc_seg *seg, int stripe, int *stolen);
 int apc_sl_try(apc_seg *seg, int stripe, int *stolen);
 void apc_sl_release(apc_seg *seg, int stripe);

@@ -418,6 +418,12 @@ void apc_wl_leave(apc_seg *seg, int stripe)
  * finished.  APC_ESCALATE (nothing held): a whole repair is owed first. */
 static int stripe_lock(apc_seg *seg, int i, int stolen)
 {
+    /* A stripe taken from a dead holder whose alock is orphaned too: it
+     * died in the allocator, or doing the whole lock's work (a compaction,
+     * say, with every stripe odd).  That is the whole repair's, and the
+     * stripe's seq stays odd until it has run. */
+    if (__builtin_expect(stolen, 0) && apc_lock_orphaned(&seg->hdr->alock))
+        apc_repair_later(seg);
     if (__builtin_expect(LOADR(&seg->hdr->repair_due) || apc_geometry_scribbled(seg), 0)) {
         apc_sl_release(seg, i);
         return APC_ESCALATE;
@@ -437,16 +443,19 @@ static int stripe_lock(apc_seg *seg, int i, int stolen)
 
 /* A reader found stripe i odd for the whole bound.  If its writer is gone
  * (the lock free, or its holder dead), take the lock without waiting,
- * finish what the writer left, and let the reader look again: 1.  A live
- * writer is left alone: 0. */
+ * finish what the writer left (by the whole repair, if that is what it
+ * left), and let the reader look again: 1.  A live writer is left alone: 0. */
 static int stripe_rescue(apc_seg *seg, int i)
 {
     int stolen;
     if (apc_sl_try(seg, i, &stolen) != APC_OK)
         return 0;
-    if (stripe_lock(seg, i, stolen) == APC_OK) {
+    int rc = stripe_lock(seg, i, stolen);
+    if (rc == APC_OK) {
         apc_sl_seq_reset(seg, i); /* odd with the lock free: garbage */
         apc_sl_release(seg, i);
+    } else if (rc == APC_ESCALATE && whole_lock(seg, 1) == APC_OK) {
+        apc_whole_release(seg);
     }
     return 1;
 }

@@ -536,6 +536,13 @@ int apc_sl_held(apc_seg *seg, int i) { return held(stripe_lock(seg, i)); }
 int apc_al_held(apc_seg *seg) { return held(&seg->hdr->alock); }
 int apc_wl_held(apc_seg *seg) { return held(&seg->hdr->alock) && held(stripe_lock(seg, APC_NSEQ - 1)); }
 
+/* Is the lock held by a holder that is gone (dead, reused, garbage)? */
+int apc_lock_orphaned(apc_lock *l)
+{
+    uint32_t w = LOAD(&l->word);
+    return w != 0 && !holder_alive(l, w);
+}
+
 /* Is stripe i's lock word set at all (a writer may be inside)? */
 int apc_sl_busy(apc_seg *seg, int i) { return LOADR(&stripe_lock(seg, i)->word) != 0; }
 

@@ -151,6 +151,26 @@ def test_a_writer_killed_between_two_moves_of_a_compaction_loses_no_entry(segmen
     assert c.fetch("after") == b"a"
 
 
+def test_a_writer_killed_mid_compaction_is_repaired_by_the_first_reader(segments):
+    """Compaction holds every lock with every stripe odd.  A reader that
+    comes first takes the dead writer's stripe over, finds the allocator's
+    lock orphaned too, and runs the whole repair itself: it neither waits
+    for a writer to come nor trusts a stripe the dead left half moved."""
+    c = segments(size=2 << 20)
+    for i in range(200):
+        c.store(f"k{i}", b"v" * (i * 3))
+    exec(textwrap.dedent(SETUP_FRAGMENT), {"c": c})
+    before = {k: c.fetch(k) for k in c.keys()}
+    p = run_dying(c.name, "c.store('big', b'B' * 200_000)", "compact.mid_move")
+    assert p.returncode == -signal.SIGKILL, f"the fault point was not reached:\n{p.stdout}{p.stderr}"
+    t0 = time.monotonic()
+    got = {k: c.fetch(k) for k in before}
+    assert time.monotonic() - t0 < 2.0
+    assert all(v is None or v == before[k] for k, v in got.items())  # lost, never wrong
+    assert c.info(limited=True)["repairs"] >= 1  # no writer came: a reader repaired
+    assert c.check() == []
+
+
 def test_a_writer_killed_holding_the_allocator_lock_owes_a_whole_repair(segments):
     c = segments(size=1 << 20)
     c.store("keep", b"k" * 100)
