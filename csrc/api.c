@@ -642,18 +642,25 @@ static int write_value(apc_seg *seg, char *dst, const char *src, uint64_t len)
     return APC_OK;
 }
 
-/* A block just allocated, made this write's intent_new: it says whose it
- * is (its slot's hash, table and a pin word nobody holds: see INTENTS)
- * before the intent names it.  Returns the pin word.  Expects alock. */
+/* A block about to be this write's intent_new says whose it is (its
+ * slot's hash and table, no key yet: see INTENTS in chains.c) before the
+ * intent names it. */
+static void claim_identity(apc_slot *s, const keyed *k)
+{
+    s->hash = (uint32_t)k->hash;
+    s->table = (uint8_t)k->table & 3;
+    s->key_len = 0;
+    s->val_len = 0;
+}
+
+/* A block just allocated, made this write's intent_new, with a pin word
+ * nobody holds.  Returns the pin word.  Expects alock. */
 static uint64_t claim_block(apc_seg *seg, const keyed *k, apc_lock *rec, apc_off_t off)
 {
     apc_slot *s = (apc_slot *)APC_PTR(seg, off);
     uint64_t pin = apc_fresh_pin(seg->hdr);
-    s->hash = (uint32_t)k->hash;
-    s->table = (uint8_t)k->table & 3;
+    claim_identity(s, k);
     s->flags = 0;
-    s->key_len = 0;
-    s->val_len = 0;
     STORER(&s->pin, pin);
     STORER(&rec->intent_new, off);
     return pin;
@@ -685,10 +692,7 @@ static apc_off_t reuse_kl(apc_seg *seg, keyed *k, uint64_t want, uint64_t *pin)
             (w & APC_PIN_TAGMASK) == APC_PIN_TAG && w != APC_PIN_DEAD &&
             CAS(&s->pin, &w, APC_PIN_DEAD)) {
             uint32_t v = (uint32_t)((w >> 16) + 1);
-            s->hash = (uint32_t)k->hash;
-            s->table = (uint8_t)k->table & 3;
-            s->key_len = 0;
-            s->val_len = 0;
+            claim_identity(s, k); /* flags keep PENDING while it is listed */
             STORER(&bs->lock.intent_new, off);
             APC_FAULT("reuse.claimed");
             *link = s->next_off;
@@ -752,23 +756,21 @@ static apc_off_t alloc_kl(apc_seg *seg, const char *key, uint32_t klen, keyed *k
             return 0;
     }
     *moved = 1;
+    apc_off_t off = 0;
     if (LOADR(&h->repair_due)) { /* the allocator found itself broken */
         apc_repair_wl(seg, k->now);
-        apc_off_t off = apc_sma_alloc_wl(seg, need);
-        if (off) {
-            *pin = claim_block(seg, k, rec, off);
-            return off;
-        }
+        off = apc_sma_alloc_wl(seg, need);
     }
-    apc_seq_begin_wl(seg, APC_SEQ_ALL);
-    *rc = apc_make_room_wl(seg, need, k->now, k->table);
-    apc_seq_end_wl(seg, APC_SEQ_ALL);
-    if (*rc != APC_OK)
-        return 0;
-    apc_off_t off = apc_sma_alloc_wl(seg, need);
     if (!off) {
-        *rc = APC_E_NOMEM;
-        return 0;
+        apc_seq_begin_wl(seg, APC_SEQ_ALL);
+        *rc = apc_make_room_wl(seg, need, k->now, k->table);
+        apc_seq_end_wl(seg, APC_SEQ_ALL);
+        if (*rc != APC_OK)
+            return 0;
+        if (!(off = apc_sma_alloc_wl(seg, need))) {
+            *rc = APC_E_NOMEM;
+            return 0;
+        }
     }
     *pin = claim_block(seg, k, rec, off);
     return off;
