@@ -287,7 +287,7 @@ class FileCache:
             kind = name
         elif not isinstance(kind, str) or not kind:
             raise TypeError(f"kind must be a non-empty str (got {kind!r})")
-        ser = self._cache._ser
+        ser = self._cache.serializer
         ns = f"load|{kind}|{getattr(ser, 'name', type(ser).__name__)}|{self.mode}".encode()
         return self._value(self._abspath(path), ns, K_SER, lambda data, p, st: (lambda v: (v, v))(loader(data)))
 
@@ -517,7 +517,7 @@ class FileCache:
         if type(value) is not _Serialized:
             return value
         try:
-            return self._cache._ser.loads(value.data)
+            return self._cache.serializer.loads(value.data)
         except Exception:
             self._stats["unreadable_entries"] += 1
             return _MISSING
@@ -621,7 +621,7 @@ class FileCache:
             elif t is str:
                 kind, payload = K_STR, payload.encode("utf-8", "surrogatepass")
             else:
-                payload = self._cache._ser.dumps(payload)
+                payload = self._cache.serializer.dumps(payload)
         return b"".join((_HDR.pack(_MAGIC, kind, 0, 0, st.st_mtime_ns, st.st_size, st.st_ctime_ns, len(p)),
                          p, payload))
 
