@@ -215,9 +215,9 @@ def strerror(rc):
 #: ``pid``.  A code whose message depends on the operation has a dict:
 #: {op: message}, and None for any other operation.
 ERRORS = {
-    E_NOMEM: (CacheFullError, "no room for a {n} entry in {name!r} ({size} segment, {avail} free after "
+    E_NOMEM: (CacheFullError, "{at}no room for a {n} entry in {name!r} ({size} segment, {avail} free after "
                               "eviction; the rest is pinned or deleted entries still in use)"),
-    E_TOOBIG: (CacheFullError, "a {n} entry can never fit in {name!r} ({size} segment, {arena} arena): "
+    E_TOOBIG: (CacheFullError, "{at}a {n} entry can never fit in {name!r} ({size} segment, {arena} arena): "
                                "create a larger cache"),
     E_TYPE: (TypeError, {"inc": "cannot {op} key {key}: its value is not an int",
                          None: "{at}{what}"}),
@@ -244,7 +244,7 @@ ERRORS = {
                                                       "creator: unlink and recreate it",
                                             None: "{at}{what}"}),
     E_SYS: (OSError, "{at}{what}"),
-    E_CLOSED: (CacheClosedError, "operation on a closed cache"),
+    E_CLOSED: (CacheClosedError, "{at}operation on a closed cache"),
     E_BUSY: (CacheBusyError, "{at}pid {pid} has held a lock of the segment for longer than the lock "
                              "timeout (stopped, or stuck in a long operation?)"),
 }
@@ -276,8 +276,8 @@ def error(rc, op="", key=None, *, segment=None, nbytes=0, step=0, fmt=None):
         return CacheBusyError(msg.format(**fields), pid)
     if rc in (E_NOMEM, E_TOOBIG):
         if rc == E_TOOBIG and nbytes >= 1 << 32:
-            return CacheFullError(f"a {human_size(nbytes)} value is over the engine's limit: values are "
-                                  "under 4 GiB")
+            return CacheFullError(f"{fields['at']}a {human_size(nbytes)} value is over the engine's limit: "
+                                  "values are under 4 GiB")
         sma = segment.sma_info(limited=True) if segment is not None else None
         fields["avail"] = human_size(sma.avail) if sma else "?"
         fields["arena"] = human_size(sma.arena_size) if sma else "?"
