@@ -33,6 +33,7 @@ objects is the codec's, in ``apccache.cache`` (the user cache) and
 import os
 import struct
 import threading
+import time
 from typing import NamedTuple, Optional
 
 from .errors import (
@@ -398,8 +399,6 @@ class SegmentHandle:
     def attach(cls, shm, deadline, clock=None, lock_timeout_ns=5 * 10**9):
         """Attach the segment in shm's mapping, waiting until deadline
         (time.monotonic()) for a creator still formatting it."""
-        import time
-
         segp = ffi.new("apc_seg **")
         while True:
             rc = lib.apc_attach_fd(shm._fd, segp)
@@ -638,23 +637,22 @@ class Table:
         """Count a value that did not decode as its tag says (a miss)."""
         lib.apc_count_corrupt(self.segment.ptr, self.id)
 
-    def delete(self, k):
+    def _found(self, fn, op, k):
+        """True if the engine call fn (apc_delete, apc_exists) found k."""
         s = self.segment
-        rc = lib.apc_delete(s.ptr, self.id, k, len(k), s.now())
+        rc = fn(s.ptr, self.id, k, len(k), s.now())
         if rc == NOTFOUND:
             return False
         if rc < 0:
-            raise self.error("delete", rc, k)
+            raise self.error(op, rc, k)
         return True
 
+    def delete(self, k):
+        return self._found(lib.apc_delete, "delete", k)
+
     def exists(self, k):
-        s = self.segment
-        rc = lib.apc_exists(s.ptr, self.id, k, len(k), s.now())
-        if rc == NOTFOUND:
-            return False
-        if rc < 0:
-            raise self.error("exists", rc, k)
-        return True
+        """Is there a live entry under k?  Counts neither a hit nor a miss."""
+        return self._found(lib.apc_exists, "exists", k)
 
     def inc(self, k, step, ttl, op="inc"):
         """The int under k plus step (created as 0 with ttl if missing)."""

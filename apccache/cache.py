@@ -17,6 +17,14 @@ cache.  bytes, str, int (int64), float, bool and None are stored natively;
 anything else goes through the serializer (pickle by default: see
 ``apccache.serializers`` for what that means for security).
 
+This module is the public API only: argument checks, the value codec and
+the documentation.  Every call into the engine goes through the binding
+layer (``apccache._bindings``): a ``Table`` of the segment's user slot table
+here, another of its file table under ``FileTable``.  The single-key
+operations are bound, when the handle is made, to the C fast path
+(``_fastpath.Handle``), so that a call is one C call; the methods written
+below are what it falls back to (and all there is without it).
+
 >>> import apccache, os
 >>> c = apccache.Cache.create(f"doctest-{os.getpid()}", size=1 << 20)
 >>> c.store("answer", 42)
