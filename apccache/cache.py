@@ -447,8 +447,12 @@ class Cache(ItemMethods):
 
     def _store_key(self, k, value, ttl, add=False, table=None, encode=None):
         """store (or add) for already-validated key bytes, on any table, with
-        its codec (encode: the user cache's by default)."""
-        tag, data, ival = (encode or self._encode)(value)
+        its codec (encode: the user cache's by default; bytes are bytes in
+        every codec, so they skip it)."""
+        if type(value) is bytes:
+            tag, data, ival = B.T_BYTES, value, 0
+        else:
+            tag, data, ival = (encode or self._encode)(value)
         return (table or self._table).store(k, tag, data, ival, ttl, add)
 
     # ------------------------------------------------------------ the API
@@ -466,12 +470,16 @@ class Cache(ItemMethods):
         it was stored.  Raises CacheFullError if no room can be made, and
         the serializer's error if the value cannot be serialised; either way
         the previous value stays."""
-        return self._store_key(_key_bytes(key), value, _check_ttl(ttl))
+        k, ttl = _key_bytes(key), _check_ttl(ttl)
+        tag, data, ival = (B.T_BYTES, value, 0) if type(value) is bytes else self._encode(value)
+        return self._table.store(k, tag, data, ival, ttl)
 
     def add(self, key: Key, value: Any, ttl: int = 0) -> bool:
         """Store only if no live entry exists; True if stored.  Exactly one
         of several processes adding the same key at once wins."""
-        return self._store_key(_key_bytes(key), value, _check_ttl(ttl), True)
+        k, ttl = _key_bytes(key), _check_ttl(ttl)
+        tag, data, ival = (B.T_BYTES, value, 0) if type(value) is bytes else self._encode(value)
+        return self._table.store(k, tag, data, ival, ttl, True)
 
     def delete(self, key: Key) -> bool:
         """Remove the entry; False if there was none (or it had expired)."""
