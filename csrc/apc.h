@@ -8,15 +8,17 @@
  * only plain declarations.
  *
  * What crosses the boundary is deliberately dull: byte strings, integers and
- * flat structs.  Hashing the key (XXH3-64), serialising values and every
- * policy decision that is not about the segment's structure live in Python.
+ * flat structs.  The engine hashes keys (XXH3-64) and owns the segment's
+ * structure; serialising values and every policy decision that is not about
+ * that structure live in Python.
  *
  * THE SEGMENT
  *
  *   0            +--------------------------------------------+
  *                | apc_header   magic "APCCACHE", format word |
  *                |              geometry (set once)           |
- *                |              stripe locks, seqlock words   |
+ *                |              stripe locks, each with its   |
+ *                |                seqlock word                |
  *                |              alock, allocator roots        |
  *                |              entry() locks, pin records     |
  *                |              striped hit/miss counters     |
@@ -46,7 +48,7 @@
 #include <stddef.h>
 
 /* CDEF BEGIN */
-#define APC_FORMAT 3
+#define APC_FORMAT 4
 #define APC_TABLE_USER 0
 #define APC_TABLE_FILES 1
 #define APC_MAX_KEY 65535

@@ -18,7 +18,8 @@
  *                   the GC list, next_version, the pin and entry() tables,
  *                   and the whole-table counters.  Held for an allocation
  *                   or a free, never while a value is copied.
- *   3. hdr->seq[i]  the seqlock words, one per stripe, written only by the
+ *   3. hdr->bstripes[i].lock.seq  the seqlock words, one per stripe, in
+ *                   the line of the stripe's lock, written only by the
  *                   holder of stripe i's lock.  A writer that unlinks or
  *                   frees memory reachable from a bucket makes that
  *                   bucket's stripe odd first and even again when done.
@@ -150,8 +151,13 @@ typedef uint64_t apc_off_t; /* an offset from the segment base; 0 means none */
  * (apc_slot_hash64).
  */
 typedef struct apc_slot {
-    /* Atomics written by readers (only while they hold a pin). */
+    /* Atomics written by readers (only while they hold a pin).  Together
+     * at the front, in 16 bytes, so that a read writes one cache line of
+     * the slot, not two (only a slot starting 8 bytes before a line's end
+     * splits them). */
     uint64_t pin; /* APC_PIN_TAG | version << 16 | refs */
+    uint32_t atime;
+    uint32_t hits; /* saturating */
 
     /* Guarded by the stripe's lock; read by optimistic readers with
      * atomic loads. */
@@ -167,10 +173,6 @@ typedef struct apc_slot {
     /* Guarded by the stripe's lock.  On the GC list or the pending list it
      * is the deletion time (dtime). */
     uint32_t mtime;
-
-    /* Atomics written by readers (only while they hold a pin). */
-    uint32_t atime;
-    uint32_t hits; /* saturating */
 
     uint16_t key_len;
     uint8_t type;
@@ -262,11 +264,12 @@ typedef struct apc_table_stats {
 } apc_table_stats;
 
 /* A bucket stripe's share of a table's counters, written by the holder of
- * the stripe's lock; a table's figure is the sum over stripes. */
+ * the stripe's lock; a table's figure is the sum over stripes.  A store
+ * that replaces an entry with one of the same size writes none of them
+ * (inserts are counted per process, in apc_stripe). */
 typedef struct apc_stripe_stats {
     uint64_t num_entries;
     uint64_t mem_size;
-    uint64_t num_inserts;
     uint64_t expired;
 } apc_stripe_stats;
 
@@ -295,7 +298,8 @@ typedef struct apc_stripe {
     uint64_t misses[APC_NTABLES];
     uint64_t corrupt[APC_NTABLES]; /* reads that met a broken claim */
     uint64_t waited[APC_NTABLES];  /* reads that gave up on a writer */
-} apc_stripe;
+    uint64_t inserts[APC_NTABLES]; /* stores, adds and entry() results */
+} __attribute__((aligned(64))) apc_stripe;
 
 /* A lock (lock.c).  word: 0 free, or the holder's tid with
  * APC_LOCK_WAITERS when someone may sleep on it.  The rest is the holder's
@@ -316,7 +320,13 @@ typedef struct apc_lock {
     apc_off_t pending;       /* the slots its writers unlinked and have not yet
                                 retired, linked by next_off, at most
                                 APC_PENDING_MAX (see PENDING in chains.c) */
+    /* A bucket stripe's seqlock word (3. in LOCKS), written only by the
+     * holder.  It shares the lock's line: a store writes one line where it
+     * would write two, and readers of a stripe nobody writes keep the line
+     * shared. */
+    uint64_t seq;
 } __attribute__((aligned(64))) apc_lock;
+_Static_assert(sizeof(apc_lock) == 64, "a lock and its seq word fill one cache line");
 #define APC_PENDING_MAX 32
 
 /* A bucket stripe: its lock (with what a writer of it is in the middle
@@ -349,13 +359,6 @@ typedef struct apc_header {
     apc_bstripe bstripes[APC_NSEQ] __attribute__((aligned(64)));
     apc_lock alock __attribute__((aligned(64)));
     uint64_t repair_due __attribute__((aligned(64))); /* a whole repair is owed */
-
-    /* The seqlock words, one cache line each: a store in one bucket does
-     * not make readers of other buckets miss. */
-    struct {
-        uint64_t v;
-        uint64_t pad_[7];
-    } seq[APC_NSEQ] __attribute__((aligned(64)));
 
     /* Guarded by alock. */
     apc_off_t free_head[APC_NCLASSES] __attribute__((aligned(64)));
@@ -518,12 +521,11 @@ static inline unsigned apc_class_of(uint64_t size)
 /* A table's counters: the sum of its stripes' shares. */
 static inline apc_stripe_stats apc_table_sum(const apc_seg *seg, int t)
 {
-    apc_stripe_stats sum = {0, 0, 0, 0};
+    apc_stripe_stats sum = {0, 0, 0};
     for (int i = 0; i < APC_NSEQ; i++) {
         const apc_stripe_stats *st = &seg->hdr->bstripes[i].st[t];
         sum.num_entries += LOADR(&st->num_entries);
         sum.mem_size += LOADR(&st->mem_size);
-        sum.num_inserts += LOADR(&st->num_inserts);
         sum.expired += LOADR(&st->expired);
     }
     return sum;

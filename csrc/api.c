@@ -858,16 +858,22 @@ static int insert_kl(apc_seg *seg, const char *key, uint32_t klen, int type, con
     STORER(&rec->intent_new, 0);
     APC_FAULT("store.after_publish");
 
+    /* The stripe's counters are written only when they change: a store
+     * that replaces an entry with one of the same size leaves their line
+     * alone. */
+    ADD(&apc_my_stripe(seg)->inserts[table], 1);
     apc_stripe_stats *st = &h->bstripes[k->stripe].st[table];
-    st->num_inserts++;
-    st->num_entries++;
-    APC_FAULT("store.mid_count");
-    st->mem_size += apc_sma_block_size(seg, off);
-    if (old) {
+    uint64_t size = apc_sma_block_size(seg, off);
+    if (!old) {
+        st->num_entries++;
+        APC_FAULT("store.mid_count");
+        st->mem_size += size;
+    } else {
         if (apc_expired(old, now))
             st->expired++;
-        st->num_entries--;
-        st->mem_size -= apc_sma_block_size(seg, APC_OFF(seg, old));
+        uint64_t was = apc_sma_block_size(seg, APC_OFF(seg, old));
+        if (size != was)
+            st->mem_size += size - was;
         apc_seq_begin_wl(seg, k->stripe); /* readers may be at the old slot */
         retire_kl(seg, k, old, now);
         apc_seq_end_wl(seg, k->stripe);
@@ -1089,13 +1095,12 @@ static int do_clear(apc_seg *seg, int table, uint64_t now)
     }
     apc_gc_sweep_al(seg, now);
     apc_table_stats *st = &h->stats[table];
-    for (int i = 0; i < APC_NSEQ; i++)
-        h->bstripes[i].st[table].num_inserts = 0;
     st->expunges = 0;
     st->start_time = now;
     for (int i = 0; i < APC_NSTRIPES; i++) {
         STORER(&h->stripes[i].hits[table], 0);
         STORER(&h->stripes[i].misses[table], 0);
+        STORER(&h->stripes[i].inserts[table], 0);
     }
     apc_wl_leave(seg, APC_SEQ_ALL);
     return APC_OK;

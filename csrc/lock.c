@@ -433,9 +433,9 @@ void apc_lock_release(apc_lock *l)
 
 static void seq_even(apc_seg *seg, int i)
 {
-    uint64_t s = LOADR(&seg->hdr->seq[i].v);
+    uint64_t s = LOADR(&seg->hdr->bstripes[i].lock.seq);
     if (s & 1)
-        STORE(&seg->hdr->seq[i].v, s + 1);
+        STORE(&seg->hdr->bstripes[i].lock.seq, s + 1);
 }
 
 static apc_lock *stripe_lock(apc_seg *seg, int i) { return &seg->hdr->bstripes[i].lock; }
@@ -563,10 +563,10 @@ static void seq_begin_one(apc_seg *seg, int i)
 {
     if (seg->seq_depth[i]++)
         return;
-    uint64_t s = LOADR(&seg->hdr->seq[i].v);
+    uint64_t s = LOADR(&seg->hdr->bstripes[i].lock.seq);
     if (s & 1) /* left odd by a writer that died; repair already ran */
         s++;
-    STORER(&seg->hdr->seq[i].v, s + 1);
+    STORER(&seg->hdr->bstripes[i].lock.seq, s + 1);
 }
 
 static void seq_end_one(apc_seg *seg, int i)
@@ -574,8 +574,8 @@ static void seq_end_one(apc_seg *seg, int i)
     APC_ASSERT(seg->seq_depth[i] > 0);
     if (--seg->seq_depth[i])
         return;
-    uint64_t s = LOADR(&seg->hdr->seq[i].v);
-    STORE(&seg->hdr->seq[i].v, (s | 1) + 1);
+    uint64_t s = LOADR(&seg->hdr->bstripes[i].lock.seq);
+    STORE(&seg->hdr->bstripes[i].lock.seq, (s | 1) + 1);
 }
 
 void apc_seq_begin_wl(apc_seg *seg, int stripe)
@@ -607,14 +607,14 @@ int apc_seq_read_begin(apc_seg *seg, int stripe, uint64_t *out)
  * caller has something to let go of before it waits (the GIL). */
 int apc_seq_read_begin_opt(apc_seg *seg, int stripe, uint64_t *out, int nowait)
 {
-    uint64_t s = LOAD(&seg->hdr->seq[stripe].v);
+    uint64_t s = LOAD(&seg->hdr->bstripes[stripe].lock.seq);
     if (__builtin_expect(!(s & 1), 1)) {
         *out = s;
         return APC_OK;
     }
     uint64_t start = 0;
     for (unsigned spins = 1;; spins++) {
-        s = LOAD(&seg->hdr->seq[stripe].v);
+        s = LOAD(&seg->hdr->bstripes[stripe].lock.seq);
         if (!(s & 1)) {
             *out = s;
             return APC_OK;
@@ -641,7 +641,7 @@ int apc_seq_read_begin_opt(apc_seg *seg, int stripe, uint64_t *out, int nowait)
 int apc_seq_read_valid(apc_seg *seg, int stripe, uint64_t s)
 {
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
-    return LOADR(&seg->hdr->seq[stripe].v) == s;
+    return LOADR(&seg->hdr->bstripes[stripe].lock.seq) == s;
 }
 
 /* ------------------------------------------------------ fault injection */

@@ -26,7 +26,6 @@ static int do_info_get(apc_seg *seg, int table, apc_info *o)
     apc_stripe_stats sum = apc_table_sum(seg, table);
     o->num_entries = sum.num_entries;
     o->mem_size = sum.mem_size;
-    o->num_inserts = sum.num_inserts;
     o->expunges = LOADR(&st->expunges);
     o->evictions = LOADR(&st->evictions);
     o->expired = sum.expired;
@@ -34,6 +33,7 @@ static int do_info_get(apc_seg *seg, int table, apc_info *o)
     for (int i = 0; i < APC_NSTRIPES; i++) {
         o->num_hits += LOADR(&h->stripes[i].hits[table]);
         o->num_misses += LOADR(&h->stripes[i].misses[table]);
+        o->num_inserts += LOADR(&h->stripes[i].inserts[table]);
         o->corrupt_reads += LOADR(&h->stripes[i].corrupt[table]);
         o->waited_reads += LOADR(&h->stripes[i].waited[table]);
     }
