@@ -128,6 +128,7 @@ typedef struct apc_info {
     uint64_t waited_reads;   /* reads that gave up on a writer: counted as misses */
     uint64_t lock_steals;    /* locks taken over from a dead or vanished holder */
     uint64_t checksums;      /* 1: every entry carries a checksum, verified on read */
+    uint64_t wl_hold_max_ns; /* the longest the whole lock was held (every writer waited) */
 } apc_info;
 
 typedef struct apc_sma_info {

@@ -371,6 +371,7 @@ typedef struct apc_header {
     uint64_t next_version;
     uint64_t repairs;
     uint64_t compactions;
+    uint64_t wl_hold_max_ns; /* the longest any holder kept the whole lock */
     apc_table_stats stats[APC_NTABLES];
     apc_elock elocks[APC_NELOCKS];
 
@@ -394,6 +395,7 @@ struct apc_seg {
     uint64_t size;
     uint64_t map_size; /* what apc_attach_fd mapped */
     uint64_t lock_timeout_ns;
+    uint64_t wl_since; /* when this process took the whole lock (its holder's) */
     int checksums;
     unsigned dev_major, dev_minor; /* of the segment's file, for the lock's */
     uint64_t ino;                  /* check of a holder's /proc/PID/maps */
@@ -590,6 +592,7 @@ int apc_al_acquire(apc_seg *seg, int *stolen);
 void apc_al_release(apc_seg *seg);
 int apc_whole_acquire(apc_seg *seg, int *stolen);
 void apc_whole_release(apc_seg *seg);
+void apc_whole_release_ro(apc_seg *seg);
 void apc_whole_seq_reset(apc_seg *seg);
 int apc_sl_held(apc_seg *seg, int stripe);
 int apc_al_held(apc_seg *seg);
@@ -607,7 +610,7 @@ int apc_seq_read_valid(apc_seg *seg, int stripe, uint64_t s);
 /* api.c: the whole lock, with its repairs (see LOCKS). */
 int apc_wl_lock(apc_seg *seg);
 int apc_wl_lock_for_check(apc_seg *seg);
-void apc_wl_unlock(apc_seg *seg);
+void apc_wl_unlock_ro(apc_seg *seg);
 
 /* sma.c: the block format.  Only sma.c knows the tag bits; these decode
  * them for the checker, the repair and the reports.
@@ -698,5 +701,8 @@ int apc_geometry_scribbled(const apc_seg *seg);
 #define NO_SEQ (-2)
 int apc_wl_enter(apc_seg *seg, int stripe);
 void apc_wl_leave(apc_seg *seg, int stripe);
+void apc_wl_leave_ro(apc_seg *seg);
+int apc_walk_enter(apc_seg *seg, int stripe, int *whole);
+void apc_walk_leave(apc_seg *seg, int stripe, int whole);
 
 #endif

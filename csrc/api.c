@@ -397,7 +397,7 @@ static int whole_lock(apc_seg *seg, int repair)
 
 int apc_wl_lock(apc_seg *seg) { return whole_lock(seg, 1); }
 int apc_wl_lock_for_check(apc_seg *seg) { return whole_lock(seg, 0); }
-void apc_wl_unlock(apc_seg *seg) { apc_whole_release(seg); }
+void apc_wl_unlock_ro(apc_seg *seg) { apc_whole_release_ro(seg); }
 
 int apc_wl_enter(apc_seg *seg, int stripe)
 {
@@ -413,6 +413,8 @@ void apc_wl_leave(apc_seg *seg, int stripe)
         apc_seq_end_wl(seg, stripe);
     apc_whole_release(seg);
 }
+
+void apc_wl_leave_ro(apc_seg *seg) { apc_whole_release_ro(seg); }
 
 /* Stripe i's lock for a keyed write, with what its last holder left
  * finished.  APC_ESCALATE (nothing held): a whole repair is owed first. */
@@ -458,6 +460,30 @@ static int stripe_rescue(apc_seg *seg, int i)
         apc_whole_release(seg);
     }
     return 1;
+}
+
+/* A walk's lock for one bucket of stripe i (report.c): the stripe's, or
+ * the whole lock when its last holder left what only a whole repair
+ * finishes.  *whole says which apc_walk_leave lets go. */
+int apc_walk_enter(apc_seg *seg, int i, int *whole)
+{
+    int stolen;
+    *whole = 0;
+    int rc = apc_sl_acquire(seg, i, &stolen);
+    if (rc != APC_OK)
+        return rc;
+    if (__builtin_expect(stripe_lock(seg, i, stolen) != APC_ESCALATE, 1))
+        return APC_OK;
+    *whole = 1; /* stripe_lock let the stripe go */
+    return whole_lock(seg, 1);
+}
+
+void apc_walk_leave(apc_seg *seg, int i, int whole)
+{
+    if (whole)
+        apc_whole_release(seg);
+    else
+        apc_sl_release(seg, i);
 }
 
 /* Begin an optimistic read of stripe st, rescuing it once if its writer
@@ -1319,7 +1345,7 @@ int apc_debug_set_version(apc_seg *seg, uint64_t v)
     int rc = apc_wl_lock(seg);
     if (rc == APC_OK) {
         seg->hdr->next_version = v;
-        apc_wl_unlock(seg);
+        apc_whole_release(seg);
     }
     return (int)apc_seg_leave(seg, rc);
 }

@@ -496,6 +496,7 @@ int apc_whole_acquire(apc_seg *seg, int *stolen)
         return rc;
     }
     *stolen |= st;
+    seg->wl_since = apc_mono_ns();
     return APC_OK;
 }
 
@@ -506,12 +507,26 @@ void apc_whole_seq_reset(apc_seg *seg)
         seq_even(seg, i);
 }
 
-void apc_whole_release(apc_seg *seg)
+static void whole_release(apc_seg *seg)
 {
     apc_al_release(seg);
     for (int i = APC_NSEQ; i-- > 0;)
         apc_sl_release(seg, i);
 }
+
+/* Every writer waits while the whole lock is held: the longest hold is
+ * kept (under alock) for info(), so a stall has a number. */
+void apc_whole_release(apc_seg *seg)
+{
+    uint64_t held = apc_mono_ns() - seg->wl_since;
+    if (held > seg->hdr->wl_hold_max_ns)
+        STORER(&seg->hdr->wl_hold_max_ns, held);
+    whole_release(seg);
+}
+
+/* After a section that only read (info, check, sma_info): an inspection
+ * leaves no byte of the segment changed, this record included. */
+void apc_whole_release_ro(apc_seg *seg) { whole_release(seg); }
 
 /* alock, for a holder of a stripe (or of nothing).  One taken over from a
  * dead holder means half-spliced free lists: a whole repair is owed, and
