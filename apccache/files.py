@@ -47,6 +47,13 @@ compute it themselves.  No lock is held while anything is computed, so a
 slow or dead process never blocks another.  A full cache never fails a
 lookup: the value is returned unstored and the failure counted.
 
+WHERE THINGS ARE
+
+This module is the lookups and the write protocol above.  The rest is in
+modules of one job each: what an entry holds (header, validators,
+payload) in ``apccache._fileentry``; reading and writing ``.pyc`` files in
+``apccache._pyc``; and the import hook in ``apccache.opcode``.
+
 SECURITY
 
 A code object taken from the segment is run.  ``compile()`` (and the import
@@ -68,7 +75,6 @@ b'HELLO'
 1
 >>> c.unlink(); c.close(); os.unlink(p)
 """
-import importlib.util
 import marshal
 import os
 import struct
@@ -76,6 +82,10 @@ import sys
 import time
 from importlib.machinery import SOURCE_SUFFIXES
 
+from . import _pyc
+from ._fileentry import CODE, SERIALIZED, STALE, UNREADABLE, Serialized, decode, encode, header_room
+from ._fileentry import fix_filename  # noqa: F401  (apccache.files.fix_filename, as before)
+from ._fileentry import validators as _validators
 from ._shm import check_trusted
 from .errors import CacheClosedError, CacheFullError, UntrustedSegmentError
 
@@ -85,22 +95,9 @@ __all__ = ["FileCache", "UnsafeSegmentError", "check_segment_for_code", "code_na
 MODES = ("stat", "no-stat")
 _MODE_ALIASES = {"stat": "stat", "no-stat": "no-stat", "nostat": "no-stat", "no_stat": "no-stat"}
 
-_MISSING = object()
-_ABSENT = object()
-_STALE = object()
-
-# An entry's value: a fixed header, the path the value was made from, the
-# payload.  The validators are those of the file when it was read.
-#   magic, kind, flags, reserved, mtime_ns, size, ctime_ns, path length
-_HDR = struct.Struct("<4sBBHqqqI")
-_MAGIC = b"APF1"
-_VAL = struct.Struct("<qqq")
-_VAL_AT = slice(8, 8 + _VAL.size)
+_UNSET = object()  # configure(): an argument left out
+_ABSENT = object()  # a lookup: no entry under the key
 _ID = struct.Struct("<QQ")
-
-K_BYTES, K_STR, K_SER, K_CODE = 1, 2, 3, 4
-
-_PYC_MAGIC = importlib.util.MAGIC_NUMBER
 
 
 #: The error of a segment that code is not run from: the same class as
@@ -125,7 +122,7 @@ def code_namespace(kind="source", mode="stat"):
     on besides the file.  Two processes share code entries only when all of
     it is equal."""
     return (
-        f"code|{_PYC_MAGIC.hex()}|{sys.implementation.cache_tag}|"
+        f"code|{_pyc.MAGIC.hex()}|{sys.implementation.cache_tag}|"
         f"O{sys.flags.optimize}|{kind}|{normalize_mode(mode)}"
     ).encode()
 
@@ -154,26 +151,9 @@ def check_segment_for_code(cache):
     check_trusted(st, cache.name, "owner")
 
 
-def fix_filename(code, path):
-    """code with co_filename set to path in it and every nested code object
-    (tracebacks then name the file that was imported, not the one the entry
-    was compiled from)."""
-    if code.co_filename == path:
-        return code
-    consts = code.co_consts
-    if any(type(c) is type(code) for c in consts):
-        consts = tuple(fix_filename(c, path) if type(c) is type(code) else c for c in consts)
-        return code.replace(co_filename=path, co_consts=consts)
-    return code.replace(co_filename=path)
-
-
 def _same_file(a, b):
     return (a.st_dev, a.st_ino, a.st_mtime_ns, a.st_size, a.st_ctime_ns) == (
         b.st_dev, b.st_ino, b.st_mtime_ns, b.st_size, b.st_ctime_ns)
-
-
-def _validators(st):
-    return _VAL.pack(st.st_mtime_ns, st.st_size, st.st_ctime_ns)
 
 
 def _fspath(path):
@@ -224,7 +204,7 @@ class FileCache:
 
     # ------------------------------------------------------------ settings
 
-    def configure(self, *, mode=None, protect_s=None, revalidate_s=None, search_path=_MISSING, max_wait=None):
+    def configure(self, *, mode=None, protect_s=None, revalidate_s=None, search_path=_UNSET, max_wait=None):
         """Change settings of this handle (other processes keep theirs).
         Arguments left out stay as they are; search_path=None means the
         current directory."""
@@ -233,7 +213,7 @@ class FileCache:
         for name, v in (("protect_s", protect_s), ("revalidate_s", revalidate_s), ("max_wait", max_wait)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0):
                 raise ValueError(f"{name} must be a number of seconds >= 0 (got {v!r})")
-        if search_path is not _MISSING and search_path is not None:
+        if search_path is not _UNSET and search_path is not None:
             if isinstance(search_path, (str, bytes)):
                 raise TypeError("search_path must be a list of directories, not one string")
             search_path = tuple(_fspath(d) for d in search_path)
@@ -246,7 +226,7 @@ class FileCache:
         if revalidate_s is not None:
             self.revalidate_s = revalidate_s
             self._memo.clear()
-        if search_path is not _MISSING:
+        if search_path is not _UNSET:
             self.search_path = search_path
             self._resolved.clear()
         if max_wait is not None:
@@ -289,7 +269,7 @@ class FileCache:
             raise TypeError(f"kind must be a non-empty str (got {kind!r})")
         ser = self._cache._ser
         ns = f"load|{kind}|{getattr(ser, 'name', type(ser).__name__)}|{self.mode}".encode()
-        return self._value(self._abspath(path), ns, K_SER, lambda data, p, st: (lambda v: (v, v))(loader(data)))
+        return self._value(self._abspath(path), ns, SERIALIZED, lambda data, p, st: (lambda v: (v, v))(loader(data)))
 
     def invalidate(self, path):
         """Drop every entry made from path (code and loaded values, in both
@@ -337,9 +317,10 @@ class FileCache:
         (num_entries, num_hits, num_misses, num_inserts, expunges,
         evictions, mem_size), and under 'process' this process's counters,
         including the skips (skipped_too_new: modified within protect_s;
-        skipped_changed: changed during the read; skipped_full: no room).
-        Unless limited, 'entries': one dict per entry with its mode,
-        namespace, identity (path, or dev and ino), hits and size."""
+        skipped_changed: changed during the read; skipped_full: no room;
+        skipped_key_too_long: a key longer than the table takes).  Unless
+        limited, 'entries': one dict per entry with its mode, namespace,
+        identity (path, or dev and ino), hits and size."""
         t = self._table.info()
         out = {
             "mode": self.mode,
@@ -402,7 +383,7 @@ class FileCache:
     def __repr__(self):
         return f"<apccache.files.FileCache of {self._cache.name!r} mode={self.mode}>"
 
-    # ------------------------------------------------------------ internals
+    # ------------------------------------------------------------ paths
 
     def _abspath(self, path):
         """The absolute path a lookup of path uses (no-stat mode resolves a
@@ -438,33 +419,19 @@ class FileCache:
         sp = self.search_path or (os.getcwd(),)
         return [os.path.abspath(os.path.join(d, p)) for d in sp]
 
-    def _code(self, path, loader=None):
-        """The code object for the source file path (absolute), from the
-        cache or made and stored.  On a miss a valid .pyc is used instead
-        of compiling; loader (the import hook's) also writes one after a
-        compile, as the stock loader does.  The segment is checked first,
-        every time: this is where code from it is about to be run."""
-        check_segment_for_code(self._cache)
-
-        def make(data, p, st):
-            return self._make_code(data, p, st, loader)
-
-        make.use_pyc = True
-        if self.mode == "stat":
-            return self._lookup_stat(path, self._code_ns, K_CODE, make)
-        return self._lookup_nostat(path, self._code_ns, K_CODE, make)
-
-    def _value(self, path, ns, kind, make):
-        if self.mode == "stat":
-            return self._lookup_stat(path, ns, kind, make)
-        return self._lookup_nostat(path, ns, kind, make)
-
-    # The lookups.  make(file bytes, path, fstat) -> (value, payload) where
-    # payload is what the entry stores (marshal data for code).  An entry
-    # is read where it lies in the segment (FileTable.view): _decode gives
-    # the value, _STALE or _MISSING.
+    # ------------------------------------------------------------ the two lookup modes
+    #
+    # lookup(path, ns, kind, make): the value of the file at path (absolute)
+    # in namespace ns, from its entry or made and stored.  kind is CODE or
+    # SERIALIZED (any value); make(file bytes, path, fstat) -> (value,
+    # payload), the payload being what the entry stores (marshal data for
+    # code).  _value() picks one by mode.  An entry is
+    # read where it lies in the segment (_read_entry).
 
     def _lookup_stat(self, path, ns, kind, make):
+        """Stat mode: the key is the file's identity, and the entry is valid
+        while its validators are the file's (one stat, or none while
+        revalidate_s trusts what this process saw last)."""
         stats = self._stats
         memo = self._memo.get((path, ns)) if self.revalidate_s else None
         if memo is not None and time.monotonic() - memo[2] < self.revalidate_s:
@@ -473,10 +440,10 @@ class FileCache:
         else:
             st = os.stat(path)
             key = b"S" + _ID.pack(st.st_dev, st.st_ino) + b"\0" + ns
-            val = _VAL.pack(st.st_mtime_ns, st.st_size, st.st_ctime_ns)
+            val = _validators(st)
         value = self._read_entry(key, path, kind, val)
         if value is not _ABSENT:
-            if value is not _STALE and value is not _MISSING:
+            if value is not STALE and value is not UNREADABLE:
                 stats["hits"] += 1
                 if self.revalidate_s and st is not None:
                     self._memo[path, ns] = (key, val, time.monotonic())
@@ -493,6 +460,8 @@ class FileCache:
         return value
 
     def _lookup_nostat(self, path, ns, kind, make):
+        """No-stat mode: the key is the path, and an entry is valid until
+        invalidated; a hit makes no system call."""
         key = b"P" + os.fsencode(path) + b"\0" + ns
         if len(key) > 65535:
             self._stats["skipped_key_too_long"] += 1
@@ -500,27 +469,30 @@ class FileCache:
             return value
         value = self._read_entry(key, path, kind, None)
         if value is not _ABSENT:
-            if value is not _MISSING:
+            if value is not UNREADABLE:
                 self._stats["hits"] += 1
                 return value
             self._table.delete(key)
         self._stats["misses"] += 1
         return self._fill(key, path, kind, make, None, None)
 
+    # ------------------------------------------------------------ entries
+
     def _read_entry(self, key, path, kind, val):
-        """The value under key (see _decode), or _ABSENT."""
-        return self._loaded(self._table.view(key, lambda buf: self._decode(buf, path, kind, val), _ABSENT))
+        """The value under key (see _fileentry.decode, then _loaded), or _ABSENT."""
+        return self._loaded(self._table.view(key, lambda buf: decode(buf, path, kind, val), _ABSENT))
 
     def _loaded(self, value):
         """value, with a serialized one loaded (now that the entry is let
-        go); _MISSING if it cannot be."""
-        if type(value) is not _Serialized:
-            return value
-        try:
-            return self._cache._ser.loads(value.data)
-        except Exception:
+        go); UNREADABLE, and counted, if it cannot be."""
+        if type(value) is Serialized:
+            try:
+                return self._cache._ser.loads(value.data)
+            except Exception:
+                value = UNREADABLE
+        if value is UNREADABLE:
             self._stats["unreadable_entries"] += 1
-            return _MISSING
+        return value
 
     def _fill(self, key, path, kind, make, st, val):
         """Make the value and store it add-if-absent, through entry(): one
@@ -532,7 +504,7 @@ class FileCache:
             box.append(value)
             if payload is None:
                 raise _NoStore
-            return self._encode(kind, payload, path, st1)
+            return encode(kind, payload, path, st1, self._cache._ser.dumps)
 
         try:
             blob = self._table.entry(key, generate, 0, self.max_wait)
@@ -548,8 +520,8 @@ class FileCache:
             return box[0]
         # Another process made it while we waited.
         self._stats["waited_for_other"] += 1
-        value = self._loaded(self._decode(blob, path, kind, val)) if isinstance(blob, bytes) else _MISSING
-        if value is not _STALE and value is not _MISSING:
+        value = self._loaded(decode(blob, path, kind, val)) if isinstance(blob, bytes) else UNREADABLE
+        if value is not STALE and value is not UNREADABLE:
             return value
         value, _payload, _st = self._read_and_make(path, make, st)
         return value
@@ -560,22 +532,16 @@ class FileCache:
         The file is read once, between two fstat calls on the open file.
         For code with a valid .pyc the source is not read: the pyc is,
         between two stat calls of the source, straight into the buffer the
-        entry is stored from."""
+        entry is stored from (see _pyc)."""
         if getattr(make, "use_pyc", False):
             try:
                 st0 = expected if expected is not None else os.stat(path)
             except OSError:
                 st0 = None
-            rec = _read_valid_pyc(path, st0, _HDR.size + len(os.fsencode(path))) if st0 is not None else None
-            if rec is not None:
-                buf, start = rec
-                try:
-                    with memoryview(buf) as mv:
-                        code = fix_filename(marshal.loads(mv[start:]), path)
-                except (ValueError, EOFError, TypeError):
-                    code = None
-                if code is not None:
-                    return self._judge(code, buf, st0, os.stat(path), expected)
+            found = _pyc.load(path, st0, header_room(path)) if st0 is not None else None
+            if found is not None:
+                code, buf = found
+                return self._judge(code, buf, st0, os.stat(path), expected)
         with open(path, "rb") as f:
             st1 = os.fstat(f.fileno())
             data = f.read()
@@ -595,6 +561,29 @@ class FileCache:
             return value, None, st1
         return value, payload, st1
 
+    # ------------------------------------------------------------ code
+
+    def _code(self, path, loader=None):
+        """The code object for the source file path (absolute), from the
+        cache or made and stored.  On a miss a valid .pyc is used instead
+        of compiling; loader (the import hook's) also writes one after a
+        compile, as the stock loader does.  The segment is checked first,
+        every time: this is where code from it is about to be run."""
+        check_segment_for_code(self._cache)
+
+        def make(data, p, st):
+            return self._make_code(data, p, st, loader)
+
+        make.use_pyc = True
+        if self.mode == "stat":
+            return self._lookup_stat(path, self._code_ns, CODE, make)
+        return self._lookup_nostat(path, self._code_ns, CODE, make)
+
+    def _value(self, path, ns, kind, make):
+        if self.mode == "stat":
+            return self._lookup_stat(path, ns, kind, make)
+        return self._lookup_nostat(path, ns, kind, make)
+
     def _make_code(self, source, path, st, loader):
         """(code, marshal data) compiled from source read from path; with
         the import hook's loader, a .pyc is written too, as the stock
@@ -602,120 +591,8 @@ class FileCache:
         code = compile(source, path, "exec", dont_inherit=True, optimize=-1)
         data = marshal.dumps(code)
         if loader is not None and not sys.dont_write_bytecode:
-            _write_pyc(loader, path, st, data)
+            _pyc.write(loader, path, st, data)
         return code, data
-
-    def _encode(self, kind, payload, path, st):
-        """The entry for payload: the header, the path, the payload.  A
-        bytearray payload is the whole entry already, with room left for
-        the header and the path (see _read_valid_pyc)."""
-        p = os.fsencode(path)
-        if type(payload) is bytearray:
-            _HDR.pack_into(payload, 0, _MAGIC, kind, 0, 0, st.st_mtime_ns, st.st_size, st.st_ctime_ns, len(p))
-            payload[_HDR.size:_HDR.size + len(p)] = p
-            return payload
-        if kind == K_SER:
-            t = type(payload)
-            if t is bytes:
-                kind = K_BYTES
-            elif t is str:
-                kind, payload = K_STR, payload.encode("utf-8", "surrogatepass")
-            else:
-                payload = self._cache._ser.dumps(payload)
-        return b"".join((_HDR.pack(_MAGIC, kind, 0, 0, st.st_mtime_ns, st.st_size, st.st_ctime_ns, len(p)),
-                         p, payload))
-
-    def _decode(self, buf, path, kind, val):
-        """The value of the entry in buf (bytes, or a view of the segment
-        that is valid only during the call): _STALE if its validators are
-        not val (None: not checked), _MISSING if it cannot be read (it is
-        then treated as a miss and replaced).  A serialized value comes
-        back as _Serialized, for _loaded once buf is let go."""
-        try:
-            if val is not None and buf[_VAL_AT] != val:
-                return _STALE
-            _m, k, _f, _r, _mt, _sz, _ct, plen = _HDR.unpack_from(buf)
-            if _m != _MAGIC:
-                raise ValueError("not a file-cache entry")
-            start = _HDR.size + plen
-            if k == K_CODE:
-                if kind != K_CODE:
-                    raise ValueError("code entry in a value namespace")
-                with memoryview(buf) as mv:
-                    code = marshal.loads(mv[start:])
-                    if mv[_HDR.size:start] != os.fsencode(path):
-                        code = fix_filename(code, path)
-                return code
-            if kind == K_CODE:
-                raise ValueError("value entry in a code namespace")
-            if k == K_BYTES:
-                return bytes(buf[start:])
-            if k == K_STR:
-                return str(buf[start:], "utf-8", "surrogatepass")
-            if k == K_SER:
-                return _Serialized(bytes(buf[start:]))
-            raise ValueError(f"unknown entry kind {k}")
-        except Exception:
-            self._stats["unreadable_entries"] += 1
-            return _MISSING
-
-
-class _Serialized:
-    """A serialized value copied out of an entry, to be loaded outside it."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data):
-        self.data = data
-
-
-def _read_valid_pyc(source_path, st, room):
-    """(buffer, start) for source_path's .pyc if it is a timestamp pyc that
-    the stock import system would accept for the source as st describes
-    it, else None.  buffer is a bytearray of room bytes (left for the
-    entry's header) and the marshal data, which begins at start."""
-    try:
-        pyc = importlib.util.cache_from_source(source_path)
-        with open(pyc, "rb", buffering=0) as f:
-            head = f.read(16)
-            if len(head) < 16 or head[:4] != _PYC_MAGIC or head[4:8] != b"\0\0\0\0":
-                return None
-            if int.from_bytes(head[8:12], "little") != int(st.st_mtime) & 0xFFFFFFFF:
-                return None
-            if int.from_bytes(head[12:16], "little") != st.st_size & 0xFFFFFFFF:
-                return None
-            buf = bytearray(room + max(0, os.fstat(f.fileno()).st_size - 16))
-            with memoryview(buf) as mv:
-                pos = room
-                while pos < len(buf):
-                    n = f.readinto(mv[pos:])
-                    if not n:
-                        return None  # shorter than its size: being rewritten
-                    pos += n
-            if f.read(1):
-                return None  # longer: being rewritten
-    except (OSError, NotImplementedError, ValueError):
-        return None
-    return buf, room
-
-
-def _write_pyc(loader, source_path, st, data):
-    """Write a timestamp .pyc as the stock SourceFileLoader would (errors
-    are ignored, as there)."""
-    try:
-        pyc = importlib.util.cache_from_source(source_path)
-    except (OSError, NotImplementedError, ValueError):
-        return
-    blob = b"".join((_PYC_MAGIC, b"\0\0\0\0", (int(st.st_mtime) & 0xFFFFFFFF).to_bytes(4, "little"),
-                     (st.st_size & 0xFFFFFFFF).to_bytes(4, "little"), data))
-    try:
-        cache_bytecode = getattr(loader, "_cache_bytecode", None)
-        if cache_bytecode is not None:
-            cache_bytecode(source_path, pyc, blob)
-        else:
-            loader.set_data(pyc, blob)
-    except (OSError, NotImplementedError):
-        pass
 
 
 def _module_prefix(path):
