@@ -45,14 +45,17 @@ processes miss the same file at once, one computes it and the others wait
 for that key only, and for at most ``max_wait`` seconds, after which they
 compute it themselves.  No lock is held while anything is computed, so a
 slow or dead process never blocks another.  A full cache never fails a
-lookup: the value is returned unstored and the failure counted.
+lookup, nor does a key longer than the table takes (a namespace or path of
+tens of kilobytes): the value is returned unstored and the skip counted.
 
 WHERE THINGS ARE
 
 This module is the lookups and the write protocol above.  The rest is in
-modules of one job each: what an entry holds (header, validators,
-payload) in ``apccache._fileentry``; reading and writing ``.pyc`` files in
-``apccache._pyc``; and the import hook in ``apccache.opcode``.
+modules of one job each: the keys (every kind of key in the file table,
+built and read back in one place) in ``apccache._filekeys``; what an entry
+holds (header, validators, payload) in ``apccache._fileentry``; reading and
+writing ``.pyc`` files in ``apccache._pyc``; and the import hook in
+``apccache.opcode``.
 
 SECURITY
 
@@ -77,12 +80,10 @@ b'HELLO'
 """
 import marshal
 import os
-import struct
 import sys
 import time
-from importlib.machinery import SOURCE_SUFFIXES
 
-from . import _pyc
+from . import _filekeys, _pyc
 from ._fileentry import CODE, SERIALIZED, STALE, UNREADABLE, Serialized, decode, encode, header_room
 from ._fileentry import fix_filename  # noqa: F401  (apccache.files.fix_filename, as before)
 from ._fileentry import validators as _validators
@@ -97,7 +98,6 @@ _MODE_ALIASES = {"stat": "stat", "no-stat": "no-stat", "nostat": "no-stat", "no_
 
 _UNSET = object()  # configure(): an argument left out
 _ABSENT = object()  # a lookup: no entry under the key
-_ID = struct.Struct("<QQ")
 
 
 #: The error of a segment that code is not run from: the same class as
@@ -278,26 +278,27 @@ class FileCache:
         of where it found the module goes too (not counted): the next
         import looks for it again."""
         p = _fspath(path)
-        prefixes = []
+        prefixes = []  # keys with no namespace: the prefixes of a file's keys (see _filekeys)
         modules = []
         for cand in self._candidates(p):
-            prefixes.append(b"P" + os.fsencode(cand) + b"\0")
-            modules.append(_module_prefix(cand))
+            prefixes.append(_filekeys.path_key(cand, b""))
+            modules.append(_filekeys.module_key_of_source(cand))
             try:
                 st = os.stat(cand)
             except OSError:
                 continue
-            prefixes.append(b"S" + _ID.pack(st.st_dev, st.st_ino) + b"\0")
+            prefixes.append(_filekeys.stat_key(st, b""))
             for k in [k for k in self._memo if k[0] == cand]:
                 del self._memo[k]
         if not os.path.isabs(p):
-            prefixes.append(b"R" + os.fsencode(p) + b"\0")
+            prefixes.append(_filekeys.resolve_key(p, ()))
             for k in [k for k in self._resolved if k[0] == p]:
                 del self._resolved[k]
         n = 0
+        prefixes = tuple(k for k in prefixes if k is not None)
         modules = tuple(m for m in modules if m is not None)
         for _rec, key in self._table.entries():
-            if key.startswith(tuple(prefixes)) and self._table.delete(key):
+            if key.startswith(prefixes) and self._table.delete(key):
                 n += 1
             elif modules and key.startswith(modules):
                 self._table.delete(key)
@@ -339,7 +340,7 @@ class FileCache:
             "process": dict(self._stats),
         }
         if not limited:
-            out["entries"] = [dict(_describe_key(k), hits=r["hits"], mem_size=r["mem_size"],
+            out["entries"] = [dict(_filekeys.describe(k), hits=r["hits"], mem_size=r["mem_size"],
                                    creation_time=r["creation_time"]) for r, k in self._table.entries()]
         return out
 
@@ -349,13 +350,14 @@ class FileCache:
     # module) or b"p" (a package) and the path of its source.
 
     def _module_key(self, directory, name):
-        return _location_prefix(directory, name) + self._code_ns
+        """The key of module name in directory, or None if it is too long."""
+        return _filekeys.module_key(directory, name, self._code_ns)
 
     def _found_module(self, directory, name):
         """(source path, is_package) where an earlier import found module
         name in directory, or None."""
         key = self._module_key(directory, name)
-        found = self._table.get(key) if len(key) <= 65535 else None
+        found = self._table.get(key) if key is not None else None
         if type(found) is not bytes or found[:1] not in (b"m", b"p"):
             return None
         # Which file is imported is as much the segment's say as the code
@@ -369,7 +371,7 @@ class FileCache:
 
     def _remember_module(self, directory, name, origin, is_package):
         key = self._module_key(directory, name)
-        if len(key) <= 65535:
+        if key is not None:
             try:
                 self._table.add(key, (b"p" if is_package else b"m") + os.fsencode(origin))
             except CacheFullError:
@@ -398,14 +400,14 @@ class FileCache:
         memo = self._resolved.get((p, sp))
         if memo is not None:
             return memo
-        rkey = b"R" + os.fsencode(p) + b"\0" + os.fsencode("\0".join(sp))
-        found = self._table.get(rkey) if self.mode == "no-stat" and len(rkey) <= 65535 else None
+        rkey = _filekeys.resolve_key(p, sp) if self.mode == "no-stat" else None
+        found = self._table.get(rkey) if rkey is not None else None
         if found is not None:
             found = os.fsdecode(found)
         else:
             cands = self._candidates(p)
             found = next((c for c in cands if os.path.isfile(c)), cands[0])
-            if self.mode == "no-stat" and len(rkey) <= 65535 and os.path.isfile(found):
+            if rkey is not None and os.path.isfile(found):
                 try:
                     self._table.add(rkey, os.fsencode(found))
                 except CacheFullError:
@@ -439,7 +441,9 @@ class FileCache:
             st = None
         else:
             st = os.stat(path)
-            key = b"S" + _ID.pack(st.st_dev, st.st_ino) + b"\0" + ns
+            key = _filekeys.stat_key(st, ns)
+            if key is None:
+                return self._uncached(path, make)
             val = _validators(st)
         value = self._read_entry(key, path, kind, val)
         if value is not _ABSENT:
@@ -462,11 +466,9 @@ class FileCache:
     def _lookup_nostat(self, path, ns, kind, make):
         """No-stat mode: the key is the path, and an entry is valid until
         invalidated; a hit makes no system call."""
-        key = b"P" + os.fsencode(path) + b"\0" + ns
-        if len(key) > 65535:
-            self._stats["skipped_key_too_long"] += 1
-            value, _payload, _st = self._read_and_make(path, make)
-            return value
+        key = _filekeys.path_key(path, ns)
+        if key is None:
+            return self._uncached(path, make)
         value = self._read_entry(key, path, kind, None)
         if value is not _ABSENT:
             if value is not UNREADABLE:
@@ -475,6 +477,12 @@ class FileCache:
             self._table.delete(key)
         self._stats["misses"] += 1
         return self._fill(key, path, kind, make, None, None)
+
+    def _uncached(self, path, make):
+        """The value, made and not stored: the file has no key that fits."""
+        self._stats["skipped_key_too_long"] += 1
+        value, _payload, _st = self._read_and_make(path, make)
+        return value
 
     # ------------------------------------------------------------ entries
 
@@ -593,45 +601,3 @@ class FileCache:
         if loader is not None and not sys.dont_write_bytecode:
             _pyc.write(loader, path, st, data)
         return code, data
-
-
-def _module_prefix(path):
-    """The start of the module-location keys (see FileCache._module_key)
-    that point at the source file path, or None if it is not a source."""
-    head, name = os.path.split(path)
-    stem, dot, suffix = name.rpartition(".")
-    if not dot or "." + suffix not in SOURCE_SUFFIXES:
-        return None
-    if stem == "__init__":
-        head, stem = os.path.split(head)
-    return _location_prefix(head, stem)
-
-
-def _location_prefix(directory, name):
-    """The module-location key of name in directory, without its namespace."""
-    return b"".join((b"M", os.fsencode(directory), b"\0", name.encode("utf-8", "surrogatepass"), b"\0"))
-
-
-def _describe_key(key):
-    """{'mode', 'namespace', 'path' or 'dev'/'ino'} for a file-table key."""
-    try:
-        if key[:1] == b"S":
-            dev, ino = _ID.unpack_from(key, 1)
-            return {"mode": "stat", "dev": dev, "ino": ino, "namespace": key[18:].decode(errors="replace")}
-        if key[:1] == b"P":
-            path, _, ns = key[1:].partition(b"\0")
-            return {"mode": "no-stat", "path": os.fsdecode(path), "namespace": ns.decode(errors="replace")}
-        if key[:1] == b"M":
-            directory, _, rest = key[1:].partition(b"\0")
-            name, _, ns = rest.partition(b"\0")
-            return {"mode": "no-stat", "path": os.fsdecode(directory), "module": name.decode(errors="replace"),
-                    "namespace": "module location|" + ns.decode(errors="replace")}
-        if key[:1] == b"R":
-            rel, _, sp = key[1:].partition(b"\0")
-            return {"mode": "no-stat", "path": os.fsdecode(rel), "namespace": "resolve",
-                    "search_path": os.fsdecode(sp).split("\0")}
-        if key[:1] == b"J":
-            return {"mode": "jinja2", "namespace": key[1:].decode(errors="replace")}
-    except (struct.error, UnicodeError):
-        pass
-    return {"mode": "?", "namespace": "?", "key": key}
