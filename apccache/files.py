@@ -54,8 +54,8 @@ This module is the lookups and the write protocol above.  The rest is in
 modules of one job each: the keys (every kind of key in the file table,
 built and read back in one place) in ``apccache._filekeys``; what an entry
 holds (header, validators, payload) in ``apccache._fileentry``; reading and
-writing ``.pyc`` files in ``apccache._pyc``; and the import hook in
-``apccache.opcode``.
+writing ``.pyc`` files in ``apccache._pyc``; and the import hook, with its
+record of where it found each module, in ``apccache.opcode``.
 
 SECURITY
 
@@ -343,39 +343,6 @@ class FileCache:
             out["entries"] = [dict(_filekeys.describe(k), hits=r["hits"], mem_size=r["mem_size"],
                                    creation_time=r["creation_time"]) for r, k in self._table.entries()]
         return out
-
-    # Where the no-stat import hook found a module, so that the next
-    # process finds it with no system call: the key is
-    # M<directory>\0<module name>\0<code namespace>, the value b"m" (a
-    # module) or b"p" (a package) and the path of its source.
-
-    def _module_key(self, directory, name):
-        """The key of module name in directory, or None if it is too long."""
-        return _filekeys.module_key(directory, name, self._code_ns)
-
-    def _found_module(self, directory, name):
-        """(source path, is_package) where an earlier import found module
-        name in directory, or None."""
-        key = self._module_key(directory, name)
-        found = self._table.get(key) if key is not None else None
-        if type(found) is not bytes or found[:1] not in (b"m", b"p"):
-            return None
-        # Which file is imported is as much the segment's say as the code
-        # itself: check it now, as before running code (one fstat per hit).
-        try:
-            check_segment_for_code(self._cache)
-        except UntrustedSegmentError:
-            return None  # the stock finder looks for itself
-        self._stats["modules_found"] += 1
-        return os.fsdecode(found[1:]), found[:1] == b"p"
-
-    def _remember_module(self, directory, name, origin, is_package):
-        key = self._module_key(directory, name)
-        if key is not None:
-            try:
-                self._table.add(key, (b"p" if is_package else b"m") + os.fsencode(origin))
-            except CacheFullError:
-                self._stats["skipped_full"] += 1
 
     def check_code_safe(self):
         """UnsafeSegmentError unless code from this segment may be run now
