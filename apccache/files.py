@@ -269,7 +269,7 @@ class FileCache:
             raise TypeError(f"kind must be a non-empty str (got {kind!r})")
         ser = self._cache._ser
         ns = f"load|{kind}|{getattr(ser, 'name', type(ser).__name__)}|{self.mode}".encode()
-        return self._value(self._abspath(path), ns, SERIALIZED, lambda data, p, st: (lambda v: (v, v))(loader(data)))
+        return self._lookup(self._abspath(path), ns, SERIALIZED, lambda data, p, st: (lambda v: (v, v))(loader(data)))
 
     def invalidate(self, path):
         """Drop every entry made from path (code and loaded values, in both
@@ -389,13 +389,16 @@ class FileCache:
         return [os.path.abspath(os.path.join(d, p)) for d in sp]
 
     # ------------------------------------------------------------ the two lookup modes
-    #
-    # lookup(path, ns, kind, make): the value of the file at path (absolute)
-    # in namespace ns, from its entry or made and stored.  kind is CODE or
-    # SERIALIZED (any value); make(file bytes, path, fstat) -> (value,
-    # payload), the payload being what the entry stores (marshal data for
-    # code).  _value() picks one by mode.  An entry is
-    # read where it lies in the segment (_read_entry).
+
+    def _lookup(self, path, ns, kind, make):
+        """The value of the file at path (absolute) in namespace ns, from
+        its entry or made and stored, by the lookup of this handle's mode.
+        kind is CODE or SERIALIZED (any value); make(file bytes, path,
+        fstat) -> (value, payload), the payload being what the entry stores
+        (marshal data for code)."""
+        if self.mode == "stat":
+            return self._lookup_stat(path, ns, kind, make)
+        return self._lookup_nostat(path, ns, kind, make)
 
     def _lookup_stat(self, path, ns, kind, make):
         """Stat mode: the key is the file's identity, and the entry is valid
@@ -550,14 +553,7 @@ class FileCache:
             return self._make_code(data, p, st, loader)
 
         make.use_pyc = True
-        if self.mode == "stat":
-            return self._lookup_stat(path, self._code_ns, CODE, make)
-        return self._lookup_nostat(path, self._code_ns, CODE, make)
-
-    def _value(self, path, ns, kind, make):
-        if self.mode == "stat":
-            return self._lookup_stat(path, ns, kind, make)
-        return self._lookup_nostat(path, ns, kind, make)
+        return self._lookup(path, self._code_ns, CODE, make)
 
     def _make_code(self, source, path, st, loader):
         """(code, marshal data) compiled from source read from path; with
