@@ -9,7 +9,7 @@ import pytest
 
 import apccache
 
-from apc_support import segment_name
+from helpers.segments import segment_name
 
 
 def test_create_makes_a_0600_segment_that_attach_sees(segments):

@@ -184,7 +184,7 @@ def test_exiting_attached_processes_never_unlink_the_segment(segments):
 
 
 def test_a_creator_process_exiting_does_not_unlink_either(tmp_path):
-    from apc_support import segment_name
+    from helpers.segments import segment_name
 
     name = segment_name("creator")
     code = f"import apccache; apccache.Cache.create({name!r}, size=1 << 20).store('k', 1)"

@@ -25,7 +25,7 @@ import time
 import pytest
 
 import apccache
-from apc_support import SETUP_FILL, SETUP_FRAGMENT
+from helpers.segments import SETUP_FILL, SETUP_FRAGMENT
 
 
 LOCK_TIMEOUT = 0.3

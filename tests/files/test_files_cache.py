@@ -12,7 +12,7 @@ import apccache
 from apccache import files as F
 from apccache.files import FileCache, UnsafeSegmentError
 
-from files_helpers import ROOT, run_py
+from helpers.children import ROOT, run_py
 
 
 def upper(data):

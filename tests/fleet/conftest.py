@@ -6,7 +6,7 @@ import uuid
 import pytest
 
 import apccache
-from apc_support import segment_name
+from helpers.segments import segment_name
 from fleet_support import Listener, RedisServer, need_redis, wait_trusted
 
 

@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from helpers.children import wait_until
+
 REDIS_SERVER = shutil.which("redis-server")
 
 
@@ -156,12 +158,8 @@ def wait_trusted(fc, timeout=10.0, trusted=True):
 
 
 def wait_for(pred, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    """wait_until, polling every 5 ms (near copies change within milliseconds)."""
+    return wait_until(pred, timeout, what, interval=0.005)
 
 
 class Proxy:

@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.request
 
-from apc_support import segment_name
+from helpers.segments import segment_name
 from fleet_support import free_port, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -11,7 +11,7 @@ import time
 import pytest
 
 import apccache
-from apc_support import segment_name
+from helpers.segments import segment_name
 from apccache.supervisor.config import parse
 from apccache.supervisor.errors import ConfigError
 from fleet_support import wait_for, wait_trusted

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("cachelib")
 pytest.importorskip("xprocess")  # cachelib's conftest imports it
 
-from tests.apc_support import segment_name  # noqa: E402
+from helpers.segments import segment_name  # noqa: E402
 
 from . import upstream  # noqa: E402
 

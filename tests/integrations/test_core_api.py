@@ -13,7 +13,7 @@ import pytest
 
 import apccache
 from apccache.locks import LockError, LockNotOwnedError, holder_alive, my_word, start_ticks
-from tests.apc_support import segment_name
+from helpers.segments import segment_name
 from tests.test_input_edges import BAD_TTLS
 
 FORK = mp.get_context("fork")

@@ -14,7 +14,7 @@ import pytest
 
 django = pytest.importorskip("django")
 
-from tests.apc_support import segment_name  # noqa: E402
+from helpers.segments import segment_name  # noqa: E402
 
 from . import upstream  # noqa: E402
 

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("flask_caching")
 
-from tests.apc_support import segment_name  # noqa: E402
+from helpers.segments import segment_name  # noqa: E402
 
 
 def _worker(seg, conn):

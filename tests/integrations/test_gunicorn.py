@@ -17,7 +17,6 @@ import pytest
 pytest.importorskip("gunicorn")
 
 import apccache  # noqa: E402
-from tests.apc_support import segment_name  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CONF = Path(__file__).resolve().parent / "gunicorn_conf.py"
@@ -106,13 +105,8 @@ class Gunicorn:
 
 
 @pytest.fixture
-def seg():
-    name = segment_name("gunicorn")
-    yield name
-    try:
-        os.unlink(f"/dev/shm/{name}")
-    except FileNotFoundError:
-        pass
+def seg(shm_names):
+    return shm_names("gunicorn")
 
 
 def _sum_check(g, n=200):

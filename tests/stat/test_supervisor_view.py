@@ -11,7 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import apccache
 from apccache.supervisor import scoreboard
-from stat_support import apcstat, env, stat_name
+from stat_support import apcstat, env
+from helpers.segments import segment_name
 
 WORKERS = '''
 import time
@@ -61,7 +62,7 @@ def wait_for_workers(name, proc, n, timeout=20):
 
 
 def test_the_supervisors_pools_and_workers_are_listed(tmp_path):
-    name = stat_name("sup")
+    name = segment_name("stat-sup")
     (tmp_path / "apcstat_workers.py").write_text(WORKERS)
     cfg = tmp_path / "supervisor.toml"
     cfg.write_text(CONFIG.format(here=tmp_path, name=name))
