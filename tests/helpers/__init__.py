@@ -7,6 +7,8 @@
 - ``helpers.children``: the environment a child Python needs to import
   this checkout, running code in a fresh interpreter, running code as
   another user, and waiting for what a child does.
+- ``helpers.supervisors``: ``python -m apccache supervise`` as a child,
+  observed through its scoreboard, events and log, and always stopped.
 
 pytest puts tests/ on sys.path (tests/ is not a package; its conftest.py
 is the rootdir's), so test modules and conftest files in every folder import

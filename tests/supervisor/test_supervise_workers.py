@@ -4,7 +4,8 @@ import os
 import signal
 import time
 
-from sup_harness import alive, config, wait_until
+from helpers.children import wait_until
+from helpers.supervisors import alive, config
 
 from apccache.supervisor import ExitCode
 
