@@ -22,6 +22,16 @@ def redis_server(tmp_path_factory):
 
 
 @pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server of the test's own (one it may stop, restart or cut off)."""
+    srv = RedisServer(tmp_path / "own").start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
 def namespace(redis_server):
     return f"t{uuid.uuid4().hex[:10]}"
 
