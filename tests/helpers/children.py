@@ -39,6 +39,16 @@ def run_py(code, *args, env=None, check=True, timeout=60):
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def run_processes(procs, timeout):
+    """Start the multiprocessing processes, then wait up to *timeout*
+    seconds for each in turn: every one must have exited with 0."""
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout)
+        assert p.exitcode == 0
+
+
 def wait_until(predicate, timeout, what, interval=0.02, describe=None):
     """Poll *predicate* until it returns a true value, and return that; fail
     after *timeout* seconds (with describe() in the message, if given)."""

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("cachelib")
 pytest.importorskip("xprocess")  # cachelib's conftest imports it
 
-from helpers.segments import segment_name  # noqa: E402
+from helpers.segments import segment_name, unlink_name  # noqa: E402
 
 from . import upstream  # noqa: E402
 
@@ -77,10 +77,7 @@ def test_cachelibs_own_test_mixins(tmp_path):
             cwd=tests_dir, capture_output=True, text=True, timeout=180, env=env,
         )
     finally:
-        try:
-            os.unlink(f"/dev/shm/{seg}")
-        except FileNotFoundError:
-            pass
+        unlink_name(seg)
     tail = r.stdout[-4000:] + r.stderr[-2000:]
     assert r.returncode == 0, tail
     last = r.stdout.strip().splitlines()[-1]

@@ -13,7 +13,7 @@ import pytest
 
 import apccache
 from stat_support import run_main
-from helpers.segments import segment_name
+from helpers.segments import segment_name, unlink_name
 from helpers.children import NOBODY, Marker as _Marker, as_nobody as _as_nobody
 
 
@@ -38,10 +38,7 @@ def squatted(tmp_path):
         assert _as_nobody(squat) == 0
         yield name, marker
     finally:
-        try:
-            os.unlink(f"/dev/shm/{name}")
-        except FileNotFoundError:
-            pass
+        unlink_name(name)
 
 
 def _entries(name):
