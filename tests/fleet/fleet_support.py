@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from helpers.children import wait_until
+from helpers.children import free_port, wait_until
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -22,12 +22,6 @@ REDIS_SERVER = shutil.which("redis-server")
 def need_redis():
     if REDIS_SERVER is None:
         pytest.fail("redis-server is not installed (.ci/run installs Debian's redis-server)")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def redis_ping(port, timeout=0.5):

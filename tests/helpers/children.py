@@ -1,8 +1,9 @@
 """Children for the tests: the environment a child Python needs to import
 this checkout, code run in a fresh interpreter, code run as another user,
-and waiting for what a child does."""
+waiting for what a child does, and what /proc says of a child."""
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -61,6 +62,71 @@ def wait_until(predicate, timeout, what, interval=0.02, describe=None):
             extra = f"\n{describe()}" if describe else ""
             raise AssertionError(f"timed out after {timeout} s waiting for {what}{extra}")
         time.sleep(interval)
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on (for a server child)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------ /proc
+
+
+def proc_state(pid):
+    """The state letter of *pid* in /proc (R, S, T, Z...), None if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except OSError:
+        return None
+
+
+def alive(pid):
+    """True if *pid* exists and is neither a zombie nor dead."""
+    return proc_state(pid) not in (None, "Z", "X")
+
+
+def children_of(pid):
+    """The live pids whose parent is *pid*, sorted, from /proc, leaving out the multiprocessing
+    resource tracker that Python's shared_memory starts beside the creator."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat.rsplit(b")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] not in (b"Z", b"X"):
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if b"multiprocessing.resource_tracker" in f.read():
+                        continue
+            except OSError:
+                continue
+            out.append(int(entry))
+    return sorted(out)
+
+
+def fd_count(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def wait_stopped(p, timeout=20.0):
+    """Wait until the Popen *p* is stopped (state T): True, or False if it
+    exited or did not stop within *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if p.poll() is not None:
+            return False
+        if proc_state(p.pid) == "T":
+            return True
+        time.sleep(0.005)
+    return False
 
 
 # ------------------------------------------------------ another user

@@ -17,49 +17,11 @@ import sys
 
 import pytest
 
-from helpers.children import child_env, wait_until
+from helpers.children import alive, child_env, wait_until
 from helpers.segments import segment_name, unlink_name
 
 # The folder of the worker module the configs name (python_path).
 WORKERS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "supervisor")
-
-
-def alive(pid):
-    """True if *pid* exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat.rsplit(b")", 1)[1].split()[0] != b"Z"
-
-
-def children_of(pid):
-    """Live pids whose parent is *pid*, from /proc, leaving out the multiprocessing
-    resource tracker that Python's shared_memory starts beside the creator."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat.rsplit(b")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] != b"Z":
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if b"multiprocessing.resource_tracker" in f.read():
-                        continue
-            except OSError:
-                continue
-            out.append(int(entry))
-    return out
-
-
-def fd_count(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 class Run:

@@ -4,8 +4,8 @@ import os
 import signal
 import time
 
-from helpers.children import wait_until
-from helpers.supervisors import alive, children_of, config, fd_count
+from helpers.children import alive, children_of, fd_count, wait_until
+from helpers.supervisors import config
 
 from apccache.supervisor import ExitCode
 

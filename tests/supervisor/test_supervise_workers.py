@@ -4,8 +4,8 @@ import os
 import signal
 import time
 
-from helpers.children import wait_until
-from helpers.supervisors import alive, config
+from helpers.children import alive, wait_until
+from helpers.supervisors import config
 
 from apccache.supervisor import ExitCode
 
