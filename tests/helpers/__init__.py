@@ -1,12 +1,14 @@
 """What the tests share, each defined once.
 
 - ``helpers.segments``: unique segment names, the ``segments`` fixture and
-  its relatives (``cache``, ``ccache``, ``clock``, ``shm_name``), a clock
-  moved by hand, and set-ups that fill a segment.  Every segment and name a
-  fixture hands out is unlinked at the end of its test, even when it fails.
+  its relatives (``cache``, ``ccache``, ``clock``, ``shm_name``,
+  ``shm_names``), a clock moved by hand, and set-ups that fill a segment.
+  Every segment and name a fixture hands out is unlinked at the end of its
+  test, even when it fails.
 - ``helpers.children``: the environment a child Python needs to import
-  this checkout, running code in a fresh interpreter, running code as
-  another user, and waiting for what a child does.
+  this checkout, running code in a fresh interpreter or a group of
+  multiprocessing children, running code as another user, waiting for what
+  a child does, what /proc says of a child, a free port.
 - ``helpers.supervisors``: ``python -m apccache supervise`` as a child,
   observed through its scoreboard, events and log, and always stopped.
 

@@ -1,6 +1,7 @@
 """Children for the tests: the environment a child Python needs to import
-this checkout, code run in a fresh interpreter, code run as another user,
-waiting for what a child does, and what /proc says of a child."""
+this checkout, code run in a fresh interpreter, a group of multiprocessing
+children run to their end, code run as another user, waiting for what a
+child does, what /proc says of a child, and a free port for a server."""
 import json
 import os
 import socket
