@@ -14,18 +14,13 @@ import stat
 import pytest
 
 import apccache
-from apc_support import NOBODY, Marker as _Marker, as_nobody as _as_nobody, needs_root, segment_name
+from helpers.children import NOBODY, Marker as _Marker, as_nobody as _as_nobody, needs_root
 
 
 @pytest.fixture
-def squat_name():
+def squat_name(shm_names):
     """A name that the test squats; unlinked at the end whoever made it."""
-    name = segment_name("squat")
-    yield name
-    try:
-        os.unlink(f"/dev/shm/{name}")
-    except FileNotFoundError:
-        pass
+    return shm_names("squat")
 
 
 def _squat(name, marker, mode):
