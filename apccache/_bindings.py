@@ -179,6 +179,7 @@ class TableInfo(NamedTuple):
     waited_reads: int
     lock_steals: int
     checksums: int
+    wl_hold_max_ns: int
 
 
 class SmaInfo(NamedTuple):
@@ -748,9 +749,9 @@ class Table:
 
     def records(self, live=True, deleted=False):
         """[(EntryRecord, key bytes)]: the live entries (expired ones
-        flagged REC_EXPIRED) a bounded chunk at a time, so that writers
-        wait for one chunk at most; with deleted, the GC list in one piece.
-        Counts nothing, pins nothing."""
+        flagged REC_EXPIRED) a bounded chunk at a time, each bucket under
+        its stripe's lock (a writer waits for one bucket at most); with
+        deleted, the GC list in one piece.  Counts nothing, pins nothing."""
         s = self.segment
         now = s.now()
         parts = []

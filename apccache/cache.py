@@ -685,6 +685,7 @@ class Cache(ItemMethods):
             "corrupt_reads": i.corrupt_reads,
             "waited_reads": i.waited_reads,
             "lock_steals": i.lock_steals,
+            "whole_lock_max_us": i.wl_hold_max_ns // 1000,
             "checksums": bool(i.checksums),
         }
         if not limited:

@@ -45,7 +45,17 @@ processes miss the same file at once, one computes it and the others wait
 for that key only, and for at most ``max_wait`` seconds, after which they
 compute it themselves.  No lock is held while anything is computed, so a
 slow or dead process never blocks another.  A full cache never fails a
-lookup: the value is returned unstored and the failure counted.
+lookup, nor does a key longer than the table takes (a namespace or path of
+tens of kilobytes): the value is returned unstored and the skip counted.
+
+WHERE THINGS ARE
+
+This module is the lookups and the write protocol above.  The rest is in
+modules of one job each: the keys (every kind of key in the file table,
+built and read back in one place) in ``apccache._filekeys``; what an entry
+holds (header, validators, payload) in ``apccache._fileentry``; reading and
+writing ``.pyc`` files in ``apccache._pyc``; and the import hook, with its
+record of where it found each module, in ``apccache.opcode``.
 
 SECURITY
 
@@ -68,14 +78,15 @@ b'HELLO'
 1
 >>> c.unlink(); c.close(); os.unlink(p)
 """
-import importlib.util
 import marshal
 import os
-import struct
 import sys
 import time
-from importlib.machinery import SOURCE_SUFFIXES
 
+from . import _filekeys, _pyc
+from ._fileentry import CODE, SERIALIZED, STALE, UNREADABLE, Serialized, decode, encode, header_room
+from ._fileentry import fix_filename  # noqa: F401  (apccache.files.fix_filename, as before)
+from ._fileentry import validators as _validators
 from ._shm import check_trusted
 from .errors import CacheClosedError, CacheFullError, UntrustedSegmentError
 
@@ -85,22 +96,8 @@ __all__ = ["FileCache", "UnsafeSegmentError", "check_segment_for_code", "code_na
 MODES = ("stat", "no-stat")
 _MODE_ALIASES = {"stat": "stat", "no-stat": "no-stat", "nostat": "no-stat", "no_stat": "no-stat"}
 
-_MISSING = object()
-_ABSENT = object()
-_STALE = object()
-
-# An entry's value: a fixed header, the path the value was made from, the
-# payload.  The validators are those of the file when it was read.
-#   magic, kind, flags, reserved, mtime_ns, size, ctime_ns, path length
-_HDR = struct.Struct("<4sBBHqqqI")
-_MAGIC = b"APF1"
-_VAL = struct.Struct("<qqq")
-_VAL_AT = slice(8, 8 + _VAL.size)
-_ID = struct.Struct("<QQ")
-
-K_BYTES, K_STR, K_SER, K_CODE = 1, 2, 3, 4
-
-_PYC_MAGIC = importlib.util.MAGIC_NUMBER
+_UNSET = object()  # configure(): an argument left out
+_ABSENT = object()  # a lookup: no entry under the key
 
 
 #: The error of a segment that code is not run from: the same class as
@@ -125,7 +122,7 @@ def code_namespace(kind="source", mode="stat"):
     on besides the file.  Two processes share code entries only when all of
     it is equal."""
     return (
-        f"code|{_PYC_MAGIC.hex()}|{sys.implementation.cache_tag}|"
+        f"code|{_pyc.MAGIC.hex()}|{sys.implementation.cache_tag}|"
         f"O{sys.flags.optimize}|{kind}|{normalize_mode(mode)}"
     ).encode()
 
@@ -154,26 +151,9 @@ def check_segment_for_code(cache):
     check_trusted(st, cache.name, "owner")
 
 
-def fix_filename(code, path):
-    """code with co_filename set to path in it and every nested code object
-    (tracebacks then name the file that was imported, not the one the entry
-    was compiled from)."""
-    if code.co_filename == path:
-        return code
-    consts = code.co_consts
-    if any(type(c) is type(code) for c in consts):
-        consts = tuple(fix_filename(c, path) if type(c) is type(code) else c for c in consts)
-        return code.replace(co_filename=path, co_consts=consts)
-    return code.replace(co_filename=path)
-
-
 def _same_file(a, b):
     return (a.st_dev, a.st_ino, a.st_mtime_ns, a.st_size, a.st_ctime_ns) == (
         b.st_dev, b.st_ino, b.st_mtime_ns, b.st_size, b.st_ctime_ns)
-
-
-def _validators(st):
-    return _VAL.pack(st.st_mtime_ns, st.st_size, st.st_ctime_ns)
 
 
 def _fspath(path):
@@ -224,7 +204,7 @@ class FileCache:
 
     # ------------------------------------------------------------ settings
 
-    def configure(self, *, mode=None, protect_s=None, revalidate_s=None, search_path=_MISSING, max_wait=None):
+    def configure(self, *, mode=None, protect_s=None, revalidate_s=None, search_path=_UNSET, max_wait=None):
         """Change settings of this handle (other processes keep theirs).
         Arguments left out stay as they are; search_path=None means the
         current directory."""
@@ -233,7 +213,7 @@ class FileCache:
         for name, v in (("protect_s", protect_s), ("revalidate_s", revalidate_s), ("max_wait", max_wait)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0):
                 raise ValueError(f"{name} must be a number of seconds >= 0 (got {v!r})")
-        if search_path is not _MISSING and search_path is not None:
+        if search_path is not _UNSET and search_path is not None:
             if isinstance(search_path, (str, bytes)):
                 raise TypeError("search_path must be a list of directories, not one string")
             search_path = tuple(_fspath(d) for d in search_path)
@@ -246,7 +226,7 @@ class FileCache:
         if revalidate_s is not None:
             self.revalidate_s = revalidate_s
             self._memo.clear()
-        if search_path is not _MISSING:
+        if search_path is not _UNSET:
             self.search_path = search_path
             self._resolved.clear()
         if max_wait is not None:
@@ -289,7 +269,7 @@ class FileCache:
             raise TypeError(f"kind must be a non-empty str (got {kind!r})")
         ser = self._cache.serializer
         ns = f"load|{kind}|{getattr(ser, 'name', type(ser).__name__)}|{self.mode}".encode()
-        return self._value(self._abspath(path), ns, K_SER, lambda data, p, st: (lambda v: (v, v))(loader(data)))
+        return self._lookup(self._abspath(path), ns, SERIALIZED, lambda data, p, st: (lambda v: (v, v))(loader(data)))
 
     def invalidate(self, path):
         """Drop every entry made from path (code and loaded values, in both
@@ -298,26 +278,27 @@ class FileCache:
         of where it found the module goes too (not counted): the next
         import looks for it again."""
         p = _fspath(path)
-        prefixes = []
+        prefixes = []  # keys with no namespace: the prefixes of a file's keys (see _filekeys)
         modules = []
         for cand in self._candidates(p):
-            prefixes.append(b"P" + os.fsencode(cand) + b"\0")
-            modules.append(_module_prefix(cand))
+            prefixes.append(_filekeys.path_key(cand, b""))
+            modules.append(_filekeys.module_key_of_source(cand))
             try:
                 st = os.stat(cand)
             except OSError:
                 continue
-            prefixes.append(b"S" + _ID.pack(st.st_dev, st.st_ino) + b"\0")
+            prefixes.append(_filekeys.stat_key(st, b""))
             for k in [k for k in self._memo if k[0] == cand]:
                 del self._memo[k]
         if not os.path.isabs(p):
-            prefixes.append(b"R" + os.fsencode(p) + b"\0")
+            prefixes.append(_filekeys.resolve_key(p, ()))
             for k in [k for k in self._resolved if k[0] == p]:
                 del self._resolved[k]
         n = 0
+        prefixes = tuple(k for k in prefixes if k is not None)
         modules = tuple(m for m in modules if m is not None)
         for _rec, key in self._table.entries():
-            if key.startswith(tuple(prefixes)) and self._table.delete(key):
+            if key.startswith(prefixes) and self._table.delete(key):
                 n += 1
             elif modules and key.startswith(modules):
                 self._table.delete(key)
@@ -337,9 +318,10 @@ class FileCache:
         (num_entries, num_hits, num_misses, num_inserts, expunges,
         evictions, mem_size), and under 'process' this process's counters,
         including the skips (skipped_too_new: modified within protect_s;
-        skipped_changed: changed during the read; skipped_full: no room).
-        Unless limited, 'entries': one dict per entry with its mode,
-        namespace, identity (path, or dev and ino), hits and size."""
+        skipped_changed: changed during the read; skipped_full: no room;
+        skipped_key_too_long: a key longer than the table takes).  Unless
+        limited, 'entries': one dict per entry with its mode, namespace,
+        identity (path, or dev and ino), hits and size."""
         t = self._table.info()
         out = {
             "mode": self.mode,
@@ -358,41 +340,9 @@ class FileCache:
             "process": dict(self._stats),
         }
         if not limited:
-            out["entries"] = [dict(_describe_key(k), hits=r["hits"], mem_size=r["mem_size"],
+            out["entries"] = [dict(_filekeys.describe(k), hits=r["hits"], mem_size=r["mem_size"],
                                    creation_time=r["creation_time"]) for r, k in self._table.entries()]
         return out
-
-    # Where the no-stat import hook found a module, so that the next
-    # process finds it with no system call: the key is
-    # M<directory>\0<module name>\0<code namespace>, the value b"m" (a
-    # module) or b"p" (a package) and the path of its source.
-
-    def _module_key(self, directory, name):
-        return _location_prefix(directory, name) + self._code_ns
-
-    def _found_module(self, directory, name):
-        """(source path, is_package) where an earlier import found module
-        name in directory, or None."""
-        key = self._module_key(directory, name)
-        found = self._table.get(key) if len(key) <= 65535 else None
-        if type(found) is not bytes or found[:1] not in (b"m", b"p"):
-            return None
-        # Which file is imported is as much the segment's say as the code
-        # itself: check it now, as before running code (one fstat per hit).
-        try:
-            check_segment_for_code(self._cache)
-        except UntrustedSegmentError:
-            return None  # the stock finder looks for itself
-        self._stats["modules_found"] += 1
-        return os.fsdecode(found[1:]), found[:1] == b"p"
-
-    def _remember_module(self, directory, name, origin, is_package):
-        key = self._module_key(directory, name)
-        if len(key) <= 65535:
-            try:
-                self._table.add(key, (b"p" if is_package else b"m") + os.fsencode(origin))
-            except CacheFullError:
-                self._stats["skipped_full"] += 1
 
     def check_code_safe(self):
         """UnsafeSegmentError unless code from this segment may be run now
@@ -402,7 +352,7 @@ class FileCache:
     def __repr__(self):
         return f"<apccache.files.FileCache of {self._cache.name!r} mode={self.mode}>"
 
-    # ------------------------------------------------------------ internals
+    # ------------------------------------------------------------ paths
 
     def _abspath(self, path):
         """The absolute path a lookup of path uses (no-stat mode resolves a
@@ -417,14 +367,14 @@ class FileCache:
         memo = self._resolved.get((p, sp))
         if memo is not None:
             return memo
-        rkey = b"R" + os.fsencode(p) + b"\0" + os.fsencode("\0".join(sp))
-        found = self._table.get(rkey) if self.mode == "no-stat" and len(rkey) <= 65535 else None
+        rkey = _filekeys.resolve_key(p, sp) if self.mode == "no-stat" else None
+        found = self._table.get(rkey) if rkey is not None else None
         if found is not None:
             found = os.fsdecode(found)
         else:
             cands = self._candidates(p)
             found = next((c for c in cands if os.path.isfile(c)), cands[0])
-            if self.mode == "no-stat" and len(rkey) <= 65535 and os.path.isfile(found):
+            if rkey is not None and os.path.isfile(found):
                 try:
                     self._table.add(rkey, os.fsencode(found))
                 except CacheFullError:
@@ -438,33 +388,22 @@ class FileCache:
         sp = self.search_path or (os.getcwd(),)
         return [os.path.abspath(os.path.join(d, p)) for d in sp]
 
-    def _code(self, path, loader=None):
-        """The code object for the source file path (absolute), from the
-        cache or made and stored.  On a miss a valid .pyc is used instead
-        of compiling; loader (the import hook's) also writes one after a
-        compile, as the stock loader does.  The segment is checked first,
-        every time: this is where code from it is about to be run."""
-        check_segment_for_code(self._cache)
+    # ------------------------------------------------------------ the two lookup modes
 
-        def make(data, p, st):
-            return self._make_code(data, p, st, loader)
-
-        make.use_pyc = True
-        if self.mode == "stat":
-            return self._lookup_stat(path, self._code_ns, K_CODE, make)
-        return self._lookup_nostat(path, self._code_ns, K_CODE, make)
-
-    def _value(self, path, ns, kind, make):
+    def _lookup(self, path, ns, kind, make):
+        """The value of the file at path (absolute) in namespace ns, from
+        its entry or made and stored, by the lookup of this handle's mode.
+        kind is CODE or SERIALIZED (any value); make(file bytes, path,
+        fstat) -> (value, payload), the payload being what the entry stores
+        (marshal data for code)."""
         if self.mode == "stat":
             return self._lookup_stat(path, ns, kind, make)
         return self._lookup_nostat(path, ns, kind, make)
 
-    # The lookups.  make(file bytes, path, fstat) -> (value, payload) where
-    # payload is what the entry stores (marshal data for code).  An entry
-    # is read where it lies in the segment (FileTable.view): _decode gives
-    # the value, _STALE or _MISSING.
-
     def _lookup_stat(self, path, ns, kind, make):
+        """Stat mode: the key is the file's identity, and the entry is valid
+        while its validators are the file's (one stat, or none while
+        revalidate_s trusts what this process saw last)."""
         stats = self._stats
         memo = self._memo.get((path, ns)) if self.revalidate_s else None
         if memo is not None and time.monotonic() - memo[2] < self.revalidate_s:
@@ -472,11 +411,13 @@ class FileCache:
             st = None
         else:
             st = os.stat(path)
-            key = b"S" + _ID.pack(st.st_dev, st.st_ino) + b"\0" + ns
-            val = _VAL.pack(st.st_mtime_ns, st.st_size, st.st_ctime_ns)
+            key = _filekeys.stat_key(st, ns)
+            if key is None:
+                return self._uncached(path, make)
+            val = _validators(st)
         value = self._read_entry(key, path, kind, val)
         if value is not _ABSENT:
-            if value is not _STALE and value is not _MISSING:
+            if value is not STALE and value is not UNREADABLE:
                 stats["hits"] += 1
                 if self.revalidate_s and st is not None:
                     self._memo[path, ns] = (key, val, time.monotonic())
@@ -493,34 +434,43 @@ class FileCache:
         return value
 
     def _lookup_nostat(self, path, ns, kind, make):
-        key = b"P" + os.fsencode(path) + b"\0" + ns
-        if len(key) > 65535:
-            self._stats["skipped_key_too_long"] += 1
-            value, _payload, _st = self._read_and_make(path, make)
-            return value
+        """No-stat mode: the key is the path, and an entry is valid until
+        invalidated; a hit makes no system call."""
+        key = _filekeys.path_key(path, ns)
+        if key is None:
+            return self._uncached(path, make)
         value = self._read_entry(key, path, kind, None)
         if value is not _ABSENT:
-            if value is not _MISSING:
+            if value is not UNREADABLE:
                 self._stats["hits"] += 1
                 return value
             self._table.delete(key)
         self._stats["misses"] += 1
         return self._fill(key, path, kind, make, None, None)
 
+    def _uncached(self, path, make):
+        """The value, made and not stored: the file has no key that fits."""
+        self._stats["skipped_key_too_long"] += 1
+        value, _payload, _st = self._read_and_make(path, make)
+        return value
+
+    # ------------------------------------------------------------ entries
+
     def _read_entry(self, key, path, kind, val):
-        """The value under key (see _decode), or _ABSENT."""
-        return self._loaded(self._table.view(key, lambda buf: self._decode(buf, path, kind, val), _ABSENT))
+        """The value under key (see _fileentry.decode, then _loaded), or _ABSENT."""
+        return self._loaded(self._table.view(key, lambda buf: decode(buf, path, kind, val), _ABSENT))
 
     def _loaded(self, value):
         """value, with a serialized one loaded (now that the entry is let
-        go); _MISSING if it cannot be."""
-        if type(value) is not _Serialized:
-            return value
-        try:
-            return self._cache.serializer.loads(value.data)
-        except Exception:
+        go); UNREADABLE, and counted, if it cannot be."""
+        if type(value) is Serialized:
+            try:
+                return self._cache.serializer.loads(value.data)
+            except Exception:
+                value = UNREADABLE
+        if value is UNREADABLE:
             self._stats["unreadable_entries"] += 1
-            return _MISSING
+        return value
 
     def _fill(self, key, path, kind, make, st, val):
         """Make the value and store it add-if-absent, through entry(): one
@@ -532,7 +482,7 @@ class FileCache:
             box.append(value)
             if payload is None:
                 raise _NoStore
-            return self._encode(kind, payload, path, st1)
+            return encode(kind, payload, path, st1, self._cache.serializer.dumps)
 
         try:
             blob = self._table.entry(key, generate, 0, self.max_wait)
@@ -548,8 +498,8 @@ class FileCache:
             return box[0]
         # Another process made it while we waited.
         self._stats["waited_for_other"] += 1
-        value = self._loaded(self._decode(blob, path, kind, val)) if isinstance(blob, bytes) else _MISSING
-        if value is not _STALE and value is not _MISSING:
+        value = self._loaded(decode(blob, path, kind, val)) if isinstance(blob, bytes) else UNREADABLE
+        if value is not STALE and value is not UNREADABLE:
             return value
         value, _payload, _st = self._read_and_make(path, make, st)
         return value
@@ -560,22 +510,16 @@ class FileCache:
         The file is read once, between two fstat calls on the open file.
         For code with a valid .pyc the source is not read: the pyc is,
         between two stat calls of the source, straight into the buffer the
-        entry is stored from."""
+        entry is stored from (see _pyc)."""
         if getattr(make, "use_pyc", False):
             try:
                 st0 = expected if expected is not None else os.stat(path)
             except OSError:
                 st0 = None
-            rec = _read_valid_pyc(path, st0, _HDR.size + len(os.fsencode(path))) if st0 is not None else None
-            if rec is not None:
-                buf, start = rec
-                try:
-                    with memoryview(buf) as mv:
-                        code = fix_filename(marshal.loads(mv[start:]), path)
-                except (ValueError, EOFError, TypeError):
-                    code = None
-                if code is not None:
-                    return self._judge(code, buf, st0, os.stat(path), expected)
+            found = _pyc.load(path, st0, header_room(path)) if st0 is not None else None
+            if found is not None:
+                code, buf = found
+                return self._judge(code, buf, st0, os.stat(path), expected)
         with open(path, "rb") as f:
             st1 = os.fstat(f.fileno())
             data = f.read()
@@ -595,6 +539,22 @@ class FileCache:
             return value, None, st1
         return value, payload, st1
 
+    # ------------------------------------------------------------ code
+
+    def _code(self, path, loader=None):
+        """The code object for the source file path (absolute), from the
+        cache or made and stored.  On a miss a valid .pyc is used instead
+        of compiling; loader (the import hook's) also writes one after a
+        compile, as the stock loader does.  The segment is checked first,
+        every time: this is where code from it is about to be run."""
+        check_segment_for_code(self._cache)
+
+        def make(data, p, st):
+            return self._make_code(data, p, st, loader)
+
+        make.use_pyc = True
+        return self._lookup(path, self._code_ns, CODE, make)
+
     def _make_code(self, source, path, st, loader):
         """(code, marshal data) compiled from source read from path; with
         the import hook's loader, a .pyc is written too, as the stock
@@ -602,159 +562,5 @@ class FileCache:
         code = compile(source, path, "exec", dont_inherit=True, optimize=-1)
         data = marshal.dumps(code)
         if loader is not None and not sys.dont_write_bytecode:
-            _write_pyc(loader, path, st, data)
+            _pyc.write(loader, path, st, data)
         return code, data
-
-    def _encode(self, kind, payload, path, st):
-        """The entry for payload: the header, the path, the payload.  A
-        bytearray payload is the whole entry already, with room left for
-        the header and the path (see _read_valid_pyc)."""
-        p = os.fsencode(path)
-        if type(payload) is bytearray:
-            _HDR.pack_into(payload, 0, _MAGIC, kind, 0, 0, st.st_mtime_ns, st.st_size, st.st_ctime_ns, len(p))
-            payload[_HDR.size:_HDR.size + len(p)] = p
-            return payload
-        if kind == K_SER:
-            t = type(payload)
-            if t is bytes:
-                kind = K_BYTES
-            elif t is str:
-                kind, payload = K_STR, payload.encode("utf-8", "surrogatepass")
-            else:
-                payload = self._cache.serializer.dumps(payload)
-        return b"".join((_HDR.pack(_MAGIC, kind, 0, 0, st.st_mtime_ns, st.st_size, st.st_ctime_ns, len(p)),
-                         p, payload))
-
-    def _decode(self, buf, path, kind, val):
-        """The value of the entry in buf (bytes, or a view of the segment
-        that is valid only during the call): _STALE if its validators are
-        not val (None: not checked), _MISSING if it cannot be read (it is
-        then treated as a miss and replaced).  A serialized value comes
-        back as _Serialized, for _loaded once buf is let go."""
-        try:
-            if val is not None and buf[_VAL_AT] != val:
-                return _STALE
-            _m, k, _f, _r, _mt, _sz, _ct, plen = _HDR.unpack_from(buf)
-            if _m != _MAGIC:
-                raise ValueError("not a file-cache entry")
-            start = _HDR.size + plen
-            if k == K_CODE:
-                if kind != K_CODE:
-                    raise ValueError("code entry in a value namespace")
-                with memoryview(buf) as mv:
-                    code = marshal.loads(mv[start:])
-                    if mv[_HDR.size:start] != os.fsencode(path):
-                        code = fix_filename(code, path)
-                return code
-            if kind == K_CODE:
-                raise ValueError("value entry in a code namespace")
-            if k == K_BYTES:
-                return bytes(buf[start:])
-            if k == K_STR:
-                return str(buf[start:], "utf-8", "surrogatepass")
-            if k == K_SER:
-                return _Serialized(bytes(buf[start:]))
-            raise ValueError(f"unknown entry kind {k}")
-        except Exception:
-            self._stats["unreadable_entries"] += 1
-            return _MISSING
-
-
-class _Serialized:
-    """A serialized value copied out of an entry, to be loaded outside it."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data):
-        self.data = data
-
-
-def _read_valid_pyc(source_path, st, room):
-    """(buffer, start) for source_path's .pyc if it is a timestamp pyc that
-    the stock import system would accept for the source as st describes
-    it, else None.  buffer is a bytearray of room bytes (left for the
-    entry's header) and the marshal data, which begins at start."""
-    try:
-        pyc = importlib.util.cache_from_source(source_path)
-        with open(pyc, "rb", buffering=0) as f:
-            head = f.read(16)
-            if len(head) < 16 or head[:4] != _PYC_MAGIC or head[4:8] != b"\0\0\0\0":
-                return None
-            if int.from_bytes(head[8:12], "little") != int(st.st_mtime) & 0xFFFFFFFF:
-                return None
-            if int.from_bytes(head[12:16], "little") != st.st_size & 0xFFFFFFFF:
-                return None
-            buf = bytearray(room + max(0, os.fstat(f.fileno()).st_size - 16))
-            with memoryview(buf) as mv:
-                pos = room
-                while pos < len(buf):
-                    n = f.readinto(mv[pos:])
-                    if not n:
-                        return None  # shorter than its size: being rewritten
-                    pos += n
-            if f.read(1):
-                return None  # longer: being rewritten
-    except (OSError, NotImplementedError, ValueError):
-        return None
-    return buf, room
-
-
-def _write_pyc(loader, source_path, st, data):
-    """Write a timestamp .pyc as the stock SourceFileLoader would (errors
-    are ignored, as there)."""
-    try:
-        pyc = importlib.util.cache_from_source(source_path)
-    except (OSError, NotImplementedError, ValueError):
-        return
-    blob = b"".join((_PYC_MAGIC, b"\0\0\0\0", (int(st.st_mtime) & 0xFFFFFFFF).to_bytes(4, "little"),
-                     (st.st_size & 0xFFFFFFFF).to_bytes(4, "little"), data))
-    try:
-        cache_bytecode = getattr(loader, "_cache_bytecode", None)
-        if cache_bytecode is not None:
-            cache_bytecode(source_path, pyc, blob)
-        else:
-            loader.set_data(pyc, blob)
-    except (OSError, NotImplementedError):
-        pass
-
-
-def _module_prefix(path):
-    """The start of the module-location keys (see FileCache._module_key)
-    that point at the source file path, or None if it is not a source."""
-    head, name = os.path.split(path)
-    stem, dot, suffix = name.rpartition(".")
-    if not dot or "." + suffix not in SOURCE_SUFFIXES:
-        return None
-    if stem == "__init__":
-        head, stem = os.path.split(head)
-    return _location_prefix(head, stem)
-
-
-def _location_prefix(directory, name):
-    """The module-location key of name in directory, without its namespace."""
-    return b"".join((b"M", os.fsencode(directory), b"\0", name.encode("utf-8", "surrogatepass"), b"\0"))
-
-
-def _describe_key(key):
-    """{'mode', 'namespace', 'path' or 'dev'/'ino'} for a file-table key."""
-    try:
-        if key[:1] == b"S":
-            dev, ino = _ID.unpack_from(key, 1)
-            return {"mode": "stat", "dev": dev, "ino": ino, "namespace": key[18:].decode(errors="replace")}
-        if key[:1] == b"P":
-            path, _, ns = key[1:].partition(b"\0")
-            return {"mode": "no-stat", "path": os.fsdecode(path), "namespace": ns.decode(errors="replace")}
-        if key[:1] == b"M":
-            directory, _, rest = key[1:].partition(b"\0")
-            name, _, ns = rest.partition(b"\0")
-            return {"mode": "no-stat", "path": os.fsdecode(directory), "module": name.decode(errors="replace"),
-                    "namespace": "module location|" + ns.decode(errors="replace")}
-        if key[:1] == b"R":
-            rel, _, sp = key[1:].partition(b"\0")
-            return {"mode": "no-stat", "path": os.fsdecode(rel), "namespace": "resolve",
-                    "search_path": os.fsdecode(sp).split("\0")}
-        if key[:1] == b"J":
-            return {"mode": "jinja2", "namespace": key[1:].decode(errors="replace")}
-    except (struct.error, UnicodeError):
-        pass
-    return {"mode": "?", "namespace": "?", "key": key}

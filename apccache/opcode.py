@@ -71,7 +71,8 @@ import sys
 import warnings
 from importlib.machinery import FileFinder, SourceFileLoader
 
-from .errors import CacheError
+from . import _filekeys
+from .errors import CacheError, CacheFullError
 from .files import FileCache, UnsafeSegmentError, check_segment_for_code, normalize_mode
 
 __all__ = [
@@ -103,11 +104,56 @@ class _State:
         self.our_hook = our_hook
         self.removed = removed  # path entry -> the stock finder taken out of sys.path_importer_cache
         self.owns_cache = owns_cache
-        self.find_shared = files.mode == "no-stat"
+        self.modules = _ModuleMemo(files) if files.mode == "no-stat" else None
         self.fallbacks = 0
 
 
 _state = None
+
+
+class _ModuleMemo:
+    """Where the no-stat finder found each module, kept in the segment so
+    that the next process finds it with no system call.
+
+    The key is ``module_key(directory, module name, code namespace)`` (see
+    ``apccache._filekeys``); the value is b"m" (a module) or b"p" (a
+    package) and the path of its source.  ``FileCache.invalidate(source)``
+    drops it with the module's code.  Counted in the file cache's
+    per-process counters (modules_found, skipped_full)."""
+
+    def __init__(self, files):
+        self.files = files
+
+    def key(self, directory, name):
+        """The key of module name in directory, or None if it is too long."""
+        return _filekeys.module_key(directory, name, self.files._code_ns)
+
+    def find(self, directory, name):
+        """(source path, is_package) where an earlier import found module
+        name in directory, or None."""
+        files = self.files
+        key = self.key(directory, name)
+        found = files._table.get(key) if key is not None else None
+        if type(found) is not bytes or found[:1] not in (b"m", b"p"):
+            return None
+        # Which file is imported is as much the segment's say as the code
+        # itself: check it now, as before running code (one fstat per hit).
+        try:
+            check_segment_for_code(files._cache)
+        except UnsafeSegmentError:
+            return None  # the stock finder looks for itself
+        files._stats["modules_found"] += 1
+        return os.fsdecode(found[1:]), found[:1] == b"p"
+
+    def remember(self, directory, name, origin, is_package):
+        """Record that module name in directory is the source at origin."""
+        files = self.files
+        key = self.key(directory, name)
+        if key is not None:
+            try:
+                files._table.add(key, (b"p" if is_package else b"m") + os.fsencode(origin))
+            except CacheFullError:
+                files._stats["skipped_full"] += 1
 
 
 class SharedCodeLoader(SourceFileLoader):
@@ -139,17 +185,17 @@ class SharedCodeFinder(FileFinder):
 
     def find_spec(self, fullname, target=None):
         st = _state
-        if st is None or not st.find_shared:
+        if st is None or st.modules is None:
             return super().find_spec(fullname, target)
         name = fullname.rpartition(".")[2]
-        found = st.files._found_module(self.path, name)
+        found = st.modules.find(self.path, name)
         if found is not None:
             origin, is_package = found
             return self._get_spec(SharedCodeLoader, fullname, origin,
                                   [os.path.dirname(origin)] if is_package else None, target)
         spec = super().find_spec(fullname, target)
         if spec is not None and type(spec.loader) is SharedCodeLoader and spec.origin:
-            st.files._remember_module(self.path, name, spec.origin, spec.submodule_search_locations is not None)
+            st.modules.remember(self.path, name, spec.origin, spec.submodule_search_locations is not None)
         return spec
 
     def __repr__(self):

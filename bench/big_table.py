@@ -2,8 +2,14 @@
 the longest a concurrent writer waits for the lock meanwhile.
 
 A writer process stores in a loop and records each store's latency; the
-main process runs each walk a few times.  The walks copy the table out a
-bounded chunk at a time, so a writer waits at most for one chunk.
+main process runs each walk a few times.  The walks copy the table out one
+bucket at a time under that bucket's stripe lock, so a writer waits at most
+for one bucket (a few entries) to be copied.  The engine's own record of
+the longest whole-lock hold (``info()['whole_lock_max_us']``, a maximum
+since the segment was created; filling it takes no whole lock) is read
+after each walk: the target is that no walk holds writers up for more than
+1 ms at a time, and a walk that took the whole lock for longer would show
+there.
 
 Run: ``python bench/big_table.py [--entries N]``; writes
 bench/results/big_table.md.
@@ -73,7 +79,8 @@ def main():
             stop.set()
             worst, n = out.get(timeout=60)
             p.join(30)
-            rows.append((label, min(times), max(times), worst, n))
+            held = c.info(limited=True)["whole_lock_max_us"]
+            rows.append((label, min(times), max(times), held, worst, n))
         stop, out = ctx.Event(), ctx.Queue()
         p = ctx.Process(target=writer, args=(name, stop, out))
         p.start()
@@ -93,14 +100,22 @@ def main():
         f"{args.entries:,} entries of a 16-byte key and a 10-byte value, stored in {fill:.1f} s. "
         "While each walk runs (best and worst of "
         f"{args.repeat}), a second process stores in a loop; its slowest store is the longest "
-        "it waited for the lock (and for the CPU: this machine has 2 cores).",
+        "it waited for the lock and for the CPU (this machine has 2 cores). The longest "
+        "whole-lock hold is the engine's own record, a maximum over the run so far: it is the "
+        "longest any writer could have waited for a walk's lock.",
         "",
-        "| walk | time (best - worst) | writer's slowest store | stores meanwhile |",
-        "| --- | --- | --- | --- |",
+        "| walk | time (best - worst) | longest whole-lock hold, so far | writer's slowest store "
+        "| stores meanwhile |",
+        "| --- | --- | --- | --- | --- |",
     ]
-    for label, lo, hi, worst, n in rows:
-        lines.append(f"| {label} | {lo:.2f} - {hi:.2f} s | {worst * 1000:.2f} ms | {n:,} |")
-    lines.append(f"| (no walk, 2 s) | - | {idle_worst * 1000:.2f} ms | {idle_n:,} |")
+    for label, lo, hi, held, worst, n in rows:
+        lines.append(f"| {label} | {lo:.2f} - {hi:.2f} s | {held / 1000:.3f} ms | "
+                     f"{worst * 1000:.2f} ms | {n:,} |")
+    lines.append(f"| (no walk, 2 s) | - | - | {idle_worst * 1000:.2f} ms | {idle_n:,} |")
+    held = max(r[3] for r in rows)
+    verdict = "PASS" if held <= 1000 else "FAIL"
+    lines += ["", f"    TARGET {verdict}  no walk holds the whole lock for more than 1 ms at a "
+              f"time: longest hold {held / 1000:.3f} ms"]
     text = "\n".join(lines) + "\n"
     print(text)
     os.makedirs(bl.RESULTS_DIR, exist_ok=True)

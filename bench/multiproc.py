@@ -7,7 +7,7 @@ Usage: python bench/multiproc.py [--rounds N] [--duration S] [--mixes NAME,...]
 What it measures: the throughput of one shared cache when one process uses it
 and when several use it at once, for apccache and for LMDB (on /dev/shm,
 ``writemap=True, sync=False, metasync=False``, one transaction per
-operation) in the same run, in five mixes (``--mixes`` picks a subset):
+operation) in the same run, in six mixes (``--mixes`` picks a subset):
 
 - ``mix90``: 90% fetch / 10% store on 10,000 keys, 2 processes vs 1.
 - ``read100``: 100% fetch on 10,000 keys, 2 processes vs 1.
@@ -19,6 +19,11 @@ operation) in the same run, in five mixes (``--mixes`` picks a subset):
   machine vs the same mix in 2: six processes are always waiting for a core,
   so a lock holder is often preempted; a lock whose waiters queue behind a
   sleeping holder (a convoy) makes the aggregate collapse.
+- ``hot1``: 100% fetch of one key by every process, 2 processes vs 1: every
+  fetch writes that entry's line (its pin and its exact hit count), so the
+  two cores hand the line back and forth on every read.  Beside
+  ``read100`` it says what an exact per-entry hit count costs on a hot key
+  (no target: it is reported, not judged).
 
 The 2-vs-1 scaling says whether readers serialise: on a 2-core machine a
 cache whose reads never block each other approaches 2.0x (writes are
@@ -87,6 +92,7 @@ WORKLOADS = {
     "read100": {"keys": NUM_KEYS, "stores": 0.0},
     "mix50": {"keys": NUM_KEYS, "stores": 0.50},
     "hot10": {"keys": HOT_KEYS, "stores": 0.10},
+    "hot1": {"keys": 1, "stores": 0.0},
 }
 
 # A mix is a workload and the two process counts it compares. ``gate`` is the
@@ -103,6 +109,8 @@ MIXES = {
               "title": f"90% fetch / 10% store, {HOT_KEYS} hot keys shared by every process"},
     "oversub": {"workload": "mix90", "procs": (2, 8), "gate": 0.85,
                 "title": f"90% fetch / 10% store, {NUM_KEYS:,} keys, oversubscribed"},
+    "hot1": {"workload": "hot1", "procs": (1, 2), "gate": 1.5,
+             "title": "100% fetch of one key shared by every process"},
 }
 
 

@@ -8,15 +8,17 @@
  * only plain declarations.
  *
  * What crosses the boundary is deliberately dull: byte strings, integers and
- * flat structs.  Hashing the key (XXH3-64), serialising values and every
- * policy decision that is not about the segment's structure live in Python.
+ * flat structs.  The engine hashes keys (XXH3-64) and owns the segment's
+ * structure; serialising values and every policy decision that is not about
+ * that structure live in Python.
  *
  * THE SEGMENT
  *
  *   0            +--------------------------------------------+
  *                | apc_header   magic "APCCACHE", format word |
  *                |              geometry (set once)           |
- *                |              stripe locks, seqlock words   |
+ *                |              stripe locks, each with its   |
+ *                |                seqlock word                |
  *                |              alock, allocator roots        |
  *                |              entry() locks, pin records     |
  *                |              striped hit/miss counters     |
@@ -46,7 +48,7 @@
 #include <stddef.h>
 
 /* CDEF BEGIN */
-#define APC_FORMAT 3
+#define APC_FORMAT 4
 #define APC_TABLE_USER 0
 #define APC_TABLE_FILES 1
 #define APC_MAX_KEY 65535
@@ -126,6 +128,7 @@ typedef struct apc_info {
     uint64_t waited_reads;   /* reads that gave up on a writer: counted as misses */
     uint64_t lock_steals;    /* locks taken over from a dead or vanished holder */
     uint64_t checksums;      /* 1: every entry carries a checksum, verified on read */
+    uint64_t wl_hold_max_ns; /* the longest the whole lock was held (every writer waited) */
 } apc_info;
 
 typedef struct apc_sma_info {

@@ -18,7 +18,8 @@
  *                   the GC list, next_version, the pin and entry() tables,
  *                   and the whole-table counters.  Held for an allocation
  *                   or a free, never while a value is copied.
- *   3. hdr->seq[i]  the seqlock words, one per stripe, written only by the
+ *   3. hdr->bstripes[i].lock.seq  the seqlock words, one per stripe, in
+ *                   the line of the stripe's lock, written only by the
  *                   holder of stripe i's lock.  A writer that unlinks or
  *                   frees memory reachable from a bucket makes that
  *                   bucket's stripe odd first and even again when done.
@@ -150,8 +151,13 @@ typedef uint64_t apc_off_t; /* an offset from the segment base; 0 means none */
  * (apc_slot_hash64).
  */
 typedef struct apc_slot {
-    /* Atomics written by readers (only while they hold a pin). */
+    /* Atomics written by readers (only while they hold a pin).  Together
+     * at the front, in 16 bytes, so that a read writes one cache line of
+     * the slot, not two (only a slot starting 8 bytes before a line's end
+     * splits them). */
     uint64_t pin; /* APC_PIN_TAG | version << 16 | refs */
+    uint32_t atime;
+    uint32_t hits; /* saturating */
 
     /* Guarded by the stripe's lock; read by optimistic readers with
      * atomic loads. */
@@ -167,10 +173,6 @@ typedef struct apc_slot {
     /* Guarded by the stripe's lock.  On the GC list or the pending list it
      * is the deletion time (dtime). */
     uint32_t mtime;
-
-    /* Atomics written by readers (only while they hold a pin). */
-    uint32_t atime;
-    uint32_t hits; /* saturating */
 
     uint16_t key_len;
     uint8_t type;
@@ -262,11 +264,12 @@ typedef struct apc_table_stats {
 } apc_table_stats;
 
 /* A bucket stripe's share of a table's counters, written by the holder of
- * the stripe's lock; a table's figure is the sum over stripes. */
+ * the stripe's lock; a table's figure is the sum over stripes.  A store
+ * that replaces an entry with one of the same size writes none of them
+ * (inserts are counted per process, in apc_stripe). */
 typedef struct apc_stripe_stats {
     uint64_t num_entries;
     uint64_t mem_size;
-    uint64_t num_inserts;
     uint64_t expired;
 } apc_stripe_stats;
 
@@ -295,7 +298,8 @@ typedef struct apc_stripe {
     uint64_t misses[APC_NTABLES];
     uint64_t corrupt[APC_NTABLES]; /* reads that met a broken claim */
     uint64_t waited[APC_NTABLES];  /* reads that gave up on a writer */
-} apc_stripe;
+    uint64_t inserts[APC_NTABLES]; /* stores, adds and entry() results */
+} __attribute__((aligned(64))) apc_stripe;
 
 /* A lock (lock.c).  word: 0 free, or the holder's tid with
  * APC_LOCK_WAITERS when someone may sleep on it.  The rest is the holder's
@@ -316,7 +320,13 @@ typedef struct apc_lock {
     apc_off_t pending;       /* the slots its writers unlinked and have not yet
                                 retired, linked by next_off, at most
                                 APC_PENDING_MAX (see PENDING in chains.c) */
+    /* A bucket stripe's seqlock word (3. in LOCKS), written only by the
+     * holder.  It shares the lock's line: a store writes one line where it
+     * would write two, and readers of a stripe nobody writes keep the line
+     * shared. */
+    uint64_t seq;
 } __attribute__((aligned(64))) apc_lock;
+_Static_assert(sizeof(apc_lock) == 64, "a lock and its seq word fill one cache line");
 #define APC_PENDING_MAX 32
 
 /* A bucket stripe: its lock (with what a writer of it is in the middle
@@ -350,13 +360,6 @@ typedef struct apc_header {
     apc_lock alock __attribute__((aligned(64)));
     uint64_t repair_due __attribute__((aligned(64))); /* a whole repair is owed */
 
-    /* The seqlock words, one cache line each: a store in one bucket does
-     * not make readers of other buckets miss. */
-    struct {
-        uint64_t v;
-        uint64_t pad_[7];
-    } seq[APC_NSEQ] __attribute__((aligned(64)));
-
     /* Guarded by alock. */
     apc_off_t free_head[APC_NCLASSES] __attribute__((aligned(64)));
     uint64_t free_map; /* bit c set: free_head[c] is not empty */
@@ -368,6 +371,7 @@ typedef struct apc_header {
     uint64_t next_version;
     uint64_t repairs;
     uint64_t compactions;
+    uint64_t wl_hold_max_ns; /* the longest any holder kept the whole lock */
     apc_table_stats stats[APC_NTABLES];
     apc_elock elocks[APC_NELOCKS];
 
@@ -391,6 +395,7 @@ struct apc_seg {
     uint64_t size;
     uint64_t map_size; /* what apc_attach_fd mapped */
     uint64_t lock_timeout_ns;
+    uint64_t wl_since; /* when this process took the whole lock (its holder's) */
     int checksums;
     unsigned dev_major, dev_minor; /* of the segment's file, for the lock's */
     uint64_t ino;                  /* check of a holder's /proc/PID/maps */
@@ -518,12 +523,11 @@ static inline unsigned apc_class_of(uint64_t size)
 /* A table's counters: the sum of its stripes' shares. */
 static inline apc_stripe_stats apc_table_sum(const apc_seg *seg, int t)
 {
-    apc_stripe_stats sum = {0, 0, 0, 0};
+    apc_stripe_stats sum = {0, 0, 0};
     for (int i = 0; i < APC_NSEQ; i++) {
         const apc_stripe_stats *st = &seg->hdr->bstripes[i].st[t];
         sum.num_entries += LOADR(&st->num_entries);
         sum.mem_size += LOADR(&st->mem_size);
-        sum.num_inserts += LOADR(&st->num_inserts);
         sum.expired += LOADR(&st->expired);
     }
     return sum;
@@ -588,6 +592,7 @@ int apc_al_acquire(apc_seg *seg, int *stolen);
 void apc_al_release(apc_seg *seg);
 int apc_whole_acquire(apc_seg *seg, int *stolen);
 void apc_whole_release(apc_seg *seg);
+void apc_whole_release_ro(apc_seg *seg);
 void apc_whole_seq_reset(apc_seg *seg);
 int apc_sl_held(apc_seg *seg, int stripe);
 int apc_al_held(apc_seg *seg);
@@ -605,7 +610,7 @@ int apc_seq_read_valid(apc_seg *seg, int stripe, uint64_t s);
 /* api.c: the whole lock, with its repairs (see LOCKS). */
 int apc_wl_lock(apc_seg *seg);
 int apc_wl_lock_for_check(apc_seg *seg);
-void apc_wl_unlock(apc_seg *seg);
+void apc_wl_unlock_ro(apc_seg *seg);
 
 /* sma.c: the block format.  Only sma.c knows the tag bits; these decode
  * them for the checker, the repair and the reports.
@@ -696,5 +701,8 @@ int apc_geometry_scribbled(const apc_seg *seg);
 #define NO_SEQ (-2)
 int apc_wl_enter(apc_seg *seg, int stripe);
 void apc_wl_leave(apc_seg *seg, int stripe);
+void apc_wl_leave_ro(apc_seg *seg);
+int apc_walk_enter(apc_seg *seg, int stripe, int *whole);
+void apc_walk_leave(apc_seg *seg, int stripe, int whole);
 
 #endif

@@ -397,7 +397,7 @@ static int whole_lock(apc_seg *seg, int repair)
 
 int apc_wl_lock(apc_seg *seg) { return whole_lock(seg, 1); }
 int apc_wl_lock_for_check(apc_seg *seg) { return whole_lock(seg, 0); }
-void apc_wl_unlock(apc_seg *seg) { apc_whole_release(seg); }
+void apc_wl_unlock_ro(apc_seg *seg) { apc_whole_release_ro(seg); }
 
 int apc_wl_enter(apc_seg *seg, int stripe)
 {
@@ -413,6 +413,8 @@ void apc_wl_leave(apc_seg *seg, int stripe)
         apc_seq_end_wl(seg, stripe);
     apc_whole_release(seg);
 }
+
+void apc_wl_leave_ro(apc_seg *seg) { apc_whole_release_ro(seg); }
 
 /* Stripe i's lock for a keyed write, with what its last holder left
  * finished.  APC_ESCALATE (nothing held): a whole repair is owed first. */
@@ -458,6 +460,30 @@ static int stripe_rescue(apc_seg *seg, int i)
         apc_whole_release(seg);
     }
     return 1;
+}
+
+/* A walk's lock for one bucket of stripe i (report.c): the stripe's, or
+ * the whole lock when its last holder left what only a whole repair
+ * finishes.  *whole says which apc_walk_leave lets go. */
+int apc_walk_enter(apc_seg *seg, int i, int *whole)
+{
+    int stolen;
+    *whole = 0;
+    int rc = apc_sl_acquire(seg, i, &stolen);
+    if (rc != APC_OK)
+        return rc;
+    if (__builtin_expect(stripe_lock(seg, i, stolen) != APC_ESCALATE, 1))
+        return APC_OK;
+    *whole = 1; /* stripe_lock let the stripe go */
+    return whole_lock(seg, 1);
+}
+
+void apc_walk_leave(apc_seg *seg, int i, int whole)
+{
+    if (whole)
+        apc_whole_release(seg);
+    else
+        apc_sl_release(seg, i);
 }
 
 /* Begin an optimistic read of stripe st, rescuing it once if its writer
@@ -858,16 +884,22 @@ static int insert_kl(apc_seg *seg, const char *key, uint32_t klen, int type, con
     STORER(&rec->intent_new, 0);
     APC_FAULT("store.after_publish");
 
+    /* The stripe's counters are written only when they change: a store
+     * that replaces an entry with one of the same size leaves their line
+     * alone. */
+    ADD(&apc_my_stripe(seg)->inserts[table], 1);
     apc_stripe_stats *st = &h->bstripes[k->stripe].st[table];
-    st->num_inserts++;
-    st->num_entries++;
-    APC_FAULT("store.mid_count");
-    st->mem_size += apc_sma_block_size(seg, off);
-    if (old) {
+    uint64_t size = apc_sma_block_size(seg, off);
+    if (!old) {
+        st->num_entries++;
+        APC_FAULT("store.mid_count");
+        st->mem_size += size;
+    } else {
         if (apc_expired(old, now))
             st->expired++;
-        st->num_entries--;
-        st->mem_size -= apc_sma_block_size(seg, APC_OFF(seg, old));
+        uint64_t was = apc_sma_block_size(seg, APC_OFF(seg, old));
+        if (size != was)
+            st->mem_size += size - was;
         apc_seq_begin_wl(seg, k->stripe); /* readers may be at the old slot */
         retire_kl(seg, k, old, now);
         apc_seq_end_wl(seg, k->stripe);
@@ -1089,13 +1121,12 @@ static int do_clear(apc_seg *seg, int table, uint64_t now)
     }
     apc_gc_sweep_al(seg, now);
     apc_table_stats *st = &h->stats[table];
-    for (int i = 0; i < APC_NSEQ; i++)
-        h->bstripes[i].st[table].num_inserts = 0;
     st->expunges = 0;
     st->start_time = now;
     for (int i = 0; i < APC_NSTRIPES; i++) {
         STORER(&h->stripes[i].hits[table], 0);
         STORER(&h->stripes[i].misses[table], 0);
+        STORER(&h->stripes[i].inserts[table], 0);
     }
     apc_wl_leave(seg, APC_SEQ_ALL);
     return APC_OK;
@@ -1314,7 +1345,7 @@ int apc_debug_set_version(apc_seg *seg, uint64_t v)
     int rc = apc_wl_lock(seg);
     if (rc == APC_OK) {
         seg->hdr->next_version = v;
-        apc_wl_unlock(seg);
+        apc_whole_release(seg);
     }
     return (int)apc_seg_leave(seg, rc);
 }

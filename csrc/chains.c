@@ -21,8 +21,39 @@
  */
 #define _GNU_SOURCE
 #include <stdlib.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 #include "apc_internal.h"
 #include "xxh3.h"
+
+/* A chain's first slot is fetched for writing before it is read.  Every
+ * operation that finds its entry writes the slot's line (a reader's pin,
+ * hits and unpin; a writer's unlink), so reading it first and writing it
+ * after would ask the other cores for it twice when one of them wrote it
+ * last: once to share it and once to own it.  With PREFETCHW the first
+ * miss brings the line in owned (both lines, for the one slot in eight
+ * whose pin and hits lie apart).  x86 CPUs without it (before Broadwell)
+ * may fault on the instruction, hence the check. */
+#if defined(__x86_64__) || defined(__i386__)
+static int has_prefetchw;
+
+__attribute__((constructor)) static void detect_prefetchw(void)
+{
+    unsigned a, b, c, d;
+    has_prefetchw = __get_cpuid(0x80000001, &a, &b, &c, &d) && (c & (1u << 8));
+}
+
+static inline void prefetchw(const void *p)
+{
+    if (has_prefetchw)
+        __asm__ volatile("prefetchw %0" : : "m"(*(const char *)p));
+}
+#elif defined(__aarch64__)
+static inline void prefetchw(const void *p) { __asm__ volatile("prfm pstl1keep, %a0" : : "p"(p)); }
+#else
+static inline void prefetchw(const void *p) { (void)p; }
+#endif
 
 /* Walk table's chain for the key without a lock.  What it returns is only
  * meaningful if seq did not move meanwhile. */
@@ -31,10 +62,16 @@ int apc_chain_walk(apc_seg *seg, int table, const char *key, uint32_t klen, uint
 {
     apc_off_t off = LOAD(apc_bucket_of(seg, table, hash));
     uint64_t cap = apc_walk_cap(seg);
+    int first = 1;
     while (off) {
         if ((off & 7) || !apc_in_arena(seg, off, sizeof(apc_slot)))
             return APC_E_CORRUPT;
         apc_slot *s = (apc_slot *)APC_PTR(seg, off);
+        if (first) {
+            prefetchw(s);
+            prefetchw(&s->hits);
+            first = 0;
+        }
         if (LOADR(&s->hash) == (uint32_t)hash && LOADR(&s->key_len) == klen) {
             uint64_t ext = apc_slot_ext(s);
             if (!apc_in_arena(seg, off, sizeof(apc_slot) + ext + klen))

@@ -67,9 +67,9 @@ static void check_wl(apc_seg *seg, report *r)
     uint64_t cap = apc_walk_cap(seg);
 
     for (int i = 0; i < APC_NSEQ; i++)
-        if (LOADR(&h->seq[i].v) & 1)
+        if (LOADR(&h->bstripes[i].lock.seq) & 1)
             say(r, "seq stripe %d is odd (%llu) while no writer holds the lock", i,
-                (unsigned long long)h->seq[i].v);
+                (unsigned long long)h->bstripes[i].lock.seq);
 
     /* 1. The arena walk. */
     uint64_t *used = malloc(cap * sizeof *used), nused = 0;
@@ -285,7 +285,7 @@ static int64_t do_check(apc_seg *seg, char *buf, uint64_t cap)
         return r.count;
     }
     check_wl(seg, &r);
-    apc_wl_unlock(seg);
+    apc_wl_unlock_ro(seg);
     return r.count;
 }
 
@@ -324,7 +324,7 @@ static const struct {
     FIELD("hdr.", apc_header, bstripes),
     FIELD("hdr.", apc_header, alock),
     FIELD("hdr.", apc_header, repair_due),
-    FIELD("hdr.", apc_header, seq),
+    {"hdr.seq", offsetof(apc_header, bstripes) + offsetof(apc_lock, seq)}, /* stripe 0's */
     FIELD("hdr.", apc_header, free_head),
     FIELD("hdr.", apc_header, free_map),
     FIELD("hdr.", apc_header, free_bytes),
@@ -371,7 +371,7 @@ static const struct {
     {"sizeof.apc_slot", sizeof(apc_slot)},
     {"sizeof.lock", sizeof(apc_lock)},
     {"sizeof.bstripe", sizeof(apc_bstripe)},
-    {"sizeof.seq", sizeof(((apc_header *)0)->seq[0])},
+    {"sizeof.seq", sizeof(apc_bstripe)}, /* the stride from one stripe's seq to the next */
     {"sizeof.apc_table_stats", sizeof(apc_table_stats)},
     {"sizeof.apc_elock", sizeof(apc_elock)},
     {"sizeof.apc_pin_rec", sizeof(apc_pin_rec)},

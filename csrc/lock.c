@@ -433,9 +433,9 @@ void apc_lock_release(apc_lock *l)
 
 static void seq_even(apc_seg *seg, int i)
 {
-    uint64_t s = LOADR(&seg->hdr->seq[i].v);
+    uint64_t s = LOADR(&seg->hdr->bstripes[i].lock.seq);
     if (s & 1)
-        STORE(&seg->hdr->seq[i].v, s + 1);
+        STORE(&seg->hdr->bstripes[i].lock.seq, s + 1);
 }
 
 static apc_lock *stripe_lock(apc_seg *seg, int i) { return &seg->hdr->bstripes[i].lock; }
@@ -496,6 +496,7 @@ int apc_whole_acquire(apc_seg *seg, int *stolen)
         return rc;
     }
     *stolen |= st;
+    seg->wl_since = apc_mono_ns();
     return APC_OK;
 }
 
@@ -506,12 +507,26 @@ void apc_whole_seq_reset(apc_seg *seg)
         seq_even(seg, i);
 }
 
-void apc_whole_release(apc_seg *seg)
+static void whole_release(apc_seg *seg)
 {
     apc_al_release(seg);
     for (int i = APC_NSEQ; i-- > 0;)
         apc_sl_release(seg, i);
 }
+
+/* Every writer waits while the whole lock is held: the longest hold is
+ * kept (under alock) for info(), so a stall has a number. */
+void apc_whole_release(apc_seg *seg)
+{
+    uint64_t held = apc_mono_ns() - seg->wl_since;
+    if (held > seg->hdr->wl_hold_max_ns)
+        STORER(&seg->hdr->wl_hold_max_ns, held);
+    whole_release(seg);
+}
+
+/* After a section that only read (info, check, sma_info): an inspection
+ * leaves no byte of the segment changed, this record included. */
+void apc_whole_release_ro(apc_seg *seg) { whole_release(seg); }
 
 /* alock, for a holder of a stripe (or of nothing).  One taken over from a
  * dead holder means half-spliced free lists: a whole repair is owed, and
@@ -563,10 +578,10 @@ static void seq_begin_one(apc_seg *seg, int i)
 {
     if (seg->seq_depth[i]++)
         return;
-    uint64_t s = LOADR(&seg->hdr->seq[i].v);
+    uint64_t s = LOADR(&seg->hdr->bstripes[i].lock.seq);
     if (s & 1) /* left odd by a writer that died; repair already ran */
         s++;
-    STORER(&seg->hdr->seq[i].v, s + 1);
+    STORER(&seg->hdr->bstripes[i].lock.seq, s + 1);
 }
 
 static void seq_end_one(apc_seg *seg, int i)
@@ -574,8 +589,8 @@ static void seq_end_one(apc_seg *seg, int i)
     APC_ASSERT(seg->seq_depth[i] > 0);
     if (--seg->seq_depth[i])
         return;
-    uint64_t s = LOADR(&seg->hdr->seq[i].v);
-    STORE(&seg->hdr->seq[i].v, (s | 1) + 1);
+    uint64_t s = LOADR(&seg->hdr->bstripes[i].lock.seq);
+    STORE(&seg->hdr->bstripes[i].lock.seq, (s | 1) + 1);
 }
 
 void apc_seq_begin_wl(apc_seg *seg, int stripe)
@@ -607,14 +622,14 @@ int apc_seq_read_begin(apc_seg *seg, int stripe, uint64_t *out)
  * caller has something to let go of before it waits (the GIL). */
 int apc_seq_read_begin_opt(apc_seg *seg, int stripe, uint64_t *out, int nowait)
 {
-    uint64_t s = LOAD(&seg->hdr->seq[stripe].v);
+    uint64_t s = LOAD(&seg->hdr->bstripes[stripe].lock.seq);
     if (__builtin_expect(!(s & 1), 1)) {
         *out = s;
         return APC_OK;
     }
     uint64_t start = 0;
     for (unsigned spins = 1;; spins++) {
-        s = LOAD(&seg->hdr->seq[stripe].v);
+        s = LOAD(&seg->hdr->bstripes[stripe].lock.seq);
         if (!(s & 1)) {
             *out = s;
             return APC_OK;
@@ -641,7 +656,7 @@ int apc_seq_read_begin_opt(apc_seg *seg, int stripe, uint64_t *out, int nowait)
 int apc_seq_read_valid(apc_seg *seg, int stripe, uint64_t s)
 {
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
-    return LOADR(&seg->hdr->seq[stripe].v) == s;
+    return LOADR(&seg->hdr->bstripes[stripe].lock.seq) == s;
 }
 
 /* ------------------------------------------------------ fault injection */

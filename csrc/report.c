@@ -26,7 +26,6 @@ static int do_info_get(apc_seg *seg, int table, apc_info *o)
     apc_stripe_stats sum = apc_table_sum(seg, table);
     o->num_entries = sum.num_entries;
     o->mem_size = sum.mem_size;
-    o->num_inserts = sum.num_inserts;
     o->expunges = LOADR(&st->expunges);
     o->evictions = LOADR(&st->evictions);
     o->expired = sum.expired;
@@ -34,6 +33,7 @@ static int do_info_get(apc_seg *seg, int table, apc_info *o)
     for (int i = 0; i < APC_NSTRIPES; i++) {
         o->num_hits += LOADR(&h->stripes[i].hits[table]);
         o->num_misses += LOADR(&h->stripes[i].misses[table]);
+        o->num_inserts += LOADR(&h->stripes[i].inserts[table]);
         o->corrupt_reads += LOADR(&h->stripes[i].corrupt[table]);
         o->waited_reads += LOADR(&h->stripes[i].waited[table]);
     }
@@ -43,6 +43,7 @@ static int do_info_get(apc_seg *seg, int table, apc_info *o)
     o->checksums = seg->checksums;
     o->repairs = LOADR(&h->repairs);
     o->compactions = LOADR(&h->compactions);
+    o->wl_hold_max_ns = LOADR(&h->wl_hold_max_ns);
     for (int i = 0; i < APC_NELOCKS; i++)
         o->entry_locks += LOADR(&h->elocks[i].pid) != 0;
     for (int i = 0; i < APC_NPINS; i++)
@@ -71,7 +72,7 @@ static int do_info_get(apc_seg *seg, int table, apc_info *o)
             }
             off = s->next_off;
         }
-        apc_wl_leave(seg, NO_SEQ);
+        apc_wl_leave_ro(seg);
     }
     return APC_OK;
 }
@@ -111,7 +112,7 @@ static int do_sma_info_get(apc_seg *seg, apc_sma_info *o, uint64_t *blocks, uint
             b = next;
         }
     }
-    apc_wl_leave(seg, NO_SEQ);
+    apc_wl_leave_ro(seg);
     return (int)(k > 0x7fffffff ? 0x7fffffff : k);
 }
 
@@ -173,7 +174,7 @@ static int64_t do_snapshot(apc_seg *seg, int table, uint64_t now, int flags, cha
         }
     }
 #undef EMIT
-    apc_wl_leave(seg, NO_SEQ);
+    apc_wl_leave_ro(seg);
     if (used > cap) {
         memcpy(buf, &used, sizeof used);
         return APC_E_SMALL;
@@ -191,68 +192,103 @@ int64_t apc_snapshot(apc_seg *seg, int table, uint64_t now, int flags, char *buf
  * WALKING A BIG TABLE
  *
  * keys(), info()'s entry list, apcstat and len() visit every entry.  Done
- * in one lock hold, that stalls every writer for the whole apc_chain_walk (half a
+ * in one lock hold, that stalls every writer for the whole walk (half a
  * second at a million entries).  These walk from a bucket cursor instead,
- * and stop after APC_CHUNK_RECORDS entries at a bucket's end, or when the
- * caller's buffer is full: the caller comes back for the rest, and writers
- * get the lock in between.  What comes out is a snapshot per chunk, not of
- * the whole table; an entry that moves between buckets cannot exist (a
- * bucket is its key's), so no live entry is reported twice.
+ * holding one bucket's stripe lock at a time (the lock a writer of that
+ * bucket takes anyway), and stop after APC_CHUNK_RECORDS entries at a
+ * bucket's end, or when the caller's buffer is full: the caller comes back
+ * for the rest.  A writer waits at most for one bucket to be copied, and
+ * writers of other stripes not at all.  What comes out is a snapshot per
+ * bucket, not of the whole table; an entry that moves between buckets
+ * cannot exist (a bucket is its key's), so no live entry is reported
+ * twice.  An empty bucket is passed over without its lock: an entry that
+ * arrives in it a moment later arrived after its snapshot.
  */
 #define APC_CHUNK_RECORDS 2048
+
+/* Walk bucket i of table under its stripe's lock, each slot to visit(), at
+ * most cap of them.  Returns the slots visited, or a negative apc_rc from
+ * the lock. */
+typedef void (*walk_fn)(apc_seg *seg, apc_slot *s, void *arg);
+
+static int64_t walk_bucket(apc_seg *seg, int table, uint64_t i, uint64_t cap, walk_fn visit,
+                           void *arg)
+{
+    apc_off_t *b = apc_buckets(seg, table);
+    if (!LOAD(&b[i]))
+        return 0;
+    int stripe = (int)(i % APC_NSEQ), whole;
+    int rc = apc_walk_enter(seg, stripe, &whole);
+    if (rc != APC_OK)
+        return rc;
+    int64_t n = 0;
+    uint64_t wcap = apc_walk_cap(seg);
+    for (apc_off_t off = b[i]; off && --wcap && (uint64_t)n < cap;) {
+        apc_slot *s = apc_slot_at(seg, off);
+        if (!s)
+            break;
+        visit(seg, s, arg);
+        n++;
+        off = s->next_off;
+    }
+    apc_walk_leave(seg, stripe, whole);
+    return n;
+}
+
+typedef struct {
+    char *buf;
+    uint64_t cap, used;
+    uint64_t now;
+    int full;
+} snap_walk;
+
+static void snap_one(apc_seg *seg, apc_slot *s, void *arg)
+{
+    snap_walk *w = arg;
+    apc_entry_rec r;
+    uint64_t sz = sizeof r + apc_key_pad(s->key_len);
+    if (!w->full && w->used + sz > w->cap)
+        w->full = 1;
+    if (!w->full) {
+        apc_rec_of(seg, s, w->now, &r);
+        memcpy(w->buf + w->used, &r, sizeof r);
+        memcpy(w->buf + w->used + sizeof r, apc_slot_key(s), s->key_len);
+    }
+    w->used += sz;
+}
 
 static int64_t do_snapshot_chunk(apc_seg *seg, int table, uint64_t now, uint64_t cursor[2],
                                  char *buf, uint64_t cap)
 {
     if (apc_bad_table(table) || !buf || !cursor || cap < 8)
         return APC_E_ARG;
-    now = apc_now(now);
-    int rc = apc_wl_enter(seg, NO_SEQ);
-    if (rc != APC_OK)
-        return rc;
-    apc_off_t *b = apc_buckets(seg, table);
+    snap_walk w = {buf, cap, 0, apc_now(now), 0};
     uint64_t nslots = seg->geom[table].nslots;
-    uint64_t used = 0, records = 0, need = 0;
+    uint64_t records = 0, need = 0;
     uint64_t i = cursor[0];
     /* No more records in all than blocks fit in the arena: a damaged chain
      * that loops is walked (capped) once, not once per bucket reaching it. */
     uint64_t cap_all = apc_walk_cap(seg), done = cursor[1] < cap_all ? cursor[1] : cap_all;
-    apc_entry_rec r;
     for (; i < nslots && records < APC_CHUNK_RECORDS && done + records < cap_all; i++) {
-        uint64_t start = used, start_records = records, wcap = apc_walk_cap(seg);
-        int full = 0;
-        for (apc_off_t off = b[i]; off && --wcap && done + records < cap_all;) {
-            apc_slot *s = apc_slot_at(seg, off);
-            if (!s)
-                break;
-            uint64_t sz = sizeof r + apc_key_pad(s->key_len);
-            if (used + sz > cap)
-                full = 1;
-            if (!full) {
-                apc_rec_of(seg, s, now, &r);
-                memcpy(buf + used, &r, sizeof r);
-                memcpy(buf + used + sizeof r, apc_slot_key(s), s->key_len);
-            }
-            used += sz;
-            records++;
-            off = s->next_off;
-        }
-        if (full) {
+        uint64_t start = w.used;
+        int64_t n = walk_bucket(seg, table, i, cap_all - done - records, snap_one, &w);
+        if (n < 0)
+            return n;
+        if (w.full) {
             if (start == 0)
-                need = used; /* one bucket alone is more than the buffer */
-            used = start;   /* this bucket goes in the next chunk */
-            records = start_records;
+                need = w.used; /* one bucket alone is more than the buffer */
+            w.used = start;   /* this bucket goes in the next chunk */
             break;
         }
+        records += (uint64_t)n;
     }
-    apc_wl_leave(seg, NO_SEQ);
     if (need) {
         memcpy(buf, &need, sizeof need);
         return APC_E_SMALL;
     }
     cursor[0] = done + records >= cap_all ? nslots : i;
     cursor[1] = done + records;
-    return (int64_t)used;
+    return (int64_t)w.used;
 }
 
 int64_t apc_snapshot_chunk(apc_seg *seg, int table, uint64_t now, uint64_t cursor[2], char *buf,
@@ -262,35 +298,32 @@ int64_t apc_snapshot_chunk(apc_seg *seg, int table, uint64_t now, uint64_t curso
     return rc ? rc : apc_seg_leave(seg, do_snapshot_chunk(seg, table, now, cursor, buf, cap));
 }
 
+static void count_one(apc_seg *seg, apc_slot *s, void *arg)
+{
+    (void)seg;
+    uint64_t *c = arg;
+    c[1] += !apc_expired(s, c[0]);
+}
+
 /* Entries that are not hard-expired at now, from bucket *cursor on, a
  * chunk at a time (see above). */
 static int64_t do_count_live_chunk(apc_seg *seg, int table, uint64_t now, uint64_t cursor[2])
 {
     if (apc_bad_table(table) || !cursor)
         return APC_E_ARG;
-    now = apc_now(now);
-    int rc = apc_wl_enter(seg, NO_SEQ);
-    if (rc != APC_OK)
-        return rc;
-    int64_t n = 0;
+    uint64_t c[2] = {apc_now(now), 0}; /* now, and the live entries seen */
     uint64_t seen = 0, nslots = seg->geom[table].nslots;
     uint64_t cap_all = apc_walk_cap(seg), done = cursor[1] < cap_all ? cursor[1] : cap_all;
-    apc_off_t *b = apc_buckets(seg, table);
     uint64_t i = cursor[0];
     for (; i < nslots && seen < 4 * APC_CHUNK_RECORDS && done + seen < cap_all; i++) {
-        uint64_t cap = apc_walk_cap(seg);
-        for (apc_off_t off = b[i]; off && --cap && done + seen < cap_all; seen++) {
-            apc_slot *s = apc_slot_at(seg, off);
-            if (!s)
-                break;
-            n += !apc_expired(s, now);
-            off = s->next_off;
-        }
+        int64_t n = walk_bucket(seg, table, i, cap_all - done - seen, count_one, c);
+        if (n < 0)
+            return n;
+        seen += (uint64_t)n;
     }
-    apc_wl_leave(seg, NO_SEQ);
     cursor[0] = done + seen >= cap_all ? nslots : i;
     cursor[1] = done + seen;
-    return n;
+    return (int64_t)c[1];
 }
 
 int64_t apc_count_live_chunk(apc_seg *seg, int table, uint64_t now, uint64_t cursor[2])

@@ -1,4 +1,5 @@
-"""Fixtures for the engine and API tests (defined in apc_support.py, which
-test modules import helpers from: a second conftest module name would clash
-with the ones in the subfolders)."""
-from apc_support import FakeClock, cache, ccache, clock, segment_name, segments  # noqa: F401
+"""The fixtures every test may use, from tests/helpers (where test modules
+import helpers from too: a second conftest module name would clash with
+the ones in the subfolders)."""
+from helpers.segments import cache, ccache, clock, segments, shm_name, shm_names  # noqa: F401
+from helpers.supervisors import supervise  # noqa: F401

@@ -9,7 +9,7 @@ from apccache import CorruptSegmentError, IncompatibleSegmentError
 
 from apccache import _bindings as B
 from apccache._bindings import LAYOUT
-from apc_support import segment_name
+from helpers.segments import segment_name
 
 
 def _raw(name, size, data=b""):
@@ -22,13 +22,8 @@ def _raw(name, size, data=b""):
 
 
 @pytest.fixture
-def raw_name():
-    name = segment_name("raw")
-    yield name
-    try:
-        os.unlink(f"/dev/shm/{name}")
-    except FileNotFoundError:
-        pass
+def raw_name(shm_names):
+    return shm_names("raw")
 
 
 def test_a_foreign_segment_is_refused_by_magic(raw_name):

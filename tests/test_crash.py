@@ -18,7 +18,7 @@ import time
 import pytest
 
 import apccache
-from apc_support import SETUP_FILL, SETUP_FRAGMENT
+from helpers.segments import SETUP_FILL, SETUP_FRAGMENT
 
 
 # point -> (setup run in the parent, operation run in the dying child)
@@ -236,7 +236,7 @@ def test_a_dead_writers_replaced_slot_is_freed_by_the_stripes_next_writer(segmen
 
 
 def test_a_reader_killed_while_pinning_is_reclaimed_after_gc_ttl(segments):
-    from apc_support import FakeClock
+    from helpers.segments import FakeClock
 
     clock = FakeClock()
     c = segments(size=1 << 20, gc_ttl=60, clock=clock)

@@ -15,7 +15,7 @@ import pytest
 import apccache
 from apccache import _bindings as B
 
-from apc_support import segment_name
+from helpers.segments import segment_name
 
 U64 = struct.Struct("<Q")
 U32 = struct.Struct("<I")  # the slot's times and lengths

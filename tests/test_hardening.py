@@ -16,6 +16,7 @@ import pytest
 import apccache
 from apccache import CacheBusyError, CacheClosedError
 from apccache._bindings import LAYOUT
+from helpers.children import wait_stopped
 
 WORD = LAYOUT["alock_off"]  # the allocator lock's futex word, then its owner record
 
@@ -147,13 +148,7 @@ def stalled(segments):
     p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(STALLER.format(name=c.name))],
                          stdout=subprocess.PIPE, text=True, env=env)
     assert p.stdout.readline().strip() == "ready"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with open(f"/proc/{p.pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "T":
-                break
-        time.sleep(0.01)
-    else:
+    if not wait_stopped(p, 10):
         p.kill()
         pytest.fail("the child never stopped")
     try:
@@ -218,12 +213,7 @@ def test_readers_take_a_miss_from_a_stripe_left_odd_by_a_stopped_writer(segments
     p = subprocess.Popen([sys.executable, "-c", f"import apccache; apccache.Cache.attach({c.name!r}).clear()"],
                          env=env)
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with open(f"/proc/{p.pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "T":
-                    break
-            time.sleep(0.01)
+        wait_stopped(p, 10)
         ticks = [0]
         stop = threading.Event()
 

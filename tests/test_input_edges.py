@@ -118,6 +118,16 @@ def test_create_applies_the_same_ttl_rule(segments, arg):
         segments(size=1 << 20, **{arg: 2**31})
 
 
+def test_negative_ttl_raises(cache):
+    with pytest.raises(ValueError, match=r"ttl must be from 0 to 2147483647 seconds \(got -"):
+        cache.store("k", 1, ttl=-5)
+    with pytest.raises(ValueError):
+        cache.add("k", 1, ttl=-1)
+    with pytest.raises(TypeError):
+        cache.store("k", 1, ttl="10")
+    assert "k" not in cache
+
+
 # ------------------------------------------------------------------ closed handles
 
 # How to call each public member of Cache; a new public member without an
@@ -227,6 +237,17 @@ def test_what_still_works_on_a_closed_handle(segments):
     other.close()  # idempotent
     assert other.closed and other.name == c.name and "closed" in repr(other)
     assert inspect.isfunction(Cache.unlink)
+
+
+def test_a_closed_handle_raises_value_error(segments):
+    c = segments(size=1 << 20)
+    other = apccache.Cache.attach(c.name)
+    other.close()
+    with pytest.raises(ValueError, match="closed"):
+        other.fetch("k")
+    with pytest.raises(ValueError, match="closed"):
+        other.store("k", b"v")
+    assert other.closed
 
 
 def test_the_supervisor_config_uses_the_same_limit():

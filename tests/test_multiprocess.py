@@ -10,6 +10,7 @@ import time
 import pytest
 
 import apccache
+from helpers.children import run_processes
 
 CONTEXTS = ["fork", "spawn"]
 
@@ -63,11 +64,7 @@ def test_concurrent_inc_from_several_processes_sums_exactly(segments, method):
     ctx = mp.get_context(method)
     barrier = ctx.Barrier(4)
     ps = [ctx.Process(target=_inc_many, args=(c.name, 2500, barrier)) for _ in range(4)]
-    for p in ps:
-        p.start()
-    for p in ps:
-        p.join(60)
-        assert p.exitcode == 0
+    run_processes(ps, 60)
     assert c.fetch("counter") == 10000
     assert c.check() == []
 
@@ -184,7 +181,7 @@ def test_exiting_attached_processes_never_unlink_the_segment(segments):
 
 
 def test_a_creator_process_exiting_does_not_unlink_either(tmp_path):
-    from apc_support import segment_name
+    from helpers.segments import segment_name
 
     name = segment_name("creator")
     code = f"import apccache; apccache.Cache.create({name!r}, size=1 << 20).store('k', 1)"

@@ -14,18 +14,13 @@ import stat
 import pytest
 
 import apccache
-from apc_support import NOBODY, Marker as _Marker, as_nobody as _as_nobody, needs_root, segment_name
+from helpers.children import NOBODY, Marker as _Marker, as_nobody as _as_nobody, needs_root
 
 
 @pytest.fixture
-def squat_name():
+def squat_name(shm_names):
     """A name that the test squats; unlinked at the end whoever made it."""
-    name = segment_name("squat")
-    yield name
-    try:
-        os.unlink(f"/dev/shm/{name}")
-    except FileNotFoundError:
-        pass
+    return shm_names("squat")
 
 
 def _squat(name, marker, mode):
@@ -247,12 +242,12 @@ def test_the_no_stat_hook_takes_no_module_location_from_a_segment_that_fails_the
     sys.path.insert(0, str(good))
     opcode.install(c, mode="no-stat")
     try:
-        files = opcode.installed()
-        key = files._module_key(str(good), "apct_where_mod")
+        modules = opcode._ModuleMemo(opcode.installed())
+        key = modules.key(str(good), "apct_where_mod")
         c.file_table.put(key, b"m" + os.fsencode(str(evil)))
-        assert files._found_module(str(good), "apct_where_mod") == (str(evil), False)  # trusted: followed
+        assert modules.find(str(good), "apct_where_mod") == (str(evil), False)  # trusted: followed
         os.chmod(f"/dev/shm/{c.name}", 0o666)
-        assert files._found_module(str(good), "apct_where_mod") is None
+        assert modules.find(str(good), "apct_where_mod") is None
         import apct_where_mod
 
         assert apct_where_mod.WHO == "good"

@@ -25,7 +25,8 @@ import time
 import pytest
 
 import apccache
-from apc_support import SETUP_FILL, SETUP_FRAGMENT
+from helpers.children import wait_stopped
+from helpers.segments import SETUP_FILL, SETUP_FRAGMENT
 
 
 LOCK_TIMEOUT = 0.3
@@ -51,25 +52,6 @@ SCENARIOS = {
 }
 
 
-def _state(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return None
-
-
-def _wait_stopped(p, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if p.poll() is not None:
-            return False
-        if _state(p.pid) == "T":
-            return True
-        time.sleep(0.005)
-    return False
-
-
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_a_stopped_writer_stalls_readers_briefly_and_writers_until_lock_timeout(segments, scenario):
     point, setup, op, held = SCENARIOS[scenario]
@@ -87,7 +69,7 @@ def test_a_stopped_writer_stalls_readers_briefly_and_writers_until_lock_timeout(
     p = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     try:
-        assert _wait_stopped(p), f"the child never stopped at {point}: {p.communicate(timeout=10)}"
+        assert wait_stopped(p), f"the child never stopped at {point}: {p.communicate(timeout=10)}"
 
         # Readers: every key, several times over; each answer is the
         # value from before the write or a miss, within the bound.  (The

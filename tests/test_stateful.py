@@ -6,7 +6,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 import apccache
 
-from apc_support import FakeClock, segment_name
+from helpers.segments import FakeClock, segment_name
 
 KEYS = st.sampled_from(["a", "b", "c", b"\x00bin", "", "\u00e9t\u00e9", b"\xff"])
 VALUES = st.one_of(

@@ -44,12 +44,11 @@ import sys
 import jinja2
 from jinja2.bccache import BytecodeCache, bc_magic
 
+from .._filekeys import template_key
 from ..errors import CacheFullError
 from ..files import check_segment_for_code
 
 __all__ = ["SharedBytecodeCache"]
-
-_KEY_TAG = b"J"
 
 
 def _env_fingerprint(env):
@@ -84,19 +83,24 @@ class SharedBytecodeCache(BytecodeCache):
             f"jinja2|{jinja2.__version__}|{bc_magic.hex()}|{importlib.util.MAGIC_NUMBER.hex()}|"
             f"{sys.implementation.cache_tag}|O{sys.flags.optimize}|{prefix}|"
         ).encode()
+        self._start = template_key(self._ns)  # the prefix of this cache's keys
+        if self._start is None:
+            raise ValueError(f"prefix is too long for a key of the file table ({len(prefix)} characters)")
         self._fp = {}
         self.store_failures = 0
 
     def _key(self, bucket):
+        """The template's key, or None if it is too long (see _filekeys)."""
         env = bucket.environment
         fp = self._fp.get(id(env))
         if fp is None or fp[0] is not env:
             fp = self._fp[id(env)] = (env, _env_fingerprint(env).encode())
-        return _KEY_TAG + self._ns + fp[1] + b"|" + bucket.key.encode()
+        return template_key(self._ns + fp[1] + b"|" + bucket.key.encode())
 
     def load_bytecode(self, bucket):
         check_segment_for_code(self._cache)  # again: this code is about to run
-        blob = self._table.get(self._key(bucket))
+        key = self._key(bucket)
+        blob = self._table.get(key) if key is not None else None
         if blob is None:
             return
         checksum, sep, data = blob.partition(b"\n")
@@ -110,20 +114,24 @@ class SharedBytecodeCache(BytecodeCache):
     def dump_bytecode(self, bucket):
         if bucket.code is None:
             return
+        key = self._key(bucket)
+        if key is None:
+            self.store_failures += 1
+            return
         blob = bucket.checksum.encode() + b"\n" + marshal.dumps(bucket.code)
         try:
-            self._table.put(self._key(bucket), blob)
+            self._table.put(key, blob)
         except CacheFullError:
             self.store_failures += 1
 
     def clear(self):
         """Drop every template of this cache's namespace (all
         environments), for all processes."""
-        start = _KEY_TAG + self._ns
+        start = self._start
         for _rec, key in self._table.entries():
             if key.startswith(start):
                 self._table.delete(key)
 
     def __len__(self):
-        start = _KEY_TAG + self._ns
+        start = self._start
         return sum(1 for _rec, key in self._table.entries() if key.startswith(start))

@@ -50,34 +50,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message}\n")
 
 
-def _percent(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a percentage from 0 to 100 (got {text!r})") from None
-    if not 0 <= v <= 100:
-        raise argparse.ArgumentTypeError(f"must be a percentage from 0 to 100 (got {text!r})")
-    return v
+def _argument(convert, ok, what, out_of_range=None):
+    """An argparse type: text through convert, then ok(value), each failure
+    said as "must be <what>" (or <out_of_range>, when only the range is wrong)."""
+    def parse(text):
+        try:
+            v = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what} (got {text!r})") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"must be {out_of_range or what} (got {text!r})")
+        return v
+    return parse
 
 
-def _seconds(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds (got {text!r})") from None
-    if not 0.01 <= v <= 86400:
-        raise argparse.ArgumentTypeError(f"must be between 0.01 and 86400 seconds (got {text!r})")
-    return v
-
-
-def _count(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0 (got {text!r})") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0 (got {text!r})")
-    return v
+_percent = _argument(float, lambda v: 0 <= v <= 100, "a percentage from 0 to 100")
+_seconds = _argument(float, lambda v: 0.01 <= v <= 86400, "a number of seconds",
+                     "between 0.01 and 86400 seconds")
+_count = _argument(int, lambda v: v >= 0, "a whole number >= 0")
 
 
 def _regex(text):

@@ -7,17 +7,17 @@ its version; it changes whenever a field changes meaning or goes away).
 
 Everything is read through the public methods of ``Cache`` (and its
 ``file_table``), and reading disturbs nothing: nothing here calls ``fetch``,
-and nothing writes to the segment.  It does wait for writers, briefly: the
-engine takes the whole lock (every bucket stripe's and the allocator's) for
-what it cannot read lock-free.  Counters come from ``Cache.info(limited=True)``
+and nothing writes to the segment.  It does take locks, briefly, where the
+engine cannot read lock-free.  Counters come from ``Cache.info(limited=True)``
 and ``FileTable.info()``, read without a lock except the GC list's length
-and oldest deletion, which are walked under the whole lock when that list
-(or a pending one) is not empty.  The entry records (for the chain-length
-histogram, top keys and the entry table) come from ``records()``, a bounded
-chunk of buckets per hold of the whole lock, copied out without counting a
-hit, touching an access time or pinning anything; the allocator's totals and
-free list (``sma_info``) are read in one hold.  The supervisor's scoreboard is
-read lock-free.
+and oldest deletion, which are walked under the whole lock (every bucket
+stripe's and the allocator's) when that list (or a pending one) is not
+empty.  The entry records (for the chain-length histogram, top keys and the
+entry table) come from ``records()``, which walks the table one bucket at a
+time under that bucket's stripe lock, and copies them out without counting
+a hit, touching an access time or pinning anything; the allocator's totals
+and free list (``sma_info``) are read in one hold of the whole lock.  The
+supervisor's scoreboard is read lock-free.
 
 ``list_segments()`` finds apccache segments by reading the first bytes of
 each file in /dev/shm with ``os.pread``: it never maps or attaches one.

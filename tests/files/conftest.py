@@ -1,35 +1,21 @@
-"""Fixtures of the file-cache tests: segments named apctest-files-..., always
-unlinked; the import system restored after every test; a helper that runs
-Python in a fresh interpreter."""
+"""Fixtures of the file-cache tests: segments named apctest-files-..., of
+16 MiB unless told, always unlinked; the import system restored after
+every test; a tree of source files older than protect_s."""
 import os
 import sys
 import textwrap
 
 import pytest
 
-import apccache
 import apccache.opcode
-from files_helpers import seg_name
+from helpers.segments import Segments
 
 
 @pytest.fixture
 def make_cache():
     """make_cache(**create kwargs) -> Cache; every segment is unlinked at the end."""
-    made = []
-
-    def make(**kw):
-        c = apccache.Cache.create(kw.pop("name", None) or seg_name(), size=kw.pop("size", 16 << 20), **kw)
-        made.append(c)
-        return c
-
-    try:
+    with Segments("files", size=16 << 20) as make:
         yield make
-    finally:
-        for c in made:
-            try:
-                c.unlink()
-            finally:
-                c.close()
 
 
 @pytest.fixture

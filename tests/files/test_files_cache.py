@@ -12,7 +12,7 @@ import apccache
 from apccache import files as F
 from apccache.files import FileCache, UnsafeSegmentError
 
-from files_helpers import ROOT, run_py
+from helpers.children import child_env, run_py
 
 
 def upper(data):
@@ -382,7 +382,7 @@ def test_a_second_process_never_waits_long_for_one_that_is_compiling(cache, tree
     SIGKILLed mid-way), a lookup waits at most max_wait and then makes the
     value itself."""
     p = tree("c.txt", "data")
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = child_env()
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, cache.name, p], stdout=subprocess.PIPE,
                               env=env, text=True)
     try:

@@ -8,7 +8,7 @@ jinja2 = pytest.importorskip("jinja2")
 from apccache.files import UnsafeSegmentError  # noqa: E402
 from apccache.integrations.jinja2 import SharedBytecodeCache  # noqa: E402
 
-from files_helpers import run_py  # noqa: E402
+from helpers.children import run_py  # noqa: E402
 
 BASE = """<html><head><title>{% block title %}Site{% endblock %}</title></head>
 <body>{% block body %}{% endblock %}</body></html>

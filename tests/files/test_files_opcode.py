@@ -11,7 +11,7 @@ import pytest
 import apccache.opcode as opcode
 from apccache.files import UnsafeSegmentError
 
-from files_helpers import run_py
+from helpers.children import run_py
 
 # A child that installs the hook on argv[1] in mode argv[2], puts argv[3] on
 # sys.path, imports argv[4] and reports what happened.

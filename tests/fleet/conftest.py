@@ -6,7 +6,7 @@ import uuid
 import pytest
 
 import apccache
-from apc_support import segment_name
+from helpers.segments import segment_name
 from fleet_support import Listener, RedisServer, need_redis, wait_trusted
 
 
@@ -15,6 +15,16 @@ def redis_server(tmp_path_factory):
     """One redis-server on a free loopback port for the module's tests."""
     need_redis()
     srv = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server of the test's own (one it may stop, restart or cut off)."""
+    srv = RedisServer(tmp_path / "own").start()
     try:
         yield srv
     finally:

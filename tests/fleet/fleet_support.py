@@ -14,18 +14,14 @@ import time
 
 import pytest
 
+from helpers.children import free_port, wait_until
+
 REDIS_SERVER = shutil.which("redis-server")
 
 
 def need_redis():
     if REDIS_SERVER is None:
         pytest.fail("redis-server is not installed (.ci/run installs Debian's redis-server)")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def redis_ping(port, timeout=0.5):
@@ -156,12 +152,8 @@ def wait_trusted(fc, timeout=10.0, trusted=True):
 
 
 def wait_for(pred, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    """wait_until, polling every 5 ms (near copies change within milliseconds)."""
+    return wait_until(pred, timeout, what, interval=0.005)
 
 
 class Proxy:

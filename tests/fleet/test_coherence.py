@@ -14,7 +14,7 @@ import time
 import pytest
 
 from checker import Run, describe
-from fleet_support import Proxy, RedisServer, wait_trusted
+from fleet_support import Proxy, wait_trusted
 
 BOUND = 0.05          # the listeners' max_lag: the guarantee under test
 IN_CI = bool(os.environ.get("CI"))
@@ -53,15 +53,6 @@ def run_checker(hosts, url, namespace, tmp_path, name, fault=None, duration=DURA
     assert a["reads"] > 200, f"too few reads to judge: {a}"
     assert not a["violations"], "\n".join(a["violations"][:20])
     return a
-
-
-@pytest.fixture
-def own_redis(tmp_path):
-    srv = RedisServer(tmp_path / "own").start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def test_no_faults(fleet, own_redis, namespace, tmp_path):

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from apccache.fleet import FleetUnavailableError
-from fleet_support import Proxy, RedisServer, wait_for, wait_synced, wait_trusted
+from fleet_support import Proxy, wait_for, wait_synced, wait_trusted
 
 
 def test_sigterm_stops_the_listener_and_trust_at_once(hosts):
@@ -86,15 +86,6 @@ def test_a_silently_cut_connection_is_detected_and_replaced(hosts, redis_server)
         assert "did not answer PING" in b.listener.log()
     finally:
         proxy.close()
-
-
-@pytest.fixture
-def own_redis(tmp_path):
-    srv = RedisServer(tmp_path / "own").start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.mark.parametrize("keep_data", [False, True], ids=["without-data", "with-data"])

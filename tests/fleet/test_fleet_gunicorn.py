@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.request
 
-from apc_support import segment_name
+from helpers.segments import segment_name, unlink_name
 from fleet_support import free_port, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -61,7 +61,4 @@ def test_gunicorn_hooks_run_the_listener(hosts, redis_server, namespace, tmp_pat
             g.kill()
             g.wait()
         log.close()
-        try:
-            os.unlink(f"/dev/shm/{seg}")
-        except FileNotFoundError:
-            pass
+        unlink_name(seg)

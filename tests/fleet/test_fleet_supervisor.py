@@ -4,14 +4,12 @@ master; and the table's validation."""
 
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
 import apccache
-from apc_support import segment_name
+from helpers.children import wait_until
+from helpers.segments import segment_name, shm_path
 from apccache.supervisor.config import parse
 from apccache.supervisor.errors import ConfigError
 from fleet_support import wait_for, wait_trusted
@@ -41,37 +39,22 @@ workers = 1
 
 
 @pytest.fixture
-def supervisor(tmp_path, redis_server, namespace):
-    procs = []
-
+def supervisor(supervise, redis_server, namespace):
+    """start() -> a Run of a supervisor whose [fleet] table names the module's Redis, once its segment exists."""
     def start():
         name = segment_name("fsup")
-        cfg = tmp_path / "sup.toml"
-        cfg.write_text(_config(name, redis_server.url, namespace))
-        log = open(tmp_path / "sup.log", "wb")
-        p = subprocess.Popen([sys.executable, "-m", "apccache", "supervise", str(cfg)], stdout=log, stderr=log)
-        procs.append((p, name, log))
-        wait_for(lambda: os.path.exists(f"/dev/shm/{name}"), timeout=20, what="the segment")
-        return p, name
+        run = supervise(_config(name, redis_server.url, namespace), name=name)
+        wait_until(lambda: os.path.exists(shm_path(name)), 20, "the segment", describe=run.log)
+        return run
 
-    try:
-        yield start
-    finally:
-        for p, name, log in procs:
-            if p.poll() is None:
-                os.kill(p.pid, signal.SIGKILL)
-                p.wait()
-            log.close()
-            try:
-                os.unlink(f"/dev/shm/{name}")
-            except FileNotFoundError:
-                pass
+    return start
 
 
-def test_the_supervisor_runs_and_restarts_the_listener(supervisor, redis_server, namespace, tmp_path):
+def test_the_supervisor_runs_and_restarts_the_listener(supervisor, redis_server, namespace):
     from apccache.fleet import FleetCache
 
-    master, name = supervisor()
+    run = supervisor()
+    master, name = run.proc, run.name
     cache = apccache.Cache.attach(name)
     try:
         fc = FleetCache(cache, redis_server.url, namespace)
@@ -92,7 +75,7 @@ def test_the_supervisor_runs_and_restarts_the_listener(supervisor, redis_server,
             os.kill(listener, 0)
     finally:
         cache.close()
-    log = (tmp_path / "sup.log").read_text()
+    log = run.log()
     assert "fleet listener" in log and "restarting in" in log
 
 

@@ -1,22 +1,20 @@
 """The cachelib backend: cachelib's own test mixins (CommonTests, HasTests,
 ClearTests, SerializerTests, DeleteManyWithPrefixTests, from its sdist,
 unmodified) run against it, as cachelib runs them against RedisCache."""
-import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("cachelib")
 pytest.importorskip("xprocess")  # cachelib's conftest imports it
 
-from tests.apc_support import segment_name  # noqa: E402
+from helpers.children import child_env  # noqa: E402
+from helpers.segments import segment_name, unlink_name  # noqa: E402
 
 from . import upstream  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent.parent
 
 # The module cachelib's own tests/test_redis_cache.py would be for us: the
 # same mixins, the same two factories (the default serializer and a custom
@@ -69,7 +67,7 @@ def test_cachelibs_own_test_mixins(tmp_path):
     tests_dir = upstream.extract("cachelib", "tests", tmp_path)
     seg = segment_name("cachelib")
     (tests_dir / "test_apccache_cache.py").write_text(textwrap.dedent(SUITE.format(segment=seg)))
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = child_env()
     try:
         r = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning",
@@ -77,10 +75,7 @@ def test_cachelibs_own_test_mixins(tmp_path):
             cwd=tests_dir, capture_output=True, text=True, timeout=180, env=env,
         )
     finally:
-        try:
-            os.unlink(f"/dev/shm/{seg}")
-        except FileNotFoundError:
-            pass
+        unlink_name(seg)
     tail = r.stdout[-4000:] + r.stderr[-2000:]
     assert r.returncode == 0, tail
     last = r.stdout.strip().splitlines()[-1]

@@ -13,24 +13,16 @@ import pytest
 
 import apccache
 from apccache.locks import LockError, LockNotOwnedError, holder_alive, my_word, start_ticks
-from tests.apc_support import segment_name
+from helpers.children import run_processes
+from helpers.segments import segment_name, unlink_name
 from tests.test_input_edges import BAD_TTLS
 
 FORK = mp.get_context("fork")
 
 
-def _unlink(name):
-    try:
-        os.unlink(f"/dev/shm/{name}")
-    except FileNotFoundError:
-        pass
-
-
 @pytest.fixture
-def name():
-    n = segment_name("core")
-    yield n
-    _unlink(n)
+def name(shm_names):
+    return shm_names("core")
 
 
 # ------------------------------------------------------------ Cache.open
@@ -47,11 +39,7 @@ def test_open_many_at_once_exactly_one_creates(name):
     n = 8
     barrier, q = FORK.Barrier(n), FORK.Queue()
     procs = [FORK.Process(target=_opener, args=(name, barrier, q)) for _ in range(n)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(30)
-        assert p.exitcode == 0
+    run_processes(procs, 30)
     owners = [q.get(timeout=5) for _ in range(n)]
     assert owners.count(True) == 1
     c = apccache.Cache.open(name, create=False)
@@ -67,7 +55,7 @@ def test_open_waits_for_a_creator_that_has_not_sized_it_yet(name):
         apccache.Cache.open(name, size=4 << 20, timeout=0.3)
     assert 0.25 < time.monotonic() - t0 < 5
     # the "creator" goes away: open creates it afresh
-    threading.Timer(0.1, _unlink, (name,)).start()
+    threading.Timer(0.1, unlink_name, (name,)).start()
     c = apccache.Cache.open(name, size=4 << 20, timeout=5)
     assert c._owner and c.store("k", 1)
     c.close()
@@ -133,11 +121,7 @@ def test_memoize_computes_once_across_processes(cache):
 
     q = FORK.Queue()
     procs = [FORK.Process(target=child, args=(q,)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(30)
-        assert p.exitcode == 0
+    run_processes(procs, 30)
     assert [q.get(timeout=5) for _ in procs] == [42] * 4
     assert cache.fetch(CALLS) == 1
     assert slow(21) == 42 and cache.fetch(CALLS) == 1
@@ -279,11 +263,7 @@ def _count_under_lock(cache, n):
 
 def test_lock_excludes_processes(cache):
     procs = [FORK.Process(target=_count_under_lock, args=(cache, 150)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    run_processes(procs, 60)
     assert cache.fetch("n") == 600
 
 

@@ -14,7 +14,8 @@ import pytest
 
 django = pytest.importorskip("django")
 
-from tests.apc_support import segment_name  # noqa: E402
+from helpers.children import run_processes  # noqa: E402
+from helpers.segments import segment_name, unlink_name  # noqa: E402
 
 from . import upstream  # noqa: E402
 
@@ -109,10 +110,7 @@ def test_djangos_own_cache_suite(tmp_path):
             cwd=str(HERE.parent.parent),
         )
     finally:
-        try:
-            os.unlink(f"/dev/shm/{seg}")
-        except FileNotFoundError:
-            pass
+        unlink_name(seg)
     assert r.returncode == 0, r.stderr[-6000:]
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["failures"] == summary["errors"] == 0
@@ -233,14 +231,7 @@ def test_incr_is_atomic_across_processes():
         c.set("counter", 0)
         q = ctx.Queue()
         procs = [ctx.Process(target=_worker_incr, args=(seg, 2000, q)) for _ in range(4)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(60)
-            assert p.exitcode == 0
+        run_processes(procs, 60)
         assert c.get("counter") == 8000
     finally:
-        try:
-            os.unlink(f"/dev/shm/{seg}")
-        except FileNotFoundError:
-            pass
+        unlink_name(seg)

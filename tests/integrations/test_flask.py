@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("flask_caching")
 
-from tests.apc_support import segment_name  # noqa: E402
+from helpers.segments import segment_name, unlink_name  # noqa: E402
 
 
 def _worker(seg, conn):
@@ -68,10 +68,7 @@ def test_cached_memoize_and_delete_memoized_across_two_workers():
     finally:
         for w in workers:
             w.stop()
-        try:
-            os.unlink(f"/dev/shm/{seg}")
-        except FileNotFoundError:
-            pass
+        unlink_name(seg)
 
 
 def test_factory_needs_a_name():

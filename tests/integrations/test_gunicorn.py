@@ -3,7 +3,6 @@ and real HTTP requests, with apccache.integrations.gunicorn installed in
 the config file."""
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,45 +16,19 @@ import pytest
 pytest.importorskip("gunicorn")
 
 import apccache  # noqa: E402
-from tests.apc_support import segment_name  # noqa: E402
+from helpers.children import alive, children_of, free_port, wait_until  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CONF = Path(__file__).resolve().parent / "gunicorn_conf.py"
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _children(pid):
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] not in "ZX":
-                out.append(int(d))
-    return sorted(out)
-
-
 def _wait(cond, timeout=20, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_until(cond, timeout, what, interval=0.05)
 
 
 class Gunicorn:
     def __init__(self, seg, log, worker_class="sync", workers=4):
-        self.seg, self.port = seg, _free_port()
+        self.seg, self.port = seg, free_port()
         self.log = log
         env = dict(os.environ, APC_GUNICORN_SEGMENT=seg, APC_GUNICORN_BIND=f"127.0.0.1:{self.port}",
                    APC_GUNICORN_WORKERS=str(workers), APC_GUNICORN_CLASS=worker_class,
@@ -83,7 +56,7 @@ class Gunicorn:
             return r.read().decode()
 
     def workers(self):
-        return _children(self.pid)
+        return children_of(self.pid)
 
     def signal(self, sig):
         os.kill(self.pid, sig)
@@ -106,13 +79,8 @@ class Gunicorn:
 
 
 @pytest.fixture
-def seg():
-    name = segment_name("gunicorn")
-    yield name
-    try:
-        os.unlink(f"/dev/shm/{name}")
-    except FileNotFoundError:
-        pass
+def seg(shm_names):
+    return shm_names("gunicorn")
 
 
 def _sum_check(g, n=200):
@@ -200,7 +168,7 @@ def test_gthread_workers_and_a_master_killed_then_restarted(seg, tmp_path):
         g.signal(signal.SIGKILL)
         g.proc.wait(10)
         for w in workers:
-            _wait(lambda: not os.path.exists(f"/proc/{w}") or _zombie(w), what=f"worker {w} to exit")
+            _wait(lambda: not alive(w), what=f"worker {w} to exit")
         assert os.path.exists(f"/dev/shm/{seg}")
     finally:
         g.stop()
@@ -216,9 +184,3 @@ def test_gthread_workers_and_a_master_killed_then_restarted(seg, tmp_path):
         h.stop()
 
 
-def _zombie(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in "ZX"
-    except OSError:
-        return True

@@ -1,30 +1,19 @@
 """Fixtures for apcstat's tests: segments named apctest-stat-..., unlinked
-after every test whatever happens, and ways to run apcstat."""
-import os
+after every test whatever happens (tests/helpers/segments.py), and ways to
+run apcstat."""
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 
-import apccache
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def stat_name(tag="s"):
-    return f"apctest-stat-{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+from helpers.children import ROOT, child_env
+from helpers.segments import FakeClock, Segments, shm_path
 
 
 def env(**extra):
-    e = dict(os.environ)
-    e.pop("NO_COLOR", None)
-    e.pop("APCCACHE_FAULT", None)
-    e["COLUMNS"] = "100"
-    e["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in e.get("PYTHONPATH", "").split(os.pathsep) if p])
-    e.update(extra)
-    return e
+    """The environment of an apcstat child: no colour switch, no fault, 100 columns unless told."""
+    return child_env({"COLUMNS": "100", **extra}, drop=("NO_COLOR", "APCCACHE_FAULT"))
 
 
 def apcstat(*args, timeout=30, **kw):
@@ -46,55 +35,17 @@ def run_main(args):
     return rc, out.getvalue(), err.getvalue()
 
 
-class Clock:
-    """A clock the test moves by hand, starting ten minutes ago (so that
-    apcstat, which judges expiry by the real clock, sees the same entries)."""
-
-    def __init__(self):
-        self.now = int(time.time()) - 600
-
-    def __call__(self):
-        return self.now
-
-
 @pytest.fixture
 def segments():
-    """make(**create kwargs) -> Cache; every segment is unlinked at the end."""
-    made = []
-
-    def make(tag="s", **kwargs):
-        c = apccache.Cache.create(stat_name(tag), **kwargs)
-        made.append(c)
-        return c
-
-    try:
+    """make(tag=None, **create kwargs) -> Cache; every segment is unlinked at the end."""
+    with Segments("stat") as make:
         yield make
-    finally:
-        for c in made:
-            try:
-                c.unlink()
-            finally:
-                c.close()
 
 
 @pytest.fixture
-def raw_path():
-    """A path under /dev/shm for a hand-made file, removed at the end."""
-    paths = []
-
-    def make(tag="raw"):
-        p = os.path.join("/dev/shm", stat_name(tag))
-        paths.append(p)
-        return p
-
-    try:
-        yield make
-    finally:
-        for p in paths:
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
+def raw_path(shm_names):
+    """make(tag) -> a path under /dev/shm for a hand-made file, removed at the end."""
+    return lambda tag="raw": shm_path(shm_names(f"stat-{tag}"))
 
 
 # The populated cache: (key, value, ttl, clock offset of the store, fetches).
@@ -113,7 +64,9 @@ MISSES = 3
 def populated(segments):
     """A cache with six entries of every kind, distinct hits, sizes, times and
     ttls, 11 hits and 3 misses; the counters are exactly known."""
-    clock = Clock()
+    # A clock the test moves by hand, starting ten minutes ago (so that
+    # apcstat, which judges expiry by the real clock, sees the same entries).
+    clock = FakeClock(int(time.time()) - 600)
     base = clock.now
     c = segments("pop", size=2 << 20, clock=clock)
     for key, value, ttl, at, _ in ENTRIES:

@@ -1,17 +1,12 @@
 """apcstat against a segment that a running `apccache supervise` populated:
 its pools and workers are listed from the scoreboard."""
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
-import apccache
-from apccache.supervisor import scoreboard
-from stat_support import apcstat, env, stat_name
+from helpers.children import wait_until
+from stat_support import apcstat
 
 WORKERS = '''
 import time
@@ -42,66 +37,43 @@ workers = 2
 '''
 
 
-def wait_for_workers(name, proc, n, timeout=20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the supervisor exited with {proc.returncode}")
-        try:
-            with apccache.Cache.attach(name, timeout=0.1) as c:
-                board = scoreboard.read(c)
-        except (FileNotFoundError, apccache.CacheError):
-            board = None
-        if board and board["master_pid"] == proc.pid:
-            ready = [w for w in board["workers"] if w["state"] in ("idle", "busy") and w["jobs"] > 0]
-            if len(ready) == n:
-                return board
-        time.sleep(0.1)
-    raise AssertionError(f"{n} workers did not come up within {timeout} s")
+def ready_board(run, n):
+    """The scoreboard of run's supervisor once n workers are ready and have done a job, else None."""
+    board = run.board()
+    if board:
+        ready = [w for w in board["workers"] if w["state"] in ("idle", "busy") and w["jobs"] > 0]
+        if len(ready) == n:
+            return board
+    return None
 
 
-def test_the_supervisors_pools_and_workers_are_listed(tmp_path):
-    name = stat_name("sup")
+def test_the_supervisors_pools_and_workers_are_listed(supervise, tmp_path):
     (tmp_path / "apcstat_workers.py").write_text(WORKERS)
-    cfg = tmp_path / "supervisor.toml"
-    cfg.write_text(CONFIG.format(here=tmp_path, name=name))
-    log = open(tmp_path / "supervisor.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "apccache", "supervise", str(cfg)], stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(tmp_path),
-                            env=env(), start_new_session=True)
-    try:
-        board = wait_for_workers(name, proc, 2)
-        r = apcstat(name, "--json")
-        assert r.returncode == 0, r.stderr
-        sv = json.loads(r.stdout)["supervisor"]
-        assert sv["master_pid"] == proc.pid and sv["master_alive"] is True and sv["state"] == "running"
-        (pool,) = sv["pools"]
-        assert (pool["name"], pool["workers"], pool["state"]) == ("web", 2, "running")
-        workers = [w for w in sv["workers"] if w["state"] in ("idle", "busy")]
-        assert sorted(w["worker_id"] for w in workers) == [0, 1]
-        assert {w["pid"] for w in workers} == {w["pid"] for w in board["workers"] if w["state"] in ("idle", "busy")}
-        for w in workers:
-            assert w["pool"] == "web" and w["pid"] > 0 and w["generation"] == 1 and w["jobs"] > 0
-            assert w["restarts"] == 0
-            assert w["memory"] is None or w["memory"] > 0
-            if w["state"] == "busy":
-                assert w["job"] == "tick" and w["job_runtime"] >= 0
-        human = apcstat(name).stdout
-        assert "\nSupervisor\n" in human and "\n  Workers\n" in human
-        assert any(line.split()[:2] == [str(workers[0]["pid"]), "web"] for line in human.splitlines())
-        fams = {f.name: f for f in text_string_to_metric_families(apcstat(name, "--prometheus").stdout)}
-        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams.values() for s in f.samples}
-        assert samples[("apccache_pool_workers", (("pool", "web"), ("segment", name)))] == 2
-        assert samples[("apccache_supervisor_up", (("segment", name),))] == 1
-        assert apcstat(name, "check").returncode == 0
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        log.close()
-        try:
-            os.unlink(f"/dev/shm/{name}")
-        except FileNotFoundError:
-            pass
+    run = supervise(CONFIG.format(here=tmp_path, name="@NAME@"))
+    name, proc = run.name, run.proc
+    board = wait_until(lambda: ready_board(run, 2), 20, "2 workers", interval=0.1, describe=run.describe)
+    r = apcstat(name, "--json")
+    assert r.returncode == 0, r.stderr
+    sv = json.loads(r.stdout)["supervisor"]
+    assert sv["master_pid"] == proc.pid and sv["master_alive"] is True and sv["state"] == "running"
+    (pool,) = sv["pools"]
+    assert (pool["name"], pool["workers"], pool["state"]) == ("web", 2, "running")
+    workers = [w for w in sv["workers"] if w["state"] in ("idle", "busy")]
+    assert sorted(w["worker_id"] for w in workers) == [0, 1]
+    assert {w["pid"] for w in workers} == {w["pid"] for w in board["workers"] if w["state"] in ("idle", "busy")}
+    for w in workers:
+        assert w["pool"] == "web" and w["pid"] > 0 and w["generation"] == 1 and w["jobs"] > 0
+        assert w["restarts"] == 0
+        assert w["memory"] is None or w["memory"] > 0
+        if w["state"] == "busy":
+            assert w["job"] == "tick" and w["job_runtime"] >= 0
+    human = apcstat(name).stdout
+    assert "\nSupervisor\n" in human and "\n  Workers\n" in human
+    assert any(line.split()[:2] == [str(workers[0]["pid"]), "web"] for line in human.splitlines())
+    fams = {f.name: f for f in text_string_to_metric_families(apcstat(name, "--prometheus").stdout)}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams.values() for s in f.samples}
+    assert samples[("apccache_pool_workers", (("pool", "web"), ("segment", name)))] == 2
+    assert samples[("apccache_supervisor_up", (("segment", name),))] == 1
+    assert apcstat(name, "check").returncode == 0
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0

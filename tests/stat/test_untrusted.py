@@ -12,8 +12,9 @@ import pickle
 import pytest
 
 import apccache
-from stat_support import run_main, stat_name
-from apc_support import NOBODY, Marker as _Marker, as_nobody as _as_nobody
+from stat_support import run_main
+from helpers.segments import segment_name, unlink_name
+from helpers.children import NOBODY, Marker as _Marker, as_nobody as _as_nobody
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ def squatted(tmp_path):
     entries, one of which would create marker if it were unpickled."""
     if os.geteuid() != 0:
         pytest.skip("needs root to create a segment as another user")
-    name = stat_name("squat")
+    name = segment_name("stat-squat")
     marker = tmp_path / "pwned"
     pickle.dumps(_Marker(str(marker)))  # pickle imported before the fork
 
@@ -37,10 +38,7 @@ def squatted(tmp_path):
         assert _as_nobody(squat) == 0
         yield name, marker
     finally:
-        try:
-            os.unlink(f"/dev/shm/{name}")
-        except FileNotFoundError:
-            pass
+        unlink_name(name)
 
 
 def _entries(name):

@@ -10,7 +10,8 @@ import sys
 import apccache
 from apccache.cli import main
 from apccache.supervisor import ExitCode, scoreboard
-from sup_harness import HERE, ROOT, config, wait_until
+from helpers.children import ROOT, wait_until
+from helpers.supervisors import WORKERS, config
 
 EXAMPLES = os.path.join(ROOT, "examples")
 STEADY = {"web": 'target = "sup_workers:steady"\nworkers = 2'}
@@ -18,7 +19,7 @@ STEADY = {"web": 'target = "sup_workers:steady"\nworkers = 2'}
 
 def test_check_validates_without_starting(tmp_path, capsys):
     good = tmp_path / "good.toml"
-    good.write_text(config(STEADY).replace("@NAME@", "x").replace("@HERE@", HERE))
+    good.write_text(config(STEADY).replace("@NAME@", "x").replace("@HERE@", WORKERS))
     assert main(["supervise", str(good), "--check"]) == ExitCode.OK
     assert "ok: cache 'x', pools web (2)" in capsys.readouterr().out
     bad = tmp_path / "bad.toml"

@@ -2,9 +2,9 @@
 
 import mmap
 import os
-import secrets
 
 from apccache.supervisor import memory
+from helpers.segments import segment_name, shm_path
 
 
 def test_heap_growth_counts_and_touched_shared_memory_does_not():
@@ -17,7 +17,7 @@ def test_heap_growth_counts_and_touched_shared_memory_does_not():
     assert grown.private - before.private > 56 << 20
     del block
 
-    path = f"/dev/shm/apctest-{secrets.token_hex(6)}"
+    path = shm_path(segment_name("sup"))
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.ftruncate(fd, 64 << 20)

@@ -1,13 +1,13 @@
 """The scoreboard layout: what the master and a worker write is what read() returns."""
 
 import os
-import secrets
 import struct
 
 import pytest
 
 import apccache
 from apccache.supervisor import ScoreboardError, scoreboard as sb
+from helpers.segments import segment_name
 
 
 def _filled_board():
@@ -103,7 +103,7 @@ def test_long_texts_are_cut_at_a_character_boundary():
 
 def test_the_scoreboard_fits_and_works_in_a_real_segments_aux_area():
     """Cache.aux is large enough, and read() accepts the Cache itself."""
-    name = f"apctest-{secrets.token_hex(6)}"
+    name = segment_name("sup")
     cache = apccache.Cache.create(name, size=4 << 20)
     try:
         assert len(cache.aux) >= sb.SIZE

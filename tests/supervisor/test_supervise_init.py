@@ -3,7 +3,7 @@
 import os
 import signal
 
-from sup_harness import config
+from helpers.supervisors import config
 
 from apccache.supervisor import ExitCode
 

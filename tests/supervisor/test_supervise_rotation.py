@@ -2,7 +2,8 @@
 
 import signal
 
-from sup_harness import config, wait_until
+from helpers.children import wait_until
+from helpers.supervisors import config
 
 from apccache.supervisor import ExitCode
 

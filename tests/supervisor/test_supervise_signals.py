@@ -4,7 +4,8 @@ import os
 import signal
 import time
 
-from sup_harness import alive, children_of, config, fd_count, wait_until
+from helpers.children import alive, children_of, fd_count, wait_until
+from helpers.supervisors import config
 
 from apccache.supervisor import ExitCode
 

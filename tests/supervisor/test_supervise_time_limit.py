@@ -4,7 +4,8 @@ import re
 import signal
 import time
 
-from sup_harness import config, wait_until
+from helpers.children import wait_until
+from helpers.supervisors import config
 
 from apccache.supervisor import ExitCode
 

@@ -14,8 +14,8 @@ import pytest
 
 import apccache
 from apccache.supervisor import ExitCode
-from sup_harness import config
-from apc_support import NOBODY, Marker as _Marker, as_nobody as _as_nobody
+from helpers.supervisors import config
+from helpers.children import NOBODY, Marker as _Marker, as_nobody as _as_nobody
 
 STEADY = {"web": 'target = "sup_workers:steady"\nworkers = 1'}
 

@@ -1,7 +1,6 @@
 """The worker's ctx in-process: job accounting, the time limit and its shield, rotation tokens."""
 
 import os
-import secrets
 import signal
 import threading
 import time
@@ -11,6 +10,7 @@ import pytest
 import apccache
 from apccache.supervisor import JobTimeLimitExceeded, scoreboard as sb
 from apccache.supervisor.worker import WorkerContext
+from helpers.segments import segment_name
 
 
 @pytest.fixture
@@ -151,7 +151,7 @@ def test_the_time_limit_never_fires_inside_an_engine_call(alarm):
 def test_entry_generators_run_with_the_limit_live_and_leave_the_key_free(alarm):
     """The generator passed to entry() is job code: the limit interrupts it, nothing is stored, and the
     key can be generated again at once."""
-    name = f"apctest-{secrets.token_hex(6)}"
+    name = segment_name("sup")
     cache = apccache.Cache.create(name, size=4 << 20)
     try:
         ctx, _ = make_ctx(cache=cache, limit=0.2)

@@ -1,10 +1,11 @@
-"""The harness of the supervisor's real-process tests.
+"""Supervisors for the tests: ``python -m apccache supervise`` as a child.
 
-``supervise(config)`` starts ``python -m apccache supervise`` in its own
-session, with the segment name, the events file and this folder's worker
-module filled in, and returns a :class:`Run` that reads the scoreboard,
-the events and the log.  Whatever happens in the test, the fixture kills the
-session's processes (by their pids) and unlinks the segment.
+``supervise(config)`` (a fixture) starts it in its own session, with the
+segment name, the events file and the folder of the test worker module
+(tests/supervisor/sup_workers.py) filled in, and returns a :class:`Run`
+that reads the scoreboard, the events and the log.  Whatever happens in the
+test, the fixture kills the session's processes (by their pids) and unlinks
+the segment.
 """
 
 import json
@@ -13,65 +14,14 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
+import pytest
 
+from helpers.children import alive, child_env, wait_until
+from helpers.segments import segment_name, unlink_name
 
-def shm_path(name):
-    return os.path.join("/dev/shm", name)
-
-
-def alive(pid):
-    """True if *pid* exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat.rsplit(b")", 1)[1].split()[0] != b"Z"
-
-
-def children_of(pid):
-    """Live pids whose parent is *pid*, from /proc, leaving out the multiprocessing
-    resource tracker that Python's shared_memory starts beside the creator."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat.rsplit(b")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] != b"Z":
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if b"multiprocessing.resource_tracker" in f.read():
-                        continue
-            except OSError:
-                continue
-            out.append(int(entry))
-    return out
-
-
-def fd_count(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def wait_until(predicate, timeout, what, interval=0.02, describe=None):
-    """Poll *predicate* until it returns a true value; fail after *timeout* seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            extra = f"\n{describe()}" if describe else ""
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}{extra}")
-        time.sleep(interval)
+# The folder of the worker module the configs name (python_path).
+WORKERS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "supervisor")
 
 
 class Run:
@@ -86,12 +36,7 @@ class Run:
         self.write_config(config_text)
         self.cache = None
         self.seen_pids = set()
-        extra_env = env
-        env = dict(os.environ)
-        env["EVENTS"] = self.events_path
-        env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-        env.pop("APCCACHE_FAULT", None)
-        env.update(extra_env or {})
+        env = child_env({"EVENTS": self.events_path, **(env or {})}, drop=("APCCACHE_FAULT",))
         self.log_file = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "apccache", "supervise", self.config_path, "--log-level", "debug", *args],
@@ -105,7 +50,7 @@ class Run:
         self.pid = self.proc.pid
 
     def write_config(self, text):
-        text = text.replace("@NAME@", self.name).replace("@HERE@", HERE)
+        text = text.replace("@NAME@", self.name).replace("@HERE@", WORKERS)
         tmp = self.config_path + ".tmp"
         with open(tmp, "w") as f:
             f.write(text)
@@ -245,10 +190,7 @@ class Run:
                     pass
                 self.cache = None
             self.log_file.close()
-            try:
-                os.unlink(shm_path(self.name))
-            except FileNotFoundError:
-                pass
+            unlink_name(self.name)
 
 
 
@@ -270,3 +212,28 @@ size = "{size}"
     for name, body in pools.items():
         text += f"\n[pools.{name}]\n{body}\n"
     return text
+
+
+@pytest.fixture
+def supervise(tmp_path_factory):
+    """Start supervisors: ``supervise(config_text, args=(), env=None)`` -> Run; all are cleaned up."""
+    runs = []
+
+    def start(config_text, args=(), env=None, name=None):
+        tmp = tmp_path_factory.mktemp("sup")
+        name = name or segment_name("sup")
+        run = Run(tmp, name, config_text, args, env)
+        runs.append(run)
+        return run
+
+    try:
+        yield start
+    finally:
+        errors = []
+        for run in runs:
+            try:
+                run.cleanup()
+            except Exception as e:  # pragma: no cover
+                errors.append(e)
+        if errors:
+            raise errors[0]
