@@ -47,19 +47,17 @@ async def aentry(cache: "Cache", key: Union[str, bytes], generator: Callable[[An
     if value is not _MISSING:
         return value
     tid = _TID_BASE + next(_tids)
-    out = B.ffi.new("int64_t[2]")
     delay = 0.0005
     while True:
-        rc = cache._entry_begin(k, tid, out)
+        rc, token, holder = cache._entry_begin(k, tid)
         if rc == B.EXISTS:
             value = cache._fetch_key(k, _MISSING)
             if value is not _MISSING:
                 return value
             continue
         if rc == B.BUSY:
-            token, holder = out[0], out[1]
             if token >= 0 and not B.pid_alive(holder):
-                if cache._entry_takeover(token, holder, tid) == 0:
+                if cache._entry_takeover(token, holder, tid):
                     return await _generate(cache, k, key, generator, ttl, token, tid)
                 continue
             await asyncio.sleep(delay)
@@ -67,8 +65,7 @@ async def aentry(cache: "Cache", key: Union[str, bytes], generator: Callable[[An
             continue
         if rc == B.BUSY_SELF:  # cannot happen with a tid of our own; run it
             return await _call(generator, key)
-        B.check(rc, "aentry")
-        return await _generate(cache, k, key, generator, ttl, out[0], tid)
+        return await _generate(cache, k, key, generator, ttl, token, tid)
 
 
 async def _call(generator, key):
@@ -79,10 +76,10 @@ async def _call(generator, key):
 
 
 async def _generate(cache, k, key, generator, ttl, token, tid):
-    cache._entries[token] = tid  # close() gives it up, if it comes first (as entry() does)
+    cache._entry_claimed(token, tid)  # close() gives it up, if it comes first (as entry() does)
     try:
         value = await _call(generator, key)
-        cache._store_key(k, value, ttl, 0, 0)
+        cache._store_key(k, value, ttl)
     finally:
         cache._entry_end(token, tid)
     return value

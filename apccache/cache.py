@@ -17,6 +17,14 @@ cache.  bytes, str, int (int64), float, bool and None are stored natively;
 anything else goes through the serializer (pickle by default: see
 ``apccache.serializers`` for what that means for security).
 
+This module is the public API only: argument checks, the value codec and
+the documentation.  Every call into the engine goes through the binding
+layer (``apccache._bindings``): a ``Table`` of the segment's user slot table
+here, another of its file table under ``FileTable``.  The single-key
+operations are bound, when the handle is made, to the C fast path
+(``_fastpath.Handle``), so that a call is one C call; the methods written
+below are what it falls back to (and all there is without it).
+
 >>> import apccache, os
 >>> c = apccache.Cache.create(f"doctest-{os.getpid()}", size=1 << 20)
 >>> c.store("answer", 42)
@@ -31,16 +39,16 @@ import os
 import struct
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 from . import _bindings as B
+from ._bindings import EntryRecord, SegmentHandle, Table, human_size as _human, key_bytes as _key_bytes
 from ._shm import Segment, check_trusted
 from .errors import (
     CacheClosedError,
     CacheError,
     CacheFullError,
     CorruptSegmentError,
-    IncompatibleSegmentError,
     UntrustedSegmentError,
 )
 from .serializers import PickleSerializer
@@ -52,10 +60,7 @@ if TYPE_CHECKING:
 
 Key = Union[str, bytes]
 
-ffi, lib = B.ffi, B.lib
-
 _MISSING = object()
-_BUF = lib.APC_IO_BUF  # values up to this size are copied straight into a per-thread buffer
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 #: The largest ttl (and gc_ttl) in seconds: about 68 years.  Larger ones
@@ -63,44 +68,7 @@ _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 MAX_TTL = (1 << 31) - 1
 _CLOSED = "operation on a closed cache"
 _F64 = struct.Struct("<d")
-_REC = struct.Struct("<10Q4I")  # apc_entry_rec
-
-
-_fetch = lib.apc_fetch
-_store = lib.apc_store
-_ident = threading.get_ident
-
-if os.environ.get("APCCACHE_NO_FASTPATH", "") in ("", "0"):
-    try:
-        from . import _fastpath
-    except ImportError:  # a build without it: the cffi path does everything
-        _fastpath = None
-else:
-    _fastpath = None
-# What the fast path calls, by address: the very functions lib calls.
-_FAST_FNS = tuple(
-    int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
-    for name in ("apc_fetch_ref", "apc_ref_release", "apc_store", "apc_count_corrupt",
-                 "apc_exists", "apc_delete", "apc_inc", "apc_cas", "apc_touch")
-)
-_FAST_OPS = ("fetch", "store", "add", "exists", "delete", "inc", "dec", "cas", "touch")
 DEFAULT_LOCK_TIMEOUT = 5.0
-
-
-def _key_bytes(key):
-    """Validate a key and return its bytes (str keys as UTF-8)."""
-    if type(key) is str or isinstance(key, str):
-        try:
-            k = key.encode()
-        except UnicodeEncodeError:
-            raise ValueError("key is not encodable as UTF-8 (lone surrogate?)") from None
-    elif isinstance(key, bytes):
-        k = bytes(key)
-    else:
-        raise TypeError(f"key must be str or bytes, not {type(key).__name__}")
-    if len(k) > B.MAX_KEY:
-        raise ValueError(f"key is {len(k)} bytes; the limit is {B.MAX_KEY}")
-    return k
 
 
 def _check_ttl(ttl, name="ttl"):
@@ -150,31 +118,11 @@ class _NoLoadSerializer:
     dumps = loads = _refuse
 
 
-def _human(n):
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1024
-
-
 def _key_out(k):
     try:
         return k.decode()
     except UnicodeDecodeError:
         return k
-
-
-class _IO:
-    """A thread's copy-out buffer and the views on it."""
-
-    __slots__ = ("io", "buf", "view", "i64", "u64")
-
-    def __init__(self):
-        self.io = io = ffi.new("apc_io *")
-        self.buf = io.buf
-        self.view = ffi.buffer(io, _BUF)
-        self.i64 = ffi.cast("int64_t *", io)
-        self.u64 = ffi.cast("uint64_t *", io)
 
 
 class ItemMethods:
@@ -200,34 +148,24 @@ class ItemMethods:
 class Cache(ItemMethods):
     """A handle on a shared-memory cache segment.  See the module docstring."""
 
-    def __init__(self, shm, seg, serializer=None, clock=None, owner=False,
-                 lock_timeout=DEFAULT_LOCK_TIMEOUT):
-        self._shm = shm
-        self._seg = seg
+    def __init__(self, shm, segment: SegmentHandle, serializer=None, owner=False):
+        self._shm = shm  # the mapping's file: unlink() and trust checks
         self._mv = shm.buf
-        # The binding's own mapping (the aux area) is guarded against SIGBUS
-        # like the engine's: a truncated file is an error, not a crash.
-        base = ffi.from_buffer(shm.buf)
-        self._mv_base = ffi.cast("void *", int(ffi.cast("uintptr_t", base)))
-        del base  # an address is all the guard needs: no export kept on buf
-        lib.apc_guard_range(seg, self._mv_base, shm.size)
-        lib.apc_set_lock_timeout(seg, _check_lock_timeout(lock_timeout))
+        self._segment = segment
+        self._table = segment.table(B.TABLE_USER)
         self._entries = {}  # entry() generations this handle runs: token -> tid
         self._ser = serializer or PickleSerializer()
-        self._clock = clock
-        self._ios = {}  # thread ident -> _IO
         self._owner = owner
         self._untrusted = None  # why not, for a handle opened for inspection only
-        self.name = shm.name.lstrip("/")
-        self._fast = None
-        if _fastpath is not None:
-            # The single-key operations as CPython methods (csrc/fastpath.c);
-            # what they do not take as it is comes back to the methods below.
-            slow = {op: getattr(self, op) for op in _FAST_OPS}
-            self._fast = h = _fastpath.Handle(
-                int(ffi.cast("uintptr_t", seg)), *_FAST_FNS, slow, self._raise_rc, self._ser,
-                clock)
-            for op in _FAST_OPS:
+        self.name = segment.name
+        # The single-key operations as CPython methods (csrc/fastpath.c),
+        # bound once here so that a call is one C call; what they do not
+        # take as it is comes back to the methods below, an engine error to
+        # the binding's one error table.
+        slow = {op: getattr(self, op) for op in B.FAST_OPS}
+        self._fast = h = segment.fast(slow, self._table.raise_rc, self._ser)
+        if h is not None:
+            for op in B.FAST_OPS:
                 setattr(self, op, getattr(h, op))
             self.get = h.fetch
 
@@ -284,9 +222,7 @@ class Cache(ItemMethods):
         slots = _check_int("slots", slots)
         if not 1 <= slots <= 1 << 31:
             raise ValueError(f"slots must be between 1 and 2**31 (got {slots})")
-        nslots = lib.apc_next_prime(slots)
-        nfiles = lib.apc_next_prime(max(61, nslots // 8))
-        minimum = lib.apc_layout_size(nslots, nfiles) + 65536
+        nslots, nfiles, minimum = B.slot_counts(slots)
         if size < minimum:
             raise ValueError(
                 f"size {size} is too small for {nslots} slots: it must be at least {minimum} bytes"
@@ -295,17 +231,8 @@ class Cache(ItemMethods):
         shm = Segment(name, create=True, size=size, reserve=reserve, mode=mode,
                       trust="group" if mode == 0o660 else "owner")
         try:
-            base = ffi.from_buffer(shm.buf)
-            now = int(clock()) if clock else 0
-            flags = lib.APC_FMT_CHECKSUMS if checksums else 0
-            B.check(
-                lib.apc_format_segment(base, size, nslots, nfiles, ttl, gc_ttl, now, os.getpid(),
-                                       flags),
-                f"formatting segment {name!r}",
-            )
-            del base
-            segp = ffi.new("apc_seg **")
-            B.check(lib.apc_attach_fd(shm._fd, segp), f"opening segment {name!r}")
+            segment = SegmentHandle.create(shm, nslots, nfiles, ttl, gc_ttl, checksums, clock,
+                                           _check_lock_timeout(lock_timeout))
         except BaseException:
             shm.unlink()
             try:
@@ -313,7 +240,7 @@ class Cache(ItemMethods):
             except BufferError:
                 pass
             raise
-        return cls(shm, segp[0], serializer, clock, owner=True, lock_timeout=lock_timeout)
+        return cls(shm, segment, serializer, owner=True)
 
     @classmethod
     def attach(cls, name, *, serializer=None, clock=None, timeout=2.0,
@@ -364,39 +291,13 @@ class Cache(ItemMethods):
             raise FileNotFoundError(2, missing_message(name)) from None
         except ValueError:
             raise CorruptSegmentError(f"segment {name!r} is empty: not an apccache segment") from None
-        deadline = time.monotonic() + timeout
         try:
-            segp = ffi.new("apc_seg **")
-            while True:
-                rc = lib.apc_attach_fd(shm._fd, segp)
-                if rc != B.E_NOTREADY or time.monotonic() > deadline:
-                    break
-                time.sleep(0.005)
-            if rc == lib.APC_E_FORMAT:
-                fmt = lib.apc_peek_format(ffi.from_buffer(shm.buf), shm.size)
-                raise IncompatibleSegmentError(
-                    f"segment {name!r} has layout version {fmt} (or was made on another ABI); this "
-                    f"apccache reads version {B.FORMAT}: stop its users and recreate it, or use the "
-                    "apccache version that created it"
-                )
-            if rc == lib.APC_E_MAGIC:
-                raise IncompatibleSegmentError(
-                    f"segment {name!r} is not an apccache segment (bad magic): choose another name"
-                )
-            if rc == lib.APC_E_TRUNCATED:
-                raise CorruptSegmentError(
-                    f"segment {name!r} is shorter ({shm.size} bytes) than its header says: it was "
-                    "truncated; unlink and recreate it"
-                )
-            if rc == B.E_NOTREADY:
-                raise IncompatibleSegmentError(
-                    f"segment {name!r} was never finished by its creator: unlink and recreate it"
-                )
-            B.check(rc, f"attaching segment {name!r}")
+            segment = SegmentHandle.attach(shm, time.monotonic() + timeout, clock,
+                                           _check_lock_timeout(lock_timeout))
         except BaseException:
             shm.close()
             raise
-        handle = cls(shm, segp[0], serializer, clock, lock_timeout=lock_timeout)
+        handle = cls(shm, segment, serializer)
         if _inspect:
             try:
                 check_trusted(shm.stat, name)
@@ -419,19 +320,14 @@ class Cache(ItemMethods):
         finish first (each is bounded by lock_timeout), later ones raise
         CacheClosedError.  entry() generations this handle runs give up
         their key at once, so other processes stop waiting for them."""
-        seg = self._seg
-        if seg == ffi.NULL:
+        segment = self._segment
+        if segment.closed:
             return
         for token, tid in list(self._entries.items()):
-            lib.apc_entry_end(seg, token, tid)
+            self._table.entry_end(token, tid)
         self._entries.clear()
-        self._seg = ffi.NULL
-        if self._fast is not None:
-            self._fast.close()
-        lib.apc_close(seg)  # waits for the calls in flight
-        lib.apc_guard_range(seg, self._mv_base, 0)
-        self._mv = self._mv_base = None
-        self._ios = {}
+        segment.close()  # waits for the calls in flight
+        self._mv = None
         try:
             self._shm.close()
         except BufferError:
@@ -453,21 +349,17 @@ class Cache(ItemMethods):
         self.close()
 
     def __del__(self):
-        seg = getattr(self, "_seg", ffi.NULL)
-        fast = getattr(self, "_fast", None)
-        if fast is not None:
-            fast.close()
-        if seg != ffi.NULL:
-            self._seg = ffi.NULL
-            lib.apc_close(seg)
+        segment = getattr(self, "_segment", None)
+        if segment is not None:
+            segment.release()
 
     def __repr__(self):
-        state = "closed" if self._seg == ffi.NULL else f"{_human(self._shm.size)}"
+        state = "closed" if self.closed else f"{_human(self._shm.size)}"
         return f"<apccache.Cache {self.name!r} {state}>"
 
     @property
     def closed(self) -> bool:
-        return self._seg == ffi.NULL
+        return self._segment.closed
 
     def _require_open(self):
         """CacheClosedError for a closed handle: for the methods that could
@@ -481,25 +373,22 @@ class Cache(ItemMethods):
         """A writable view of the segment's 64 KiB aux area (zeroed at
         create), which the supervisor uses for its scoreboard."""
         self._require_open()
-        off = lib.apc_aux_offset(self._seg)
-        return self._mv[off : off + lib.apc_aux_size(self._seg)]
+        off, size = self._segment.aux_range()
+        return self._mv[off : off + size]
 
-    # ------------------------------------------------------------- helpers
+    # ------------------------------------------------------------- the codec
 
-    def _io(self):
-        """This thread's copy-out buffer (the GIL is released during C calls, so
-        threads must not share one)."""
-        ios = self._ios
-        t = ios.get(_ident())
-        if t is None:
-            if len(ios) > 256:  # threads come and go: forget the old ones
-                ios.clear()
-            t = ios[_ident()] = _IO()
-        return t
+    @property
+    def serializer(self):
+        """The serializer of this handle: what stores and loads the values
+        that are not bytes, str, int, float, bool or None (and the file
+        cache's loaded values)."""
+        return self._ser
 
-    def _now(self):
-        c = self._clock
-        return int(c()) if c else 0
+    def now(self) -> int:
+        """The time this handle goes by, in whole epoch seconds: its
+        ``clock``'s if it was given one, else the real time."""
+        return self._segment.now() or int(time.time())
 
     def _encode(self, value):
         """(type tag, bytes, int) for a value; serialises outside any lock."""
@@ -518,22 +407,22 @@ class Cache(ItemMethods):
             return B.T_FLOAT, _F64.pack(value), 0
         return B.T_SER, self._ser.dumps(value), 0
 
-    def _decode(self, tag, data, ival=0, table=0):
-        """The value for a tag and its bytes, or _MISSING (counted as a
-        corrupt read) for bytes that do not decode as their tag says: bad
-        UTF-8, a short float, an unknown tag, or what the serializer
-        refuses."""
+    def _decode(self, tag, payload, table):
+        """The value for a tag and its payload (bytes; the int of T_INT), or
+        _MISSING (counted as a corrupt read of table) for bytes that do not
+        decode as their tag says: bad UTF-8, a short float, an unknown tag,
+        or what the serializer refuses."""
         try:
             if tag == B.T_BYTES:
-                return data
+                return payload
             if tag == B.T_STR:
-                return data.decode("utf-8", "surrogatepass")
+                return payload.decode("utf-8", "surrogatepass")
             if tag == B.T_INT:
-                return ival
+                return payload
             if tag == B.T_SER:
-                return self._ser.loads(data)
+                return self._ser.loads(payload)
             if tag == B.T_FLOAT:
-                return _F64.unpack(data)[0]
+                return _F64.unpack(payload)[0]
             if tag == B.T_TRUE:
                 return True
             if tag == B.T_FALSE:
@@ -542,139 +431,29 @@ class Cache(ItemMethods):
                 return None
         except Exception:
             pass
-        lib.apc_count_corrupt(self._seg, table)
+        table.count_corrupt()
         return _MISSING
 
-    def _fetch_key(self, k, default, table=0):
-        """fetch for already-validated key bytes, on any table."""
-        io = self._io()
-        r = _fetch(self._seg, table, k, len(k), self._now(), io.buf, _BUF)
-        return self._result(io, r, k, default, table)
-
-    def _result(self, io, r, k, default, table):
-        """The value for what the engine's fetch returned (all but the
-        plain-bytes hit, which fetch() handles inline)."""
-        if r < 0:
-            if r == B.NOTFOUND:
-                return default
-            if r == lib.APC_E_ARG:
-                _key_bytes(k)  # raises the error that says what is wrong
-            if r == B.E_SMALL:
-                return self._fetch_unbuffered(k, default, table, io.u64[0])
-            raise B.error(r, "fetch")
-        tag = r & 0x7F
-        if tag == B.T_INT:
-            return io.i64[0]
-        value = self._decode(tag, io.view[0 : r >> 8], 0, table)
+    def _fetch_key(self, k, default, table=None):
+        """fetch for already-validated key bytes, on any table (the Python
+        path: the fast path's fallback, and the file table's)."""
+        table = table or self._table
+        r = table.fetch(k)
+        if r is None:
+            return default
+        tag, payload = r
+        value = self._decode(tag, payload, table)
         return default if value is _MISSING else value
 
-    def _fetch_with(self, k, fn, default, table):
-        """fn(buffer) for the bytes stored under k, while the entry is held:
-        a large value is read where it lies (pinned, and released when fn
-        returns), a small one from a copy.  default if absent; a value that
-        is not bytes is passed as fetch returns it."""
-        ref = ffi.new("apc_ref *")
-        seg = self._seg
-        r = lib.apc_fetch_ref(seg, table, k, len(k), self._now(), ref)
-        if r < 0:
-            if r == B.NOTFOUND:
-                return default
-            if r == lib.APC_E_ARG:
-                _key_bytes(k)  # raises the error that says what is wrong
-            raise B.error(r, "fetch")
-        tag, n = r & 0x7F, r >> 8
-        if n > _BUF and tag == B.T_BYTES:
-            try:
-                view = memoryview(ffi.buffer(ref.ptr, n))
-                try:
-                    return fn(view)
-                finally:
-                    view.release()
-            finally:
-                lib.apc_ref_release(seg, ref)
-        try:
-            data = b"" if tag == B.T_INT else ffi.buffer(ref.ptr, n)[:]
-            ival = ref.ival
-        finally:
-            lib.apc_ref_release(seg, ref)
-        value = ival if tag == B.T_INT else self._decode(tag, data, 0, table)
-        return default if value is _MISSING else fn(value)
-
-    def _fetch_unbuffered(self, k, default, table, size):
-        """The rare path: every pin record is taken, so copy into a buffer
-        of the value's size."""
-        while True:
-            cap = max(size, 16)
-            buf = ffi.new("char[]", cap)
-            r = lib.apc_fetch(self._seg, table, k, len(k), self._now(), buf, cap)
-            if r == B.E_SMALL:
-                size = ffi.cast("uint64_t *", buf)[0]
-                continue
-            if r == B.NOTFOUND:
-                return default
-            B.check(r, "fetch")
-            tag = r & 0x7F
-            if tag == B.T_INT:
-                return ffi.cast("int64_t *", buf)[0]
-            value = self._decode(tag, ffi.unpack(buf, r >> 8), 0, table)
-            return default if value is _MISSING else value
-
-    def _store_key(self, k, value, ttl, flags, table=0):
-        t = type(value)
-        if t is bytes:
+    def _store_key(self, k, value, ttl, add=False, table=None, encode=None):
+        """store (or add) for already-validated key bytes, on any table, with
+        its codec (encode: the user cache's by default; bytes are bytes in
+        every codec, so they skip it)."""
+        if type(value) is bytes:
             tag, data, ival = B.T_BYTES, value, 0
-        elif t is bytearray and table:  # the file table is bytes in, bytes out
-            tag, data, ival = B.T_BYTES, ffi.from_buffer(value), 0
         else:
-            tag, data, ival = self._encode(value)
-        c = self._clock
-        rc = _store(self._seg, table, k, len(k), tag, data, len(data), ival, ttl,
-                    int(c()) if c else 0, flags)
-        if rc < 0:
-            if rc == B.EXISTS:
-                return False
-            raise self._store_error(k, len(data), rc)
-        return True
-
-    def _raise_rc(self, op, rc, key, nbytes=0, step=0):
-        """Raise what a failed engine call means, for op on key (the one
-        place for the fast path, and for the methods below)."""
-        if rc == lib.APC_E_ARG:
-            _key_bytes(key)  # raises the error that says what is wrong with the key
-        if op in ("store", "add"):
-            raise self._store_error(_key_bytes(key), nbytes, rc)
-        if op in ("inc", "dec"):
-            if rc == B.E_TYPE:
-                raise TypeError(f"cannot inc/dec key {key!r}: its value is not an int")
-            if rc == lib.APC_E_OVERFLOW:
-                raise OverflowError(f"inc/dec of key {key!r} by {step} leaves the int64 range")
-            if rc == lib.APC_E_NOMEM or rc == lib.APC_E_TOOBIG:
-                raise self._full_error(_key_bytes(key), 8, rc)
-        raise B.error(rc, op)
-
-    def _store_error(self, k, n, rc):
-        if rc == lib.APC_E_ARG:
-            _key_bytes(k)  # an oversized key: raises the error that names the limit
-        if rc == lib.APC_E_NOMEM or rc == lib.APC_E_TOOBIG:
-            return self._full_error(k, n, rc)
-        return B.error(rc, "store")
-
-    def _full_error(self, k, n, rc):
-        size = self._shm.size
-        sma = self.sma_info(limited=True)
-        if rc == lib.APC_E_TOOBIG and n >= 1 << 32:
-            return CacheFullError(f"a {_human(n)} value is over the engine's limit: values are "
-                                  f"under 4 GiB")
-        if rc == lib.APC_E_TOOBIG:
-            return CacheFullError(
-                f"a {_human(n)} entry can never fit in {self.name!r} ({_human(size)} segment, "
-                f"{_human(sma['seg_size'])} arena): create a larger cache"
-            )
-        return CacheFullError(
-            f"no room for a {_human(n)} entry in {self.name!r} ({_human(size)} segment, "
-            f"{_human(sma['avail_mem'])} free after eviction; the rest is pinned or deleted "
-            "entries still in use)"
-        )
+            tag, data, ival = (encode or self._encode)(value)
+        return (table or self._table).store(k, tag, data, ival, ttl, add)
 
     # ------------------------------------------------------------ the API
 
@@ -691,30 +470,24 @@ class Cache(ItemMethods):
         it was stored.  Raises CacheFullError if no room can be made, and
         the serializer's error if the value cannot be serialised; either way
         the previous value stays."""
-        return self._store_key(_key_bytes(key), value, _check_ttl(ttl), 0)
+        k, ttl = _key_bytes(key), _check_ttl(ttl)
+        tag, data, ival = (B.T_BYTES, value, 0) if type(value) is bytes else self._encode(value)
+        return self._table.store(k, tag, data, ival, ttl)
 
     def add(self, key: Key, value: Any, ttl: int = 0) -> bool:
         """Store only if no live entry exists; True if stored.  Exactly one
         of several processes adding the same key at once wins."""
-        return self._store_key(_key_bytes(key), value, _check_ttl(ttl), lib.APC_ADD)
+        k, ttl = _key_bytes(key), _check_ttl(ttl)
+        tag, data, ival = (B.T_BYTES, value, 0) if type(value) is bytes else self._encode(value)
+        return self._table.store(k, tag, data, ival, ttl, True)
 
     def delete(self, key: Key) -> bool:
         """Remove the entry; False if there was none (or it had expired)."""
-        k = _key_bytes(key)
-        rc = lib.apc_delete(self._seg, 0, k, len(k), self._now())
-        if rc == B.NOTFOUND:
-            return False
-        B.check(rc, "delete")
-        return True
+        return self._table.delete(_key_bytes(key))
 
     def exists(self, key: Key) -> bool:
         """Is there a live entry?  Counts neither a hit nor a miss."""
-        k = _key_bytes(key)
-        rc = lib.apc_exists(self._seg, 0, k, len(k), self._now())
-        if rc == B.NOTFOUND:
-            return False
-        B.check(rc, "exists")
-        return True
+        return self._table.exists(_key_bytes(key))
 
     def inc(self, key: Key, step: int = 1, ttl: int = 0) -> int:
         """Add step to the int stored under key, atomically across processes,
@@ -722,14 +495,7 @@ class Cache(ItemMethods):
         first (with ttl).  TypeError if the value is not an int;
         OverflowError if the result leaves int64; the value is then
         unchanged."""
-        k = _key_bytes(key)
-        step = _check_int("step", step)
-        ttl = _check_ttl(ttl)
-        i64 = self._io().i64
-        rc = lib.apc_inc(self._seg, 0, k, len(k), step, ttl, self._now(), i64)
-        if rc < 0:
-            self._raise_rc("inc", rc, key, 8, step)
-        return i64[0]
+        return self._table.inc(_key_bytes(key), _check_int("step", step), _check_ttl(ttl))
 
     def dec(self, key: Key, step: int = 1, ttl: int = 0) -> int:
         """Subtract step; see inc.  A missing key ends up as -step."""
@@ -742,15 +508,7 @@ class Cache(ItemMethods):
         """Replace the int old with new, atomically.  False if the key is
         missing (cas never inserts), its value is not an int, or it is not
         old."""
-        k = _key_bytes(key)
-        old = _check_int("old", old)
-        new = _check_int("new", new)
-        rc = lib.apc_cas(self._seg, 0, k, len(k), old, new, self._now())
-        if rc == 0:
-            return True
-        if rc in (B.NOTFOUND, B.MISMATCH, B.E_TYPE):
-            return False
-        raise B.error(rc, "cas")
+        return self._table.cas(_key_bytes(key), _check_int("old", old), _check_int("new", new))
 
     def entry(self, key: Key, generator: Callable[[Key], Any], ttl: int = 0) -> Any:
         """The value under key; if missing, ``generator(key)`` makes it, it
@@ -763,9 +521,9 @@ class Cache(ItemMethods):
         cache method, including entry() for another key (or the same key:
         then it simply runs).  If it raises, nothing is stored and the
         exception propagates."""
-        return self._entry(_key_bytes(key), key, generator, _check_ttl(ttl), 0)
+        return self._entry(_key_bytes(key), key, generator, _check_ttl(ttl), self._table)
 
-    def _entry(self, k, key, generator, ttl, table, max_wait=None):
+    def _entry(self, k, key, generator, ttl, table, max_wait=None, encode=None):
         """entry() on any table.  With max_wait, a process that has waited
         that long for another's generator runs its own (and its result is
         stored only if the key is still missing)."""
@@ -773,12 +531,11 @@ class Cache(ItemMethods):
         if value is not _MISSING:
             return value
         tid = threading.get_ident()
-        out = ffi.new("int64_t[2]")
         delay = 0.0005
         deadline = None if max_wait is None else time.monotonic() + max_wait
         unreadable = 0
         while True:
-            rc = lib.apc_entry_begin(self._seg, table, k, len(k), tid, self._now(), out)
+            rc, token, holder = table.entry_begin(k, tid)
             if rc == B.EXISTS:
                 value = self._fetch_key(k, _MISSING, table)
                 if value is not _MISSING:
@@ -788,37 +545,35 @@ class Cache(ItemMethods):
                 # again: drop it, and generate.
                 unreadable += 1
                 if unreadable >= 3:
-                    lib.apc_delete(self._seg, table, k, len(k), self._now())
+                    table.delete(k)
                 continue
             unreadable = 0
             if rc == B.BUSY_SELF:
                 value = generator(key)
-                self._store_key(k, value, ttl, 0, table)
+                self._store_key(k, value, ttl, False, table, encode)
                 return value
             if rc == B.BUSY:
-                token, holder = out[0], out[1]
-                if token >= 0 and lib.apc_entry_holder_alive(self._seg, token) == 0:
-                    if lib.apc_entry_takeover(self._seg, token, holder, tid, self._now()) == 0:
-                        return self._generate(k, key, generator, ttl, table, token, tid)
+                if token >= 0 and not table.entry_holder_alive(token):
+                    if table.entry_takeover(token, holder, tid):
+                        return self._generate(k, key, generator, ttl, table, token, tid, encode)
                     continue
                 if deadline is not None and time.monotonic() >= deadline:
                     value = generator(key)
-                    self._store_key(k, value, ttl, lib.APC_ADD, table)
+                    self._store_key(k, value, ttl, True, table, encode)
                     return value
                 time.sleep(delay)
                 delay = min(delay * 2, 0.02)
                 continue
-            B.check(rc, "entry")
-            return self._generate(k, key, generator, ttl, table, out[0], tid)
+            return self._generate(k, key, generator, ttl, table, token, tid, encode)
 
-    def _generate(self, k, key, generator, ttl, table, token, tid):
+    def _generate(self, k, key, generator, ttl, table, token, tid, encode=None):
         self._entries[token] = tid  # close() gives it up, if it comes first
         try:
             value = generator(key)
-            self._store_key(k, value, ttl, 0, table)
+            self._store_key(k, value, ttl, False, table, encode)
         finally:
             if self._entries.pop(token, None) is not None:
-                lib.apc_entry_end(self._seg, token, tid)
+                table.entry_end(token, tid)
         return value
 
     # --------------------------------------------------------- many at once
@@ -897,141 +652,68 @@ class Cache(ItemMethods):
     def clear(self) -> None:
         """Remove every entry of the user cache (the file cache keeps its
         entries) and reset hits, misses, inserts and expunges."""
-        B.check(lib.apc_clear(self._seg, 0, self._now()), "clear")
-
-    def _info(self, table):
-        o = ffi.new("apc_info *")
-        B.check(lib.apc_info_get(self._seg, table, o), "info")
-        return {f: getattr(o, f) for f in dir(o)}
+        self._table.clear()
 
     def info(self, limited: bool = False) -> Dict[str, Any]:
         """Counters of the user cache, as one snapshot; unless limited, also
         'entries' and 'deleted_list' (entries waiting on the GC list)."""
-        i = self._info(0)
+        i = self._table.info()
         out = {
-            "num_slots": i["num_slots"],
-            "num_hits": i["num_hits"],
-            "num_misses": i["num_misses"],
-            "num_inserts": i["num_inserts"],
-            "num_entries": i["num_entries"],
-            "expunges": i["expunges"],
-            "evictions": i["evictions"],
-            "expired": i["expired"],
-            "start_time": i["start_time"],
-            "mem_size": i["mem_size"],
-            "ttl": i["ttl"],
-            "gc_ttl": i["gc_ttl"],
-            "gc_entries": i["gc_entries"],
-            "gc_mem_size": i["gc_mem_size"],
-            "gc_oldest": i["gc_oldest"],
-            "seg_size": i["seg_size"],
-            "format": i["format"],
-            "create_time": i["create_time"],
-            "creator_pid": i["creator_pid"],
-            "repairs": i["repairs"],
-            "compactions": i["compactions"],
-            "entries_in_progress": i["entry_locks"],
-            "pins": i["pins"],
-            "corrupt_reads": i["corrupt_reads"],
-            "waited_reads": i["waited_reads"],
-            "lock_steals": i["lock_steals"],
-            "whole_lock_max_us": i["wl_hold_max_ns"] // 1000,
-            "checksums": bool(i["checksums"]),
+            "num_slots": i.num_slots,
+            "num_hits": i.num_hits,
+            "num_misses": i.num_misses,
+            "num_inserts": i.num_inserts,
+            "num_entries": i.num_entries,
+            "expunges": i.expunges,
+            "evictions": i.evictions,
+            "expired": i.expired,
+            "start_time": i.start_time,
+            "mem_size": i.mem_size,
+            "ttl": i.ttl,
+            "gc_ttl": i.gc_ttl,
+            "gc_entries": i.gc_entries,
+            "gc_mem_size": i.gc_mem_size,
+            "gc_oldest": i.gc_oldest,
+            "seg_size": i.seg_size,
+            "format": i.format,
+            "create_time": i.create_time,
+            "creator_pid": i.creator_pid,
+            "repairs": i.repairs,
+            "compactions": i.compactions,
+            "entries_in_progress": i.entry_locks,
+            "pins": i.pins,
+            "corrupt_reads": i.corrupt_reads,
+            "waited_reads": i.waited_reads,
+            "lock_steals": i.lock_steals,
+            "whole_lock_max_us": i.wl_hold_max_ns // 1000,
+            "checksums": bool(i.checksums),
         }
         if not limited:
-            now = self._now()
-            out["entries"] = [self._entry_dict(r, k) for r, k in self._snapshot(0, lib.APC_SNAP_LIVE, now)
-                              if not r[13] & lib.APC_REC_EXPIRED]
-            out["deleted_list"] = [self._entry_dict(r, k) for r, k in self._snapshot(0, lib.APC_SNAP_DELETED, now)]
+            out["entries"] = _entry_dicts(self._table.records())
+            out["deleted_list"] = _entry_dicts(self._table.records(False, True), keep_expired=True)
         return out
 
-    @staticmethod
-    def _entry_dict(r, k):
-        return {
-            "key": _key_out(k),
-            "hits": r[6],
-            "creation_time": r[1],
-            "mtime": r[2],
-            "access_time": r[3],
-            "deletion_time": r[4],
-            "ttl": r[5],
-            "mem_size": r[7],
-            "refs": r[10],
-        }
+    def records(self, live: bool = True, deleted: bool = False) -> List[Tuple[EntryRecord, bytes]]:
+        """[(record, key bytes)] of the user cache's entries as the engine
+        copies them out, without counting a hit, touching an access time or
+        pinning anything (what ``apcstat`` shows): the live ones (those
+        that have expired but are not yet removed carry ``REC_EXPIRED`` in
+        their ``flags``), a bounded chunk of buckets at a time, and with
+        ``deleted`` the entries on the GC list.  Each record is an
+        ``EntryRecord`` (a named tuple: ``hits``, ``ctime``, ``ttl``,
+        ``mem_size``, ``type``, ``flags``, ...)."""
+        return self._table.records(live, deleted)
 
-    def _stripe_of(self, key, table=0):
+    def _stripe_of(self, key):
         """The bucket stripe of a key: writes of keys in different stripes
         do not wait for each other (tests and tools)."""
-        k = _key_bytes(key)
-        rc = lib.apc_key_stripe(self._seg, table, k, len(k))
-        if rc < 0:
-            raise B.error(rc, "stripe")
-        return rc
-
-    def _snapshot(self, table, flags, now):
-        """[(record tuple, key bytes)]: the live entries (APC_SNAP_LIVE) a
-        bounded chunk at a time, so that writers wait for one chunk at
-        most; the GC list (APC_SNAP_DELETED) in one piece."""
-        parts = []
-        if flags & lib.APC_SNAP_LIVE:
-            cursor = ffi.new("uint64_t[2]")
-            nslots = self._info(table)["num_slots"]
-            cap = 1 << 18
-            buf = ffi.new("char[]", cap)
-            while cursor[0] < nslots:
-                r = lib.apc_snapshot_chunk(self._seg, table, now, cursor, buf, cap)
-                if r == B.E_SMALL:  # one bucket holds more than the buffer
-                    cap = ffi.cast("uint64_t *", buf)[0] + 4096
-                    buf = ffi.new("char[]", cap)
-                    continue
-                B.check(r, "snapshot")
-                parts.append(ffi.buffer(buf, r)[:])
-        if flags & lib.APC_SNAP_DELETED:
-            i = self._info(table)
-            # Counts read from the segment are claims: no more entries than
-            # blocks fit in the arena.
-            n = min(i["gc_entries"], i["arena_size"] // 32)
-            cap = max(1 << 16, (n + 64) * (_REC.size + 48))
-            while True:
-                buf = ffi.new("char[]", cap)
-                r = lib.apc_snapshot(self._seg, table, now, lib.APC_SNAP_DELETED, buf, cap)
-                if r == B.E_SMALL:
-                    cap = ffi.cast("uint64_t *", buf)[0] + 4096
-                    continue
-                B.check(r, "snapshot")
-                parts.append(ffi.buffer(buf, r)[:])
-                break
-        data = b"".join(parts)
-        out = []
-        pos, rs = 0, _REC.size
-        while pos < len(data):
-            rec = _REC.unpack_from(data, pos)
-            klen = rec[11]
-            out.append((rec, data[pos + rs : pos + rs + klen]))
-            pos += rs + ((klen + 7) & ~7)
-        return out
-
-    def _count_live(self, table):
-        """The table's entries that have not expired, counted a chunk at a
-        time (one short lock hold each)."""
-        cursor = ffi.new("uint64_t[2]")
-        nslots, now, n = self._info(table)["num_slots"], self._now(), 0
-        while cursor[0] < nslots:
-            n += B.check(lib.apc_count_live_chunk(self._seg, table, now, cursor), "len")
-        return n
+        return self._table.stripe(_key_bytes(key))
 
     def sma_info(self, limited: bool = False) -> Dict[str, Any]:
         """The allocator: seg_size (usable arena bytes), avail_mem (free
         bytes), largest_free, and unless limited block_lists, the free
         blocks as [[{size, offset}, ...]] (one list: one segment)."""
-        o = ffi.new("apc_sma_info *")
-        cap = 0 if limited else 4096
-        while True:
-            blocks = ffi.new("uint64_t[]", 2 * cap) if cap else ffi.NULL
-            n = B.check(lib.apc_sma_info_get(self._seg, o, blocks, cap), "sma_info")
-            if limited or n < cap or o.nfree <= cap:
-                break
-            cap = o.nfree + 256
+        o = self._segment.sma_info(limited)
         out = {
             "num_seg": 1,
             "seg_size": o.arena_size,
@@ -1042,18 +724,15 @@ class Cache(ItemMethods):
             "num_used_blocks": o.nused,
         }
         if not limited:
-            out["block_lists"] = [[{"size": blocks[2 * i], "offset": blocks[2 * i + 1]} for i in range(n)]]
+            out["block_lists"] = [[{"size": size, "offset": off} for size, off in o.free_blocks]]
         return out
 
     def key_info(self, key: Key) -> Optional[Dict[str, int]]:
         """hits, access_time, mtime, creation_time, deletion_time, ttl, refs
         of a live entry, or None.  Not a hit."""
-        k = _key_bytes(key)
-        r = ffi.new("apc_entry_rec *")
-        rc = lib.apc_key_info(self._seg, 0, k, len(k), self._now(), r)
-        if rc == B.NOTFOUND:
+        r = self._table.key_info(_key_bytes(key))
+        if r is None:
             return None
-        B.check(rc, "key_info")
         return {
             "hits": r.hits,
             "access_time": r.atime,
@@ -1074,12 +753,12 @@ class Cache(ItemMethods):
 
         self._require_open()
         rx = re.compile(pattern) if isinstance(pattern, str) else pattern
-        return self._keys(self._snapshot(0, lib.APC_SNAP_LIVE, self._now()), rx)
+        return self._keys(self._table.records(), rx)
 
     @staticmethod
     def _keys(snap, rx):
         for rec, k in snap:
-            if rec[13] & lib.APC_REC_EXPIRED:
+            if rec.flags & B.REC_EXPIRED:
                 continue
             key = _key_out(k)
             if rx is not None:
@@ -1093,16 +772,7 @@ class Cache(ItemMethods):
     def check(self) -> List[str]:
         """The broken invariants of the whole segment, in words ([] when it
         is sound)."""
-        cap = 1 << 16
-        buf = ffi.new("char[]", cap)
-        n = lib.apc_check(self._seg, buf, cap)
-        if n == lib.APC_E_CLOSED:
-            raise CacheClosedError(_CLOSED)
-        text = ffi.string(buf).decode(errors="replace")
-        lines = [ln for ln in text.split("\n") if ln]
-        if n > len(lines):
-            lines.append(f"... and {n - len(lines)} more")
-        return lines
+        return self._segment.check()
 
     def recover(self, pid: int) -> int:
         """Release what the dead process pid still held: pins on large
@@ -1110,12 +780,34 @@ class Cache(ItemMethods):
         pid = _check_int("pid", pid)
         if pid <= 0:
             raise ValueError(f"pid must be > 0 (got {pid})")
-        return B.check(lib.apc_recover(self._seg, pid, self._now()), "recover")
+        return self._segment.recover(pid)
+
+    # ------------------------------------------------- the handle, for tools
+
+    @property
+    def file_stat(self) -> os.stat_result:
+        """The ``fstat`` taken of the segment's descriptor when this handle
+        mapped it (owner, mode): what was attached, whatever the name means
+        by now."""
+        return self._shm.stat
+
+    @property
+    def untrusted(self) -> Optional[str]:
+        """Why the segment failed the trust check, for a handle opened for
+        inspection only (apcstat's); None for any handle that passed it."""
+        return self._untrusted
+
+    def fast_reader(self, slow: Callable, missing: Any):
+        """For ``apccache.fleet``: a C-level reader (``_fastpath.Near``) over
+        this handle's fast path, which falls back to ``slow`` for anything
+        it does not serve itself; None in a build without the fast path."""
+        self._require_open()
+        return self._segment.near(slow, missing)
 
     # ---------------------------------------------------------- mapping protocol
 
     def __len__(self):
-        return self._count_live(0)
+        return self._table.count_live()
 
     def __contains__(self, key):
         return self.exists(key)
@@ -1145,7 +837,7 @@ class Cache(ItemMethods):
         """Bytes-level access to the file cache's slot table (for
         ``apccache.files``)."""
         self._require_open()
-        return FileTable(self)
+        return FileTable(self, self._segment.table(B.TABLE_FILES))
 
     # ------------------------------------------- for the framework integrations
     # (apccache.integrations); each is a thin door into its own module.
@@ -1167,13 +859,7 @@ class Cache(ItemMethods):
         """Give a live entry a new ttl counted from now (0: it never
         expires), atomically, without rewriting its value.  False if the
         key is missing or expired."""
-        k = _key_bytes(key)
-        rc = lib.apc_touch(self._seg, 0, k, len(k), _check_ttl(ttl), self._now())
-        if rc == B.NOTFOUND:
-            return False
-        if rc < 0:
-            self._raise_rc("touch", rc, key)
-        return True
+        return self._table.touch(_key_bytes(key), _check_ttl(ttl))
 
     def memoize(self, ttl: int = 0, *, key: Optional[Callable[..., Key]] = None,
                 namespace: Optional[str] = None) -> Callable[[Callable], Callable]:
@@ -1210,72 +896,109 @@ class Cache(ItemMethods):
     # entry()'s protocol, one engine call each, for aentry (apccache.aio),
     # which cannot wait inside _entry as entry() does.
 
-    def _entry_begin(self, k, tid, out):
-        return lib.apc_entry_begin(self._seg, 0, k, len(k), tid, self._now(), out)
+    def _entry_begin(self, k, tid):
+        """(rc, token, holder): see Table.entry_begin."""
+        return self._table.entry_begin(k, tid)
 
     def _entry_takeover(self, token, holder, tid):
-        return lib.apc_entry_takeover(self._seg, token, holder, tid, self._now())
+        return self._table.entry_takeover(token, holder, tid)
+
+    def _entry_claimed(self, token, tid):
+        self._entries[token] = tid  # close() gives it up, if it comes first
 
     def _entry_end(self, token, tid):
         if self._entries.pop(token, None) is not None:
-            lib.apc_entry_end(self._seg, token, tid)
+            self._table.entry_end(token, tid)
+
+
+def _entry_dict(r, k):
+    """An EntryRecord as info()'s and FileTable.entries()'s dict."""
+    return {
+        "key": _key_out(k),
+        "hits": r.hits,
+        "creation_time": r.ctime,
+        "mtime": r.mtime,
+        "access_time": r.atime,
+        "deletion_time": r.dtime,
+        "ttl": r.ttl,
+        "mem_size": r.mem_size,
+        "refs": r.refs,
+    }
+
+
+def _entry_dicts(records, keep_expired=False):
+    return [_entry_dict(r, k) for r, k in records if keep_expired or not r.flags & B.REC_EXPIRED]
 
 
 class FileTable:
-    """The second slot table of a segment, bytes in and bytes out.
+    """The second slot table of a segment, bytes in and bytes out: the file
+    cache's ``Table`` and its codec.
 
     The same engine, locks and arena as the user cache, but its own buckets,
     counters and clear(): APC kept compiled files apart from user entries,
-    and so does apccache.  Keys are bytes; values are stored as given
-    (bytes are not serialised)."""
+    and so does apccache.  Keys are bytes; bytes (and a bytearray) are
+    stored as they are; any other value goes through the user cache's
+    codec, and comes back as it went in."""
 
-    TABLE = lib.APC_TABLE_FILES
+    TABLE = B.TABLE_FILES
 
-    def __init__(self, cache):
+    def __init__(self, cache, table: Table):
         self._c = cache
+        self._t = table
 
     def get(self, key, default=None):
         """The bytes stored under key, or default (counts a hit or miss)."""
-        return self._c._fetch_key(key, default, self.TABLE)
+        return self._c._fetch_key(key, default, self._t)
 
     def view(self, key, fn, default=None):
         """fn(buffer) for the value under key, or default; see get().  A
         large value is read in place, without a copy: the buffer is valid
-        only until fn returns, and fn must keep no view of it."""
-        return self._c._fetch_with(key, fn, default, self.TABLE)
+        only until fn returns, and fn must keep no view of it.  A value
+        that is not bytes is passed as get() returns it."""
+        r = self._t.read(key, fn)
+        if r is None:
+            return default
+        tag, payload, done = r
+        if done:
+            return payload
+        value = self._c._decode(tag, payload, self._t)
+        return default if value is _MISSING else fn(value)
+
+    def _encode(self, data):
+        if type(data) is bytes or type(data) is bytearray:
+            return B.T_BYTES, data, 0
+        return self._c._encode(data)
 
     def put(self, key, data, ttl=0):
         """Store, replacing any entry (data: bytes, or a bytearray stored
         as bytes)."""
-        return self._c._store_key(key, data, _check_ttl(ttl), 0, self.TABLE)
+        return self._t.store(key, *self._encode(data), _check_ttl(ttl))
 
     def add(self, key, data, ttl=0):
         """Store only if absent; False if a live entry exists."""
-        return self._c._store_key(key, data, _check_ttl(ttl), lib.APC_ADD, self.TABLE)
+        return self._t.store(key, *self._encode(data), _check_ttl(ttl), True)
 
     def delete(self, key):
-        c = self._c
-        rc = lib.apc_delete(c._seg, self.TABLE, key, len(key), c._now())
-        if rc == B.NOTFOUND:
-            return False
-        B.check(rc, "delete")
-        return True
+        return self._t.delete(key)
 
     def entry(self, key, generator, ttl=0, max_wait=None):
         """Cache.entry() on this table; see Cache._entry for max_wait."""
-        return self._c._entry(key, key, generator, _check_ttl(ttl), self.TABLE, max_wait)
+        return self._c._entry(key, key, generator, _check_ttl(ttl), self._t, max_wait, self._encode)
 
     def clear(self):
-        B.check(lib.apc_clear(self._c._seg, self.TABLE, self._c._now()), "clear")
+        self._t.clear()
 
     def info(self):
-        return self._c._info(self.TABLE)
+        """The table's counters (apc_info's fields) as a dict."""
+        return self._t.info()._asdict()
+
+    def records(self, live=True, deleted=False):
+        """[(EntryRecord, key bytes)]: see Cache.records."""
+        return self._t.records(live, deleted)
 
     def entries(self):
         """[(record dict, key bytes)] of the live entries."""
-        c = self._c
-        return [(c._entry_dict(r, k), k) for r, k in c._snapshot(self.TABLE, lib.APC_SNAP_LIVE, c._now())
-                if not r[13] & lib.APC_REC_EXPIRED]
+        return [(_entry_dict(r, k), k) for r, k in self._t.records() if not r.flags & B.REC_EXPIRED]
 
     def __len__(self):
-        return self._c._count_live(self.TABLE)
+        return self._t.count_live()

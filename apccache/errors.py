@@ -1,6 +1,7 @@
 """The exceptions apccache raises.
 
-Every engine return code maps to one class in ``_bindings.RC_ERRORS``.  Each
+Every engine return code maps to one class, and to what its message says,
+in ``_bindings.ERRORS`` (one table, for every operation).  Each
 subclasses the builtin whose meaning it shares, so ``except ValueError`` and
 ``except OSError`` keep working for code that does not know apccache.
 """

@@ -267,7 +267,7 @@ class FileCache:
             kind = name
         elif not isinstance(kind, str) or not kind:
             raise TypeError(f"kind must be a non-empty str (got {kind!r})")
-        ser = self._cache._ser
+        ser = self._cache.serializer
         ns = f"load|{kind}|{getattr(ser, 'name', type(ser).__name__)}|{self.mode}".encode()
         return self._lookup(self._abspath(path), ns, SERIALIZED, lambda data, p, st: (lambda v: (v, v))(loader(data)))
 
@@ -465,7 +465,7 @@ class FileCache:
         go); UNREADABLE, and counted, if it cannot be."""
         if type(value) is Serialized:
             try:
-                return self._cache._ser.loads(value.data)
+                return self._cache.serializer.loads(value.data)
             except Exception:
                 value = UNREADABLE
         if value is UNREADABLE:
@@ -482,7 +482,7 @@ class FileCache:
             box.append(value)
             if payload is None:
                 raise _NoStore
-            return encode(kind, payload, path, st1, self._cache._ser.dumps)
+            return encode(kind, payload, path, st1, self._cache.serializer.dumps)
 
         try:
             blob = self._table.entry(key, generate, 0, self.max_wait)

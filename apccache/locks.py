@@ -221,7 +221,7 @@ class _Base:
         left = math.ceil((dl - now_ms) / 1000)
         c.store(dl_key, dl, left + 1)
         info = c.key_info(self.key)
-        now = c._now() or int(time.time())
+        now = c.now()
         engine_left = info["creation_time"] + info["ttl"] - now if info and info["ttl"] else 0
         c.touch(self.key, max(1, left, math.ceil(max(engine_left, 0) + seconds)))
         if not self.owned():

@@ -14,16 +14,17 @@
  *
  * WHAT IT DOES NOT DO
  *
- * It links none of the engine.  apccache.cache hands it the addresses of
- * the cffi module's functions, so there is one engine per process (release
- * or debug, with its fault points) whichever way a call comes.  Arguments
- * it does not take as they are -- other key types, keyword arguments it
- * does not know, a ttl or int that is not an exact int in range -- go to
- * the Python method it was given, which checks them and says what is
- * wrong.  An engine error goes to the binding's one function that turns a
- * return code into an exception (Cache._raise_rc).  No user code runs while
- * an entry is pinned: a serialised value is copied out and released before
- * the serializer sees it.
+ * It links none of the engine.  The binding layer (apccache._bindings,
+ * SegmentHandle.fast) hands it the addresses of the cffi module's
+ * functions, so there is one engine per process (release or debug, with
+ * its fault points) whichever way a call comes.  Arguments it does not
+ * take as they are -- other key types, keyword arguments it does not know,
+ * a ttl or int that is not an exact int in range -- go to the Python
+ * method it was given, which checks them and says what is wrong.  An
+ * engine error goes to the binding's one function that turns a return
+ * code into an exception (Table.raise_rc, over _bindings.ERRORS).  No user
+ * code runs while an entry is pinned: a serialised value is copied out and
+ * released before the serializer sees it.
  *
  * A handle may have a clock (a callable returning seconds, for tests): it
  * is called once per operation and its time handed to the engine, so tests

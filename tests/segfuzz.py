@@ -181,15 +181,15 @@ def populate(c, rng):
         c.store(k, rng.randbytes(20000 + i))
         ctx.history.setdefault(k, []).append(c.fetch(k))
         ref = B.ffi.new("apc_ref *")
-        r = lib.apc_fetch_ref(c._seg, 0, k.encode(), len(k), 0, ref)  # never released
+        r = lib.apc_fetch_ref(c._segment.ptr, 0, k.encode(), len(k), 0, ref)  # never released
         assert r >= 0, r
         ctx.refs.append(ref)
         v = rng.randbytes(rng.randrange(10, 400))
         c.store(k, v)
         ctx.expected[k] = v
-    for rec, key in c._snapshot(0, lib.APC_SNAP_LIVE, 0):
+    for rec, key in c.records():
         ctx.slots.append((rec[9], key))
-    for rec, key in c._snapshot(0, lib.APC_SNAP_DELETED, 0):
+    for rec, key in c.records(live=False, deleted=True):
         ctx.gc_slots.append((rec[9], key))
     ctx.free_blocks = [(b["offset"], b["size"]) for b in c.sma_info()["block_lists"][0]]
     return ctx

@@ -60,7 +60,7 @@ def test_a_truncated_segment_is_refused(segments):
 
 
 def _slot_offsets(c):
-    return [r[9] for r, _ in c._snapshot(0, 1, 0)]
+    return [r[9] for r, _ in c.records()]
 
 
 NEXT_OFF = LAYOUT["slot_next_off"]

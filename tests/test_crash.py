@@ -271,7 +271,7 @@ def test_recover_releases_the_recorded_pin_of_a_dead_reader(segments):
         c = apccache.Cache.attach({c.name!r})
         ref = B.ffi.new("apc_ref *")
         k = b"large"
-        r = B.lib.apc_fetch_ref(c._seg, 0, k, len(k), 0, ref)
+        r = B.lib.apc_fetch_ref(c._segment.ptr, 0, k, len(k), 0, ref)
         assert r >= 0 and ref.rec >= 0, (r, ref.rec)  # a large value's pin is on record
         print(os.getpid(), flush=True)
         os.kill(os.getpid(), 9)

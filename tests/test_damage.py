@@ -136,7 +136,7 @@ def test_a_chain_loop_reached_from_every_bucket_is_listed_once(cache):
     records once per bucket, each walk capped only by itself (gigabytes)."""
     for i in range(50):
         cache.store(f"k{i}", b"v")
-    first = [r[9] for r, _ in cache._snapshot(0, 1, 0)][0]
+    first = [r[9] for r, _ in cache.records()][0]
     buckets_off, nslots = struct.unpack_from("<QQ", cache._mv, off("hdr.geom"))
 
     def damage_then_use():
@@ -173,7 +173,7 @@ def test_entry_over_an_entry_that_never_reads_generates(cache):
     """Seed 1750: entry() looped for ever when entry_begin saw a live entry
     that every fetch took for a miss (an unknown type tag)."""
     cache.store("k", b"value")
-    slot = [r[9] for r, k in cache._snapshot(0, 1, 0) if k == b"k"][0]
+    slot = [r[9] for r, k in cache.records() if k == b"k"][0]
 
     def damage_then_use():
         cache._mv[slot + off("slot.type")] = 127
@@ -189,7 +189,7 @@ def test_a_huge_ttl_claim_does_not_wrap_into_expiry(cache):
     once.  A ttl is a claim like any other; arithmetic on it must not wrap.
     (The ttl word is 32 bits now: its largest value.)"""
     cache.store("k", b"value", ttl=100)
-    slot = [r[9] for r, k in cache._snapshot(0, 1, 0) if k == b"k"][0]
+    slot = [r[9] for r, k in cache.records() if k == b"k"][0]
 
     def damage_then_use():
         U32.pack_into(cache._mv, slot + off("slot.ttl"), (1 << 32) - 1)
@@ -208,15 +208,15 @@ def test_a_deletion_time_in_the_future_does_not_free_a_pinned_entry(cache):
 
     def damage_then_use():
         ref = B.ffi.new("apc_ref *")
-        assert B.lib.apc_fetch_ref(cache._seg, 0, b"k", 1, 0, ref) >= 0  # a reader's pin
+        assert B.lib.apc_fetch_ref(cache._segment.ptr, 0, b"k", 1, 0, ref) >= 0  # a reader's pin
         cache.delete("k")  # pinned: onto the GC list
-        (slot,) = [r[9] for r, _ in cache._snapshot(0, 2, 0)]
+        (slot,) = [r[9] for r, _ in cache.records(live=False, deleted=True)]
         U32.pack_into(cache._mv, slot + off("slot.dtime"), (1 << 32) - 1)  # 32 bits now
         for i in range(20):
             cache.store(f"n{i}", b"n" * 20_000)  # sweeps the GC list, allocates
         assert bytes(B.ffi.buffer(ref.ptr, ref.len)) == b"x" * 30_000
         assert cache.info()["gc_entries"] == 1
-        B.lib.apc_ref_release(cache._seg, ref)
+        B.lib.apc_ref_release(cache._segment.ptr, ref)
 
     assert in_child(damage_then_use) == ""
 
@@ -249,9 +249,9 @@ def test_a_pinned_deleted_entry_with_a_damaged_length_stays_on_the_gc_list(cache
 
     def damage_then_use():
         ref = B.ffi.new("apc_ref *")
-        assert B.lib.apc_fetch_ref(cache._seg, 0, b"k", 1, 0, ref) >= 0  # a reader's pin
+        assert B.lib.apc_fetch_ref(cache._segment.ptr, 0, b"k", 1, 0, ref) >= 0  # a reader's pin
         cache.delete("k")
-        (slot,) = [r[9] for r, _ in cache._snapshot(0, 2, 0)]
+        (slot,) = [r[9] for r, _ in cache.records(live=False, deleted=True)]
         U32.pack_into(cache._mv, slot + off("slot.val_len"), (1 << 32) - 8)  # 32 bits now
         U64.pack_into(cache._mv, off("hdr.repair_due"), 1)
         cache.store("a", b"a")  # repairs, then sweeps the GC list
@@ -259,7 +259,7 @@ def test_a_pinned_deleted_entry_with_a_damaged_length_stays_on_the_gc_list(cache
         assert cache.check() == [], cache.check()
         assert cache.info()["gc_entries"] == 1
         assert bytes(B.ffi.buffer(ref.ptr, ref.len)) == b"x" * 20_000
-        B.lib.apc_ref_release(cache._seg, ref)
+        B.lib.apc_ref_release(cache._segment.ptr, ref)
         cache.store("c", b"c")  # unpinned now: the sweep frees it
         assert cache.info()["gc_entries"] == 0
         assert cache.check() == [], cache.check()

@@ -9,7 +9,7 @@ import pytest
 
 import apccache
 from apccache import _bindings as B
-from apccache import cache as cache_module
+from apccache import _bindings as cache_module  # the binding layer owns the fast path
 
 pytestmark = pytest.mark.skipif(cache_module._fastpath is None, reason="built without the fast path")
 

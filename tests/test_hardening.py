@@ -22,7 +22,7 @@ WORD = LAYOUT["alock_off"]  # the allocator lock's futex word, then its owner re
 
 
 def _slot_of(c, key):
-    (off,) = [r[9] for r, k in c._snapshot(0, 1, 0) if k == key.encode()]
+    (off,) = [r[9] for r, k in c.records() if k == key.encode()]
     return off
 
 
@@ -459,7 +459,7 @@ def test_compaction_across_the_pin_version_wrap_keeps_every_entry_readable(segme
             n += 1
         for i in range(0, n, 2):
             c.delete(f"k{{i}}")
-        assert B.lib.apc_debug_set_version(c._seg, 0xFFFFFFFF - 5) == 0
+        assert B.lib.apc_debug_set_version(c._segment.ptr, 0xFFFFFFFF - 5) == 0
         c.store("big", b"B" * (arena // 4))   # compacts: every move takes a version
         assert c.info()["compactions"] >= 1
         missing = [i for i in range(1, n, 2) if c.fetch(f"k{{i}}") != b"x" * 4000]

@@ -169,9 +169,12 @@ CLOSED_CALLS = {
     "aentry": lambda c: asyncio.run(c.aentry("k", _gen)),
     "lock": lambda c: c.lock("l").acquire(),
     "alock": lambda c: asyncio.run(c.alock("l").acquire()),
+    "records": lambda c: c.records(),
+    "fast_reader": lambda c: c.fast_reader(_gen, None),
 }
 # Members that are meant to work on a closed handle.
-STILL_WORK = {"close", "closed", "unlink", "name", "create", "attach", "open"}
+STILL_WORK = {"close", "closed", "unlink", "name", "create", "attach", "open", "now", "serializer", "file_stat",
+              "untrusted"}
 EMPTY_CALLS = {
     "store_many": lambda c: c.store_many({}),
     "add_many": lambda c: c.add_many({}),
@@ -261,7 +264,7 @@ def test_a_value_of_4_gib_or_more_is_refused_and_changes_nothing(segments):
     c.store("k", b"v")
     buf = B.ffi.new("char[]", 16)
     for vlen in (1 << 32, (1 << 32) + 8, (1 << 64) - 1):
-        rc = B.lib.apc_store(c._seg, 0, b"big", 3, B.T_BYTES, buf, vlen, 0, 0, 0, 0)
+        rc = B.lib.apc_store(c._segment.ptr, 0, b"big", 3, B.T_BYTES, buf, vlen, 0, 0, 0, 0)
         assert rc == B.lib.APC_E_TOOBIG
     assert c.fetch("big") is None and c.fetch("k") == b"v" and len(c) == 1
     assert c.check() == []

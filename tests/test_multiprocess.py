@@ -199,7 +199,7 @@ def _pin_and_die(c, q):
     from apccache import _bindings as B
 
     ref = B.ffi.new("apc_ref *")
-    r = B.lib.apc_fetch_ref(c._seg, 0, b"large", 5, 0, ref)
+    r = B.lib.apc_fetch_ref(c._segment.ptr, 0, b"large", 5, 0, ref)
     q.put(r >= 0 and ref.rec >= 0)  # a large value's pin is on record
     q.close()
     q.join_thread()

@@ -8,7 +8,6 @@ import threading
 import pytest
 
 import apccache
-from apccache import _bindings as B
 
 
 @pytest.mark.parametrize(
@@ -76,7 +75,7 @@ def test_large_values_written_to_fresh_and_to_rewritten_pages_are_seen_everywher
 
 def test_a_large_value_that_cannot_be_written_fails_the_store_and_leaks_nothing(cache):
     used = cache.sma_info()["avail_mem"]
-    fd = B.lib.apc_fd(cache._seg)  # the engine's own descriptor of the segment
+    fd = cache._segment.fd()  # the engine's own descriptor of the segment
     saved = os.dup(fd)
     os.close(fd)  # the segment's file is gone from under the engine: pwrite fails
     try:

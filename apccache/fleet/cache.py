@@ -10,7 +10,7 @@ import zlib
 import redis
 from redis.exceptions import RedisError, ResponseError
 
-from ..cache import ItemMethods, _fastpath
+from ..cache import ItemMethods
 from ..errors import CacheFullError
 from ..serializers import PickleSerializer
 from . import _near
@@ -120,7 +120,7 @@ class FleetCache(ItemMethods):
                 raise ValueError("the redis client must return bytes (decode_responses=False): "
                                  "FleetCache stores tagged binary values")
         self._cluster = isinstance(self.redis, redis.RedisCluster)
-        self._ser = getattr(cache, "_ser", None) or PickleSerializer()
+        self._ser = getattr(cache, "serializer", None) or PickleSerializer()
         self._nsb = namespace.encode() + b":"
         self._lockpfx = namespace.encode() + b"\x00lock:"
         self._layout = L = _near.Layout(namespace)
@@ -139,10 +139,9 @@ class FleetCache(ItemMethods):
         # The near hit without a Python frame (csrc/fastpath.c): it reads
         # the memo and the trust window that _refresh hands it, and leaves
         # everything else to the methods below.
-        self._near = None
-        fast = getattr(cache, "_fast", None)
-        if fast is not None and _fastpath is not None:
-            self._near = _fastpath.Near(fast, FleetCache.fetch.__get__(self), _MISSING)
+        reader = getattr(cache, "fast_reader", None)
+        self._near = reader(FleetCache.fetch.__get__(self), _MISSING) if reader is not None else None
+        if self._near is not None:
             self.fetch = self.get = self._near.fetch
 
     def __repr__(self):

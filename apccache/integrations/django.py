@@ -151,7 +151,7 @@ class ApcCache(BaseCache):
             info = c.key_info(key)
             left = 0
             if info and info["ttl"]:
-                left = max(1, info["creation_time"] + info["ttl"] - (c._now() or _now()))
+                left = max(1, info["creation_time"] + info["ttl"] - c.now())
             c.store(key, new, left)
             return new
 
@@ -216,8 +216,3 @@ class ApcCache(BaseCache):
     async def aclose(self, **kwargs):
         pass
 
-
-def _now():
-    import time
-
-    return int(time.time())

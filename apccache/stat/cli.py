@@ -367,9 +367,9 @@ def cmd_entries(args):
     finally:
         cache.close()
     if args.deleted:
-        rows = [C.entry_dict(r, k, now) for r, k in recs if r[13] & C.REC_DELETED]
+        rows = [C.entry_dict(r, k, now) for r, k in recs if r.flags & C.REC_DELETED]
     else:
-        rows = [C.entry_dict(r, k, now) for r, k in recs if not r[13] & (C.REC_EXPIRED | C.REC_DELETED)]
+        rows = [C.entry_dict(r, k, now) for r, k in recs if not r.flags & (C.REC_EXPIRED | C.REC_DELETED)]
     if args.filter is not None:
         rows = [r for r in rows if args.filter.search(r["key"])]
     rows.sort(key=_sort_key(args.sort), reverse=args.reverse)

@@ -5,14 +5,19 @@ a handful of engine calls and returns it as nested dicts of ints, floats,
 strings and lists: the object ``apcstat NAME --json`` prints (``SCHEMA`` is
 its version; it changes whenever a field changes meaning or goes away).
 
-Reading disturbs nothing.  Counters come from ``Cache.info(limited=True)``
-and ``FileTable.info()``, which take no lock; the entry records (for the
-chain-length histogram, top keys and the entry table) come from one
-snapshot call, which holds the locks for one pass over the slot table
-and copies records out without counting a hit, touching an access time or
-pinning anything; the allocator's free list is read under the same lock,
-once.  The supervisor's scoreboard is read lock-free.  Nothing here calls
-``fetch``, and nothing writes to the segment.
+Everything is read through the public methods of ``Cache`` (and its
+``file_table``), and reading disturbs nothing: nothing here calls ``fetch``,
+and nothing writes to the segment.  It does take locks, briefly, where the
+engine cannot read lock-free.  Counters come from ``Cache.info(limited=True)``
+and ``FileTable.info()``, read without a lock except the GC list's length
+and oldest deletion, which are walked under the whole lock (every bucket
+stripe's and the allocator's) when that list (or a pending one) is not
+empty.  The entry records (for the chain-length histogram, top keys and the
+entry table) come from ``records()``, which walks the table one bucket at a
+time under that bucket's stripe lock, and copies them out without counting
+a hit, touching an access time or pinning anything; the allocator's totals
+and free list (``sma_info``) are read in one hold of the whole lock.  The
+supervisor's scoreboard is read lock-free.
 
 ``list_segments()`` finds apccache segments by reading the first bytes of
 each file in /dev/shm with ``os.pread``: it never maps or attaches one.
@@ -26,7 +31,6 @@ import time
 from collections import Counter
 
 from .. import _bindings as B
-from .._bindings import lib
 
 __all__ = ["SCHEMA", "SHM_DIR", "collect", "entry_records", "list_segments", "owner_of", "read_header"]
 
@@ -54,11 +58,11 @@ _NUM_ENTRIES_AT = [B.LAYOUT["num_entries_off"] + i * B.LAYOUT["bstripe_size"]
 TYPE_NAMES = {B.T_BYTES: "bytes", B.T_STR: "str", B.T_INT: "int", B.T_FLOAT: "float", B.T_TRUE: "bool",
               B.T_FALSE: "bool", B.T_NONE: "none", B.T_SER: "serialized"}
 
-REC_DELETED = lib.APC_REC_DELETED
-REC_EXPIRED = lib.APC_REC_EXPIRED
-SNAP_LIVE = lib.APC_SNAP_LIVE
-SNAP_DELETED = lib.APC_SNAP_DELETED
-TABLE_FILES = lib.APC_TABLE_FILES
+REC_DELETED = B.REC_DELETED
+REC_EXPIRED = B.REC_EXPIRED
+SNAP_LIVE = B.SNAP_LIVE
+SNAP_DELETED = B.SNAP_DELETED
+TABLE_FILES = B.TABLE_FILES
 
 
 # ----------------------------------------------------------------- owners
@@ -77,7 +81,7 @@ def _owner_of_handle(cache):
     """(uid, user name, mode string) from the fstat taken of the descriptor
     the handle maps (None if unknown): what was attached, not what the name
     means now."""
-    st = getattr(getattr(cache, "_shm", None), "stat", None)
+    st = getattr(cache, "file_stat", None)
     if st is None:
         return None
     return st.st_uid, _user(st.st_uid), f"{_stat.S_IMODE(st.st_mode):04o}"
@@ -85,9 +89,9 @@ def _owner_of_handle(cache):
 
 def _distrust(cache):
     """Why the segment failed the trust check, in a few words; None if it passed."""
-    if getattr(cache, "_untrusted", None) is None:
+    if cache.untrusted is None:
         return None
-    st = getattr(getattr(cache, "_shm", None), "stat", None)
+    st = cache.file_stat
     if st is None:
         return "it failed the trust check"
     if not _stat.S_ISREG(st.st_mode):
@@ -187,32 +191,31 @@ def list_segments():
 
 
 def entry_records(cache, table=0, flags=SNAP_LIVE | SNAP_DELETED):
-    """[(rec tuple, key bytes)] from one engine snapshot (see cache.py's
-    _snapshot and apc_entry_rec); counts nothing."""
-    return cache._snapshot(table, flags, 0)
+    """[(EntryRecord, key bytes)] of the user table (0) or the file table
+    (TABLE_FILES): see Cache.records; counts nothing."""
+    source = cache.file_table if table == TABLE_FILES else cache
+    return source.records(live=bool(flags & SNAP_LIVE), deleted=bool(flags & SNAP_DELETED))
 
 
 def entry_dict(rec, key, now):
     """One entry record as the entry table's row (base units, epoch seconds)."""
-    (_hash, ctime, mtime, atime, dtime, ttl, hits, mem_size, val_len, _off, refs, _klen, typ,
-     flags) = rec
     try:
         text, key_hex = key.decode(), None
     except UnicodeDecodeError:
         text, key_hex = key.decode("utf-8", "backslashreplace"), key.hex()
     row = {
         "key": text,
-        "type": TYPE_NAMES.get(typ, f"type {typ}"),
-        "hits": hits,
-        "size": mem_size,
-        "value_size": val_len,
-        "created": ctime,
-        "modified": mtime,
-        "accessed": atime,
-        "ttl": ttl,
-        "expires": ctime + ttl if ttl else None,
-        "deleted": dtime if flags & REC_DELETED else None,
-        "refs": refs,
+        "type": TYPE_NAMES.get(rec.type, f"type {rec.type}"),
+        "hits": rec.hits,
+        "size": rec.mem_size,
+        "value_size": rec.val_len,
+        "created": rec.ctime,
+        "modified": rec.mtime,
+        "accessed": rec.atime,
+        "ttl": rec.ttl,
+        "expires": rec.ctime + rec.ttl if rec.ttl else None,
+        "deleted": rec.dtime if rec.flags & REC_DELETED else None,
+        "refs": rec.refs,
     }
     if key_hex is not None:
         row["key_hex"] = key_hex
@@ -221,7 +224,7 @@ def entry_dict(rec, key, now):
 
 def _chains(records, nslots):
     """Chain-length statistics from the records of one table's chains."""
-    per_bucket = Counter(rec[0] % nslots for rec, _k in records)
+    per_bucket = Counter(rec.hash % nslots for rec, _k in records)
     hist = Counter(per_bucket.values())
     hist[0] = nslots - len(per_bucket)
     longest = max(per_bucket.values(), default=0)
@@ -305,7 +308,7 @@ def collect(cache, *, detail=True, top=5, now=None):
         "owner_uid": owner[0] if owner else None,
         "owner": owner[1] if owner else None,
         "mode": owner[2] if owner else None,
-        "trusted": getattr(cache, "_untrusted", None) is None,
+        "trusted": cache.untrusted is None,
         "untrusted_reason": _distrust(cache),
     }
     user = _table(info, now)
@@ -332,9 +335,9 @@ def collect(cache, *, detail=True, top=5, now=None):
     if detail:
         alloc["free_block_sizes"] = _free_histogram(sma["block_lists"][0])
         recs = entry_records(cache, 0, SNAP_LIVE)
-        user["expired_entries"] = sum(1 for r, _ in recs if r[13] & REC_EXPIRED)
-        hot = heapq.nsmallest(top, (rk for rk in recs if rk[0][6] > 0 and not rk[0][13] & REC_EXPIRED),
-                              key=lambda rk: (-rk[0][6], rk[1]))
+        user["expired_entries"] = sum(1 for r, _ in recs if r.flags & REC_EXPIRED)
+        hot = heapq.nsmallest(top, ((r, k) for r, k in recs if r.hits > 0 and not r.flags & REC_EXPIRED),
+                              key=lambda rk: (-rk[0].hits, rk[1]))
         user["top_keys"] = [
             {k: v for k, v in entry_dict(r, key, now).items() if k in ("key", "key_hex", "hits", "size", "type")}
             for r, key in hot

@@ -238,7 +238,7 @@ def test_a_password_protected_redis(hosts, tmp_path):
 
 
 def test_the_near_hit_takes_the_fast_path_and_its_misses_the_method(hosts, rclient):
-    from apccache import cache as cache_module
+    from apccache import _bindings as cache_module
 
     if cache_module._fastpath is None:
         pytest.skip("built without the fast path")

@@ -106,7 +106,7 @@ def test_expired_entries_are_not_listed(segments):
     c.store("fresh", 1)
     c.store("stale", 2, ttl=1)
     # make "stale" expire without waiting: its ctime is far in the past
-    (off,) = [r[9] for r, k in c._snapshot(0, 1, 0) if k == b"stale"]
+    (off,) = [r[9] for r, k in c.records() if k == b"stale"]
     from apccache import _bindings as B
     at = off + B.lib.apc_layout_offset(b"slot.ctime")
     c._mv[at:at + 4] = (1000).to_bytes(4, "little")  # apc_slot.ctime (32 bits)
@@ -141,7 +141,7 @@ def test_deleted_lists_an_entry_a_reader_still_holds(segments):
     c = segments(size=1 << 20)
     c.store("held", b"x" * 100)
     c.store("other", 1)
-    (off,) = [r[9] for r, k in c._snapshot(0, 1, 0) if k == b"held"]
+    (off,) = [r[9] for r, k in c.records() if k == b"held"]
     from apccache._bindings import LAYOUT
 
     pin_off = off + LAYOUT["slot_pin_off"]
