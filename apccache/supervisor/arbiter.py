@@ -57,6 +57,7 @@ import termios
 import time
 import traceback
 
+from .._units import format_size
 from . import config as _config
 from . import policy
 from . import scoreboard as sb
@@ -330,7 +331,7 @@ class Supervisor:
             return self._take_over_existing(apccache, c, kwargs)
         except Exception as e:
             log.error("cannot create the cache segment %r (%s): %s", c.name,
-                      _config.format_size(c.size), e)
+                      format_size(c.size, trim=True), e)
             return ExitCode.CACHE_ERROR
         self.board = sb.Board(self.cache)
         self.board.initialise(self.pid, self.started_wall)
@@ -484,7 +485,7 @@ class Supervisor:
         pools = ", ".join(f"{p.name} ({p.workers} worker{'s' if p.workers != 1 else ''})"
                           for p in self.config.pools)
         log.info("supervisor pid %d serving cache %r (%s) with pools %s", self.pid, c.name,
-                 _config.format_size(c.size), pools)
+                 format_size(c.size, trim=True), pools)
         log.info("watch it with: apccache status %s   (or: apcstat %s)", c.name, c.name)
         log.info("reload with: kill -HUP %d; stop with Ctrl-C or: kill -TERM %d%s", self.pid, self.pid,
                  f"; stopping by itself after {_secs(self.duration)}" if self.duration else "")
