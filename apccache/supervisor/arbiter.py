@@ -63,6 +63,7 @@ from . import policy
 from . import scoreboard as sb
 from . import worker as _worker
 from .errors import ConfigError
+from .scoreboard import PoolState, ReloadOutcome, SupervisorState
 
 __all__ = ["Supervisor", "ExitCode"]
 
@@ -220,7 +221,7 @@ class Supervisor:
         self.generation = 0
         self.next_generation = 1
         self.reload = None
-        self.last_reload = 0
+        self.last_reload = ReloadOutcome.NONE
         self.reload_generation = 0
         self.stopping = False
         self.stop_deadline = 0.0
@@ -477,7 +478,7 @@ class Supervisor:
         self.next_generation += 1
         for i, pcfg in enumerate(self.config.pools):
             self.pools[pcfg.name] = Pool(pcfg, i)
-        self.write_header(state=2)
+        self.write_header(state=SupervisorState.RUNNING)
 
     def announce(self):
         """Say what runs and where to watch it."""
@@ -653,7 +654,7 @@ class Supervisor:
             counters = dict(pool.counters)
             for k, v in pool.dead_totals.items():
                 counters[k] = v + live[name][k]
-            state = 2 if pool.failed else 3 if pool.removed else 1
+            state = PoolState.FAILED if pool.failed else PoolState.REMOVED if pool.removed else PoolState.RUNNING
             self.board.write_pool(pool.index, name, state, pool.desired, self.generation, ready[name], counters)
         self.write_header()
 
@@ -661,7 +662,8 @@ class Supervisor:
 
     def write_header(self, state=None):
         if state is None:
-            state = 4 if self.stopping else 3 if self.reload else 2
+            state = (SupervisorState.STOPPING if self.stopping else SupervisorState.RELOADING if self.reload
+                     else SupervisorState.RUNNING)
         self.board.write_header(self.pid, self.started_wall, self.generation, state, self.last_reload,
                                 self.reload_generation)
 
@@ -953,7 +955,7 @@ class Supervisor:
         try:
             new = _config.load(self.config_path)
         except ConfigError as e:
-            self.last_reload = 2
+            self.last_reload = ReloadOutcome.FAILED
             log.error("reload failed: %s; generation %d keeps serving", e, self.generation)
             return
         if new.cache != self.config.cache:
@@ -998,14 +1000,14 @@ class Supervisor:
         log.info("reload complete: generation %d is serving (%d workers)", self.generation,
                  sum(1 for p in self.procs.values() if p.generation == self.generation and p.ready))
         self.reload = None
-        self.last_reload = 1
+        self.last_reload = ReloadOutcome.SUCCEEDED
 
     def fail_reload(self, why):
         """A process of the new generation failed to start: go back to the previous generation."""
         r = self.reload
         failed = self.generation
         self.reload = None
-        self.last_reload = 2
+        self.last_reload = ReloadOutcome.FAILED
         self.config = r.previous_config
         self.generation = r.previous_generation
         self.apply_pools(self.config)
@@ -1028,7 +1030,7 @@ class Supervisor:
         for proc in list(self.procs.values()):
             if not proc.retiring:
                 self.retire(proc, "the supervisor is stopping")
-        self.write_header(state=4)
+        self.write_header(state=SupervisorState.STOPPING)
 
     def stop_now(self, sig):
         """A second SIGTERM/SIGINT or a SIGQUIT: SIGKILL every worker and exit."""
@@ -1067,7 +1069,8 @@ class Supervisor:
         try:
             if self.board is not None:
                 self.board.write_header(self.pid, self.started_wall, self.generation,
-                                        6 if self.exit_code == ExitCode.POOL_FAILED else 5,
+                                        SupervisorState.FAILED if self.exit_code == ExitCode.POOL_FAILED
+                                        else SupervisorState.STOPPED,
                                         self.last_reload, self.reload_generation)
             if not keep:
                 self.cache.unlink()

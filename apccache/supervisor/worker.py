@@ -131,17 +131,17 @@ class WorkerContext:
         if self._leaving:
             return False
         if self._stop:
-            return self._leave(sb.INTENT_STOP)
+            return self._leave(sb.Intent.STOP)
         if self._master_pid and os.getppid() != self._master_pid:
             self._stop = True
-            return self._leave(sb.INTENT_ORPHANED)
+            return self._leave(sb.Intent.ORPHANED)
         if self._due:
             must_wait = bool(self._rotate_cap) and self._record.jobs >= self._rotate_cap
             if self._take_token(wait=must_wait):
-                return self._leave(sb.INTENT_ROTATE_JOBS if self._due == "max_jobs" else sb.INTENT_ROTATE_MEMORY,
+                return self._leave(sb.Intent.ROTATE_JOBS if self._due == "max_jobs" else sb.Intent.ROTATE_MEMORY,
                                    rotating=True)
             if self._stop:
-                return self._leave(sb.INTENT_STOP)
+                return self._leave(sb.Intent.STOP)
         return True
 
     @property
@@ -492,7 +492,7 @@ def main(spec):
                   spec["worker_id"], os.getpid(), spec["pool"], target_name,
                   "".join(traceback.format_exception(type(e), e, e.__traceback__)).rstrip())
         record.state = sb.STOPPING
-        record.intent = sb.INTENT_BOOT
+        record.intent = sb.Intent.BOOT
         record.note = f"cannot load {target_name}: {brief}"
         record.flush()
         return EXIT_BOOT_FAILED
@@ -534,19 +534,19 @@ def main(spec):
                   "".join(traceback.format_exception(type(e), e, e.__traceback__)).rstrip())
         if not ctx._in_job:
             record.state = sb.STOPPING
-        record.intent = sb.INTENT_RAISED
+        record.intent = sb.Intent.RAISED
         record.note = f"{type(e).__name__}: {e}"
         record.flush()
         return EXIT_TARGET_RAISED
     if not ctx._leaving and not ctx._stop:
         record.state = sb.STOPPING
-        record.intent = sb.INTENT_RETURNED
+        record.intent = sb.Intent.RETURNED
         record.flush()
         return EXIT_TARGET_RETURNED
-    if record.intent == sb.INTENT_ORPHANED:
+    if record.intent == sb.Intent.ORPHANED:
         return EXIT_ORPHANED
     if not ctx._leaving:
-        ctx._leave(sb.INTENT_STOP)
+        ctx._leave(sb.Intent.STOP)
     return EXIT_CLEAN
 
 
