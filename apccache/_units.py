@@ -1,9 +1,7 @@
-"""Byte counts in words: the one formatter behind every size the package prints.
+"""Byte counts in words: the one formatter behind the sizes the package prints.
 
-The stats screens, the supervisor's log and its config errors, and the
-cache's own error messages all say sizes the same way: IEC units (powers
-of 1024), the largest unit that keeps the number at 1 or more, one
-decimal::
+Sizes are said one way everywhere: IEC units (powers of 1024), the largest
+unit that keeps the number at 1 or more, one decimal::
 
     format_size(512)        -> "512 B"
     format_size(1536)       -> "1.5 KiB"
@@ -11,11 +9,14 @@ decimal::
 
 A table keeps the decimal so that its column lines up; a sentence that
 echoes a size the user wrote as "64M" drops a decimal that is zero
-(``trim=True``: "64 MiB", "1.5 KiB").  It imports nothing of the package,
-so a module that must not load the engine (the config reader) can use it.
+(``trim=True``: "64 MiB", "1.5 KiB").  Memory limits are set and compared
+in MiB, so the messages about them keep that unit whatever the size
+(``format_mib``: "0.5 MiB", "2048.0 MiB").
+
+It depends on nothing else in the package.
 """
 
-__all__ = ["format_size"]
+__all__ = ["format_size", "format_mib"]
 
 _UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
 
@@ -37,3 +38,8 @@ def format_size(n, *, trim=False):
     if trim:
         text = text.rstrip("0").rstrip(".")
     return f"{text} {unit}"
+
+
+def format_mib(n):
+    """*n* bytes in MiB with one decimal ("12.3 MiB"); None counts as 0."""
+    return f"{(n or 0) / (1 << 20):.1f} MiB"

@@ -56,6 +56,7 @@ import sys
 import termios
 import time
 import traceback
+from typing import Optional
 
 from .._units import format_size
 from . import config as _config
@@ -63,6 +64,8 @@ from . import policy
 from . import scoreboard as sb
 from . import worker as _worker
 from .errors import ConfigError
+from .exits import Kill, KillReason, Then, classify_exit, signame
+from .exits import secs as _secs
 from .scoreboard import PoolState, ReloadOutcome, SupervisorState
 
 __all__ = ["Supervisor", "ExitCode"]
@@ -93,14 +96,6 @@ class ExitCode(enum.IntEnum):
     # A second SIGTERM/SIGINT, or a SIGQUIT, stops at once and exits 128 + that signal's number.
 
 
-_SIGNAMES = {getattr(signal, n): n for n in dir(signal) if n.startswith("SIG") and not n.startswith("SIG_")}
-_SIGNAL_HINTS = {
-    signal.SIGKILL: "; out of memory? (see dmesg) or killed by hand",
-    signal.SIGSEGV: " (segmentation fault)",
-    signal.SIGBUS: " (bus error)",
-    signal.SIGABRT: " (aborted)",
-    signal.SIGFPE: " (arithmetic fault)",
-}
 _HANDLED = (
     signal.SIGHUP,
     signal.SIGTERM,
@@ -110,15 +105,6 @@ _HANDLED = (
     signal.SIGTTOU,
     signal.SIGCHLD,
 )
-
-
-def signame(num):
-    return _SIGNAMES.get(num, f"signal {num}")
-
-
-def _secs(s):
-    s = float(s)
-    return f"{int(s)} s" if s == int(s) else f"{s:.1f} s"
 
 
 @dataclasses.dataclass
@@ -133,7 +119,7 @@ class Proc:
     forked: float
     ready: float = 0.0               # monotonic time it reported ready, 0 = not yet
     retiring: str = ""               # why the master asked it to stop, "" = not asked
-    kill: tuple = ()                 # why the master SIGKILLed it: (kind, details...)
+    kill: Optional[Kill] = None      # why the master SIGKILLed it, None = it did not
     last: dict = dataclasses.field(default_factory=dict)  # last scoreboard copy
 
     def label(self):
@@ -150,6 +136,19 @@ class Slot:
     not_before: float = 0.0          # monotonic: backoff after a crash
     replacing: bool = False          # the next process replaces one that exited
     token_owed: bool = False         # put the rotation token back when a successor is ready
+
+    def note_exit(self, report):
+        """What an exit that is not a crash (an ``exits.ExitReport``) changes in the slot."""
+        if report.last_exit is not None:
+            self.last_exit = report.last_exit
+        if report.clean:
+            self.streak.clean_exit()
+        if report.owes_token:
+            self.token_owed = True
+        if report.then in (Then.REPLACE, Then.REPLACE_NOW):
+            self.replacing = True
+        if report.then is Then.REPLACE_NOW:
+            self.not_before = 0.0  # no backoff left over from an earlier crash
 
 
 class Pool:
@@ -556,7 +555,7 @@ class Supervisor:
         if self.stopping and now >= self.stop_deadline:
             for proc in list(self.procs.values()):
                 if not proc.kill:
-                    self.kill(proc, ("stop_timeout",))
+                    self.kill(proc, Kill(KillReason.STOP_TIMEOUT, self.config.supervisor.stop_timeout))
             return
         for proc in list(self.procs.values()):
             if proc.kill:
@@ -570,7 +569,7 @@ class Supervisor:
                     proc.ready = now
                     self.worker_ready(proc)
                 elif now - proc.forked > self.config.supervisor.start_timeout:
-                    self.kill(proc, ("start_timeout", self.config.supervisor.start_timeout))
+                    self.kill(proc, Kill(KillReason.START_TIMEOUT, self.config.supervisor.start_timeout))
                 continue
             if rec["state"] == "busy" and rec["job_deadline"]:
                 pool = self.pools.get(proc.pool)
@@ -578,7 +577,7 @@ class Supervisor:
                 # The worker publishes its deadline on CLOCK_MONOTONIC, shared by all processes.
                 if time.monotonic() > rec["job_deadline"] + grace:
                     ran = time.time() - rec["job_started"] if rec["job_started"] else 0.0
-                    self.kill(proc, ("time_limit", rec["time_limit"] or 0.0, rec["job"], ran, grace))
+                    self.kill(proc, Kill(KillReason.TIME_LIMIT, rec["time_limit"] or 0.0, rec["job"], ran, grace))
 
     def maintain_workers(self):
         """Fork what the wanted generation lacks; retire what it has replaced."""
@@ -757,12 +756,11 @@ class Supervisor:
         self.send(proc, signal.SIGTERM)
 
     def kill(self, proc, why):
-        """SIGKILL *proc* and remember why, for the exit report."""
+        """SIGKILL *proc* and remember why (a ``Kill``), for the exit report."""
         proc.kill = why
-        if why[0] == "time_limit":
-            _, limit, job, ran, grace = why
+        if why.reason is KillReason.TIME_LIMIT:
             log.warning("%s: job %r has run %s, past its %s time limit and hard_kill_after (%s); sending "
-                        "SIGKILL", proc.label(), job, _secs(ran), _secs(limit), _secs(grace))
+                        "SIGKILL", proc.label(), why.job, _secs(why.ran), _secs(why.limit), _secs(why.grace))
         self.send(proc, signal.SIGKILL)
 
     def send(self, proc, sig):
@@ -774,110 +772,38 @@ class Supervisor:
     def worker_exited(self, proc, status):
         """Report one reaped worker in words, count it, recover its cache state, plan its slot."""
         now = self.clock()
+        pool = self.pools.get(proc.pool)
+        rec = self.settle_record(proc, pool)
+        slot = pool.slots[proc.worker_id] if pool is not None else Slot()
+        if rec.get("rotating") and pool is not None:
+            slot.token_owed = True
+        report = classify_exit(os.waitstatus_to_exitcode(status), proc, rec, pool.cfg if pool else None)
+        if report.then is Then.CRASH:
+            self._crash(pool, slot, proc, report, now)
+            return
+        log.log(report.level, "%s", report.message)
+        self._count(pool, *report.counters)
+        slot.note_exit(report)
+
+    def settle_record(self, proc, pool):
+        """Take a reaped worker's last record, free it, bank its totals, release its cache holds."""
         rec = self.board.record(proc.record) or proc.last or {}
         self.board.release_record(proc.record)
-        pool = self.pools.get(proc.pool)
         if pool is not None:
             for k in pool.dead_totals:
                 pool.dead_totals[k] += rec.get(k, 0)
         self.recover(proc)
-
-        code = os.waitstatus_to_exitcode(status)
-        if code < 0:
-            how = f"was killed by {signame(-code)}"
-        else:
-            how = f"exited with code {code}"
-        jobs = rec.get("jobs", 0)
-        busy = rec.get("state") == "busy"
-        job = rec.get("job")
-        lost = f"; its job {job!r} is lost" if busy else ""
-        intent = rec.get("intent")
-        label = proc.label()
-        slot = pool.slots[proc.worker_id] if pool is not None else Slot()
-        if rec.get("rotating") and pool is not None:
-            slot.token_owed = True
-
-        if proc.kill and proc.kill[0] == "time_limit":
-            _, limit, jobname, ran, grace = proc.kill
-            msg = (f"{label} was killed by SIGKILL after exceeding its {_secs(limit)} job time limit "
-                   f"(job {jobname!r} ran {_secs(ran)}; hard_kill_after {_secs(grace)}); the job is lost")
-            log.error("%s", msg)
-            self._count(pool, "time_limit_kills", "lost_jobs")
-            slot.last_exit = f"killed after exceeding its {_secs(limit)} job time limit"
-            slot.replacing = True
-            slot.not_before = 0.0
-            return
-        if proc.kill and proc.kill[0] == "stop_timeout":
-            msg = (f"{label} was killed by SIGKILL: it did not stop within stop_timeout "
-                   f"({_secs(self.config.supervisor.stop_timeout)}){lost}")
-            log.warning("%s", msg)
-            if busy:
-                self._count(pool, "lost_jobs")
-            return
-        if proc.kill and proc.kill[0] == "now":
-            log.info("%s %s (immediate stop)%s", label, how, lost)
-            return
-        if proc.kill and proc.kill[0] == "start_timeout":
-            msg = f"{label} did not become ready within start_timeout ({_secs(proc.kill[1])}) and was killed"
-            self._crash(pool, slot, proc, msg, now)
-            return
-        # A rotation first: a worker that left on its own before a SIGTERM from
-        # a stop or reload reached it says so in its intent.
-        if code == 0 and intent in ("rotate (max_jobs)", "rotate (memory_limit)"):
-            limit = pool.cfg if pool else None
-            if intent == "rotate (max_jobs)":
-                why = (f"after {jobs} jobs (max_jobs {limit.max_jobs if limit else '?'}, its rotation point "
-                       f"{rec.get('rotate_at')})")
-            else:
-                why = (f"at {_mib(rec.get('memory'))} of private memory (memory_limit "
-                       f"{_mib(limit.memory_limit if limit else 0)}), after {jobs} jobs")
-            log.info("%s rotated %s", label, why)
-            slot.last_exit = f"rotated {why}"
-            slot.streak.clean_exit()
-            self._count(pool, "rotations")
-            slot.replacing = True
-            slot.token_owed = True
-            return
-        if proc.retiring:
-            if code == 0:
-                log.info("%s stopped after %d job%s (%s)", label, jobs, "" if jobs == 1 else "s", proc.retiring)
-            elif code == _worker.EXIT_BOOT_FAILED and not proc.ready:
-                log.info("%s failed to start as well (%s)", label, proc.retiring)
-            else:
-                log.warning("%s %s while stopping (%s)%s", label, how, proc.retiring, lost)
-                if busy:
-                    self._count(pool, "lost_jobs")
-            slot.last_exit = f"stopped after {jobs} jobs ({proc.retiring})"
-            slot.streak.clean_exit()
-            return
-        if code == _worker.EXIT_BOOT_FAILED or not (proc.ready or rec.get("ready_at")):
-            self._crash(pool, slot, proc, f"{label} failed to start: {rec.get('note') or how}", now)
-            return
-        if code == 0 and intent == "stop requested":
-            log.warning("%s stopped on a signal the supervisor did not send; starting another", label)
-            slot.last_exit = "stopped by an outside signal"
-            slot.replacing = True
-            return
-        if code == _worker.EXIT_TARGET_RETURNED:
-            msg = (f"{label} crashed: its target returned although the supervisor did not ask it to stop "
-                   "(loop while ctx.running)")
-        elif code == _worker.EXIT_TARGET_RAISED:
-            where = "inside" if busy else "outside"
-            msg = f"{label} crashed: its target raised {rec.get('note') or 'an exception'} {where} a job{lost}"
-        elif code < 0:
-            msg = f"{label} {how}{_SIGNAL_HINTS.get(-code, '')}{lost}"
-        else:
-            msg = f"{label} crashed: it {how}{lost}"
-        self._crash(pool, slot, proc, msg, now, busy=busy)
+        return rec
 
     def _count(self, pool, *names):
         if pool is not None:
             for n in names:
                 pool.counters[n] += 1
 
-    def _crash(self, pool, slot, proc, msg, now, busy=False):
+    def _crash(self, pool, slot, proc, report, now):
         """Count a crash, plan the slot's restart with backoff, and notice a crash loop."""
-        slot.last_exit = msg.split(f"{proc.label()} ", 1)[-1][:72]
+        msg = report.message
+        slot.last_exit = report.last_exit
         if pool is None:
             log.error("%s", msg)
             return
@@ -885,9 +811,7 @@ class Supervisor:
             log.error("%s", msg)
             self.fail_reload(msg)
             return
-        self._count(pool, "crashes")
-        if busy:
-            self._count(pool, "lost_jobs")
+        self._count(pool, *report.counters)
         uptime = (now - proc.ready) if proc.ready else 0.0
         n = slot.streak.crashed(uptime)
         delay = policy.backoff_delay(n, *pool.cfg.restart_backoff)
@@ -1041,8 +965,7 @@ class Supervisor:
         self.exit_code = 128 + sig
         for proc in list(self.procs.values()):
             if not proc.kill:
-                proc.kill = ("now",)
-                self.send(proc, signal.SIGKILL)
+                self.kill(proc, Kill(KillReason.NOW))
 
     def kill_all(self, why):
         """SIGKILL and reap every worker (the master is going down on an error)."""
@@ -1096,6 +1019,3 @@ def _shell(cmd):
 
     return shlex.join(cmd)
 
-
-def _mib(n):
-    return f"{(n or 0) / (1 << 20):.1f} MiB"

@@ -67,6 +67,7 @@ import sys
 import time
 import traceback
 
+from .._units import format_mib
 from . import memory as _memory
 from . import policy
 from . import scoreboard as sb
@@ -277,7 +278,7 @@ class WorkerContext:
                 if self._due == "max_jobs":
                     why = f"after {rec.jobs} jobs (max_jobs reached)"
                 else:
-                    why = f"at {_mib(mem)} of private memory (memory_limit {_mib(self._memory_limit)})"
+                    why = f"at {format_mib(mem)} of private memory (memory_limit {format_mib(self._memory_limit)})"
                 self.log.info("worker %d (pid %d) of pool %s is due for rotation %s",
                               self.worker_id, os.getpid(), self.pool, why)
         rec.flush()
@@ -594,10 +595,6 @@ def _set_process_name(name):
         libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
     except (OSError, AttributeError):
         pass
-
-
-def _mib(n):
-    return f"{(n or 0) / (1 << 20):.1f} MiB"
 
 
 def _secs(s):
