@@ -668,6 +668,27 @@ class Supervisor:
 
     def spawn(self, pool, wid):
         """Fork one worker of the wanted generation for slot (pool, wid)."""
+        index = self._free_record()
+        if index is None:
+            return None
+        spec = self.worker_spec(pool, wid, index)
+        self._claim_record(pool, wid, spec)
+        try:
+            pid = _fork_worker(spec)
+        except OSError as e:
+            self.board.release_record(index)
+            log.error("cannot fork a worker for pool %s: %s; retrying in 1 s", pool.cfg.name, e.strerror)
+            pool.slots[wid].not_before = self.clock() + 1.0
+            return None
+        self.board.set_pid(index, pid)
+        proc = Proc(pid=pid, pool=pool.cfg.name, worker_id=wid, generation=self.generation, record=index,
+                    forked=self.clock())
+        self.procs[pid] = proc
+        log.debug("started %s, generation %d", proc.label(), self.generation)
+        return proc
+
+    def _free_record(self):
+        """A free scoreboard record for the next worker, or None (said once) while all are in use."""
         index = self.board.free_record()
         if index is None:
             if not self.warned_full:
@@ -676,74 +697,45 @@ class Supervisor:
                 self.warned_full = True
             return None
         self.warned_full = False
+        return index
+
+    def worker_spec(self, pool, wid, index):
+        """What the worker for slot (pool, wid), in scoreboard record *index*, needs to run."""
         cfg = pool.cfg
+        # The child keeps its own pool's token pipe (read end) and nothing
+        # else the master holds open.
+        close_fds = [self.wake_r, self.wake_w]
+        for p in self.pools.values():
+            close_fds.append(p.token_w)
+            if p.token_r != pool.token_r:
+                close_fds.append(p.token_r)
+        return _worker.WorkerSpec(
+            pool=cfg.name,
+            worker_id=wid,
+            generation=self.generation,
+            record=index,
+            master_pid=self.pid,
+            cache=self.cache,
+            target=cfg.target,
+            token_fd=pool.token_r if cfg.max_jobs or cfg.memory_limit else None,
+            rotate_at=policy.rotation_point(cfg.max_jobs, cfg.max_jobs_jitter),
+            rotate_cap=policy.rotation_cap(cfg.max_jobs, cfg.max_jobs_jitter),
+            memory_limit=cfg.memory_limit,
+            job_time_limit=cfg.job_time_limit,
+            env=tuple(cfg.env),
+            python_path=tuple(self.config.supervisor.python_path),
+            close_fds=tuple(close_fds),
+        )
+
+    def _claim_record(self, pool, wid, spec):
+        """Fill the new worker's scoreboard record with its slot's history; count a restart."""
         slot = pool.slots[wid]
         if slot.replacing:
             slot.restarts += 1
             pool.counters["restarts"] += 1
             slot.replacing = False
-        rotate_at = policy.rotation_point(cfg.max_jobs, cfg.max_jobs_jitter)
-        rotate_cap = policy.rotation_cap(cfg.max_jobs, cfg.max_jobs_jitter)
-        self.board.claim_record(index, pool.index, wid, self.generation, slot.restarts, rotate_at, rotate_cap,
-                                slot.last_exit)
-        keep_fds = {pool.token_r}
-        close_fds = [self.wake_r, self.wake_w]
-        for p in self.pools.values():
-            close_fds.append(p.token_w)
-            if p.token_r not in keep_fds:
-                close_fds.append(p.token_r)
-        spec = {
-            "pool": pool.cfg.name,
-            "worker_id": wid,
-            "generation": self.generation,
-            "record": index,
-            "master_pid": self.pid,
-            "cache": self.cache,
-            "cache_name": self.config.cache.name,
-            "target": cfg.target,
-            "token_fd": pool.token_r if cfg.max_jobs or cfg.memory_limit else None,
-            "rotate_at": rotate_at,
-            "rotate_cap": rotate_cap,
-            "memory_limit": cfg.memory_limit,
-            "job_time_limit": cfg.job_time_limit,
-            "env": cfg.env,
-            "python_path": self.config.supervisor.python_path,
-            "close_fds": close_fds,
-        }
-        sys.stdout.flush()
-        sys.stderr.flush()
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED + (signal.SIGALRM,))
-        try:
-            pid = os.fork()
-        except OSError as e:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-            self.board.release_record(index)
-            log.error("cannot fork a worker for pool %s: %s; retrying in 1 s", pool.cfg.name, e.strerror)
-            slot.not_before = self.clock() + 1.0
-            return None
-        if pid == 0:
-            code = _worker.EXIT_BOOT_FAILED
-            try:
-                code = _worker.main(spec)
-            except BaseException:
-                try:
-                    traceback.print_exc()
-                except BaseException:
-                    pass
-            finally:
-                try:
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                except BaseException:
-                    pass
-                os._exit(code)
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        self.board.set_pid(index, pid)
-        proc = Proc(pid=pid, pool=pool.cfg.name, worker_id=wid, generation=self.generation, record=index,
-                    forked=self.clock())
-        self.procs[pid] = proc
-        log.debug("started %s, generation %d", proc.label(), self.generation)
-        return proc
+        self.board.claim_record(spec.record, pool.index, wid, spec.generation, slot.restarts, spec.rotate_at,
+                                spec.rotate_cap, slot.last_exit)
 
     def worker_ready(self, proc):
         """A process reported ready; say so when it replaces or reloads."""
@@ -1012,6 +1004,24 @@ def _killpg(pid, sig):
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _fork_worker(spec):
+    """Fork a process that runs the worker of *spec*; its pid in the master (OSError if fork fails).
+
+    The signals the master handles are blocked across the fork, so that the
+    child never runs the master's handlers before it has set its own.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED + (signal.SIGALRM,))
+    try:
+        pid = os.fork()
+        if pid == 0:
+            _worker.run_forked(spec)  # never returns
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    return pid
 
 
 def _shell(cmd):
