@@ -2,29 +2,56 @@
 
 The shape is gunicorn's arbiter.  Signal handlers do nothing but append the
 signal to a queue; ``signal.set_wakeup_fd`` writes a byte to a self-pipe so
-the main loop wakes at once.  The loop is five named steps, each a method::
+the main loop wakes at once.
 
-    while not done:
-        wait_for_wakeup()      # sleep on the self-pipe, at most LOOP_INTERVAL
-        handle_signals()       # act on the queued signals, coalescing bursts
-        reap_workers()         # waitpid every exited worker and report it in words
-        check_deadlines()      # job time limits, start timeouts, stop timeout
-        maintain_workers()     # fork and retire to match the wanted generation
-        publish()              # write pool records and the heartbeat
+START-UP
+
+    ``run()`` reads the config and installs the signal handlers, then
+    ``start_up()`` takes six named steps, each a method, before anything
+    forks a worker; the first two may end the run with an exit code::
+
+        start_cache()      # create the segment, or take over one a dead supervisor left
+        run_init()         # run the [init] command to its end
+        start_opcode()     # serve the workers' imports from the segment ([opcode])
+        start_pools()      # the config's pools, as generation 1
+        start_fleet()      # the [fleet] table's invalidation listener
+        announce()         # say what runs and where to watch it
+
+THE LOOP
+
+    Six named steps, each a method, until the last worker of a stop has
+    exited::
+
+        while True:
+            wait_for_wakeup()      # sleep on the self-pipe, at most LOOP_INTERVAL
+            handle_signals()       # act on the queued signals, coalescing bursts
+            reap_workers()         # waitpid every exited worker and report it in words
+            if stopping and no worker is left: break
+            check_deadlines()      # job time limits, start timeouts, stop timeout
+            maintain_workers()     # fork and retire to match the wanted generation
+            publish()              # write pool records and the heartbeat
+
+    ``reap_workers`` asks ``exits.classify_exit()`` what each exit means (a
+    pure function: see exits.py) and applies its answer.
+    ``maintain_workers`` forks with ``spawn()``, which hands the child a
+    ``worker.WorkerSpec``, and restarts the fleet listener when it is down.
 
 GENERATIONS
 
-    Every SIGHUP re-reads the config and starts a new generation.  For each
-    worker slot (pool, worker_id) the master forks a process of the new
-    generation next to the old one and retires the old one (SIGTERM: finish the
-    job in flight, then exit) only when the new one reports ready, so the
-    number of ready workers never drops.  A reload that arrives while another
-    is in progress supersedes it: new-generation processes that are not yet
-    ready are stopped, ready ones serve until their own replacement is ready.
-    So a burst of 50 SIGHUPs converges on the last generation.  If a process
-    of the new generation fails before it is ready (an import error, a
-    crash, ``start_timeout``), the reload fails: the new generation is
-    stopped and the old one keeps (or goes back to) serving.
+    Every SIGHUP re-reads the config and starts a new generation
+    (``begin_reload``).  For each worker slot (pool, worker_id) the master
+    forks a process of the new generation next to the old one and retires
+    the old one (SIGTERM: finish the job in flight, then exit) only when the
+    new one reports ready, so the number of ready workers never drops.  A
+    reload that arrives while another is in progress supersedes it
+    (``supersede_reload``): new-generation processes that are not yet ready
+    are stopped, ready ones serve until their own replacement is ready.  So
+    a burst of 50 SIGHUPs converges on the last generation.  When every slot
+    of the new generation is ready the reload is complete
+    (``finish_reload``).  If a process of the new generation fails before
+    it is ready (an import error, a crash, ``start_timeout``), the reload
+    fails (``fail_reload``): the new generation is stopped and the old one
+    keeps (or goes back to) serving.
 
 CRASHES
 
@@ -34,6 +61,16 @@ CRASHES
     the pool's backoff.  ``max_crashes`` crashes within ``crash_window``
     seconds mark the pool failed and stop the supervisor with
     ``ExitCode.POOL_FAILED``.
+
+STOPPING
+
+    A stop is always the same sequence: SIGTERM, a wait, then SIGKILL for
+    whatever is still running.  Workers get it over loop passes: ``retire``
+    sends SIGTERM (the job in flight finishes) and ``check_deadlines`` sends
+    SIGKILL once ``stop_timeout`` has passed; a second SIGTERM/SIGINT, or a
+    SIGQUIT, skips the wait.  The init command's process group gets it in one
+    call (``_stop_group``) when it runs past ``init.timeout`` or a stop
+    arrives while it runs.
 
 WHAT IT DOES NOT DO
 
@@ -237,27 +274,15 @@ class Supervisor:
 
     def run(self):
         """Start up, supervise until stopped, clean up; return the exit code."""
-        try:
-            self.config = _config.load(self.config_path)
-        except ConfigError as e:
-            log.error("%s", e)
-            return ExitCode.CONFIG_ERROR
-        if self.keep_cache is not None:
-            self.config = dataclasses.replace(
-                self.config, cache=dataclasses.replace(self.config.cache, keep=self.keep_cache))
+        code = self.load_config()
+        if code is not None:
+            return code
         self.install_signals()
         try:
-            code = self.start_cache()
-            if code is not None:
-                return code
             try:
-                code = self.run_init()
+                code = self.start_up()
                 if code is not None:
                     return code
-                self.start_opcode()
-                self.start_pools()
-                self.start_fleet()
-                self.announce()
                 self.main_loop()
                 return self.exit_code
             finally:
@@ -270,7 +295,7 @@ class Supervisor:
             self.restore_signals()
 
     def main_loop(self):
-        """Run the named steps until the last worker of a stop has exited."""
+        """Run the loop's named steps until the last worker of a stop has exited."""
         self.started = self.clock()
         while True:
             self.wait_for_wakeup()
@@ -280,11 +305,21 @@ class Supervisor:
                 break
             self.check_deadlines()
             self.maintain_workers()
-            if self.fleet is not None and not self.stopping:
-                self.fleet.maintain()
             self.publish()
 
     # -- start-up -------------------------------------------------------------
+
+    def load_config(self):
+        """Read the config file (with --keep-cache applied); an exit code if it is invalid."""
+        try:
+            self.config = _config.load(self.config_path)
+        except ConfigError as e:
+            log.error("%s", e)
+            return ExitCode.CONFIG_ERROR
+        if self.keep_cache is not None:
+            self.config = dataclasses.replace(
+                self.config, cache=dataclasses.replace(self.config.cache, keep=self.keep_cache))
+        return None
 
     def install_signals(self):
         """Queue signals from handlers and wake the loop through a self-pipe."""
@@ -319,6 +354,19 @@ class Supervisor:
     def _on_signal(self, signum, frame):
         self.signals.append(signum)
 
+    def start_up(self):
+        """The start-up steps, in order (see START-UP); an exit code if one ends the run."""
+        code = self.start_cache()
+        if code is None:
+            code = self.run_init()
+        if code is not None:
+            return code
+        self.start_opcode()
+        self.start_pools()
+        self.start_fleet()
+        self.announce()
+        return None
+
     def start_cache(self):
         """Create the segment before any fork; return an exit code if that fails."""
         import apccache
@@ -328,7 +376,9 @@ class Supervisor:
         try:
             self.cache = apccache.Cache.create(c.name, **kwargs)
         except FileExistsError:
-            return self._take_over_existing(apccache, c, kwargs)
+            code = self._take_over_existing(apccache, c, kwargs)
+            if code is not None:
+                return code
         except Exception as e:
             log.error("cannot create the cache segment %r (%s): %s", c.name,
                       format_size(c.size, trim=True), e)
@@ -338,6 +388,7 @@ class Supervisor:
         return None
 
     def _take_over_existing(self, apccache, c, kwargs):
+        """The segment exists: reuse or replace it if a dead supervisor left it; else an exit code."""
         try:
             old = apccache.Cache.attach(c.name)
         except apccache.UntrustedSegmentError as e:
@@ -383,8 +434,75 @@ class Supervisor:
             except Exception as e:
                 log.error("cannot create the cache segment %r: %s", c.name, e)
                 return ExitCode.CACHE_ERROR
-        self.board = sb.Board(self.cache)
-        self.board.initialise(self.pid, self.started_wall)
+        return None
+
+    def run_init(self):
+        """Run [init] before anything forks; return an exit code if start-up must stop."""
+        init = self.config.init
+        if init is None:
+            return None
+        cmd = [sys.executable if arg == "{python}" else arg for arg in init.command]
+        env = self._init_env()
+        log.info("running the init command %s (timeout %s)", _shell(cmd), _secs(init.timeout))
+        try:
+            proc = subprocess.Popen(cmd, cwd=self.config.base_dir, env=env, start_new_session=True)
+        except OSError as e:
+            return self._init_failed(f"the init command {_shell(cmd)} could not start: {e.strerror or e}", 127)
+        stopped = self._wait_for_init(proc, init.timeout)
+        if stopped == "signal":
+            return ExitCode.OK
+        if stopped == "timeout":
+            return self._init_failed(
+                f"the init command {_shell(cmd)} did not finish within init.timeout "
+                f"({_secs(init.timeout)}) and was killed", ExitCode.INIT_TIMEOUT)
+        rc = proc.returncode
+        if rc == 0:
+            log.info("the init command succeeded")
+            return None
+        if rc < 0:
+            return self._init_failed(f"the init command {_shell(cmd)} was killed by {signame(-rc)}", 128 - rc)
+        return self._init_failed(f"the init command {_shell(cmd)} exited with code {rc}", rc)
+
+    def _init_env(self):
+        """The init command's environment: it imports what the workers import."""
+        env = dict(os.environ, APCCACHE_NAME=self.config.cache.name)
+        # python_path first, then the apccache this supervisor runs.
+        import apccache
+
+        paths = list(self.config.supervisor.python_path)
+        paths.append(os.path.dirname(os.path.dirname(os.path.abspath(apccache.__file__))))
+        paths += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        return env
+
+    def _wait_for_init(self, proc, timeout):
+        """Wait for the init command to exit; stop it at *timeout* or on a stop signal.
+
+        Returns None when it exited by itself, else why it was stopped:
+        "timeout" or "signal" (SIGTERM, SIGINT, SIGQUIT: the supervisor exits).
+        """
+        deadline = self.clock() + timeout
+        while proc.poll() is None:
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                _stop_group(proc, 1.0)
+                return "timeout"
+            self.wait_for_wakeup(min(remaining, LOOP_INTERVAL))
+            queued, self.signals = self.signals, []
+            stop = [s for s in queued if s in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)]
+            # Keep the others (SIGHUP, SIGTTIN, ...) for the main loop.
+            self.signals[:0] = [s for s in queued if s != signal.SIGCHLD and s not in stop]
+            if stop:
+                log.info("%s during the init command: stopping it and exiting", signame(stop[0]))
+                _stop_group(proc, 2.0)
+                return "signal"
+        return None
+
+    def _init_failed(self, message, code):
+        if self.config.init.fail_on_error:
+            log.error("%s; start-up stopped (fail_on_error = true), exiting with code %d", message, int(code))
+            return int(code)
+        log.warning("%s; starting the workers anyway (fail_on_error = false)", message)
         return None
 
     def start_opcode(self):
@@ -400,6 +518,14 @@ class Supervisor:
         for err in summary["errors"][:5]:
             log.warning("opcode warm: %s", err)
 
+    def start_pools(self):
+        """Create the pools of the config as generation 1 (maintain_workers forks them)."""
+        self.generation = self.next_generation
+        self.next_generation += 1
+        for i, pcfg in enumerate(self.config.pools):
+            self.pools[pcfg.name] = Pool(pcfg, i)
+        self.write_header(state=SupervisorState.RUNNING)
+
     def start_fleet(self):
         """Start the [fleet] table's invalidation listener, if there is one."""
         if self.config.fleet is None:
@@ -408,76 +534,6 @@ class Supervisor:
 
         self.fleet = ListenerService(self.config.fleet.table(), self.config.cache.name)
         self.fleet.start()
-
-    def run_init(self):
-        """Run [init] before anything forks; return an exit code if start-up must stop."""
-        init = self.config.init
-        if init is None:
-            return None
-        cmd = [sys.executable if arg == "{python}" else arg for arg in init.command]
-        env = dict(os.environ, APCCACHE_NAME=self.config.cache.name)
-        # The command imports what the workers import: python_path first, then
-        # the apccache this supervisor runs.
-        import apccache
-
-        paths = list(self.config.supervisor.python_path)
-        paths.append(os.path.dirname(os.path.dirname(os.path.abspath(apccache.__file__))))
-        paths += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-        log.info("running the init command %s (timeout %s)", _shell(cmd), _secs(init.timeout))
-        try:
-            proc = subprocess.Popen(cmd, cwd=self.config.base_dir, env=env, start_new_session=True)
-        except OSError as e:
-            return self._init_failed(f"the init command {_shell(cmd)} could not start: {e.strerror or e}", 127)
-        deadline = self.clock() + init.timeout
-        while proc.poll() is None:
-            remaining = deadline - self.clock()
-            if remaining <= 0:
-                _killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(1.0)
-                except subprocess.TimeoutExpired:
-                    _killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                return self._init_failed(
-                    f"the init command {_shell(cmd)} did not finish within init.timeout "
-                    f"({_secs(init.timeout)}) and was killed", ExitCode.INIT_TIMEOUT)
-            self.wait_for_wakeup(min(remaining, LOOP_INTERVAL))
-            queued, self.signals = self.signals, []
-            stop = [s for s in queued if s in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)]
-            # Keep the others (SIGHUP, SIGTTIN, ...) for the main loop.
-            self.signals[:0] = [s for s in queued if s != signal.SIGCHLD and s not in stop]
-            if stop:
-                log.info("%s during the init command: stopping it and exiting", signame(stop[0]))
-                _killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(2.0)
-                except subprocess.TimeoutExpired:
-                    _killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                return ExitCode.OK
-        rc = proc.returncode
-        if rc == 0:
-            log.info("the init command succeeded")
-            return None
-        if rc < 0:
-            return self._init_failed(f"the init command {_shell(cmd)} was killed by {signame(-rc)}", 128 - rc)
-        return self._init_failed(f"the init command {_shell(cmd)} exited with code {rc}", rc)
-
-    def _init_failed(self, message, code):
-        if self.config.init.fail_on_error:
-            log.error("%s; start-up stopped (fail_on_error = true), exiting with code %d", message, int(code))
-            return int(code)
-        log.warning("%s; starting the workers anyway (fail_on_error = false)", message)
-        return None
-
-    def start_pools(self):
-        """Create the pools of the config as generation 1 (maintain_workers forks them)."""
-        self.generation = self.next_generation
-        self.next_generation += 1
-        for i, pcfg in enumerate(self.config.pools):
-            self.pools[pcfg.name] = Pool(pcfg, i)
-        self.write_header(state=SupervisorState.RUNNING)
 
     def announce(self):
         """Say what runs and where to watch it."""
@@ -580,7 +636,7 @@ class Supervisor:
                     self.kill(proc, Kill(KillReason.TIME_LIMIT, rec["time_limit"] or 0.0, rec["job"], ran, grace))
 
     def maintain_workers(self):
-        """Fork what the wanted generation lacks; retire what it has replaced."""
+        """Fork what the wanted generation lacks; retire what it has replaced; restart the fleet listener."""
         if self.stopping:
             return
         now = self.clock()
@@ -635,6 +691,8 @@ class Supervisor:
                         self.board.clear_pool(pool.index)
                         pool.close()
                         del self.pools[name]
+        if self.fleet is not None:
+            self.fleet.maintain()
 
     def publish(self):
         """Write the pool records and the header heartbeat."""
@@ -657,14 +715,14 @@ class Supervisor:
             self.board.write_pool(pool.index, name, state, pool.desired, self.generation, ready[name], counters)
         self.write_header()
 
-    # -- what the steps do ----------------------------------------------------
-
     def write_header(self, state=None):
         if state is None:
             state = (SupervisorState.STOPPING if self.stopping else SupervisorState.RELOADING if self.reload
                      else SupervisorState.RUNNING)
         self.board.write_header(self.pid, self.started_wall, self.generation, state, self.last_reload,
                                 self.reload_generation)
+
+    # -- spawning -------------------------------------------------------------
 
     def spawn(self, pool, wid):
         """Fork one worker of the wanted generation for slot (pool, wid)."""
@@ -742,24 +800,7 @@ class Supervisor:
         if proc.generation != 1 or proc.last.get("restarts"):
             log.info("%s is ready (generation %d)", proc.label(), proc.generation)
 
-    def retire(self, proc, why):
-        """Ask *proc* to finish its job and exit (SIGTERM)."""
-        proc.retiring = why
-        self.send(proc, signal.SIGTERM)
-
-    def kill(self, proc, why):
-        """SIGKILL *proc* and remember why (a ``Kill``), for the exit report."""
-        proc.kill = why
-        if why.reason is KillReason.TIME_LIMIT:
-            log.warning("%s: job %r has run %s, past its %s time limit and hard_kill_after (%s); sending "
-                        "SIGKILL", proc.label(), why.job, _secs(why.ran), _secs(why.limit), _secs(why.grace))
-        self.send(proc, signal.SIGKILL)
-
-    def send(self, proc, sig):
-        try:
-            os.kill(proc.pid, sig)
-        except ProcessLookupError:
-            pass
+    # -- exits ----------------------------------------------------------------
 
     def worker_exited(self, proc, status):
         """Report one reaped worker in words, count it, recover its cache state, plan its slot."""
@@ -831,21 +872,28 @@ class Supervisor:
             log.warning("released %d cache hold%s left by %s", released, "" if released == 1 else "s",
                         proc.label())
 
-    def check_token(self, pool, now):
-        """Restore a rotation token whose holder died before it could say it held it."""
-        if pool.token_available() or any(s.token_owed for s in pool.slots.values()):
-            pool.token_missing_since = 0.0
-            return
-        holders = [p for p in self.procs.values() if p.pool == pool.cfg.name and p.last.get("rotating")]
-        if holders:
-            pool.token_missing_since = 0.0
-            return
-        if not pool.token_missing_since:
-            pool.token_missing_since = now
-        elif now - pool.token_missing_since > TOKEN_GRACE:
-            log.warning("pool %s: the rotation token was lost with a worker; restoring it", pool.cfg.name)
-            pool.return_token()
-            pool.token_missing_since = 0.0
+    # -- signalling one worker ------------------------------------------------
+
+    def retire(self, proc, why):
+        """Ask *proc* to finish its job and exit (SIGTERM)."""
+        proc.retiring = why
+        self.send(proc, signal.SIGTERM)
+
+    def kill(self, proc, why):
+        """SIGKILL *proc* and remember why (a ``Kill``), for the exit report."""
+        proc.kill = why
+        if why.reason is KillReason.TIME_LIMIT:
+            log.warning("%s: job %r has run %s, past its %s time limit and hard_kill_after (%s); sending "
+                        "SIGKILL", proc.label(), why.job, _secs(why.ran), _secs(why.limit), _secs(why.grace))
+        self.send(proc, signal.SIGKILL)
+
+    def send(self, proc, sig):
+        try:
+            os.kill(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    # -- pool size and the rotation token -------------------------------------
 
     def resize(self, delta):
         """SIGTTIN / SIGTTOU: one worker more or less in each pool (never fewer than one)."""
@@ -866,6 +914,24 @@ class Supervisor:
             log.info("%s: pool %s now runs %d worker%s", "SIGTTIN" if delta > 0 else "SIGTTOU", name, new,
                      "" if new == 1 else "s")
 
+    def check_token(self, pool, now):
+        """Restore a rotation token whose holder died before it could say it held it."""
+        if pool.token_available() or any(s.token_owed for s in pool.slots.values()):
+            pool.token_missing_since = 0.0
+            return
+        holders = [p for p in self.procs.values() if p.pool == pool.cfg.name and p.last.get("rotating")]
+        if holders:
+            pool.token_missing_since = 0.0
+            return
+        if not pool.token_missing_since:
+            pool.token_missing_since = now
+        elif now - pool.token_missing_since > TOKEN_GRACE:
+            log.warning("pool %s: the rotation token was lost with a worker; restoring it", pool.cfg.name)
+            pool.return_token()
+            pool.token_missing_since = 0.0
+
+    # -- reloads --------------------------------------------------------------
+
     def begin_reload(self):
         """SIGHUP: re-read the config and start a new generation beside the serving one."""
         try:
@@ -882,10 +948,7 @@ class Supervisor:
             self.reload = Reload(generation=0, previous_config=self.config, previous_generation=self.generation,
                                  started=self.clock())
         else:
-            superseded = self.generation
-            for p in list(self.procs.values()):
-                if p.generation == superseded and not p.ready and not p.retiring:
-                    self.retire(p, f"generation {superseded} was superseded")
+            self.supersede_reload()
         self.generation = self.next_generation
         self.next_generation += 1
         self.reload.generation = self.generation
@@ -893,6 +956,13 @@ class Supervisor:
         self.config = new
         self.apply_pools(new)
         log.info("SIGHUP: reloading %s as generation %d", self.config_path, self.generation)
+
+    def supersede_reload(self):
+        """A reload arrived during a reload: stop the new generation's processes not yet ready."""
+        superseded = self.generation
+        for p in list(self.procs.values()):
+            if p.generation == superseded and not p.ready and not p.retiring:
+                self.retire(p, f"generation {superseded} was superseded")
 
     def apply_pools(self, cfg):
         """Make the pool table match *cfg*: update, add, and mark removed pools."""
@@ -932,6 +1002,8 @@ class Supervisor:
                 self.retire(p, f"generation {failed} failed to start")
         log.error("reload to generation %d failed (%s); generation %d keeps serving", failed, why,
                   self.generation)
+
+    # -- stopping -------------------------------------------------------------
 
     def begin_stop(self, code):
         """Graceful stop: every worker finishes its job and exits; SIGKILL after stop_timeout."""
@@ -998,7 +1070,6 @@ class Supervisor:
         else:
             log.info("removed the cache segment %r", self.config.cache.name)
 
-
 def _killpg(pid, sig):
     try:
         os.killpg(pid, sig)
@@ -1022,6 +1093,16 @@ def _fork_worker(spec):
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     return pid
+
+
+def _stop_group(proc, grace):
+    """The stop sequence for a child's process group: SIGTERM, *grace* seconds, SIGKILL; reaped."""
+    _killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        _killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _shell(cmd):
