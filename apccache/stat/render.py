@@ -16,6 +16,10 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
+# Bytes in IEC units ("512 B", "1.5 KiB", "32.0 MiB", None as "-"): the
+# package's one size formatter, under the name the screens use.
+from .._units import format_size as human_size
+
 __all__ = ["summary", "entries_table", "segment_list", "line_header", "line", "human_size", "ago", "duration"]
 
 BAR_WIDTH = 30
@@ -26,18 +30,6 @@ LINE_FIELDS = (
 
 
 # ------------------------------------------------------------ formatting
-
-
-def human_size(n):
-    """Bytes in IEC units: 512 B, 1.5 KiB, 32.0 MiB."""
-    if n is None:
-        return "-"
-    if n < 1024:
-        return f"{n} B"
-    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        n /= 1024
-        if n < 1024 or unit == "PiB":
-            return f"{n:.1f} {unit}"
 
 
 def _pow2(n):

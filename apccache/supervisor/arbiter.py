@@ -2,29 +2,56 @@
 
 The shape is gunicorn's arbiter.  Signal handlers do nothing but append the
 signal to a queue; ``signal.set_wakeup_fd`` writes a byte to a self-pipe so
-the main loop wakes at once.  The loop is five named steps, each a method::
+the main loop wakes at once.
 
-    while not done:
-        wait_for_wakeup()      # sleep on the self-pipe, at most LOOP_INTERVAL
-        handle_signals()       # act on the queued signals, coalescing bursts
-        reap_workers()         # waitpid every exited worker and report it in words
-        check_deadlines()      # job time limits, start timeouts, stop timeout
-        maintain_workers()     # fork and retire to match the wanted generation
-        publish()              # write pool records and the heartbeat
+START-UP
+
+    ``run()`` reads the config and installs the signal handlers, then
+    ``start_up()`` takes six named steps, each a method, before anything
+    forks a worker; the first two may end the run with an exit code::
+
+        start_cache()      # create the segment, or take over one a dead supervisor left
+        run_init()         # run the [init] command to its end
+        start_opcode()     # serve the workers' imports from the segment ([opcode])
+        start_pools()      # the config's pools, as generation 1
+        start_fleet()      # the [fleet] table's invalidation listener
+        announce()         # say what runs and where to watch it
+
+THE LOOP
+
+    Six named steps, each a method, until the last worker of a stop has
+    exited::
+
+        while True:
+            wait_for_wakeup()      # sleep on the self-pipe, at most LOOP_INTERVAL
+            handle_signals()       # act on the queued signals, coalescing bursts
+            reap_workers()         # waitpid every exited worker and report it in words
+            if stopping and no worker is left: break
+            check_deadlines()      # job time limits, start timeouts, stop timeout
+            maintain_workers()     # fork and retire to match the wanted generation
+            publish()              # write pool records and the heartbeat
+
+    ``reap_workers`` asks ``exits.classify_exit()`` what each exit means (a
+    pure function: see exits.py) and applies its answer.
+    ``maintain_workers`` forks with ``spawn()``, which hands the child a
+    ``worker.WorkerSpec``, and restarts the fleet listener when it is down.
 
 GENERATIONS
 
-    Every SIGHUP re-reads the config and starts a new generation.  For each
-    worker slot (pool, worker_id) the master forks a process of the new
-    generation next to the old one and retires the old one (SIGTERM: finish the
-    job in flight, then exit) only when the new one reports ready, so the
-    number of ready workers never drops.  A reload that arrives while another
-    is in progress supersedes it: new-generation processes that are not yet
-    ready are stopped, ready ones serve until their own replacement is ready.
-    So a burst of 50 SIGHUPs converges on the last generation.  If a process
-    of the new generation fails before it is ready (an import error, a
-    crash, ``start_timeout``), the reload fails: the new generation is
-    stopped and the old one keeps (or goes back to) serving.
+    Every SIGHUP re-reads the config and starts a new generation
+    (``begin_reload``).  For each worker slot (pool, worker_id) the master
+    forks a process of the new generation next to the old one and retires
+    the old one (SIGTERM: finish the job in flight, then exit) only when the
+    new one reports ready, so the number of ready workers never drops.  A
+    reload that arrives while another is in progress supersedes it
+    (``supersede_reload``): new-generation processes that are not yet ready
+    are stopped, ready ones serve until their own replacement is ready.  So
+    a burst of 50 SIGHUPs converges on the last generation.  When every slot
+    of the new generation is ready the reload is complete
+    (``finish_reload``).  If a process of the new generation fails before
+    it is ready (an import error, a crash, ``start_timeout``), the reload
+    fails (``fail_reload``): the new generation is stopped and the old one
+    keeps (or goes back to) serving.
 
 CRASHES
 
@@ -34,6 +61,16 @@ CRASHES
     the pool's backoff.  ``max_crashes`` crashes within ``crash_window``
     seconds mark the pool failed and stop the supervisor with
     ``ExitCode.POOL_FAILED``.
+
+STOPPING
+
+    A stop is always the same sequence: SIGTERM, a wait, then SIGKILL for
+    whatever is still running.  Workers get it over loop passes: ``retire``
+    sends SIGTERM (the job in flight finishes) and ``check_deadlines`` sends
+    SIGKILL once ``stop_timeout`` has passed; a second SIGTERM/SIGINT, or a
+    SIGQUIT, skips the wait.  The init command's process group gets it in one
+    call (``_stop_group``) when it runs past ``init.timeout`` or a stop
+    arrives while it runs.
 
 WHAT IT DOES NOT DO
 
@@ -56,12 +93,17 @@ import sys
 import termios
 import time
 import traceback
+from typing import Optional
 
+from .._units import format_size
 from . import config as _config
 from . import policy
 from . import scoreboard as sb
 from . import worker as _worker
 from .errors import ConfigError
+from .exits import Kill, KillReason, Then, classify_exit, signame
+from .exits import secs as _secs
+from .scoreboard import PoolState, ReloadOutcome, SupervisorState
 
 __all__ = ["Supervisor", "ExitCode"]
 
@@ -91,14 +133,6 @@ class ExitCode(enum.IntEnum):
     # A second SIGTERM/SIGINT, or a SIGQUIT, stops at once and exits 128 + that signal's number.
 
 
-_SIGNAMES = {getattr(signal, n): n for n in dir(signal) if n.startswith("SIG") and not n.startswith("SIG_")}
-_SIGNAL_HINTS = {
-    signal.SIGKILL: "; out of memory? (see dmesg) or killed by hand",
-    signal.SIGSEGV: " (segmentation fault)",
-    signal.SIGBUS: " (bus error)",
-    signal.SIGABRT: " (aborted)",
-    signal.SIGFPE: " (arithmetic fault)",
-}
 _HANDLED = (
     signal.SIGHUP,
     signal.SIGTERM,
@@ -108,15 +142,6 @@ _HANDLED = (
     signal.SIGTTOU,
     signal.SIGCHLD,
 )
-
-
-def signame(num):
-    return _SIGNAMES.get(num, f"signal {num}")
-
-
-def _secs(s):
-    s = float(s)
-    return f"{int(s)} s" if s == int(s) else f"{s:.1f} s"
 
 
 @dataclasses.dataclass
@@ -131,7 +156,7 @@ class Proc:
     forked: float
     ready: float = 0.0               # monotonic time it reported ready, 0 = not yet
     retiring: str = ""               # why the master asked it to stop, "" = not asked
-    kill: tuple = ()                 # why the master SIGKILLed it: (kind, details...)
+    kill: Optional[Kill] = None      # why the master SIGKILLed it, None = it did not
     last: dict = dataclasses.field(default_factory=dict)  # last scoreboard copy
 
     def label(self):
@@ -148,6 +173,19 @@ class Slot:
     not_before: float = 0.0          # monotonic: backoff after a crash
     replacing: bool = False          # the next process replaces one that exited
     token_owed: bool = False         # put the rotation token back when a successor is ready
+
+    def note_exit(self, report):
+        """What an exit that is not a crash (an ``exits.ExitReport``) changes in the slot."""
+        if report.last_exit is not None:
+            self.last_exit = report.last_exit
+        if report.clean:
+            self.streak.clean_exit()
+        if report.owes_token:
+            self.token_owed = True
+        if report.then in (Then.REPLACE, Then.REPLACE_NOW):
+            self.replacing = True
+        if report.then is Then.REPLACE_NOW:
+            self.not_before = 0.0  # no backoff left over from an earlier crash
 
 
 class Pool:
@@ -219,7 +257,7 @@ class Supervisor:
         self.generation = 0
         self.next_generation = 1
         self.reload = None
-        self.last_reload = 0
+        self.last_reload = ReloadOutcome.NONE
         self.reload_generation = 0
         self.stopping = False
         self.stop_deadline = 0.0
@@ -236,27 +274,15 @@ class Supervisor:
 
     def run(self):
         """Start up, supervise until stopped, clean up; return the exit code."""
-        try:
-            self.config = _config.load(self.config_path)
-        except ConfigError as e:
-            log.error("%s", e)
-            return ExitCode.CONFIG_ERROR
-        if self.keep_cache is not None:
-            self.config = dataclasses.replace(
-                self.config, cache=dataclasses.replace(self.config.cache, keep=self.keep_cache))
+        code = self.load_config()
+        if code is not None:
+            return code
         self.install_signals()
         try:
-            code = self.start_cache()
-            if code is not None:
-                return code
             try:
-                code = self.run_init()
+                code = self.start_up()
                 if code is not None:
                     return code
-                self.start_opcode()
-                self.start_pools()
-                self.start_fleet()
-                self.announce()
                 self.main_loop()
                 return self.exit_code
             finally:
@@ -269,7 +295,7 @@ class Supervisor:
             self.restore_signals()
 
     def main_loop(self):
-        """Run the named steps until the last worker of a stop has exited."""
+        """Run the loop's named steps until the last worker of a stop has exited."""
         self.started = self.clock()
         while True:
             self.wait_for_wakeup()
@@ -279,11 +305,21 @@ class Supervisor:
                 break
             self.check_deadlines()
             self.maintain_workers()
-            if self.fleet is not None and not self.stopping:
-                self.fleet.maintain()
             self.publish()
 
     # -- start-up -------------------------------------------------------------
+
+    def load_config(self):
+        """Read the config file (with --keep-cache applied); an exit code if it is invalid."""
+        try:
+            self.config = _config.load(self.config_path)
+        except ConfigError as e:
+            log.error("%s", e)
+            return ExitCode.CONFIG_ERROR
+        if self.keep_cache is not None:
+            self.config = dataclasses.replace(
+                self.config, cache=dataclasses.replace(self.config.cache, keep=self.keep_cache))
+        return None
 
     def install_signals(self):
         """Queue signals from handlers and wake the loop through a self-pipe."""
@@ -318,6 +354,19 @@ class Supervisor:
     def _on_signal(self, signum, frame):
         self.signals.append(signum)
 
+    def start_up(self):
+        """The start-up steps, in order (see START-UP); an exit code if one ends the run."""
+        code = self.start_cache()
+        if code is None:
+            code = self.run_init()
+        if code is not None:
+            return code
+        self.start_opcode()
+        self.start_pools()
+        self.start_fleet()
+        self.announce()
+        return None
+
     def start_cache(self):
         """Create the segment before any fork; return an exit code if that fails."""
         import apccache
@@ -327,16 +376,19 @@ class Supervisor:
         try:
             self.cache = apccache.Cache.create(c.name, **kwargs)
         except FileExistsError:
-            return self._take_over_existing(apccache, c, kwargs)
+            code = self._take_over_existing(apccache, c, kwargs)
+            if code is not None:
+                return code
         except Exception as e:
             log.error("cannot create the cache segment %r (%s): %s", c.name,
-                      _config.format_size(c.size), e)
+                      format_size(c.size, trim=True), e)
             return ExitCode.CACHE_ERROR
         self.board = sb.Board(self.cache)
         self.board.initialise(self.pid, self.started_wall)
         return None
 
     def _take_over_existing(self, apccache, c, kwargs):
+        """The segment exists: reuse or replace it if a dead supervisor left it; else an exit code."""
         try:
             old = apccache.Cache.attach(c.name)
         except apccache.UntrustedSegmentError as e:
@@ -382,8 +434,75 @@ class Supervisor:
             except Exception as e:
                 log.error("cannot create the cache segment %r: %s", c.name, e)
                 return ExitCode.CACHE_ERROR
-        self.board = sb.Board(self.cache)
-        self.board.initialise(self.pid, self.started_wall)
+        return None
+
+    def run_init(self):
+        """Run [init] before anything forks; return an exit code if start-up must stop."""
+        init = self.config.init
+        if init is None:
+            return None
+        cmd = [sys.executable if arg == "{python}" else arg for arg in init.command]
+        env = self._init_env()
+        log.info("running the init command %s (timeout %s)", _shell(cmd), _secs(init.timeout))
+        try:
+            proc = subprocess.Popen(cmd, cwd=self.config.base_dir, env=env, start_new_session=True)
+        except OSError as e:
+            return self._init_failed(f"the init command {_shell(cmd)} could not start: {e.strerror or e}", 127)
+        stopped = self._wait_for_init(proc, init.timeout)
+        if stopped == "signal":
+            return ExitCode.OK
+        if stopped == "timeout":
+            return self._init_failed(
+                f"the init command {_shell(cmd)} did not finish within init.timeout "
+                f"({_secs(init.timeout)}) and was killed", ExitCode.INIT_TIMEOUT)
+        rc = proc.returncode
+        if rc == 0:
+            log.info("the init command succeeded")
+            return None
+        if rc < 0:
+            return self._init_failed(f"the init command {_shell(cmd)} was killed by {signame(-rc)}", 128 - rc)
+        return self._init_failed(f"the init command {_shell(cmd)} exited with code {rc}", rc)
+
+    def _init_env(self):
+        """The init command's environment: it imports what the workers import."""
+        env = dict(os.environ, APCCACHE_NAME=self.config.cache.name)
+        # python_path first, then the apccache this supervisor runs.
+        import apccache
+
+        paths = list(self.config.supervisor.python_path)
+        paths.append(os.path.dirname(os.path.dirname(os.path.abspath(apccache.__file__))))
+        paths += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        return env
+
+    def _wait_for_init(self, proc, timeout):
+        """Wait for the init command to exit; stop it at *timeout* or on a stop signal.
+
+        Returns None when it exited by itself, else why it was stopped:
+        "timeout" or "signal" (SIGTERM, SIGINT, SIGQUIT: the supervisor exits).
+        """
+        deadline = self.clock() + timeout
+        while proc.poll() is None:
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                _stop_group(proc, 1.0)
+                return "timeout"
+            self.wait_for_wakeup(min(remaining, LOOP_INTERVAL))
+            queued, self.signals = self.signals, []
+            stop = [s for s in queued if s in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)]
+            # Keep the others (SIGHUP, SIGTTIN, ...) for the main loop.
+            self.signals[:0] = [s for s in queued if s != signal.SIGCHLD and s not in stop]
+            if stop:
+                log.info("%s during the init command: stopping it and exiting", signame(stop[0]))
+                _stop_group(proc, 2.0)
+                return "signal"
+        return None
+
+    def _init_failed(self, message, code):
+        if self.config.init.fail_on_error:
+            log.error("%s; start-up stopped (fail_on_error = true), exiting with code %d", message, int(code))
+            return int(code)
+        log.warning("%s; starting the workers anyway (fail_on_error = false)", message)
         return None
 
     def start_opcode(self):
@@ -399,6 +518,14 @@ class Supervisor:
         for err in summary["errors"][:5]:
             log.warning("opcode warm: %s", err)
 
+    def start_pools(self):
+        """Create the pools of the config as generation 1 (maintain_workers forks them)."""
+        self.generation = self.next_generation
+        self.next_generation += 1
+        for i, pcfg in enumerate(self.config.pools):
+            self.pools[pcfg.name] = Pool(pcfg, i)
+        self.write_header(state=SupervisorState.RUNNING)
+
     def start_fleet(self):
         """Start the [fleet] table's invalidation listener, if there is one."""
         if self.config.fleet is None:
@@ -408,83 +535,13 @@ class Supervisor:
         self.fleet = ListenerService(self.config.fleet.table(), self.config.cache.name)
         self.fleet.start()
 
-    def run_init(self):
-        """Run [init] before anything forks; return an exit code if start-up must stop."""
-        init = self.config.init
-        if init is None:
-            return None
-        cmd = [sys.executable if arg == "{python}" else arg for arg in init.command]
-        env = dict(os.environ, APCCACHE_NAME=self.config.cache.name)
-        # The command imports what the workers import: python_path first, then
-        # the apccache this supervisor runs.
-        import apccache
-
-        paths = list(self.config.supervisor.python_path)
-        paths.append(os.path.dirname(os.path.dirname(os.path.abspath(apccache.__file__))))
-        paths += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-        log.info("running the init command %s (timeout %s)", _shell(cmd), _secs(init.timeout))
-        try:
-            proc = subprocess.Popen(cmd, cwd=self.config.base_dir, env=env, start_new_session=True)
-        except OSError as e:
-            return self._init_failed(f"the init command {_shell(cmd)} could not start: {e.strerror or e}", 127)
-        deadline = self.clock() + init.timeout
-        while proc.poll() is None:
-            remaining = deadline - self.clock()
-            if remaining <= 0:
-                _killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(1.0)
-                except subprocess.TimeoutExpired:
-                    _killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                return self._init_failed(
-                    f"the init command {_shell(cmd)} did not finish within init.timeout "
-                    f"({_secs(init.timeout)}) and was killed", ExitCode.INIT_TIMEOUT)
-            self.wait_for_wakeup(min(remaining, LOOP_INTERVAL))
-            queued, self.signals = self.signals, []
-            stop = [s for s in queued if s in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)]
-            # Keep the others (SIGHUP, SIGTTIN, ...) for the main loop.
-            self.signals[:0] = [s for s in queued if s != signal.SIGCHLD and s not in stop]
-            if stop:
-                log.info("%s during the init command: stopping it and exiting", signame(stop[0]))
-                _killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(2.0)
-                except subprocess.TimeoutExpired:
-                    _killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                return ExitCode.OK
-        rc = proc.returncode
-        if rc == 0:
-            log.info("the init command succeeded")
-            return None
-        if rc < 0:
-            return self._init_failed(f"the init command {_shell(cmd)} was killed by {signame(-rc)}", 128 - rc)
-        return self._init_failed(f"the init command {_shell(cmd)} exited with code {rc}", rc)
-
-    def _init_failed(self, message, code):
-        if self.config.init.fail_on_error:
-            log.error("%s; start-up stopped (fail_on_error = true), exiting with code %d", message, int(code))
-            return int(code)
-        log.warning("%s; starting the workers anyway (fail_on_error = false)", message)
-        return None
-
-    def start_pools(self):
-        """Create the pools of the config as generation 1 (maintain_workers forks them)."""
-        self.generation = self.next_generation
-        self.next_generation += 1
-        for i, pcfg in enumerate(self.config.pools):
-            self.pools[pcfg.name] = Pool(pcfg, i)
-        self.write_header(state=2)
-
     def announce(self):
         """Say what runs and where to watch it."""
         c = self.config.cache
         pools = ", ".join(f"{p.name} ({p.workers} worker{'s' if p.workers != 1 else ''})"
                           for p in self.config.pools)
         log.info("supervisor pid %d serving cache %r (%s) with pools %s", self.pid, c.name,
-                 _config.format_size(c.size), pools)
+                 format_size(c.size, trim=True), pools)
         log.info("watch it with: apccache status %s   (or: apcstat %s)", c.name, c.name)
         log.info("reload with: kill -HUP %d; stop with Ctrl-C or: kill -TERM %d%s", self.pid, self.pid,
                  f"; stopping by itself after {_secs(self.duration)}" if self.duration else "")
@@ -554,7 +611,7 @@ class Supervisor:
         if self.stopping and now >= self.stop_deadline:
             for proc in list(self.procs.values()):
                 if not proc.kill:
-                    self.kill(proc, ("stop_timeout",))
+                    self.kill(proc, Kill(KillReason.STOP_TIMEOUT, self.config.supervisor.stop_timeout))
             return
         for proc in list(self.procs.values()):
             if proc.kill:
@@ -568,7 +625,7 @@ class Supervisor:
                     proc.ready = now
                     self.worker_ready(proc)
                 elif now - proc.forked > self.config.supervisor.start_timeout:
-                    self.kill(proc, ("start_timeout", self.config.supervisor.start_timeout))
+                    self.kill(proc, Kill(KillReason.START_TIMEOUT, self.config.supervisor.start_timeout))
                 continue
             if rec["state"] == "busy" and rec["job_deadline"]:
                 pool = self.pools.get(proc.pool)
@@ -576,10 +633,10 @@ class Supervisor:
                 # The worker publishes its deadline on CLOCK_MONOTONIC, shared by all processes.
                 if time.monotonic() > rec["job_deadline"] + grace:
                     ran = time.time() - rec["job_started"] if rec["job_started"] else 0.0
-                    self.kill(proc, ("time_limit", rec["time_limit"] or 0.0, rec["job"], ran, grace))
+                    self.kill(proc, Kill(KillReason.TIME_LIMIT, rec["time_limit"] or 0.0, rec["job"], ran, grace))
 
     def maintain_workers(self):
-        """Fork what the wanted generation lacks; retire what it has replaced."""
+        """Fork what the wanted generation lacks; retire what it has replaced; restart the fleet listener."""
         if self.stopping:
             return
         now = self.clock()
@@ -634,6 +691,8 @@ class Supervisor:
                         self.board.clear_pool(pool.index)
                         pool.close()
                         del self.pools[name]
+        if self.fleet is not None:
+            self.fleet.maintain()
 
     def publish(self):
         """Write the pool records and the header heartbeat."""
@@ -652,20 +711,42 @@ class Supervisor:
             counters = dict(pool.counters)
             for k, v in pool.dead_totals.items():
                 counters[k] = v + live[name][k]
-            state = 2 if pool.failed else 3 if pool.removed else 1
+            state = PoolState.FAILED if pool.failed else PoolState.REMOVED if pool.removed else PoolState.RUNNING
             self.board.write_pool(pool.index, name, state, pool.desired, self.generation, ready[name], counters)
         self.write_header()
 
-    # -- what the steps do ----------------------------------------------------
-
     def write_header(self, state=None):
         if state is None:
-            state = 4 if self.stopping else 3 if self.reload else 2
+            state = (SupervisorState.STOPPING if self.stopping else SupervisorState.RELOADING if self.reload
+                     else SupervisorState.RUNNING)
         self.board.write_header(self.pid, self.started_wall, self.generation, state, self.last_reload,
                                 self.reload_generation)
 
+    # -- spawning -------------------------------------------------------------
+
     def spawn(self, pool, wid):
         """Fork one worker of the wanted generation for slot (pool, wid)."""
+        index = self._free_record()
+        if index is None:
+            return None
+        spec = self.worker_spec(pool, wid, index)
+        self._claim_record(pool, wid, spec)
+        try:
+            pid = _fork_worker(spec)
+        except OSError as e:
+            self.board.release_record(index)
+            log.error("cannot fork a worker for pool %s: %s; retrying in 1 s", pool.cfg.name, e.strerror)
+            pool.slots[wid].not_before = self.clock() + 1.0
+            return None
+        self.board.set_pid(index, pid)
+        proc = Proc(pid=pid, pool=pool.cfg.name, worker_id=wid, generation=self.generation, record=index,
+                    forked=self.clock())
+        self.procs[pid] = proc
+        log.debug("started %s, generation %d", proc.label(), self.generation)
+        return proc
+
+    def _free_record(self):
+        """A free scoreboard record for the next worker, or None (said once) while all are in use."""
         index = self.board.free_record()
         if index is None:
             if not self.warned_full:
@@ -674,207 +755,88 @@ class Supervisor:
                 self.warned_full = True
             return None
         self.warned_full = False
+        return index
+
+    def worker_spec(self, pool, wid, index):
+        """What the worker for slot (pool, wid), in scoreboard record *index*, needs to run."""
         cfg = pool.cfg
+        # The child keeps its own pool's token pipe (read end) and nothing
+        # else the master holds open.
+        close_fds = [self.wake_r, self.wake_w]
+        for p in self.pools.values():
+            close_fds.append(p.token_w)
+            if p.token_r != pool.token_r:
+                close_fds.append(p.token_r)
+        return _worker.WorkerSpec(
+            pool=cfg.name,
+            worker_id=wid,
+            generation=self.generation,
+            record=index,
+            master_pid=self.pid,
+            cache=self.cache,
+            target=cfg.target,
+            token_fd=pool.token_r if cfg.max_jobs or cfg.memory_limit else None,
+            rotate_at=policy.rotation_point(cfg.max_jobs, cfg.max_jobs_jitter),
+            rotate_cap=policy.rotation_cap(cfg.max_jobs, cfg.max_jobs_jitter),
+            memory_limit=cfg.memory_limit,
+            job_time_limit=cfg.job_time_limit,
+            env=tuple(cfg.env),
+            python_path=tuple(self.config.supervisor.python_path),
+            close_fds=tuple(close_fds),
+        )
+
+    def _claim_record(self, pool, wid, spec):
+        """Fill the new worker's scoreboard record with its slot's history; count a restart."""
         slot = pool.slots[wid]
         if slot.replacing:
             slot.restarts += 1
             pool.counters["restarts"] += 1
             slot.replacing = False
-        rotate_at = policy.rotation_point(cfg.max_jobs, cfg.max_jobs_jitter)
-        rotate_cap = policy.rotation_cap(cfg.max_jobs, cfg.max_jobs_jitter)
-        self.board.claim_record(index, pool.index, wid, self.generation, slot.restarts, rotate_at, rotate_cap,
-                                slot.last_exit)
-        keep_fds = {pool.token_r}
-        close_fds = [self.wake_r, self.wake_w]
-        for p in self.pools.values():
-            close_fds.append(p.token_w)
-            if p.token_r not in keep_fds:
-                close_fds.append(p.token_r)
-        spec = {
-            "pool": pool.cfg.name,
-            "worker_id": wid,
-            "generation": self.generation,
-            "record": index,
-            "master_pid": self.pid,
-            "cache": self.cache,
-            "cache_name": self.config.cache.name,
-            "target": cfg.target,
-            "token_fd": pool.token_r if cfg.max_jobs or cfg.memory_limit else None,
-            "rotate_at": rotate_at,
-            "rotate_cap": rotate_cap,
-            "memory_limit": cfg.memory_limit,
-            "job_time_limit": cfg.job_time_limit,
-            "env": cfg.env,
-            "python_path": self.config.supervisor.python_path,
-            "close_fds": close_fds,
-        }
-        sys.stdout.flush()
-        sys.stderr.flush()
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED + (signal.SIGALRM,))
-        try:
-            pid = os.fork()
-        except OSError as e:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-            self.board.release_record(index)
-            log.error("cannot fork a worker for pool %s: %s; retrying in 1 s", pool.cfg.name, e.strerror)
-            slot.not_before = self.clock() + 1.0
-            return None
-        if pid == 0:
-            code = _worker.EXIT_BOOT_FAILED
-            try:
-                code = _worker.main(spec)
-            except BaseException:
-                try:
-                    traceback.print_exc()
-                except BaseException:
-                    pass
-            finally:
-                try:
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                except BaseException:
-                    pass
-                os._exit(code)
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        self.board.set_pid(index, pid)
-        proc = Proc(pid=pid, pool=pool.cfg.name, worker_id=wid, generation=self.generation, record=index,
-                    forked=self.clock())
-        self.procs[pid] = proc
-        log.debug("started %s, generation %d", proc.label(), self.generation)
-        return proc
+        self.board.claim_record(spec.record, pool.index, wid, spec.generation, slot.restarts, spec.rotate_at,
+                                spec.rotate_cap, slot.last_exit)
 
     def worker_ready(self, proc):
         """A process reported ready; say so when it replaces or reloads."""
         if proc.generation != 1 or proc.last.get("restarts"):
             log.info("%s is ready (generation %d)", proc.label(), proc.generation)
 
-    def retire(self, proc, why):
-        """Ask *proc* to finish its job and exit (SIGTERM)."""
-        proc.retiring = why
-        self.send(proc, signal.SIGTERM)
-
-    def kill(self, proc, why):
-        """SIGKILL *proc* and remember why, for the exit report."""
-        proc.kill = why
-        if why[0] == "time_limit":
-            _, limit, job, ran, grace = why
-            log.warning("%s: job %r has run %s, past its %s time limit and hard_kill_after (%s); sending "
-                        "SIGKILL", proc.label(), job, _secs(ran), _secs(limit), _secs(grace))
-        self.send(proc, signal.SIGKILL)
-
-    def send(self, proc, sig):
-        try:
-            os.kill(proc.pid, sig)
-        except ProcessLookupError:
-            pass
+    # -- exits ----------------------------------------------------------------
 
     def worker_exited(self, proc, status):
         """Report one reaped worker in words, count it, recover its cache state, plan its slot."""
         now = self.clock()
+        pool = self.pools.get(proc.pool)
+        rec = self.settle_record(proc, pool)
+        slot = pool.slots[proc.worker_id] if pool is not None else Slot()
+        if rec.get("rotating") and pool is not None:
+            slot.token_owed = True
+        report = classify_exit(os.waitstatus_to_exitcode(status), proc, rec, pool.cfg if pool else None)
+        if report.then is Then.CRASH:
+            self._crash(pool, slot, proc, report, now)
+            return
+        log.log(report.level, "%s", report.message)
+        self._count(pool, *report.counters)
+        slot.note_exit(report)
+
+    def settle_record(self, proc, pool):
+        """Take a reaped worker's last record, free it, bank its totals, release its cache holds."""
         rec = self.board.record(proc.record) or proc.last or {}
         self.board.release_record(proc.record)
-        pool = self.pools.get(proc.pool)
         if pool is not None:
             for k in pool.dead_totals:
                 pool.dead_totals[k] += rec.get(k, 0)
         self.recover(proc)
-
-        code = os.waitstatus_to_exitcode(status)
-        if code < 0:
-            how = f"was killed by {signame(-code)}"
-        else:
-            how = f"exited with code {code}"
-        jobs = rec.get("jobs", 0)
-        busy = rec.get("state") == "busy"
-        job = rec.get("job")
-        lost = f"; its job {job!r} is lost" if busy else ""
-        intent = rec.get("intent")
-        label = proc.label()
-        slot = pool.slots[proc.worker_id] if pool is not None else Slot()
-        if rec.get("rotating") and pool is not None:
-            slot.token_owed = True
-
-        if proc.kill and proc.kill[0] == "time_limit":
-            _, limit, jobname, ran, grace = proc.kill
-            msg = (f"{label} was killed by SIGKILL after exceeding its {_secs(limit)} job time limit "
-                   f"(job {jobname!r} ran {_secs(ran)}; hard_kill_after {_secs(grace)}); the job is lost")
-            log.error("%s", msg)
-            self._count(pool, "time_limit_kills", "lost_jobs")
-            slot.last_exit = f"killed after exceeding its {_secs(limit)} job time limit"
-            slot.replacing = True
-            slot.not_before = 0.0
-            return
-        if proc.kill and proc.kill[0] == "stop_timeout":
-            msg = (f"{label} was killed by SIGKILL: it did not stop within stop_timeout "
-                   f"({_secs(self.config.supervisor.stop_timeout)}){lost}")
-            log.warning("%s", msg)
-            if busy:
-                self._count(pool, "lost_jobs")
-            return
-        if proc.kill and proc.kill[0] == "now":
-            log.info("%s %s (immediate stop)%s", label, how, lost)
-            return
-        if proc.kill and proc.kill[0] == "start_timeout":
-            msg = f"{label} did not become ready within start_timeout ({_secs(proc.kill[1])}) and was killed"
-            self._crash(pool, slot, proc, msg, now)
-            return
-        # A rotation first: a worker that left on its own before a SIGTERM from
-        # a stop or reload reached it says so in its intent.
-        if code == 0 and intent in ("rotate (max_jobs)", "rotate (memory_limit)"):
-            limit = pool.cfg if pool else None
-            if intent == "rotate (max_jobs)":
-                why = (f"after {jobs} jobs (max_jobs {limit.max_jobs if limit else '?'}, its rotation point "
-                       f"{rec.get('rotate_at')})")
-            else:
-                why = (f"at {_mib(rec.get('memory'))} of private memory (memory_limit "
-                       f"{_mib(limit.memory_limit if limit else 0)}), after {jobs} jobs")
-            log.info("%s rotated %s", label, why)
-            slot.last_exit = f"rotated {why}"
-            slot.streak.clean_exit()
-            self._count(pool, "rotations")
-            slot.replacing = True
-            slot.token_owed = True
-            return
-        if proc.retiring:
-            if code == 0:
-                log.info("%s stopped after %d job%s (%s)", label, jobs, "" if jobs == 1 else "s", proc.retiring)
-            elif code == _worker.EXIT_BOOT_FAILED and not proc.ready:
-                log.info("%s failed to start as well (%s)", label, proc.retiring)
-            else:
-                log.warning("%s %s while stopping (%s)%s", label, how, proc.retiring, lost)
-                if busy:
-                    self._count(pool, "lost_jobs")
-            slot.last_exit = f"stopped after {jobs} jobs ({proc.retiring})"
-            slot.streak.clean_exit()
-            return
-        if code == _worker.EXIT_BOOT_FAILED or not (proc.ready or rec.get("ready_at")):
-            self._crash(pool, slot, proc, f"{label} failed to start: {rec.get('note') or how}", now)
-            return
-        if code == 0 and intent == "stop requested":
-            log.warning("%s stopped on a signal the supervisor did not send; starting another", label)
-            slot.last_exit = "stopped by an outside signal"
-            slot.replacing = True
-            return
-        if code == _worker.EXIT_TARGET_RETURNED:
-            msg = (f"{label} crashed: its target returned although the supervisor did not ask it to stop "
-                   "(loop while ctx.running)")
-        elif code == _worker.EXIT_TARGET_RAISED:
-            where = "inside" if busy else "outside"
-            msg = f"{label} crashed: its target raised {rec.get('note') or 'an exception'} {where} a job{lost}"
-        elif code < 0:
-            msg = f"{label} {how}{_SIGNAL_HINTS.get(-code, '')}{lost}"
-        else:
-            msg = f"{label} crashed: it {how}{lost}"
-        self._crash(pool, slot, proc, msg, now, busy=busy)
+        return rec
 
     def _count(self, pool, *names):
         if pool is not None:
             for n in names:
                 pool.counters[n] += 1
 
-    def _crash(self, pool, slot, proc, msg, now, busy=False):
+    def _crash(self, pool, slot, proc, report, now):
         """Count a crash, plan the slot's restart with backoff, and notice a crash loop."""
-        slot.last_exit = msg.split(f"{proc.label()} ", 1)[-1][:72]
+        msg = report.message
+        slot.last_exit = report.last_exit
         if pool is None:
             log.error("%s", msg)
             return
@@ -882,9 +844,7 @@ class Supervisor:
             log.error("%s", msg)
             self.fail_reload(msg)
             return
-        self._count(pool, "crashes")
-        if busy:
-            self._count(pool, "lost_jobs")
+        self._count(pool, *report.counters)
         uptime = (now - proc.ready) if proc.ready else 0.0
         n = slot.streak.crashed(uptime)
         delay = policy.backoff_delay(n, *pool.cfg.restart_backoff)
@@ -912,21 +872,28 @@ class Supervisor:
             log.warning("released %d cache hold%s left by %s", released, "" if released == 1 else "s",
                         proc.label())
 
-    def check_token(self, pool, now):
-        """Restore a rotation token whose holder died before it could say it held it."""
-        if pool.token_available() or any(s.token_owed for s in pool.slots.values()):
-            pool.token_missing_since = 0.0
-            return
-        holders = [p for p in self.procs.values() if p.pool == pool.cfg.name and p.last.get("rotating")]
-        if holders:
-            pool.token_missing_since = 0.0
-            return
-        if not pool.token_missing_since:
-            pool.token_missing_since = now
-        elif now - pool.token_missing_since > TOKEN_GRACE:
-            log.warning("pool %s: the rotation token was lost with a worker; restoring it", pool.cfg.name)
-            pool.return_token()
-            pool.token_missing_since = 0.0
+    # -- signalling one worker ------------------------------------------------
+
+    def retire(self, proc, why):
+        """Ask *proc* to finish its job and exit (SIGTERM)."""
+        proc.retiring = why
+        self.send(proc, signal.SIGTERM)
+
+    def kill(self, proc, why):
+        """SIGKILL *proc* and remember why (a ``Kill``), for the exit report."""
+        proc.kill = why
+        if why.reason is KillReason.TIME_LIMIT:
+            log.warning("%s: job %r has run %s, past its %s time limit and hard_kill_after (%s); sending "
+                        "SIGKILL", proc.label(), why.job, _secs(why.ran), _secs(why.limit), _secs(why.grace))
+        self.send(proc, signal.SIGKILL)
+
+    def send(self, proc, sig):
+        try:
+            os.kill(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    # -- pool size and the rotation token -------------------------------------
 
     def resize(self, delta):
         """SIGTTIN / SIGTTOU: one worker more or less in each pool (never fewer than one)."""
@@ -947,12 +914,30 @@ class Supervisor:
             log.info("%s: pool %s now runs %d worker%s", "SIGTTIN" if delta > 0 else "SIGTTOU", name, new,
                      "" if new == 1 else "s")
 
+    def check_token(self, pool, now):
+        """Restore a rotation token whose holder died before it could say it held it."""
+        if pool.token_available() or any(s.token_owed for s in pool.slots.values()):
+            pool.token_missing_since = 0.0
+            return
+        holders = [p for p in self.procs.values() if p.pool == pool.cfg.name and p.last.get("rotating")]
+        if holders:
+            pool.token_missing_since = 0.0
+            return
+        if not pool.token_missing_since:
+            pool.token_missing_since = now
+        elif now - pool.token_missing_since > TOKEN_GRACE:
+            log.warning("pool %s: the rotation token was lost with a worker; restoring it", pool.cfg.name)
+            pool.return_token()
+            pool.token_missing_since = 0.0
+
+    # -- reloads --------------------------------------------------------------
+
     def begin_reload(self):
         """SIGHUP: re-read the config and start a new generation beside the serving one."""
         try:
             new = _config.load(self.config_path)
         except ConfigError as e:
-            self.last_reload = 2
+            self.last_reload = ReloadOutcome.FAILED
             log.error("reload failed: %s; generation %d keeps serving", e, self.generation)
             return
         if new.cache != self.config.cache:
@@ -963,10 +948,7 @@ class Supervisor:
             self.reload = Reload(generation=0, previous_config=self.config, previous_generation=self.generation,
                                  started=self.clock())
         else:
-            superseded = self.generation
-            for p in list(self.procs.values()):
-                if p.generation == superseded and not p.ready and not p.retiring:
-                    self.retire(p, f"generation {superseded} was superseded")
+            self.supersede_reload()
         self.generation = self.next_generation
         self.next_generation += 1
         self.reload.generation = self.generation
@@ -974,6 +956,13 @@ class Supervisor:
         self.config = new
         self.apply_pools(new)
         log.info("SIGHUP: reloading %s as generation %d", self.config_path, self.generation)
+
+    def supersede_reload(self):
+        """A reload arrived during a reload: stop the new generation's processes not yet ready."""
+        superseded = self.generation
+        for p in list(self.procs.values()):
+            if p.generation == superseded and not p.ready and not p.retiring:
+                self.retire(p, f"generation {superseded} was superseded")
 
     def apply_pools(self, cfg):
         """Make the pool table match *cfg*: update, add, and mark removed pools."""
@@ -997,14 +986,14 @@ class Supervisor:
         log.info("reload complete: generation %d is serving (%d workers)", self.generation,
                  sum(1 for p in self.procs.values() if p.generation == self.generation and p.ready))
         self.reload = None
-        self.last_reload = 1
+        self.last_reload = ReloadOutcome.SUCCEEDED
 
     def fail_reload(self, why):
         """A process of the new generation failed to start: go back to the previous generation."""
         r = self.reload
         failed = self.generation
         self.reload = None
-        self.last_reload = 2
+        self.last_reload = ReloadOutcome.FAILED
         self.config = r.previous_config
         self.generation = r.previous_generation
         self.apply_pools(self.config)
@@ -1013,6 +1002,8 @@ class Supervisor:
                 self.retire(p, f"generation {failed} failed to start")
         log.error("reload to generation %d failed (%s); generation %d keeps serving", failed, why,
                   self.generation)
+
+    # -- stopping -------------------------------------------------------------
 
     def begin_stop(self, code):
         """Graceful stop: every worker finishes its job and exits; SIGKILL after stop_timeout."""
@@ -1027,7 +1018,7 @@ class Supervisor:
         for proc in list(self.procs.values()):
             if not proc.retiring:
                 self.retire(proc, "the supervisor is stopping")
-        self.write_header(state=4)
+        self.write_header(state=SupervisorState.STOPPING)
 
     def stop_now(self, sig):
         """A second SIGTERM/SIGINT or a SIGQUIT: SIGKILL every worker and exit."""
@@ -1038,8 +1029,7 @@ class Supervisor:
         self.exit_code = 128 + sig
         for proc in list(self.procs.values()):
             if not proc.kill:
-                proc.kill = ("now",)
-                self.send(proc, signal.SIGKILL)
+                self.kill(proc, Kill(KillReason.NOW))
 
     def kill_all(self, why):
         """SIGKILL and reap every worker (the master is going down on an error)."""
@@ -1066,7 +1056,8 @@ class Supervisor:
         try:
             if self.board is not None:
                 self.board.write_header(self.pid, self.started_wall, self.generation,
-                                        6 if self.exit_code == ExitCode.POOL_FAILED else 5,
+                                        SupervisorState.FAILED if self.exit_code == ExitCode.POOL_FAILED
+                                        else SupervisorState.STOPPED,
                                         self.last_reload, self.reload_generation)
             if not keep:
                 self.cache.unlink()
@@ -1079,7 +1070,6 @@ class Supervisor:
         else:
             log.info("removed the cache segment %r", self.config.cache.name)
 
-
 def _killpg(pid, sig):
     try:
         os.killpg(pid, sig)
@@ -1087,11 +1077,36 @@ def _killpg(pid, sig):
         pass
 
 
+def _fork_worker(spec):
+    """Fork a process that runs the worker of *spec*; its pid in the master (OSError if fork fails).
+
+    The signals the master handles are blocked across the fork, so that the
+    child never runs the master's handlers before it has set its own.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED + (signal.SIGALRM,))
+    try:
+        pid = os.fork()
+        if pid == 0:
+            _worker.run_forked(spec)  # never returns
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    return pid
+
+
+def _stop_group(proc, grace):
+    """The stop sequence for a child's process group: SIGTERM, *grace* seconds, SIGKILL; reaped."""
+    _killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        _killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def _shell(cmd):
     import shlex
 
     return shlex.join(cmd)
 
-
-def _mib(n):
-    return f"{(n or 0) / (1 << 20):.1f} MiB"

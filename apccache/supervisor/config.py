@@ -65,6 +65,7 @@ import re
 import tomllib
 from typing import Optional
 
+from .._units import format_size
 from .errors import ConfigError
 
 __all__ = [
@@ -397,13 +398,6 @@ def parse_size(value):
     raise ValueError(value)
 
 
-def format_size(n):
-    for unit, div in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if n >= div:
-            return f"{n / div:.1f}".rstrip("0").rstrip(".") + f" {unit}iB"
-    return f"{n} B"
-
-
 def _is_number(x):
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
@@ -500,7 +494,7 @@ class _Validator:
             return 0
         if n < minimum:
             zero = " or 0 for none" if allow_zero else ""
-            self.fail(f"{key} must be at least {format_size(minimum)}{zero} (got {value!r})")
+            self.fail(f"{key} must be at least {format_size(minimum, trim=True)}{zero} (got {value!r})")
         return n
 
     def str_list(self, table, key, default=None, required=False, allow_empty=False):

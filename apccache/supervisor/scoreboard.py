@@ -9,9 +9,10 @@ segment.
 LAYOUT
 
 All integers native byte order, standard sizes, no padding (``struct`` "=").
-Strings are UTF-8, NUL-padded.  Times ending in ``_wall`` below are
-``time.time()`` seconds; ``job_deadline`` is ``time.monotonic()`` seconds
-(CLOCK_MONOTONIC is the same clock in every process of a host).
+Strings are UTF-8, NUL-padded.  Every state and intent byte has an
+``enum.IntEnum`` below (named in brackets).  Times ending in ``_wall`` below
+are ``time.time()`` seconds; ``job_deadline`` is ``time.monotonic()``
+seconds (CLOCK_MONOTONIC is the same clock in every process of a host).
 
 ::
 
@@ -40,9 +41,9 @@ Header::
      48    8  updated          wall time of the master's last loop pass (heartbeat)
      56    8  seq              incremented by the master on every update
      64    4  generation       the generation being served
-     68    1  state            1 starting, 2 running, 3 reloading, 4 stopping,
-                               5 stopped, 6 failed
-     69    1  last_reload      0 none, 1 succeeded, 2 failed
+     68    1  state            [SupervisorState] 1 starting, 2 running,
+                               3 reloading, 4 stopping, 5 stopped, 6 failed
+     69    1  last_reload      [ReloadOutcome] 0 none, 1 succeeded, 2 failed
      70    2  (reserved)
      72    4  reload_generation  the generation the last reload tried to start
      76   52  (reserved)
@@ -50,7 +51,7 @@ Header::
 Pool record (written by the master only)::
 
       0    1  used             0 = empty record
-      1    1  state            1 running, 2 failed, 3 removed by a reload
+      1    1  state            [PoolState] 1 running, 2 failed, 3 removed by a reload
       2    2  (reserved)
       4    4  workers          how many workers the pool should run
       8   32  name
@@ -84,8 +85,8 @@ history of its slot (pool, worker_id) over from the process it replaced::
      24    8  forked_wall
      32   72  last_exit        how the slot's previous process ended, in words
     104    4  wseq             worker-side sequence word
-    108    1  state            1 starting, 2 idle, 3 busy, 4 stopping
-    109    1  intent           why it is stopping: 0 -, 1 stop requested,
+    108    1  state            [WorkerState] 1 starting, 2 idle, 3 busy, 4 stopping
+    109    1  intent           [Intent] why it is stopping: 0 -, 1 stop requested,
                                2 rotate (max_jobs), 3 rotate (memory_limit),
                                4 target returned, 5 target raised,
                                6 failed to start, 7 master gone
@@ -109,7 +110,7 @@ otherwise at most once a second); the master refreshes the pool records and
 the heartbeat on every loop pass (ten a second).
 """
 
-import os
+import enum
 import struct
 import time
 
@@ -127,6 +128,11 @@ __all__ = [
     "WorkerRecord",
     "STATES",
     "INTENTS",
+    "SupervisorState",
+    "ReloadOutcome",
+    "PoolState",
+    "WorkerState",
+    "Intent",
 ]
 
 MAGIC = b"APCSUPV1"
@@ -154,18 +160,69 @@ assert _POOL.size == POOL_SIZE, _POOL.size
 assert _WMASTER.size == 104, _WMASTER.size
 assert _WBODY_OFF + _WBODY.size == WORKER_SIZE, _WBODY_OFF + _WBODY.size
 
-SUPERVISOR_STATES = {1: "starting", 2: "running", 3: "reloading", 4: "stopping", 5: "stopped", 6: "failed"}
-POOL_STATES = {1: "running", 2: "failed", 3: "removed"}
-STATES = {1: "starting", 2: "idle", 3: "busy", 4: "stopping"}
+class SupervisorState(enum.IntEnum):
+    """The header's state byte: where the master is in its life."""
+
+    STARTING = 1
+    RUNNING = 2
+    RELOADING = 3
+    STOPPING = 4
+    STOPPED = 5
+    FAILED = 6
+
+
+class ReloadOutcome(enum.IntEnum):
+    """The header's last_reload byte."""
+
+    NONE = 0
+    SUCCEEDED = 1
+    FAILED = 2
+
+
+class PoolState(enum.IntEnum):
+    """A pool record's state byte."""
+
+    RUNNING = 1
+    FAILED = 2
+    REMOVED = 3
+
+
+class WorkerState(enum.IntEnum):
+    """A worker record's state byte, written by the worker process."""
+
+    STARTING = 1
+    IDLE = 2
+    BUSY = 3
+    STOPPING = 4
+
+
+class Intent(enum.IntEnum):
+    """Why a worker is stopping, as the worker process writes it."""
+
+    NONE = 0
+    STOP = 1
+    ROTATE_JOBS = 2
+    ROTATE_MEMORY = 3
+    RETURNED = 4
+    RAISED = 5
+    BOOT = 6
+    ORPHANED = 7
+
+
+# What read() says for each code, in words.
+SUPERVISOR_STATES = {s: s.name.lower() for s in SupervisorState}
+RELOAD_OUTCOMES = {ReloadOutcome.NONE: None, ReloadOutcome.SUCCEEDED: "succeeded", ReloadOutcome.FAILED: "failed"}
+POOL_STATES = {s: s.name.lower() for s in PoolState}
+STATES = {s: s.name.lower() for s in WorkerState}
 INTENTS = {
-    0: None,
-    1: "stop requested",
-    2: "rotate (max_jobs)",
-    3: "rotate (memory_limit)",
-    4: "target returned",
-    5: "target raised",
-    6: "failed to start",
-    7: "master gone",
+    Intent.NONE: None,
+    Intent.STOP: "stop requested",
+    Intent.ROTATE_JOBS: "rotate (max_jobs)",
+    Intent.ROTATE_MEMORY: "rotate (memory_limit)",
+    Intent.RETURNED: "target returned",
+    Intent.RAISED: "target raised",
+    Intent.BOOT: "failed to start",
+    Intent.ORPHANED: "master gone",
 }
 POOL_COUNTERS = (
     "jobs",
@@ -178,10 +235,8 @@ POOL_COUNTERS = (
     "restarts",
 )
 
-# State and intent codes, by name, for the writers.
-STARTING, IDLE, BUSY, STOPPING = 1, 2, 3, 4
-INTENT_NONE, INTENT_STOP, INTENT_ROTATE_JOBS, INTENT_ROTATE_MEMORY = 0, 1, 2, 3
-INTENT_RETURNED, INTENT_RAISED, INTENT_BOOT, INTENT_ORPHANED = 4, 5, 6, 7
+# The worker states by their short names, for the writers.
+STARTING, IDLE, BUSY, STOPPING = WorkerState
 
 
 def _text(raw):
@@ -277,7 +332,7 @@ def read(cache):
         "seq": seq,
         "generation": generation,
         "state": SUPERVISOR_STATES.get(state, f"unknown ({state})"),
-        "last_reload": {0: None, 1: "succeeded", 2: "failed"}.get(last_reload),
+        "last_reload": RELOAD_OUTCOMES.get(last_reload),
         "reload_generation": reload_gen,
         "pools": pools,
         "workers": workers,
@@ -340,7 +395,7 @@ class Board:
     def initialise(self, master_pid, started):
         """Zero the whole scoreboard and write a fresh header (master start-up only)."""
         self.buf[:SIZE] = bytes(SIZE)
-        self.write_header(master_pid, started, generation=0, state=1)
+        self.write_header(master_pid, started, generation=0, state=SupervisorState.STARTING)
 
     def write_header(self, master_pid, started, generation, state, last_reload=0, reload_generation=0):
         """Rewrite the header; bumps seq and the heartbeat."""
@@ -385,7 +440,7 @@ class Board:
         """Fill record *index* for a process about to be forked; its state is "starting"."""
         off = _WORKERS_OFF + index * WORKER_SIZE
         self.buf[off:off + WORKER_SIZE] = bytes(WORKER_SIZE)
-        _WBODY.pack_into(self.buf, off + _WBODY_OFF, STARTING, 0, 0, 0, 0, 0, 0.0, 0.0, 0.0, 0, 0, 0.0,
+        _WBODY.pack_into(self.buf, off + _WBODY_OFF, STARTING, Intent.NONE, 0, 0, 0, 0, 0.0, 0.0, 0.0, 0, 0, 0.0,
                          b"", b"")
         _WMASTER.pack_into(
             self.buf, off, 0, pool_index, worker_id, generation, 0, restarts, rotate_at, rotate_cap,
@@ -424,7 +479,7 @@ class WorkerRecord:
         self.off = _WORKERS_OFF + index * WORKER_SIZE
         self.seq = _WSEQ.unpack_from(self.buf, self.off + _WSEQ_OFF)[0] & ~1
         self.state = STARTING
-        self.intent = 0
+        self.intent = Intent.NONE
         self.rotating = 0
         self.jobs = 0
         self.job_errors = 0

@@ -56,6 +56,7 @@ although nobody asked it to stop, 6 the master is gone.
 """
 
 import ctypes
+import dataclasses
 import errno
 import importlib
 import logging
@@ -66,13 +67,15 @@ import signal
 import sys
 import time
 import traceback
+from typing import Optional
 
+from .._units import format_mib
 from . import memory as _memory
 from . import policy
 from . import scoreboard as sb
 from .errors import JobTimeLimitExceeded
 
-__all__ = ["WorkerContext", "EXIT_CLEAN", "EXIT_BOOT_FAILED", "EXIT_TARGET_RAISED",
+__all__ = ["WorkerContext", "WorkerSpec", "EXIT_CLEAN", "EXIT_BOOT_FAILED", "EXIT_TARGET_RAISED",
            "EXIT_TARGET_RETURNED", "EXIT_ORPHANED"]
 
 EXIT_CLEAN = 0
@@ -131,17 +134,17 @@ class WorkerContext:
         if self._leaving:
             return False
         if self._stop:
-            return self._leave(sb.INTENT_STOP)
+            return self._leave(sb.Intent.STOP)
         if self._master_pid and os.getppid() != self._master_pid:
             self._stop = True
-            return self._leave(sb.INTENT_ORPHANED)
+            return self._leave(sb.Intent.ORPHANED)
         if self._due:
             must_wait = bool(self._rotate_cap) and self._record.jobs >= self._rotate_cap
             if self._take_token(wait=must_wait):
-                return self._leave(sb.INTENT_ROTATE_JOBS if self._due == "max_jobs" else sb.INTENT_ROTATE_MEMORY,
+                return self._leave(sb.Intent.ROTATE_JOBS if self._due == "max_jobs" else sb.Intent.ROTATE_MEMORY,
                                    rotating=True)
             if self._stop:
-                return self._leave(sb.INTENT_STOP)
+                return self._leave(sb.Intent.STOP)
         return True
 
     @property
@@ -277,7 +280,7 @@ class WorkerContext:
                 if self._due == "max_jobs":
                     why = f"after {rec.jobs} jobs (max_jobs reached)"
                 else:
-                    why = f"at {_mib(mem)} of private memory (memory_limit {_mib(self._memory_limit)})"
+                    why = f"at {format_mib(mem)} of private memory (memory_limit {format_mib(self._memory_limit)})"
                 self.log.info("worker %d (pid %d) of pool %s is due for rotation %s",
                               self.worker_id, os.getpid(), self.pool, why)
         rec.flush()
@@ -450,13 +453,57 @@ def _unshield(fn, ctx):
 # -- the forked process -------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker process needs, built by the master before the fork."""
+
+    pool: str
+    worker_id: int
+    generation: int
+    record: int                  # its scoreboard record
+    master_pid: int
+    cache: object                # the master's apccache.Cache, mapped before the fork
+    target: str                  # "module:function"
+    token_fd: Optional[int]      # its pool's rotation token; None when the pool never rotates
+    rotate_at: int               # see policy.rotation_point
+    rotate_cap: int              # see policy.rotation_cap
+    memory_limit: int            # bytes of private memory, 0 = none
+    job_time_limit: float        # seconds, 0 = none
+    env: tuple = ()              # (name, value) pairs set in os.environ
+    python_path: tuple = ()      # put in front of sys.path
+    close_fds: tuple = ()        # the master's descriptors the child closes first
+
+
+def run_forked(spec):
+    """The whole life of a freshly forked worker: run it, flush, ``os._exit`` with its code.
+
+    Never returns, whatever is raised: the child must not unwind into the
+    master's stack.
+    """
+    code = EXIT_BOOT_FAILED
+    try:
+        code = main(spec)
+    except BaseException:
+        try:
+            traceback.print_exc()
+        except BaseException:
+            pass
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except BaseException:
+            pass
+        os._exit(code)
+
+
 def main(spec):
     """Run one worker process to its end and return its exit code (never raises).
 
-    Called in the child right after ``os.fork()``; the caller passes the
-    code to ``os._exit``.  *spec* is a dict the master builds.
+    Called in the child right after ``os.fork()`` (by ``run_forked``, which
+    passes the code to ``os._exit``) with the master's ``WorkerSpec``.
     """
-    log = logging.getLogger(f"apccache.worker.{spec['pool']}.{spec['worker_id']}")
+    log = logging.getLogger(f"apccache.worker.{spec.pool}.{spec.worker_id}")
     stop = {"requested": False}
 
     def early_stop(signum, frame):
@@ -467,48 +514,62 @@ def main(spec):
     except Exception:
         log.exception("worker setup failed")
         return EXIT_BOOT_FAILED
-    if os.getppid() != spec["master_pid"]:
+    if os.getppid() != spec.master_pid:
         return EXIT_ORPHANED
 
     # The segment the master mapped before forking: every worker shares
     # that one mapping, as PHP-FPM's children share APC's.
-    cache = spec["cache"]
-    record = sb.WorkerRecord(cache, spec["record"])
+    record = sb.WorkerRecord(spec.cache, spec.record)
     record.set_pid(os.getpid())
     record.flush()
 
-    target_name = spec["target"]
+    target = _load_target(spec, record, log)
+    if target is None:
+        return EXIT_BOOT_FAILED
+    ctx = _ready(spec, record, log, stop)
+    return _serve(ctx, target, record, log)
+
+
+def _load_target(spec, record, log):
+    """Import the pool's target; None (and the reason in the record) if that fails."""
     try:
-        modname, _, funcname = target_name.partition(":")
-        module = importlib.import_module(modname)
-        target = module
+        modname, _, funcname = spec.target.partition(":")
+        target = importlib.import_module(modname)
         for part in funcname.split("."):
             target = getattr(target, part)
         if not callable(target):
-            raise TypeError(f"{target_name} is {type(target).__name__}, not a function")
+            raise TypeError(f"{spec.target} is {type(target).__name__}, not a function")
+        return target
     except BaseException as e:
         brief = f"{type(e).__name__}: {e}"
         log.error("worker %d (pid %d) of pool %s could not load its target %r:\n%s",
-                  spec["worker_id"], os.getpid(), spec["pool"], target_name,
+                  spec.worker_id, os.getpid(), spec.pool, spec.target,
                   "".join(traceback.format_exception(type(e), e, e.__traceback__)).rstrip())
         record.state = sb.STOPPING
-        record.intent = sb.INTENT_BOOT
-        record.note = f"cannot load {target_name}: {brief}"
+        record.intent = sb.Intent.BOOT
+        record.note = f"cannot load {spec.target}: {brief}"
         record.flush()
-        return EXIT_BOOT_FAILED
+        return None
 
+
+def _ready(spec, record, log, stop):
+    """Build the target's context, take over the stop and alarm signals, and report ready.
+
+    *stop* is the flag the early handler sets: read again once the context's
+    own handler is in place, so that a SIGTERM in between is not lost.
+    """
     ctx = WorkerContext(
-        cache=cache,
-        pool=spec["pool"],
-        worker_id=spec["worker_id"],
-        generation=spec["generation"],
+        cache=spec.cache,
+        pool=spec.pool,
+        worker_id=spec.worker_id,
+        generation=spec.generation,
         record=record,
-        token_fd=spec["token_fd"],
-        master_pid=spec["master_pid"],
-        rotate_at=spec["rotate_at"],
-        rotate_cap=spec["rotate_cap"],
-        memory_limit=spec["memory_limit"],
-        job_time_limit=spec["job_time_limit"],
+        token_fd=spec.token_fd,
+        master_pid=spec.master_pid,
+        rotate_at=spec.rotate_at,
+        rotate_cap=spec.rotate_cap,
+        memory_limit=spec.memory_limit,
+        job_time_limit=spec.job_time_limit,
         log=log,
     )
     ctx._stop = stop["requested"]
@@ -521,7 +582,11 @@ def main(spec):
     record.ready_at = time.time()
     ctx._sample_memory(force=True)
     record.flush()
+    return ctx
 
+
+def _serve(ctx, target, record, log):
+    """Run the target until it returns or raises; return the process's exit code."""
     try:
         target(ctx)
     except BaseException as e:
@@ -534,26 +599,26 @@ def main(spec):
                   "".join(traceback.format_exception(type(e), e, e.__traceback__)).rstrip())
         if not ctx._in_job:
             record.state = sb.STOPPING
-        record.intent = sb.INTENT_RAISED
+        record.intent = sb.Intent.RAISED
         record.note = f"{type(e).__name__}: {e}"
         record.flush()
         return EXIT_TARGET_RAISED
     if not ctx._leaving and not ctx._stop:
         record.state = sb.STOPPING
-        record.intent = sb.INTENT_RETURNED
+        record.intent = sb.Intent.RETURNED
         record.flush()
         return EXIT_TARGET_RETURNED
-    if record.intent == sb.INTENT_ORPHANED:
+    if record.intent == sb.Intent.ORPHANED:
         return EXIT_ORPHANED
     if not ctx._leaving:
-        ctx._leave(sb.INTENT_STOP)
+        ctx._leave(sb.Intent.STOP)
     return EXIT_CLEAN
 
 
 def _reset_process(spec, on_stop):
     """Undo what the child inherited from the master and set up the worker's own process."""
     signal.set_wakeup_fd(-1)
-    for fd in spec["close_fds"]:
+    for fd in spec.close_fds:
         try:
             os.close(fd)
         except OSError:
@@ -566,11 +631,11 @@ def _reset_process(spec, on_stop):
     signal.signal(signal.SIGINT, on_stop)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     _set_parent_death_signal()
-    _set_process_name(f"apc:{spec['pool']}:{spec['worker_id']}")
+    _set_process_name(f"apc:{spec.pool}:{spec.worker_id}")
     random.seed()
-    for key, value in spec["env"]:
+    for key, value in spec.env:
         os.environ[key] = value
-    for path in reversed(spec["python_path"]):
+    for path in reversed(spec.python_path):
         if path not in sys.path:
             sys.path.insert(0, path)
 
@@ -594,10 +659,6 @@ def _set_process_name(name):
         libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
     except (OSError, AttributeError):
         pass
-
-
-def _mib(n):
-    return f"{(n or 0) / (1 << 20):.1f} MiB"
 
 
 def _secs(s):

@@ -4,6 +4,7 @@ import importlib
 import importlib.machinery
 import os
 import sys
+import sysconfig
 import zipfile
 
 import pytest
@@ -204,11 +205,36 @@ def test_no_stat_mode_keeps_where_it_found_a_module_until_invalidate(cache, tree
     assert out["value"] == "package" and out["file"].endswith(os.path.join("apct_moved", "__init__.py"))
 
 
+def _files_under(root, suffix=""):
+    """{(st_dev, st_ino): path} of the files under root whose names end with
+    suffix, site-packages left out (stat mode keys code by identity)."""
+    found = {}
+    for d, dirs, names in os.walk(root):
+        dirs[:] = [x for x in dirs if x != "site-packages"]
+        for n in names:
+            if n.endswith(suffix):
+                st = os.stat(os.path.join(d, n))
+                found[(st.st_dev, st.st_ino)] = os.path.join(d, n)
+    return found
+
+
 def test_a_module_with_a_syntax_error_raises_it_and_stores_nothing(cache, tree):
-    tree("s/apct_bad.py", "def f(:\n")
+    bad = tree("s/apct_bad.py", "def f(:\n")
     p = run_py(IMPORTER, cache.name, "stat", str(tree.root / "s"), "apct_bad", check=False)
     assert p.returncode != 0 and "SyntaxError" in p.stderr and "apct_bad.py" in p.stderr
-    assert cache.files.info()["num_entries"] == 0
+    # Nothing is stored for the module that did not compile.  Printing the
+    # uncaught SyntaxError may import modules of the interpreter's own
+    # through the hook (3.13's traceback printing imports traceback, ast,
+    # tokenize, _colorize, ...); those are stored as every import is.  So
+    # the table holds no entry for any file of the test's tree, and nothing
+    # that is not a module of the standard library.
+    entries = cache.files.info(limited=False)["entries"]
+    assert all(e["mode"] == "stat" for e in entries), entries
+    stored = {(e["dev"], e["ino"]) for e in entries}
+    ours = _files_under(tree.root)
+    assert bad in ours.values() and not stored & ours.keys()
+    stdlib = _files_under(sysconfig.get_paths()["stdlib"], ".py")
+    assert stored <= stdlib.keys(), [e for e in entries if (e["dev"], e["ino"]) not in stdlib]
 
 
 # ---------------------------------------------------------------- the import system

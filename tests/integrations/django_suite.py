@@ -1,5 +1,5 @@
-"""Run Django's own cache tests (tests/cache/tests.py of the Django 5.2
-sdist, unmodified) against apccache.integrations.django.ApcCache.
+"""Run Django's own cache tests (tests/cache/tests.py of the installed
+Django's sdist, unmodified) against apccache.integrations.django.ApcCache.
 
     python tests/integrations/django_suite.py DJANGO_TESTS_DIR SEGMENT
 

@@ -98,7 +98,7 @@ def cache():
 
 
 def test_djangos_own_cache_suite(tmp_path):
-    """tests/cache/tests.py of the Django 5.2 sdist, unmodified: its
+    """tests/cache/tests.py of the installed Django's sdist, unmodified: its
     BaseCacheTests against ApcCache, without the cull caches, as Django
     runs it against Redis."""
     tests_dir = upstream.extract("django", "tests/cache", tmp_path).parent
@@ -114,7 +114,7 @@ def test_djangos_own_cache_suite(tmp_path):
     assert r.returncode == 0, r.stderr[-6000:]
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["failures"] == summary["errors"] == 0
-    assert summary["run"] >= 50, summary  # Django 5.2's BaseCacheTests has 54
+    assert summary["run"] >= 50, summary  # BaseCacheTests has 54 in Django 5.2, 62 in 6.1
     # only the culling tests, whose caches are excluded, may skip
     assert all("cull" in s for s in summary["skipped"]), summary["skipped"]
 

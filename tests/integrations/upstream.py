@@ -12,24 +12,20 @@ from pathlib import Path
 
 CACHE_DIR = Path(os.environ.get("APCCACHE_UPSTREAM_DIR") or Path.home() / ".cache" / "apccache-upstream")
 
-SDISTS = {
-    "django": "django==5.2.*",
-    "cachelib": "cachelib",
-}
+SDISTS = ("django", "cachelib")
 
 
 def sdist(project):
     """The path of project's sdist in the cache directory, downloaded first
-    if absent.  The version is the one installed (cachelib), or Django 5.2."""
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    spec = SDISTS[project]
-    if project == "cachelib":
-        from importlib.metadata import version
+    if absent: the sdist of the version installed, so that its own tests
+    match the code they test (pip installs Django 5.2 on Python 3.11, and
+    Django 6, which needs 3.12, on newer Pythons)."""
+    from importlib.metadata import version
 
-        spec = f"cachelib=={version('cachelib')}"
-    name, _, ver = spec.partition("==")
-    pattern = f"{name}-{ver.rstrip('.*')}" if ver else name
-    found = sorted(p for p in CACHE_DIR.glob("*.tar.gz") if p.name.lower().startswith(pattern.lower()))
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    spec = f"{project}=={version(project)}"
+    pattern = f"{project}-{version(project)}.tar.gz"
+    found = sorted(p for p in CACHE_DIR.glob("*.tar.gz") if p.name.lower() == pattern.lower())
     if found:
         return found[-1]
     subprocess.run(
@@ -37,7 +33,7 @@ def sdist(project):
          "-d", str(CACHE_DIR), spec],
         check=True,
     )
-    found = sorted(p for p in CACHE_DIR.glob("*.tar.gz") if p.name.lower().startswith(pattern.lower()))
+    found = sorted(p for p in CACHE_DIR.glob("*.tar.gz") if p.name.lower() == pattern.lower())
     if not found:
         raise RuntimeError(f"pip download {spec} left no sdist in {CACHE_DIR}")
     return found[-1]
