@@ -36,6 +36,7 @@ import threading
 import time
 from typing import NamedTuple, Optional
 
+from ._units import format_size as human_size
 from .errors import (
     CacheBusyError,
     CacheClosedError,
@@ -196,13 +197,6 @@ class SmaInfo(NamedTuple):
 
 
 # ------------------------------------------------------------------ errors
-
-
-def human_size(n):
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1024
 
 
 def strerror(rc):
