@@ -583,38 +583,27 @@ class Cache(ItemMethods):
         room, unserialisable value), [] on success.  Keys are all checked
         first: a bad key raises before anything is stored.  An error of
         the cache itself (closed, busy, corrupt) raises."""
-        self._require_open()
-        ttl = _check_ttl(ttl)
-        items = list(mapping.items())
-        for key, _ in items:
-            _key_bytes(key)  # every key is checked before any is stored
-        store = self.store  # the fast path, where there is one
-        failed = []
-        for key, v in items:
-            try:
-                store(key, v, ttl)
-            except CacheFullError:
-                failed.append(key)
-            except CacheError:
-                raise
-            except Exception:  # the value cannot be serialised
-                failed.append(key)
-        return failed
+        return self._put_each(mapping, ttl, self.store)
 
     def add_many(self, mapping: Mapping[Key, Any], ttl: int = 0) -> List[Key]:
         """add() for each item; returns the keys not added (a live entry
         existed, no room, or an unserialisable value); an error of the
         cache itself raises, as for store_many."""
+        return self._put_each(mapping, ttl, self.add)
+
+    def _put_each(self, mapping, ttl, put):
+        """put(key, value, ttl) for each item (put is the fast path's
+        method, where there is one); the keys it refused or could not
+        store.  Every key is checked before any is stored."""
         self._require_open()
         ttl = _check_ttl(ttl)
         items = list(mapping.items())
         for key, _ in items:
-            _key_bytes(key)  # every key is checked before any is added
-        add = self.add  # the fast path, where there is one
+            _key_bytes(key)
         failed = []
         for key, v in items:
             try:
-                if not add(key, v, ttl):
+                if not put(key, v, ttl):
                     failed.append(key)
             except CacheFullError:
                 failed.append(key)
