@@ -779,11 +779,14 @@ class Table:
                 break
         data = b"".join(parts)
         out = []
-        pos, rs = 0, _REC.size
-        while pos < len(data):
-            rec = EntryRecord._make(_REC.unpack_from(data, pos))
-            klen = rec.key_len
-            out.append((rec, data[pos + rs : pos + rs + klen]))
+        pos, rs, end = 0, _REC.size, len(data)
+        # tuple.__new__ rather than EntryRecord._make: a million records,
+        # and _make is a Python frame each
+        new, unpack, append = tuple.__new__, _REC.unpack_from, out.append
+        while pos < end:
+            rec = new(EntryRecord, unpack(data, pos))
+            klen = rec[11]  # key_len
+            append((rec, data[pos + rs : pos + rs + klen]))
             pos += rs + ((klen + 7) & ~7)
         return out
 
