@@ -780,6 +780,13 @@ class Cache(ItemMethods):
         by now."""
         return self._shm.stat
 
+    def fstat(self) -> os.stat_result:
+        """``fstat`` of the segment's descriptor now (its owner or mode may
+        have changed since ``file_stat``): what the opcode cache checks
+        before it runs code from the segment."""
+        self._require_open()
+        return os.fstat(self._shm._fd)
+
     @property
     def untrusted(self) -> Optional[str]:
         """Why the segment failed the trust check, for a handle opened for

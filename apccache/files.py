@@ -88,7 +88,7 @@ from ._fileentry import CODE, SERIALIZED, STALE, UNREADABLE, Serialized, decode,
 from ._fileentry import fix_filename  # noqa: F401  (apccache.files.fix_filename, as before)
 from ._fileentry import validators as _validators
 from ._shm import check_trusted
-from .errors import CacheClosedError, CacheFullError, UntrustedSegmentError
+from .errors import CacheFullError, UntrustedSegmentError
 
 __all__ = ["FileCache", "UnsafeSegmentError", "check_segment_for_code", "code_namespace", "MODES"]
 
@@ -138,12 +138,8 @@ def check_segment_for_code(cache):
     name another file by now), and it is made each time code is about to be
     taken from the segment, not once: one system call per module load.
     ``trust_group`` does not extend to code."""
-    shm = getattr(cache, "_shm", None)
-    fd = getattr(shm, "_fd", -1)
-    if cache.closed or not isinstance(fd, int) or fd < 0:
-        raise CacheClosedError("operation on a closed cache")
     try:
-        st = os.fstat(fd)
+        st = cache.fstat()
     except OSError as e:
         raise UnsafeSegmentError(
             f"cannot check who may write segment {cache.name!r} ({e.strerror}): refusing to run code from it"

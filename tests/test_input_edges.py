@@ -171,6 +171,7 @@ CLOSED_CALLS = {
     "alock": lambda c: asyncio.run(c.alock("l").acquire()),
     "records": lambda c: c.records(),
     "fast_reader": lambda c: c.fast_reader(_gen, None),
+    "fstat": lambda c: c.fstat(),
 }
 # Members that are meant to work on a closed handle.
 STILL_WORK = {"close", "closed", "unlink", "name", "create", "attach", "open", "now", "serializer", "file_stat",
