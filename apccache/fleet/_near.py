@@ -79,6 +79,22 @@ class Layout:
         return self.vpfx + b"%x:%d:" % (epoch, gen) + kb
 
 
+# How many generations below the one it moved from an invalidation clears.
+# Each process that moves a generation (the listener, or a writer) deletes
+# the copy filed under the value it moved from just after the move; while
+# it has not yet, a reader whose memo still names that value could find the
+# copy after a later write has been acknowledged.  Every process has at most
+# one such move in flight, so clearing a few generations below closes that
+# window unless more processes than this are mid-move on one bucket at once.
+STALE_GENS = 4
+
+
+def drop_copies(cache, layout, epoch, old, kb):
+    """Delete kb's copies under generation old and the STALE_GENS - 1 below it."""
+    for g in range(old, max(old - STALE_GENS, 0), -1):
+        cache.delete(layout.value_key(epoch, g, kb))
+
+
 def bump_gen(cache, gkey):
     """Move a bucket's generation to a value no reader has recorded; return
     the value it had (None if absent).

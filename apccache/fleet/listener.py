@@ -295,7 +295,7 @@ class Listener:
             kb = rk[n:]
             old = _near.bump_gen(cache, layout.gen_key(kb))
             if old is not None:
-                cache.delete(layout.value_key(epoch, old, kb))
+                _near.drop_copies(cache, layout, epoch, old, kb)
             self.invalidations += 1
 
     def _write_hb(self, synced):

@@ -3,6 +3,8 @@ types, writes go to Redis and invalidate near copies, TTLs are Redis's."""
 
 import pytest
 
+import apccache
+from apccache.fleet import FleetCache, _near
 from fleet_support import wait_for, wait_synced
 
 
@@ -74,6 +76,44 @@ def test_a_write_here_is_seen_here_at_once(hosts):
         h.fc.store("k", i)
         assert other.fetch("k") == i   # no wait for the listener
         assert h.fc.fetch("k") == i
+
+
+def _stale_copy_left(h, other, key):
+    """other fills and memoises a copy of key (after the listener has
+    handled the write of 1); then the bucket's generation moves the way an
+    invalidation in flight moves it: before its copy is deleted."""
+    wait_synced(h.fc)
+    assert other.fetch(key) == 1
+    _near.bump_gen(h.cache, h.fc._layout.gen_key(key.encode()))
+
+
+def test_a_write_here_is_seen_by_another_fleetcache_of_this_process_at_once(hosts):
+    """Even when an invalidation (the listener's) had moved the generation
+    that other's memo names and not yet deleted the copy under it."""
+    (h,) = hosts(1)
+    other = h.fleet()
+    h.fc.store("k", 1)
+    _stale_copy_left(h, other, "k")
+    h.fc.store("k", 2)
+    assert other.fetch("k") == 2
+
+
+def test_a_write_here_clears_the_copies_an_unfinished_invalidation_left(hosts):
+    """The same with other on its own handle of the segment, as another
+    process of the host would be: its memo is not this process's to
+    forget, so the write deletes the copies under the generations just
+    below the one it moved."""
+    (h,) = hosts(1)
+    handle = apccache.Cache.attach(h.name)
+    try:
+        other = FleetCache(handle, h.url, h.namespace)
+        h.fc.store("k", 1)
+        _stale_copy_left(h, other, "k")
+        h.fc.store("k", 2)
+        assert other.fetch("k") == 2
+        other.redis.close()
+    finally:
+        handle.close()
 
 
 def test_a_write_on_another_host_is_seen_within_the_bound(hosts):
