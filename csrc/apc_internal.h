@@ -610,7 +610,6 @@ int apc_seq_read_valid(apc_seg *seg, int stripe, uint64_t s);
 /* api.c: the whole lock, with its repairs (see LOCKS). */
 int apc_wl_lock(apc_seg *seg);
 int apc_wl_lock_for_check(apc_seg *seg);
-void apc_wl_unlock_ro(apc_seg *seg);
 
 /* sma.c: the block format.  Only sma.c knows the tag bits; these decode
  * them for the checker, the repair and the reports.

@@ -397,7 +397,6 @@ static int whole_lock(apc_seg *seg, int repair)
 
 int apc_wl_lock(apc_seg *seg) { return whole_lock(seg, 1); }
 int apc_wl_lock_for_check(apc_seg *seg) { return whole_lock(seg, 0); }
-void apc_wl_unlock_ro(apc_seg *seg) { apc_whole_release_ro(seg); }
 
 int apc_wl_enter(apc_seg *seg, int stripe)
 {

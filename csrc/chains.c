@@ -60,17 +60,15 @@ static inline void prefetchw(const void *p) { (void)p; }
 int apc_chain_walk(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash,
                 apc_off_t *out)
 {
-    apc_off_t off = LOAD(apc_bucket_of(seg, table, hash));
+    apc_off_t head = LOAD(apc_bucket_of(seg, table, hash)), off = head;
     uint64_t cap = apc_walk_cap(seg);
-    int first = 1;
     while (off) {
         if ((off & 7) || !apc_in_arena(seg, off, sizeof(apc_slot)))
             return APC_E_CORRUPT;
         apc_slot *s = (apc_slot *)APC_PTR(seg, off);
-        if (first) {
+        if (off == head) {
             prefetchw(s);
             prefetchw(&s->hits);
-            first = 0;
         }
         if (LOADR(&s->hash) == (uint32_t)hash && LOADR(&s->key_len) == klen) {
             uint64_t ext = apc_slot_ext(s);

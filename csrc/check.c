@@ -285,7 +285,7 @@ static int64_t do_check(apc_seg *seg, char *buf, uint64_t cap)
         return r.count;
     }
     check_wl(seg, &r);
-    apc_wl_unlock_ro(seg);
+    apc_wl_leave_ro(seg);
     return r.count;
 }
 

@@ -431,11 +431,14 @@ void apc_lock_release(apc_lock *l)
  * that is; here a taken-over lock only reports *stolen and, for a stripe,
  * has its seq word made even. */
 
+/* Stripe i's seqlock word, in its lock's cache line. */
+static inline uint64_t *seq_of(apc_seg *seg, int i) { return &seg->hdr->bstripes[i].lock.seq; }
+
 static void seq_even(apc_seg *seg, int i)
 {
-    uint64_t s = LOADR(&seg->hdr->bstripes[i].lock.seq);
+    uint64_t s = LOADR(seq_of(seg, i));
     if (s & 1)
-        STORE(&seg->hdr->bstripes[i].lock.seq, s + 1);
+        STORE(seq_of(seg, i), s + 1);
 }
 
 static apc_lock *stripe_lock(apc_seg *seg, int i) { return &seg->hdr->bstripes[i].lock; }
@@ -578,10 +581,10 @@ static void seq_begin_one(apc_seg *seg, int i)
 {
     if (seg->seq_depth[i]++)
         return;
-    uint64_t s = LOADR(&seg->hdr->bstripes[i].lock.seq);
+    uint64_t s = LOADR(seq_of(seg, i));
     if (s & 1) /* left odd by a writer that died; repair already ran */
         s++;
-    STORER(&seg->hdr->bstripes[i].lock.seq, s + 1);
+    STORER(seq_of(seg, i), s + 1);
 }
 
 static void seq_end_one(apc_seg *seg, int i)
@@ -589,8 +592,8 @@ static void seq_end_one(apc_seg *seg, int i)
     APC_ASSERT(seg->seq_depth[i] > 0);
     if (--seg->seq_depth[i])
         return;
-    uint64_t s = LOADR(&seg->hdr->bstripes[i].lock.seq);
-    STORE(&seg->hdr->bstripes[i].lock.seq, (s | 1) + 1);
+    uint64_t s = LOADR(seq_of(seg, i));
+    STORE(seq_of(seg, i), (s | 1) + 1);
 }
 
 void apc_seq_begin_wl(apc_seg *seg, int stripe)
@@ -622,14 +625,14 @@ int apc_seq_read_begin(apc_seg *seg, int stripe, uint64_t *out)
  * caller has something to let go of before it waits (the GIL). */
 int apc_seq_read_begin_opt(apc_seg *seg, int stripe, uint64_t *out, int nowait)
 {
-    uint64_t s = LOAD(&seg->hdr->bstripes[stripe].lock.seq);
+    uint64_t s = LOAD(seq_of(seg, stripe));
     if (__builtin_expect(!(s & 1), 1)) {
         *out = s;
         return APC_OK;
     }
     uint64_t start = 0;
     for (unsigned spins = 1;; spins++) {
-        s = LOAD(&seg->hdr->bstripes[stripe].lock.seq);
+        s = LOAD(seq_of(seg, stripe));
         if (!(s & 1)) {
             *out = s;
             return APC_OK;
@@ -656,7 +659,7 @@ int apc_seq_read_begin_opt(apc_seg *seg, int stripe, uint64_t *out, int nowait)
 int apc_seq_read_valid(apc_seg *seg, int stripe, uint64_t s)
 {
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
-    return LOADR(&seg->hdr->bstripes[stripe].lock.seq) == s;
+    return LOADR(seq_of(seg, stripe)) == s;
 }
 
 /* ------------------------------------------------------ fault injection */
