@@ -5,7 +5,6 @@ import re
 import struct
 import threading
 import time
-import weakref
 import zlib
 
 import redis
@@ -26,9 +25,6 @@ _MASK = _near.NBUCKETS - 1
 _F64 = struct.Struct("<d")
 _DECIMAL = re.compile(rb"-?(0|[1-9][0-9]{0,18})")
 _INT64 = (-(1 << 63), (1 << 63) - 1)
-# Every FleetCache of this process, for _invalidate.
-_LIVE = weakref.WeakSet()
-
 _MEMO_MAX = 8192  # memo entries per trust window (then it starts over)
 
 # GET and PTTL of one key, atomically, in one round trip (works on a cluster:
@@ -147,7 +143,6 @@ class FleetCache(ItemMethods):
         self._near = reader(FleetCache.fetch.__get__(self), _MISSING) if reader is not None else None
         if self._near is not None:
             self.fetch = self.get = self._near.fetch
-        _LIVE.add(self)
 
     def __repr__(self):
         return f"<FleetCache {self.namespace!r} on {self.cache.name!r}>"
@@ -418,15 +413,12 @@ class FleetCache(ItemMethods):
 
     def _invalidate(self, kb):
         """Move this host's generation for kb (after Redis acknowledged a
-        write): every worker here misses and reads the new value.  Every
-        FleetCache of this process on the same segment and namespace
-        forgets its memo of kb, so none of them can name a copy older than
-        the write (another may have filled one under a generation that the
-        listener had moved but not yet cleared)."""
+        write): every worker here misses and reads the new value.  The
+        copies under the generations just below go too: a memo may name one
+        that an invalidation in flight has moved but not yet cleared
+        (_near.drop_copies)."""
         b = _crc32(kb) & _MASK
-        for fc in list(_LIVE):
-            if fc.namespace == self.namespace and fc.cache is self.cache:
-                fc._forget(kb)
+        self._forget(kb)  # this process reads the new generation next
         old = _near.bump_gen(self.cache, self._gkeys[b])
         epoch = self._epoch
         if epoch is None:  # a process that has only written: the listener's epoch, from its heartbeat

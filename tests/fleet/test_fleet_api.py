@@ -100,9 +100,7 @@ def test_a_write_here_is_seen_by_another_fleetcache_of_this_process_at_once(host
 
 def test_a_write_here_clears_the_copies_an_unfinished_invalidation_left(hosts):
     """The same with other on its own handle of the segment, as another
-    process of the host would be: its memo is not this process's to
-    forget, so the write deletes the copies under the generations just
-    below the one it moved."""
+    process of the host would be."""
     (h,) = hosts(1)
     handle = apccache.Cache.attach(h.name)
     try:
