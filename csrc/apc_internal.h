@@ -61,7 +61,11 @@
  * list (PENDING in chains.c).  Whoever takes the stripe lock next with an
  * intent set frees intent_new if no chain holds it and retires intent_old
  * if none holds it any more and it was not parked: a block is never lost,
- * and never freed twice.
+ * and never freed twice.  Both naming the same slot mean it is being
+ * rewritten in place (a same-size replace, api.c): the next holder keeps
+ * it if its pin word is live, and unlinks and frees it if the pin word is
+ * still DEAD (its value may be half written); the whole repair drops it
+ * likewise.
  *
  * PINS
  *
@@ -316,7 +320,8 @@ typedef struct apc_lock {
     /* A bucket stripe's lock only, guarded by it: */
     uint32_t npending;       /* slots on the pending list */
     apc_off_t intent_new;    /* a block allocated for a slot not yet published */
-    apc_off_t intent_old;    /* a slot being unlinked, not yet retired */
+    apc_off_t intent_old;    /* a slot being unlinked, not yet retired;
+                                both the same slot: rewritten in place */
     apc_off_t pending;       /* the slots its writers unlinked and have not yet
                                 retired, linked by next_off, at most
                                 APC_PENDING_MAX (see PENDING in chains.c) */
@@ -678,7 +683,7 @@ uint64_t apc_int_sum(const apc_slot *s, int64_t v);
 void apc_unpin(apc_slot *s, uint64_t ident);
 int apc_find_locked(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash,
                 apc_off_t **linkp, apc_slot **out);
-apc_off_t *apc_find_link_wl(apc_seg *seg, apc_off_t slot_off);
+apc_off_t *apc_find_link_locked(apc_seg *seg, apc_off_t slot_off);
 int apc_slot_movable_wl(apc_seg *seg, apc_slot *s);
 void apc_retire_al(apc_seg *seg, apc_slot *s, uint64_t now);
 void apc_drain_al(apc_seg *seg, int stripe);

@@ -813,6 +813,72 @@ static void unalloc_kl(apc_seg *seg, const keyed *k, apc_off_t off)
         apc_al_release(seg);
 }
 
+/*
+ * A store that replaces an entry with one of the same block size and
+ * layout, a small value and nobody pinning the entry, rewrites the entry
+ * where it is: the bucket's link, a new block and the stripe's pending
+ * list stay as they are, so a second core loses none of those lines to
+ * the write.  With the stripe odd (readers look again), the slot's pin
+ * word goes by CAS from (version, no refs) to DEAD, which no reader can
+ * pin; the slot is rewritten (its key stays); the next version is
+ * published.  A reader that pinned it first makes the CAS fail, and the
+ * store takes the usual path.  The slot is both intents meanwhile (see
+ * INTENTS): a successor that finds its pin still DEAD unlinks and frees
+ * it, since its value may be half written; one that finds a live pin keeps
+ * it, old value or new.  1 if done, 0 if the caller must build a new slot.
+ */
+#define APC_IN_PLACE_MAX 1024 /* bytes of value copied with the stripe odd */
+
+static int replace_in_place_kl(apc_seg *seg, keyed *k, int type, const char *val, uint64_t vlen,
+                               int64_t ival, uint64_t ttl, unsigned flags, uint64_t need)
+{
+    APC_ASSERT(k->whole ? apc_wl_held(seg) : apc_sl_held(seg, k->stripe));
+    apc_slot *s = k->s;
+    /* With entries on the GC list the store allocates, which sweeps it. */
+    if (k->whole || k->found != APC_OK || vlen > APC_IN_PLACE_MAX || (s->flags & 63) != flags ||
+        LOADR(&seg->hdr->gc_head))
+        return 0;
+    apc_off_t off = APC_OFF(seg, s);
+    uint64_t w = LOAD(&s->pin);
+    if ((w & APC_PIN_REFS) || (w & APC_PIN_TAGMASK) != APC_PIN_TAG || w == APC_PIN_DEAD ||
+        apc_sma_block_size(seg, off) != apc_sma_block_for(need))
+        return 0;
+    apc_lock *rec = keyed_lock_rec(seg, k);
+    int was_expired = apc_expired(s, k->now);
+    apc_seq_begin_wl(seg, k->stripe);
+    STORER(&rec->intent_new, off);
+    STORER(&rec->intent_old, off);
+    int done = CAS(&s->pin, &w, APC_PIN_DEAD);
+    if (done) {
+        APC_FAULT("store.in_place");
+        s->ctime = (uint32_t)k->now;
+        s->ttl = ttl > UINT32_MAX ? UINT32_MAX : (uint32_t)ttl;
+        s->val_len = (uint32_t)vlen;
+        s->type = (uint8_t)type;
+        s->mtime = (uint32_t)k->now;
+        s->atime = (uint32_t)k->now;
+        s->hits = 0;
+        if (flags & APC_SLOT_IVAL)
+            *apc_slot_ival(s) = ival;
+        if (vlen)
+            memcpy(apc_slot_val(s), val, vlen);
+        if (flags & APC_SLOT_SUM)
+            *apc_slot_sum(s) = apc_entry_sum(s, val);
+        uint32_t v = (uint32_t)((w >> 16) + 1);
+        STORER(&s->pin, APC_PIN_MAKE(v ? v : 1));
+        APC_FAULT("store.in_place_published");
+    }
+    STORER(&rec->intent_new, 0);
+    STORER(&rec->intent_old, 0);
+    apc_seq_end_wl(seg, k->stripe);
+    if (!done)
+        return 0;
+    ADD(&apc_my_stripe(seg)->inserts[k->table], 1);
+    if (was_expired)
+        seg->hdr->bstripes[k->stripe].st[k->table].expired++;
+    return 1;
+}
+
 /* Insert or replace k's key with a fully built slot.  Expects the key's
  * lock (keyed_begin).  The slot is built outside alock. */
 static int insert_kl(apc_seg *seg, const char *key, uint32_t klen, int type, const char *val,
@@ -828,6 +894,8 @@ static int insert_kl(apc_seg *seg, const char *key, uint32_t klen, int type, con
     uint64_t repairs = h->repairs;
     int moved = 0, rc = APC_OK; /* did entries move or go since k's lookup? */
     uint64_t pin = 0;
+    if (replace_in_place_kl(seg, k, type, val, vlen, ival, ttl, flags, need))
+        return APC_OK;
     apc_off_t off = alloc_kl(seg, key, klen, k, need, &pin, &moved, &rc);
     if (!off)
         return rc;

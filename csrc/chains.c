@@ -162,12 +162,15 @@ int apc_find_locked(apc_seg *seg, int table, const char *key, uint32_t klen, uin
     *out = NULL;
     return APC_NOTFOUND;
 }
-apc_off_t *apc_find_link_wl(apc_seg *seg, apc_off_t slot_off)
+
+/* What points at the slot at slot_off in its chain, or NULL.  Expects the
+ * whole lock, or the lock of the slot's stripe. */
+apc_off_t *apc_find_link_locked(apc_seg *seg, apc_off_t slot_off)
 {
-    APC_ASSERT(apc_wl_held(seg));
     apc_slot *s = apc_slot_at(seg, slot_off);
     if (!s)
         return NULL;
+    APC_ASSERT(apc_wl_held(seg) || apc_sl_held(seg, apc_stripe_of(seg, s->table, apc_slot_hash64(s))));
     apc_off_t *link = apc_bucket_of(seg, s->table, apc_slot_hash64(s));
     uint64_t cap = apc_walk_cap(seg);
     while (*link && --cap) {
@@ -315,8 +318,9 @@ void apc_gc_sweep_al(apc_seg *seg, uint64_t now)
  * asked of every chain of the stripe, and, for intent_new, of the chain
  * its key hashes to (it may be half written, so that chain may be any
  * stripe's, read as a reader reads it): a forged intent naming a live
- * entry finds it there and frees nothing.  What cannot be settled that
- * way is left to a whole repair.
+ * entry finds it there and frees nothing.  Both intents naming one slot
+ * (a rewrite in place) must name a slot linked in this stripe.  What
+ * cannot be settled that way is left to a whole repair.
  */
 static apc_slot *intent_slot(apc_seg *seg, apc_off_t off)
 {
@@ -380,6 +384,35 @@ static int walk_stripe(apc_seg *seg, int stripe, apc_off_t a, apc_off_t b, int *
     return 0;
 }
 
+/* The slot the last holder was rewriting in place (both intents name it:
+ * replace_in_place_kl in api.c).  With a live pin word it is whole, the
+ * old entry or the new one: kept.  With its pin word still DEAD its value
+ * may be half written: unlinked and freed (nobody can pin a DEAD slot).
+ * walk_stripe has counted it. */
+static int finish_in_place(apc_seg *seg, int i, apc_slot *s, int linked, int have_alock)
+{
+    apc_lock *l = &seg->hdr->bstripes[i].lock;
+    apc_off_t off = APC_OFF(seg, s);
+    apc_off_t *link = linked ? apc_find_link_locked(seg, off) : NULL;
+    if (!link) { /* not what that write leaves */
+        apc_repair_later(seg);
+        return APC_ESCALATE;
+    }
+    if (LOADR(&s->pin) == APC_PIN_DEAD) {
+        if (!have_alock && apc_al_lock(seg) != APC_OK)
+            return APC_ESCALATE;
+        apc_seq_begin_wl(seg, i);
+        apc_unlink_counted(seg, link, s, i);
+        apc_sma_free_wl(seg, off);
+        apc_seq_end_wl(seg, i);
+        if (!have_alock)
+            apc_al_release(seg);
+    }
+    STORER(&l->intent_new, 0);
+    STORER(&l->intent_old, 0);
+    return APC_OK;
+}
+
 /*
  * Finish what the last holder of stripe i left (see INTENTS): free the
  * block it allocated if it never published it, retire the slot it
@@ -413,6 +446,8 @@ int apc_finish_intents(apc_seg *seg, int i, int have_alock)
         nw_parked |= o == nw;
         o = p->next_off;
     }
+    if (nw && nw == old)
+        return finish_in_place(seg, i, ns, nw_linked && !nw_parked, have_alock);
     if (nw && (ns->flags & APC_SLOT_PENDING) && !nw_parked)
         goto owed; /* another stripe's */
     if (nw && !nw_linked && !nw_parked) {

@@ -39,11 +39,28 @@ static int is_bad(const uint64_t *bad, uint64_t nbad, apc_off_t off)
     return nbad && bsearch(&off, bad, nbad, sizeof *bad, cmp_u64) != NULL;
 }
 
-/* Walk one chain, truncating it at the first link that fails its checks;
- * append what it keeps to live[]. */
+/* The slots that a dead writer was rewriting in place and left with a DEAD
+ * pin word (both of its stripe's intents name them): their values may be
+ * half written.  Sorted into torn[APC_NSEQ]; returns how many. */
+static uint64_t torn_in_place(apc_seg *seg, uint64_t *torn)
+{
+    uint64_t n = 0;
+    for (int i = 0; i < APC_NSEQ; i++) {
+        apc_lock *l = &seg->hdr->bstripes[i].lock;
+        apc_off_t nw = LOADR(&l->intent_new);
+        apc_slot *s = nw && nw == LOADR(&l->intent_old) ? apc_slot_at(seg, nw) : NULL;
+        if (s && LOADR(&s->pin) == APC_PIN_DEAD)
+            torn[n++] = nw;
+    }
+    qsort(torn, n, sizeof *torn, cmp_u64);
+    return n;
+}
+
+/* Walk one chain, truncating it at the first link that fails its checks,
+ * and dropping a torn slot alone; append what it keeps to live[]. */
 static void collect_chain(apc_seg *seg, apc_off_t *link, int table, uint64_t bucket,
-                          const uint64_t *bad, uint64_t nbad, apc_off_t *live, uint64_t *nlive,
-                          uint64_t max)
+                          const uint64_t *bad, uint64_t nbad, const uint64_t *torn, uint64_t ntorn,
+                          apc_off_t *live, uint64_t *nlive, uint64_t max)
 {
     uint64_t cap = apc_walk_cap(seg);
     while (*link) {
@@ -54,6 +71,10 @@ static void collect_chain(apc_seg *seg, apc_off_t *link, int table, uint64_t buc
             return;
         }
         apc_slot *s = (apc_slot *)APC_PTR(seg, off);
+        if (table >= 0 && is_bad(torn, ntorn, off)) {
+            *link = s->next_off;
+            continue;
+        }
         if (table >= 0 && seg->checksums && apc_entry_sum(s, apc_slot_val(s)) != *apc_slot_sum(s)) {
             /* Sound as a structure, but its value was changed: drop it
              * alone (the rebuild frees its block). */
@@ -74,7 +95,8 @@ static void collect_chain(apc_seg *seg, apc_off_t *link, int table, uint64_t buc
  * nothing but what it checks:
  *   1. walk every chain and the GC list, cutting each at the first slot
  *      that is not sane (inside the arena, at a used block whose two tags
- *      agree, big enough for its key and value, in the right bucket);
+ *      agree, big enough for its key and value, in the right bucket), and
+ *      dropping alone a slot whose writer died rewriting it in place;
  *   2. sort what was reached; where two blocks overlap, mark the later one
  *      bad and walk again (a cut chain loses its tail: lost entries are
  *      acceptable, a corrupt chain is not);
@@ -155,14 +177,16 @@ static int repair_wl(apc_seg *seg, uint64_t now)
     if (!live)
         return APC_E_SYS;
     uint64_t nlive = 0;
+    uint64_t torn[APC_NSEQ];
+    uint64_t ntorn = torn_in_place(seg, torn);
     for (int pass = 0; pass < 8; pass++) {
         nlive = 0;
         for (int t = 0; t < APC_NTABLES; t++) {
             apc_off_t *b = apc_buckets(seg, t);
             for (uint64_t i = 0; i < seg->geom[t].nslots; i++)
-                collect_chain(seg, &b[i], t, i, bad, nbad, live, &nlive, max);
+                collect_chain(seg, &b[i], t, i, bad, nbad, torn, ntorn, live, &nlive, max);
         }
-        collect_chain(seg, &h->gc_head, -1, 0, bad, nbad, live, &nlive, max);
+        collect_chain(seg, &h->gc_head, -1, 0, bad, nbad, torn, ntorn, live, &nlive, max);
         qsort(live, nlive, sizeof *live, cmp_u64);
         uint64_t newbad = 0;
         for (uint64_t i = 1; i < nlive; i++) {

@@ -17,7 +17,7 @@ static apc_off_t *take_for_move(apc_seg *seg, apc_off_t payload)
     uint64_t pw = LOAD(&s->pin);
     apc_off_t *link;
     if (!apc_slot_movable_wl(seg, s) || (pw & APC_PIN_REFS) ||
-        !(link = apc_find_link_wl(seg, payload)) || !CAS(&s->pin, &pw, APC_PIN_DEAD))
+        !(link = apc_find_link_locked(seg, payload)) || !CAS(&s->pin, &pw, APC_PIN_DEAD))
         return NULL;
     return link;
 }
@@ -170,7 +170,7 @@ int apc_make_room_wl(apc_seg *seg, uint64_t need, uint64_t now, int table)
     uint64_t evicted = 0;
     int rc = APC_E_NOMEM;
     for (uint64_t i = 0; i < k; i++) {
-        apc_off_t *link = apc_find_link_wl(seg, c[i].off);
+        apc_off_t *link = apc_find_link_locked(seg, c[i].off);
         if (!link)
             continue;
         apc_slot *s = (apc_slot *)APC_PTR(seg, c[i].off);

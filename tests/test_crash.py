@@ -21,10 +21,14 @@ import apccache
 from helpers.segments import SETUP_FILL, SETUP_FRAGMENT
 
 
-# point -> (setup run in the parent, operation run in the dying child)
+# point -> (setup run in the parent, operation run in the dying child).
+# 'victim' holds b'old' * 100: a store of another size builds a new slot,
+# one of the same size rewrites the entry in place.
 SCENARIOS = {
-    "store.after_alloc": ("", "c.store('victim', b'new' * 100)"),
-    "store.after_publish": ("", "c.store('victim', b'new' * 100)"),
+    "store.after_alloc": ("", "c.store('victim', b'new' * 120)"),
+    "store.after_publish": ("", "c.store('victim', b'new' * 120)"),
+    "store.in_place": ("", "c.store('victim', b'new' * 100)"),
+    "store.in_place_published": ("", "c.store('victim', b'new' * 100)"),
     "alloc.mid_split": ("", "c.store('fresh', b'x' * 500)"),
     "remove.after_unlink": ("", "c.delete('victim')"),
     "delete.after_unlink": ("", "c.delete('victim')"),
@@ -38,9 +42,9 @@ SCENARIOS = {
     "alloc.locked": ("", "c.store('fresh', b'x' * 500)"),
     "store.mid_count": ("", "c.store('fresh', b'x' * 500)"),
     # a slot parked on its stripe's pending list, and the list freed when full
-    "retire.parked": ("", "c.store('victim', b'new' * 100)"),
+    "retire.parked": ("", "c.store('victim', b'new' * 120)"),
     # a parked block of the right size taken for a store, before it leaves the list
-    "reuse.claimed": ("", "c.store('victim', b'new' * 100); c.store('victim', b'old' * 100)"),
+    "reuse.claimed": ("", "c.store('victim', b'new' * 120); c.store('victim', b'old' * 100)"),
     "drain.locked": ("[c.store(f'p{i}', b'p') for i in range(4000)]",
                      "s = c._stripe_of('victim')\n"
                      "[c.delete(k) for k in (f'p{i}' for i in range(4000)) if c._stripe_of(k) == s]"),

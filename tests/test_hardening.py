@@ -46,9 +46,9 @@ def test_a_lock_word_naming_no_thread_is_taken_over_not_waited_on(segments):
     c.store("k", 1)
     struct.pack_into("<I", c._mv, WORD, 0x3FFFFFF0)  # a tid no thread has
     t0 = time.monotonic()
-    c.store("k", 2)
+    c.store("k", "two")  # a new slot: the allocator's lock
     assert time.monotonic() - t0 < 1.0
-    assert c.fetch("k") == 2
+    assert c.fetch("k") == "two"
     assert c.info(limited=True)["lock_steals"] == 1
     assert c.check() == []
 
