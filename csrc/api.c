@@ -834,15 +834,22 @@ static int replace_in_place_kl(apc_seg *seg, keyed *k, int type, const char *val
 {
     APC_ASSERT(k->whole ? apc_wl_held(seg) : apc_sl_held(seg, k->stripe));
     apc_slot *s = k->s;
-    /* With entries on the GC list the store allocates, which sweeps it. */
-    if (k->whole || k->found != APC_OK || vlen > APC_IN_PLACE_MAX || (s->flags & 63) != flags ||
-        LOADR(&seg->hdr->gc_head))
+    if (k->whole || k->found != APC_OK || vlen > APC_IN_PLACE_MAX || (s->flags & 63) != flags)
         return 0;
     apc_off_t off = APC_OFF(seg, s);
     uint64_t w = LOAD(&s->pin);
     if ((w & APC_PIN_REFS) || (w & APC_PIN_TAGMASK) != APC_PIN_TAG || w == APC_PIN_DEAD ||
         apc_sma_block_size(seg, off) != apc_sma_block_for(need))
         return 0;
+    /* Every store sweeps the GC list while it holds anything, as one that
+     * allocates does (alloc_kl). */
+    if (LOADR(&seg->hdr->gc_head)) {
+        if (apc_al_lock(seg) != APC_OK)
+            return 0; /* the usual path meets the same, and escalates */
+        if (seg->hdr->gc_head)
+            apc_gc_sweep_al(seg, k->now);
+        apc_al_release(seg);
+    }
     apc_lock *rec = keyed_lock_rec(seg, k);
     int was_expired = apc_expired(s, k->now);
     apc_seq_begin_wl(seg, k->stripe);

@@ -68,9 +68,14 @@ def fault_points():
 
 # ------------------------------------------------------------------ values
 
-def make_value(key, rng, big=False):
+def make_value(key, rng, big=False, like=None):
+    """A self-verifying value; with ``like``, one of the same length (a
+    store that the engine rewrites in place)."""
     k = key.encode()
-    n = rng.randrange(20_000, 250_000) if big else rng.choice([rng.randrange(0, 200), rng.randrange(200, 4000)])
+    if like is not None:
+        n = len(like) - len(k) - 5
+    else:
+        n = rng.randrange(20_000, 250_000) if big else rng.choice([rng.randrange(0, 200), rng.randrange(200, 4000)])
     body = k + b"\0" + rng.randbytes(n)
     return body + zlib.crc32(body).to_bytes(4, "little")
 
@@ -118,9 +123,14 @@ def worker(slot, role, point, seed, names, wfd):
                         op = "exists"
                         data.exists(k)
                 else:
-                    if r < 0.28:
+                    if r < 0.18:
                         op = "store"
                         data.store(k, make_value(k, rng))
+                    elif r < 0.28:
+                        op = "rewrite"
+                        v = data.fetch(k)
+                        if v is not None and value_ok(k, v):
+                            data.store(k, make_value(k, rng, like=v))
                     elif r < 0.50:
                         op = "fetch"
                         v = data.fetch(k)
