@@ -285,6 +285,9 @@ int64_t apc_snapshot_chunk(apc_seg *seg, int table, uint64_t now, uint64_t curso
                            char *buf, uint64_t cap);
 int64_t apc_count_live_chunk(apc_seg *seg, int table, uint64_t now, uint64_t cursor[2]);
 int64_t apc_check(apc_seg *seg, char *buf, uint64_t cap);
+/* The counter stripe (0..63) this process counts its hits and misses in,
+ * claimed if it has none yet; for tests. */
+int apc_counter_stripe(apc_seg *seg);
 
 uint64_t apc_xxh3_64(const void *data, size_t len);
 int apc_debug_build(void);

@@ -118,7 +118,7 @@
 #define APC_ENDIAN_MARK 0x01020304u
 #define APC_NTABLES 2
 #define APC_NCLASSES 64
-#define APC_NSTRIPES 64 /* counter stripes: a process counts in stripe pid % 64 */
+#define APC_NSTRIPES 64 /* counter stripes: one per live process, claimed (apc_my_stripe) */
 #define APC_NPINS 256
 #define APC_NSEQ 64 /* seqlock stripes; a bucket's stripe is its index % APC_NSEQ */
 #define APC_SEQ_ALL (-1)
@@ -303,6 +303,9 @@ typedef struct apc_stripe {
     uint64_t corrupt[APC_NTABLES]; /* reads that met a broken claim */
     uint64_t waited[APC_NTABLES];  /* reads that gave up on a writer */
     uint64_t inserts[APC_NTABLES]; /* stores, adds and entry() results */
+    /* The process that claimed it (0: nobody yet), in what was padding:
+     * a segment made before it was added reads 0 and is claimed as it is. */
+    int64_t owner;
 } __attribute__((aligned(64))) apc_stripe;
 
 /* A lock (lock.c).  word: 0 free, or the holder's tid with
@@ -419,6 +422,10 @@ struct apc_seg {
     int64_t seen_pid;
     uint64_t seen_pages;
     uint8_t *seen;
+    /* This process's counter stripe (apc_my_stripe), claimed by
+     * stripe_pid: a forked child claims one of its own. */
+    int64_t stripe_pid;
+    apc_stripe *my_stripe;
 };
 
 /* ---------------------------------------------------------------- atomics */
@@ -544,12 +551,18 @@ int64_t apc_pid(void);
 uint64_t apc_proc_start(void);
 int apc_pid_alive_since(int64_t pid, uint64_t start);
 
-/* This process's stripe of the hit and miss counters.  Chosen per call
- * from the pid, not per handle: workers forked from one handle count in
- * stripes of their own instead of sharing their parent's cache line. */
+/* This process's stripe of the hit and miss counters.  Each process
+ * claims one the first time it counts (apc_claim_stripe, lock.c), and its
+ * forked children claim their own: up to APC_NSTRIPES live processes each
+ * write a line of their own, where pid % APC_NSTRIPES made two of 32
+ * workers share one almost surely.  Beyond that many, processes share. */
+apc_stripe *apc_claim_stripe(apc_seg *seg);
+
 static inline apc_stripe *apc_my_stripe(apc_seg *seg)
 {
-    return &seg->hdr->stripes[(uint64_t)apc_pid() % APC_NSTRIPES];
+    if (__builtin_expect(LOAD(&seg->stripe_pid) == apc_pid(), 1))
+        return LOADR(&seg->my_stripe);
+    return apc_claim_stripe(seg);
 }
 
 /* How long a reader waits for an odd seq stripe before it takes a miss. */

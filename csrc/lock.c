@@ -216,6 +216,33 @@ int apc_pid_alive_since(int64_t pid, uint64_t start)
 
 int apc_pid_alive(int64_t pid) { return apc_pid_alive_since(pid, 0); }
 
+/* A counter stripe for this process (see apc_my_stripe): the first, from
+ * pid % APC_NSTRIPES on, that is this process's already, nobody's, or a
+ * dead process's (taken by CAS; its counts stay, since the totals are
+ * sums).  Threads of one process racing here scan in the same order and
+ * settle on the same stripe.  With every stripe owned by a live process,
+ * pid % APC_NSTRIPES, shared.  A pid reused by another process keeps a
+ * stripe from being claimed: one fewer to go round, nothing worse. */
+apc_stripe *apc_claim_stripe(apc_seg *seg)
+{
+    int64_t pid = apc_pid();
+    apc_stripe *st = seg->hdr->stripes;
+    apc_stripe *mine = &st[(uint64_t)pid % APC_NSTRIPES];
+    for (uint64_t n = 0; n < APC_NSTRIPES; n++) {
+        apc_stripe *s = &st[((uint64_t)pid + n) % APC_NSTRIPES];
+        int64_t o = LOAD(&s->owner);
+        if (o != pid && o != 0 && apc_pid_alive(o))
+            continue;
+        if (o == pid || CAS(&s->owner, &o, pid) || o == pid) {
+            mine = s;
+            break;
+        }
+    }
+    STORER(&seg->my_stripe, mine);
+    STORE(&seg->stripe_pid, pid);
+    return mine;
+}
+
 /* ---------------------------------------------------------- the futex */
 
 static long futex(uint32_t *w, int op, uint32_t val, const struct timespec *ts)

@@ -331,3 +331,11 @@ int64_t apc_count_live_chunk(apc_seg *seg, int table, uint64_t now, uint64_t cur
     int rc = apc_seg_enter(seg);
     return rc ? rc : apc_seg_leave(seg, do_count_live_chunk(seg, table, now, cursor));
 }
+
+int apc_counter_stripe(apc_seg *seg)
+{
+    int rc = apc_seg_enter(seg);
+    if (rc != APC_OK)
+        return rc;
+    return (int)apc_seg_leave(seg, apc_my_stripe(seg) - seg->hdr->stripes);
+}

@@ -11,7 +11,8 @@ The parent forks worker processes (with the debug engine, so that fault
 points exist) on two segments:
 
 - "data", small (2 MiB), so stores evict and compact: writers store, add,
-  delete, store_many and now and then clear; readers fetch, fetch_many and
+  delete, store_many, rewrite a value at its own length (which the engine
+  does in place) and now and then clear; readers fetch, fetch_many and
   exists.  Every value is self-verifying: it starts with its own key and
   ends with a CRC-32 of the rest, so any read that is not a miss can be
   checked on its own.
