@@ -384,40 +384,12 @@ static int walk_stripe(apc_seg *seg, int stripe, apc_off_t a, apc_off_t b, int *
     return 0;
 }
 
-/* The slot the last holder was rewriting in place (both intents name it:
- * replace_in_place_kl in api.c).  With a live pin word it is whole, the
- * old entry or the new one: kept.  With its pin word still DEAD its value
- * may be half written: unlinked and freed (nobody can pin a DEAD slot).
- * walk_stripe has counted it. */
-static int finish_in_place(apc_seg *seg, int i, apc_slot *s, int linked, int have_alock)
-{
-    apc_lock *l = &seg->hdr->bstripes[i].lock;
-    apc_off_t off = APC_OFF(seg, s);
-    apc_off_t *link = linked ? apc_find_link_locked(seg, off) : NULL;
-    if (!link) { /* not what that write leaves */
-        apc_repair_later(seg);
-        return APC_ESCALATE;
-    }
-    if (LOADR(&s->pin) == APC_PIN_DEAD) {
-        if (!have_alock && apc_al_lock(seg) != APC_OK)
-            return APC_ESCALATE;
-        apc_seq_begin_wl(seg, i);
-        apc_unlink_counted(seg, link, s, i);
-        apc_sma_free_wl(seg, off);
-        apc_seq_end_wl(seg, i);
-        if (!have_alock)
-            apc_al_release(seg);
-    }
-    STORER(&l->intent_new, 0);
-    STORER(&l->intent_old, 0);
-    return APC_OK;
-}
-
 /*
  * Finish what the last holder of stripe i left (see INTENTS): free the
  * block it allocated if it never published it, retire the slot it
- * unlinked if it did not; and since it may have died between two of its
- * counter updates, count the stripe again.  Expects stripe i's lock, and
+ * unlinked if it did not, unlink and free the slot it was rewriting in
+ * place if the rewrite did not finish; and since it may have died between
+ * two of its counter updates, count the stripe again.  Expects stripe i's lock, and
  * alock if have_alock.  APC_ESCALATE: a whole repair is owed first
  * (alock was lost to a dead holder, or an intent is not to be believed);
  * the intents wait for it.
@@ -446,26 +418,43 @@ int apc_finish_intents(apc_seg *seg, int i, int have_alock)
         nw_parked |= o == nw;
         o = p->next_off;
     }
-    if (nw && nw == old)
-        return finish_in_place(seg, i, ns, nw_linked && !nw_parked, have_alock);
-    if (nw && (ns->flags & APC_SLOT_PENDING) && !nw_parked)
-        goto owed; /* another stripe's */
-    if (nw && !nw_linked && !nw_parked) {
-        uint64_t h64 = apc_slot_hash64(ns);
-        if (apc_stripe_of(seg, ns->table, h64) != i) {
-            int r = linked_at(seg, ns->table, h64, nw);
-            if (r != 0)
-                goto owed;
+    /* Both intents naming one slot: it was being rewritten in place
+     * (replace_in_place_kl in api.c).  With a live pin word it is whole,
+     * the old entry or the new one, and stays; with its pin word still
+     * DEAD its value may be half written: unlinked and freed (nobody can
+     * pin a DEAD slot). */
+    int in_place = nw && nw == old;
+    apc_off_t *torn = NULL;
+    if (in_place) {
+        apc_off_t *link = nw_linked && !nw_parked ? apc_find_link_locked(seg, nw) : NULL;
+        if (!link)
+            goto owed; /* not what that write leaves */
+        if (LOADR(&ns->pin) == APC_PIN_DEAD)
+            torn = link;
+    } else {
+        if (nw && (ns->flags & APC_SLOT_PENDING) && !nw_parked)
+            goto owed; /* another stripe's */
+        if (nw && !nw_linked && !nw_parked) {
+            uint64_t h64 = apc_slot_hash64(ns);
+            if (apc_stripe_of(seg, ns->table, h64) != i) {
+                int r = linked_at(seg, ns->table, h64, nw);
+                if (r != 0)
+                    goto owed;
+            }
         }
     }
-    int free_new = nw && !nw_linked && !nw_parked;
-    int retire_old = old && !old_linked && !old_parked && old != nw;
-    if (free_new || retire_old || bs->lock.pending) {
+    int free_new = !in_place && nw && !nw_linked && !nw_parked;
+    int retire_old = !in_place && old && !old_linked && !old_parked;
+    if (torn || free_new || retire_old || bs->lock.pending) {
         if (!have_alock && apc_al_lock(seg) != APC_OK)
             return APC_ESCALATE;
         uint64_t now = apc_now(0);
         apc_seq_begin_wl(seg, i);
         apc_drain_al(seg, i);
+        if (torn) {
+            apc_unlink_counted(seg, torn, ns, i); /* walk_stripe counted it */
+            apc_sma_free_wl(seg, nw);
+        }
         if (free_new)
             apc_sma_free_wl(seg, nw); /* checks that it is a used block */
         if (retire_old)
