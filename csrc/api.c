@@ -667,6 +667,32 @@ static int write_value(apc_seg *seg, char *dst, const char *src, uint64_t len)
     return APC_OK;
 }
 
+/* The pin word after w for a slot that a stripe's writer hands on
+ * without alock (which the counter of apc_fresh_pin needs): w's version
+ * plus one, which no reader of w can mistake for it; 0 wraps to 1. */
+static uint64_t next_pin(uint64_t w)
+{
+    uint32_t v = (uint32_t)((w >> 16) + 1);
+    return APC_PIN_MAKE(v ? v : 1);
+}
+
+/* What a store says of its entry besides the key and the value bytes: a
+ * new entry's times, TTL, type and length, a hit count of 0, an int's
+ * value. */
+static void describe_entry(apc_slot *s, uint64_t now, int type, uint64_t vlen, int64_t ival,
+                           uint64_t ttl, unsigned flags)
+{
+    s->ctime = (uint32_t)now;
+    s->ttl = ttl > UINT32_MAX ? UINT32_MAX : (uint32_t)ttl;
+    s->val_len = (uint32_t)vlen;
+    s->type = (uint8_t)type;
+    s->mtime = (uint32_t)now;
+    s->atime = (uint32_t)now;
+    s->hits = 0;
+    if (flags & APC_SLOT_IVAL)
+        *apc_slot_ival(s) = ival;
+}
+
 /* A block about to be this write's intent_new says whose it is (its
  * slot's hash and table, no key yet: see INTENTS in chains.c) before the
  * intent names it. */
@@ -716,14 +742,13 @@ static apc_off_t reuse_kl(apc_seg *seg, keyed *k, uint64_t want, uint64_t *pin)
         if (apc_sma_block_size(seg, off) == want && !(w & APC_PIN_REFS) &&
             (w & APC_PIN_TAGMASK) == APC_PIN_TAG && w != APC_PIN_DEAD &&
             CAS(&s->pin, &w, APC_PIN_DEAD)) {
-            uint32_t v = (uint32_t)((w >> 16) + 1);
             claim_identity(s, k); /* flags keep PENDING while it is listed */
             STORER(&bs->lock.intent_new, off);
             APC_FAULT("reuse.claimed");
             *link = s->next_off;
             bs->lock.npending--;
             s->flags = 0;
-            *pin = APC_PIN_MAKE(v ? v : 1);
+            *pin = next_pin(w);
             STORER(&s->pin, *pin);
             return off;
         }
@@ -858,21 +883,12 @@ static int replace_in_place_kl(apc_seg *seg, keyed *k, int type, const char *val
     int done = CAS(&s->pin, &w, APC_PIN_DEAD);
     if (done) {
         APC_FAULT("store.in_place");
-        s->ctime = (uint32_t)k->now;
-        s->ttl = ttl > UINT32_MAX ? UINT32_MAX : (uint32_t)ttl;
-        s->val_len = (uint32_t)vlen;
-        s->type = (uint8_t)type;
-        s->mtime = (uint32_t)k->now;
-        s->atime = (uint32_t)k->now;
-        s->hits = 0;
-        if (flags & APC_SLOT_IVAL)
-            *apc_slot_ival(s) = ival;
+        describe_entry(s, k->now, type, vlen, ival, ttl, flags);
         if (vlen)
             memcpy(apc_slot_val(s), val, vlen);
         if (flags & APC_SLOT_SUM)
             *apc_slot_sum(s) = apc_entry_sum(s, val);
-        uint32_t v = (uint32_t)((w >> 16) + 1);
-        STORER(&s->pin, APC_PIN_MAKE(v ? v : 1));
+        STORER(&s->pin, next_pin(w));
         APC_FAULT("store.in_place_published");
     }
     STORER(&rec->intent_new, 0);
@@ -910,18 +926,10 @@ static int insert_kl(apc_seg *seg, const char *key, uint32_t klen, int type, con
 
     apc_slot *s = (apc_slot *)APC_PTR(seg, off);
     s->hash = (uint32_t)hash;
-    s->ctime = (uint32_t)now;
-    s->ttl = ttl > UINT32_MAX ? UINT32_MAX : (uint32_t)ttl;
-    s->val_len = (uint32_t)vlen;
     s->key_len = (uint16_t)klen;
-    s->type = (uint8_t)type;
     s->table = (uint8_t)table & 3;
     s->flags = flags & 63;
-    s->mtime = (uint32_t)now;
-    s->atime = (uint32_t)now;
-    s->hits = 0;
-    if (flags & APC_SLOT_IVAL)
-        *apc_slot_ival(s) = ival;
+    describe_entry(s, now, type, vlen, ival, ttl, flags);
     s->pin = pin;
     memcpy(apc_slot_key(s), key, klen);
     if (vlen) {
