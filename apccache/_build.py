@@ -19,7 +19,7 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(os.path.dirname(HERE), "csrc")
-SOURCES = ["segment.c", "lock.c", "sma.c", "chains.c", "room.c", "repair.c", "api.c", "report.c", "check.c",
+SOURCES = ["segment.c", "lock.c", "sma.c", "chains.c", "hits.c", "room.c", "repair.c", "api.c", "report.c", "check.c",
            "xxh3.c"]
 
 

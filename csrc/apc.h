@@ -48,7 +48,7 @@
 #include <stddef.h>
 
 /* CDEF BEGIN */
-#define APC_FORMAT 4
+#define APC_FORMAT 5
 #define APC_TABLE_USER 0
 #define APC_TABLE_FILES 1
 #define APC_MAX_KEY 65535
@@ -71,6 +71,11 @@
  * where the read would have to wait for a writer (to let go of the GIL
  * first, then ask again without it). */
 #define APC_NOWAIT 256
+/* Or'ed into fetch_ref's table: a small value that this process reads
+ * often may be handed back without a pin (the read then writes nothing
+ * shared); apc_ref_release says whether what the caller copied holds
+ * (APC_OK) or must be thrown away and read again (APC_AGAIN). */
+#define APC_PEEK 512
 
 enum apc_rc {
     APC_OK = 0,
@@ -80,6 +85,7 @@ enum apc_rc {
     APC_MISMATCH = -4,      /* cas: the current value is not the expected one */
     APC_BUSY_SELF = -5,     /* entry_begin: this very thread is generating the key */
     APC_WAITED = -6,        /* a reader gave up on a writer after APC_READ_WAIT_NS: a miss */
+    APC_AGAIN = -7,         /* ref_release of a peek: the entry changed under the copy: read again */
     APC_E_NOMEM = -10,      /* no room even after expiry, eviction and compaction */
     APC_E_TOOBIG = -11,     /* larger than the whole arena: can never fit */
     APC_E_TYPE = -12,       /* inc/dec on a value that is not an int */
@@ -174,19 +180,27 @@ typedef struct apc_io {
 
 /* A value held in place: what apc_fetch_ref hands back.  ptr stays valid
  * (the entry is pinned) until apc_ref_release, which must follow at once:
- * nothing that can block or run user code may come between. */
+ * nothing that can block or run user code may come between.  Asked with
+ * APC_PEEK, a small value may come back unpinned (rec == APC_REF_PEEK): ptr
+ * may then change under the caller, who copies it and keeps the copy only
+ * if apc_ref_release returns APC_OK (APC_AGAIN: throw it away, ask again). */
+#define APC_REF_PEEK -2
 typedef struct apc_ref {
     const char *ptr;
     uint64_t len;
     int64_t ival;
     void *slot;
     uint64_t ident;
-    int64_t rec; /* the pin record (large values), or -1 */
+    int64_t rec;  /* the pin record (large values), -1, or APC_REF_PEEK */
+    uint64_t seq; /* a peek: the key's bucket stripe's seq when it was found, */
+    int32_t stripe; /* that stripe, */
+    int32_t table;
+    int64_t pos;  /* and where the reader's hit log holds its record (1-based) */
 } apc_ref;
 
 int64_t apc_fetch_ref(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now,
                       apc_ref *ref);
-void apc_ref_release(apc_seg *seg, apc_ref *ref);
+int64_t apc_ref_release(apc_seg *seg, apc_ref *ref);
 
 /* Where the header keeps what a listing reads from the file without
  * attaching (apcstat --list): byte offsets into apc_header. */
@@ -288,6 +302,9 @@ int64_t apc_check(apc_seg *seg, char *buf, uint64_t cap);
 /* The counter stripe (0..63) this process counts its hits and misses in,
  * claimed if it has none yet; for tests. */
 int apc_counter_stripe(apc_seg *seg);
+/* Fold this process's hit log into its entries' hit counts now (the
+ * engine does it when the log fills); the records it folded.  For tests. */
+int apc_hits_fold(apc_seg *seg);
 
 uint64_t apc_xxh3_64(const void *data, size_t len);
 int apc_debug_build(void);

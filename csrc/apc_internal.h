@@ -308,6 +308,43 @@ typedef struct apc_stripe {
     int64_t owner;
 } __attribute__((aligned(64))) apc_stripe;
 
+/*
+ * A hit log (hits.c): where a process notes the hits of the entries it
+ * reads without a pin, so that a read writes no line another process
+ * reads.  Log j belongs to counter stripe j (its claimer).  Records are
+ * (slot, version, count); the entry's hit count is slot->hits plus the
+ * counts of every record that names its slot and version, in any log.
+ * A full log is folded: each record is added to its slot (pinned for it)
+ * if the slot still has that version, and dropped if not (the entry is
+ * gone, and its hits with it).
+ *
+ *   lk     0, or the pid of the process in the log (CAS, never waited on:
+ *          a reader that finds it taken counts its hit in the entry).
+ *   seq    odd while a fold runs; readers of the counts retry on a change.
+ *   n      records in use; rec[n] is written before n moves past it.
+ *   done   in a fold: the records folded so far.  A holder killed in a
+ *          fold leaves seq odd: whoever takes the log over from it drops
+ *          the record it was at (it may or may not have been added) and
+ *          folds the rest.
+ */
+#define APC_HITLOG_N 64
+typedef struct apc_hitrec {
+    apc_off_t off;
+    uint32_t ver;
+    uint32_t count;
+} apc_hitrec;
+
+typedef struct apc_hitlog {
+    int64_t lk;
+    uint64_t seq;
+    uint32_t n;
+    uint32_t done;
+    uint64_t folds;
+    uint64_t hits[APC_NTABLES]; /* the hits noted here, per table (info()'s num_hits) */
+    uint64_t pad_[2];
+    apc_hitrec rec[APC_HITLOG_N];
+} __attribute__((aligned(64))) apc_hitlog;
+
 /* A lock (lock.c).  word: 0 free, or the holder's tid with
  * APC_LOCK_WAITERS when someone may sleep on it.  The rest is the holder's
  * own record of itself, written after it took the word, and (for a bucket
@@ -388,6 +425,9 @@ typedef struct apc_header {
 
     /* Atomic counters, may be slightly stale; summed on read. */
     apc_stripe stripes[APC_NSTRIPES] __attribute__((aligned(64)));
+
+    /* One per counter stripe (hits.c). */
+    apc_hitlog hitlogs[APC_NSTRIPES] __attribute__((aligned(64)));
 } apc_header;
 
 /* The process-local handle. */
@@ -426,6 +466,16 @@ struct apc_seg {
      * stripe_pid: a forked child claims one of its own. */
     int64_t stripe_pid;
     apc_stripe *my_stripe;
+    apc_hitlog *my_log; /* the hit log of that stripe */
+    /* The entries this process read last, by a hash of the slot's
+     * offset: the slot, and where its record lies in the process's hit log
+     * (1-based; 0: none yet).  Hints only, checked against the log's
+     * record before they are believed (hits.c). */
+    struct apc_hint {
+        apc_off_t off;
+        uint32_t pos;
+        uint32_t pad_;
+    } hint[256];
 };
 
 /* ---------------------------------------------------------------- atomics */
@@ -547,7 +597,9 @@ static inline apc_stripe_stats apc_table_sum(const apc_seg *seg, int t)
 
 uint64_t apc_now(uint64_t now);
 uint64_t apc_mono_ns(void);
-int64_t apc_pid(void);
+/* This process's pid, kept by lock.c (set at load and after a fork). */
+extern int64_t apc_cached_pid;
+static inline int64_t apc_pid(void) { return __atomic_load_n(&apc_cached_pid, __ATOMIC_RELAXED); }
 uint64_t apc_proc_start(void);
 int apc_pid_alive_since(int64_t pid, uint64_t start);
 
@@ -565,8 +617,20 @@ static inline apc_stripe *apc_my_stripe(apc_seg *seg)
     return apc_claim_stripe(seg);
 }
 
+/* This process's hit log (hits.c): its counter stripe's. */
+static inline apc_hitlog *apc_my_log(apc_seg *seg)
+{
+    if (__builtin_expect(LOAD(&seg->stripe_pid) != apc_pid(), 0))
+        apc_claim_stripe(seg);
+    return LOADR(&seg->my_log);
+}
+
 /* How long a reader waits for an odd seq stripe before it takes a miss. */
 #define APC_READ_WAIT_NS 10000000ULL
+/* Values of at most this many bytes are read without a pin (api.c); a read
+ * that finds its entry changing tries this many times, then pins. */
+#define APC_PEEK_MAX 4096
+#define APC_PEEK_TRIES 3
 
 /* segment.c: every entry point brackets its work with these.  seg_enter
  * fails (APC_E_CLOSED, APC_E_TRUNCATED) on a handle that is closing or was
@@ -686,6 +750,41 @@ int apc_sma_compact_wl(apc_seg *seg, const apc_mover *m);
 /* lock.c: alock for a holder of a stripe (or of nothing); APC_ESCALATE
  * (nothing held) while a whole repair is owed. */
 int apc_al_lock(apc_seg *seg);
+
+/* hits.c: the hit logs.  Is the entry hot for this process (its log
+ * holds a record of it)?  The record's position (1-based) or 0. */
+int apc_hit_hot(apc_seg *seg, apc_slot *s, uint64_t ident);
+/* A hit counted in the (pinned) entry: read again soon, the entry gets a
+ * record, and is read without a pin from then on. */
+void apc_hit_seen(apc_seg *seg, apc_slot *s, uint64_t ident);
+/* A hit read without a pin, noted in this process's log (in record pos if
+ * it is still the entry's) while the key's stripe seq is still sq and the
+ * entry still has version ident: APC_OK; APC_AGAIN if not (read again);
+ * APC_BUSY if the log is taken (count it in the entry: apc_hit_direct). */
+int apc_hit_note(apc_seg *seg, apc_slot *s, uint64_t ident, int stripe, uint64_t sq, uint32_t pos,
+                 int table);
+/* Count a hit in the entry itself, if it still has version ident. */
+void apc_hit_direct(apc_slot *s, uint64_t ident);
+/* The entry's hits: its own count and every log's records of it, read
+ * consistently.  The caller keeps the slot from being freed meanwhile. */
+uint64_t apc_hits_of(apc_seg *seg, apc_slot *s);
+/* Fold every log (before compaction or a rebuild moves or renumbers
+ * entries: the records name slots by offset and version). */
+void apc_hits_fold_all_wl(apc_seg *seg);
+/* clear(): the hits noted in the logs, counted from zero again. */
+void apc_hits_reset_wl(apc_seg *seg, int table);
+/* A log whose holder is dead, taken over and repaired (apc_claim_stripe). */
+void apc_hits_rescue(apc_seg *seg, int log);
+/* Which slots the logs hold records of, sorted, for a walk that reports
+ * many entries (report.c): apc_hitsnap_hits() reads a slot's hits exactly
+ * (apc_hits_of) only if it has records. */
+typedef struct apc_hitsnap {
+    uint64_t stalled; /* logs seen stopped in a fold: not waited for again */
+    uint32_t n;
+    apc_off_t off[APC_NSTRIPES * APC_HITLOG_N];
+} apc_hitsnap;
+void apc_hitsnap_take(apc_seg *seg, apc_hitsnap *hs);
+uint64_t apc_hitsnap_hits(apc_seg *seg, apc_hitsnap *hs, apc_slot *s);
 
 /* chains.c */
 int apc_chain_walk(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash,

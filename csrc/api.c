@@ -12,12 +12,17 @@
  * while it is odd, at most APC_READ_WAIT_NS), walks the chain with every
  * offset bounds-checked and the walk capped, reads the found slot's pin
  * word, and checks that seq has not moved: if it has, everything it saw
- * may be freed memory, and it starts again.  Then it pins the slot by CAS
- * on exactly the word it saw, so a slot that was retired or reused in the
- * meantime cannot be pinned.  With the pin held it copies the value and
- * bumps the entry's hits and atime; then it unpins.  Readers never block
- * each other, and the only shared lines they write are the found slot's
- * and their own counter stripe.
+ * may be freed memory, and it starts again.
+ *
+ * A value of at most APC_PEEK_MAX bytes (checksums off, the entry's atime
+ * already this second) is then read without a pin, as a seqlock reads: the
+ * caller copies it, and the copy holds if the stripe's seq and the slot's
+ * pin word are what they were before it; the hit goes into the reader's
+ * own hit log (hits.c).  Such a read writes no line that another process
+ * reads.  Any other read pins the slot by CAS on exactly the word it saw,
+ * so a slot that was retired or reused in the meantime cannot be pinned.
+ * With the pin held it copies the value and bumps the entry's hits and
+ * atime; then it unpins.  Readers never block each other.
  *
  * HOW A WRITE WORKS
  *
@@ -85,9 +90,12 @@ static int read_begin(apc_seg *seg, int st, uint64_t *sq, int nowait);
 
 /* Find and pin.  Returns APC_OK with *out pinned, APC_NOTFOUND, APC_WAITED
  * (a writer held the bucket for longer than a reader waits), or
- * APC_E_CORRUPT; *ident is the pin word's tag|version for the unpin. */
-static int find_pinned(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash,
-                       apc_slot **out, uint64_t *ident, int nowait)
+ * APC_E_CORRUPT; *ident is the pin word's tag|version.  With pk, an entry
+ * that this process's hit log holds a record of (a hot one, hits.c) is
+ * not pinned: FOUND_UNPINNED, with the seq it was found under in pk. */
+#define FOUND_UNPINNED 1
+static int find_entry(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t hash,
+                      apc_slot **out, uint64_t *ident, int nowait, apc_ref *pk)
 {
     int st = apc_stripe_of(seg, table, hash);
     for (unsigned tries = 0;; tries++) {
@@ -109,6 +117,13 @@ static int find_pinned(apc_seg *seg, int table, const char *key, uint32_t klen, 
         uint64_t id = w & ~APC_PIN_REFS;
         if ((w & APC_PIN_TAGMASK) != APC_PIN_TAG || id == APC_PIN_DEAD)
             return APC_E_CORRUPT; /* a live slot under a valid seq */
+        if (pk && (pk->pos = apc_hit_hot(seg, s, id)) > 0) {
+            *out = s;
+            *ident = id;
+            pk->seq = sq;
+            pk->stripe = st;
+            return FOUND_UNPINNED;
+        }
         for (;;) {
             if ((w & APC_PIN_REFS) == APC_PIN_REFS)
                 return APC_WAITED; /* 65535 pins: come back later */
@@ -187,8 +202,53 @@ static void unrecord_pin(apc_seg *seg, int rec)
  * *now), find and pin a live entry, check it, count a miss.
  * On APC_OK the caller owns one pin on *out (ident for the unpin) and *ival
  * is an int entry's checked value. */
+/* Pin an entry found unpinned: APC_OK, APC_AGAIN (it changed: look
+ * again) or APC_WAITED (65535 pins). */
+static int pin_found(apc_slot *s, uint64_t ident)
+{
+    uint64_t w = LOAD(&s->pin);
+    while ((w & ~APC_PIN_REFS) == ident) {
+        if ((w & APC_PIN_REFS) == APC_PIN_REFS)
+            return APC_WAITED;
+        if (CAS(&s->pin, &w, w + 1))
+            return APC_OK;
+    }
+    return APC_AGAIN;
+}
+
+/* Can a hot entry found unpinned be read so (HOW A READ WORKS)?  Then
+ * fill pk for the caller's copy. */
+static int peekable(apc_seg *seg, apc_slot *s, uint64_t ident, uint64_t now, int table, apc_ref *pk)
+{
+    if (seg->checksums || LOADR(&s->atime) != (uint32_t)now || apc_expired(s, now))
+        return 0;
+    /* Its lengths were checked (apc_slot_fits) when it got its record, for
+     * this version, and a version's are set once: what is read here is
+     * either those or, if the entry changed, thrown away by peek_end.
+     * Bounded meanwhile, so that a copy of a changing entry stays in the
+     * arena. */
+    uint64_t type = s->type, len = type == APC_T_INT ? 8 : LOADR(&s->val_len);
+    const char *val = apc_slot_val(s);
+    if (len > APC_PEEK_MAX || !apc_in_arena(seg, (apc_off_t)(val - (const char *)seg->base), len))
+        return 0;
+    pk->ptr = val;
+    pk->len = len;
+    pk->ival = type == APC_T_INT ? LOAD(apc_slot_ival(s)) : 0;
+    pk->slot = s;
+    pk->ident = ident;
+    pk->rec = APC_REF_PEEK;
+    pk->table = table;
+    return 1;
+}
+
+/* What both fetches share: check the key and table, read the clock (into
+ * *now), find and pin a live entry, check it, count a miss.
+ * On APC_OK the caller owns one pin on *out (ident for the unpin) and *ival
+ * is an int entry's checked value.  With pk, a hot entry may come back
+ * unpinned instead: FOUND_UNPINNED, pk filled for the caller's copy and
+ * peek_end. */
 static int fetch_pinned(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t *now,
-                        apc_slot **out, uint64_t *ident, int64_t *ival)
+                        apc_slot **out, uint64_t *ident, int64_t *ival, apc_ref *pk)
 {
     int nowait = table & APC_NOWAIT;
     table &= ~APC_NOWAIT;
@@ -197,7 +257,24 @@ static int fetch_pinned(apc_seg *seg, int table, const char *key, uint32_t klen,
     *now = apc_now(*now);
     uint64_t hash = apc_xxh3_64(key, klen);
     apc_slot *s;
-    int rc = find_pinned(seg, table, key, klen, hash, &s, ident, nowait);
+    int rc;
+    for (;;) {
+        rc = find_entry(seg, table, key, klen, hash, &s, ident, nowait, pk);
+        if (rc != FOUND_UNPINNED)
+            break;
+        if (peekable(seg, s, *ident, *now, table, pk)) {
+            *out = s;
+            return FOUND_UNPINNED;
+        }
+        rc = pin_found(s, *ident);
+        if (rc == APC_OK && !apc_slot_fits(seg, s)) {
+            apc_unpin(s, *ident);
+            rc = APC_E_CORRUPT;
+        }
+        if (rc != APC_AGAIN)
+            break;
+        pk = NULL; /* it changed under us: look again, and pin */
+    }
     if (rc == APC_WAITED && nowait)
         return rc; /* the caller asks again, waiting */
     if (rc != APC_OK)
@@ -226,6 +303,29 @@ static int fetch_pinned(apc_seg *seg, int table, const char *key, uint32_t klen,
     return APC_OK; /* the caller counts the hit once it has the value */
 }
 
+/* After the caller's copy of an unpinned read: APC_OK (the copy holds,
+ * and the hit is counted) or APC_AGAIN. */
+static int64_t peek_end(apc_seg *seg, apc_ref *ref)
+{
+    apc_slot *s = ref->slot;
+    int64_t rc = apc_hit_note(seg, s, ref->ident, ref->stripe, ref->seq, (uint32_t)ref->pos,
+                              ref->table);
+    if (rc == APC_BUSY) {
+        /* The log is another thread's just now: count in the entry. */
+        rc = apc_seq_read_valid(seg, ref->stripe, ref->seq) &&
+                     (LOAD(&s->pin) & ~APC_PIN_REFS) == ref->ident
+                 ? APC_OK
+                 : APC_AGAIN;
+        if (rc == APC_OK) {
+            apc_hit_direct(s, ref->ident);
+            ADD(&apc_my_stripe(seg)->hits[ref->table], 1);
+        }
+    }
+    ref->slot = NULL;
+    ref->rec = -1;
+    return rc;
+}
+
 static int64_t do_fetch(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now,
                         char *buf, uint64_t cap)
 {
@@ -235,7 +335,28 @@ static int64_t do_fetch(apc_seg *seg, int table, const char *key, uint32_t klen,
     apc_slot *s;
     uint64_t ident;
     int64_t ival;
-    int rc = fetch_pinned(seg, table, key, klen, &now, &s, &ident, &ival);
+    apc_ref ref, *pk = &ref;
+    int rc;
+    for (int tries = 1;; tries++) {
+        rc = fetch_pinned(seg, table, key, klen, &now, &s, &ident, &ival, pk);
+        if (rc != FOUND_UNPINNED)
+            break;
+        uint64_t type = s->type, vlen = ref.len;
+        if (type != APC_T_INT && vlen > cap) {
+            /* The caller asks again with a buffer this size (and that call
+             * counts the hit). */
+            if (apc_seq_read_valid(seg, ref.stripe, ref.seq)) {
+                memcpy(buf, &vlen, sizeof vlen);
+                return APC_E_SMALL;
+            }
+        } else {
+            memcpy(buf, type == APC_T_INT ? (const char *)&ref.ival : ref.ptr, vlen);
+            if (peek_end(seg, &ref) == APC_OK)
+                return (int64_t)((vlen << 8) | type);
+        }
+        if (tries == APC_PEEK_TRIES)
+            pk = NULL;
+    }
     if (rc != APC_OK)
         return rc;
     uint64_t type = s->type;
@@ -250,15 +371,16 @@ static int64_t do_fetch(apc_seg *seg, int table, const char *key, uint32_t klen,
     count_hit(seg, table, s, now);
     if (type == APC_T_INT) {
         memcpy(buf, &ival, sizeof ival);
-        apc_unpin(s, ident);
-        return (int64_t)((8 << 8) | type);
+        vlen = 8;
+    } else {
+        /* A large copy keeps its pin on record, so that apc_recover() can
+         * release it if this process dies while copying. */
+        int r = vlen > APC_IO_BUF ? record_pin(seg, s, ident, now) : -1;
+        memcpy(buf, apc_slot_val(s), vlen);
+        unrecord_pin(seg, r);
     }
-    /* A large copy keeps its pin on record, so that apc_recover() can
-     * release it if this process dies while copying. */
-    int r = vlen > APC_IO_BUF ? record_pin(seg, s, ident, now) : -1;
-    memcpy(buf, apc_slot_val(s), vlen);
-    unrecord_pin(seg, r);
     apc_unpin(s, ident);
+    apc_hit_seen(seg, s, ident); /* unpinned: a reader dying in here holds nothing */
     return (int64_t)((vlen << 8) | type);
 }
 
@@ -273,7 +395,8 @@ int64_t apc_fetch(apc_seg *seg, int table, const char *key, uint32_t klen, uint6
  * (one copy instead of two) and calls apc_ref_release at once.  The call
  * stays in flight until then (apc_close waits for it).  Values over the io
  * buffer's size get a recorded pin, so apc_recover() can release it if the
- * caller dies while copying. */
+ * caller dies while copying.  With APC_PEEK, a small value may come back
+ * unpinned (apc.h). */
 int64_t apc_fetch_ref(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now,
                       apc_ref *ref)
 {
@@ -282,14 +405,20 @@ int64_t apc_fetch_ref(apc_seg *seg, int table, const char *key, uint32_t klen, u
         return rc;
     if (!ref)
         return apc_seg_leave(seg, APC_E_ARG);
+    ref->slot = NULL;
+    int peek = table & APC_PEEK;
+    table &= ~APC_PEEK;
     apc_slot *s;
     uint64_t ident;
     int64_t ival;
-    rc = fetch_pinned(seg, table, key, klen, &now, &s, &ident, &ival);
+    rc = fetch_pinned(seg, table, key, klen, &now, &s, &ident, &ival, peek ? ref : NULL);
+    if (rc == FOUND_UNPINNED)
+        return (int64_t)((ref->len << 8) | s->type); /* still in flight */
     if (rc != APC_OK)
         return apc_seg_leave(seg, rc);
     count_hit(seg, table & ~APC_NOWAIT, s, now);
     uint64_t type = s->type;
+    ref->pos = peek != 0; /* the release notes the read (apc_hit_seen) */
     ref->ptr = apc_slot_val(s);
     ref->len = type == APC_T_INT ? 8 : s->val_len;
     ref->ival = ival;
@@ -304,19 +433,23 @@ int64_t apc_fetch_ref(apc_seg *seg, int table, const char *key, uint32_t klen, u
     return (int64_t)((ref->len << 8) | type); /* still in flight */
 }
 
-void apc_ref_release(apc_seg *seg, apc_ref *ref)
+int64_t apc_ref_release(apc_seg *seg, apc_ref *ref)
 {
     if (!ref->slot)
-        return;
+        return APC_OK;
+    if (ref->rec == APC_REF_PEEK)
+        return apc_seg_leave(seg, peek_end(seg, ref));
     if (ref->rec >= 0) {
         apc_pin_rec *r = &seg->hdr->pins[ref->rec];
         if (LOAD(&r->pid) == apc_pid())
             STORE(&r->pid, 0);
     }
     apc_unpin((apc_slot *)ref->slot, ref->ident);
+    if (ref->pos)
+        apc_hit_seen(seg, ref->slot, ref->ident);
     ref->slot = NULL;
     ref->rec = -1;
-    apc_seg_leave(seg, APC_OK);
+    return apc_seg_leave(seg, APC_OK);
 }
 
 static int do_exists(apc_seg *seg, int table, const char *key, uint32_t klen, uint64_t now)
@@ -1210,6 +1343,7 @@ static int do_clear(apc_seg *seg, int table, uint64_t now)
         STORER(&h->stripes[i].misses[table], 0);
         STORER(&h->stripes[i].inserts[table], 0);
     }
+    apc_hits_reset_wl(seg, table);
     apc_wl_leave(seg, APC_SEQ_ALL);
     return APC_OK;
 }
@@ -1234,8 +1368,10 @@ static int do_key_info(apc_seg *seg, int table, const char *key, uint32_t klen,
     if (rc == APC_OK) {
         if (!k.live)
             rc = APC_NOTFOUND;
-        else
+        else {
             apc_rec_of(seg, k.s, k.now, out);
+            out->hits = apc_hits_of(seg, k.s);
+        }
     }
     keyed_end(seg, &k);
     return rc;

@@ -61,7 +61,7 @@ enum {
 #define FASTPATH_MAX_TTL 0x7fffffffLL /* apccache.MAX_TTL, 2**31 - 1 */
 
 typedef int64_t (*fetch_ref_fn)(apc_seg *, int, const char *, uint32_t, uint64_t, apc_ref *);
-typedef void (*release_fn)(apc_seg *, apc_ref *);
+typedef int64_t (*release_fn)(apc_seg *, apc_ref *);
 typedef void (*corrupt_fn)(apc_seg *, int);
 typedef int (*store_fn)(apc_seg *, int, const char *, uint32_t, int, const char *, uint64_t,
                         int64_t, uint64_t, uint64_t, int);
@@ -258,6 +258,11 @@ static int encode(Handle *self, PyObject *v, encoded *e)
 
 /* ------------------------------------------------------------ fetch */
 
+/* A small value comes back unpinned (APC_PEEK): it is decoded from where
+ * it lies, and the decoded object kept only if the release says the entry
+ * did not change meanwhile.  After PEEK_TRIES changes, the read pins. */
+#define PEEK_TRIES 3
+
 static PyObject *h_fetch(Handle *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     const char *k;
@@ -268,68 +273,88 @@ static PyObject *h_fetch(Handle *self, PyObject *const *args, Py_ssize_t nargs, 
     if (now_of(self, &now) < 0)
         return NULL;
     PyObject *dflt = nargs > 1 ? args[1] : Py_None;
-    apc_ref ref;
     /* Read once: close() in another thread may clear it meanwhile, and
      * release must go to the handle the fetch went to. */
     apc_seg *seg = self->seg;
-    int64_t r = self->fetch_ref(seg, APC_TABLE_USER | APC_NOWAIT, k, (uint32_t)kl, now, &ref);
-    if (r == APC_WAITED) {
-        /* A writer holds the key's bucket: wait for it (a bounded wait)
-         * without the GIL, so that other threads run meanwhile. */
-        Py_BEGIN_ALLOW_THREADS
-        r = self->fetch_ref(seg, APC_TABLE_USER, k, (uint32_t)kl, now, &ref);
-        Py_END_ALLOW_THREADS
-    }
-    if (r < 0) {
-        if (r == APC_NOTFOUND)
-            return Py_NewRef(dflt);
-        return raise_rc(self, OP_FETCH, r, args[0], 0, 0);
-    }
-    int tag = (int)(r & 0x7F);
-    Py_ssize_t n = (Py_ssize_t)((uint64_t)r >> 8);
-    PyObject *out = NULL;
-    switch (tag) {
-    case T_BYTES:
-        if (n > BIG_COPY) {
-            out = PyBytes_FromStringAndSize(NULL, n);
-            if (out) {
-                char *dst = PyBytes_AS_STRING(out);
-                Py_BEGIN_ALLOW_THREADS
-                memcpy(dst, ref.ptr, (size_t)n);
-                Py_END_ALLOW_THREADS
-            }
-        } else {
-            out = PyBytes_FromStringAndSize(ref.ptr, n);
+    for (int tries = 0;; tries++) {
+        int peek = tries < PEEK_TRIES ? APC_PEEK : 0;
+        apc_ref ref;
+        int64_t r = self->fetch_ref(seg, APC_TABLE_USER | APC_NOWAIT | peek, k, (uint32_t)kl, now, &ref);
+        if (r == APC_WAITED) {
+            /* A writer holds the key's bucket: wait for it (a bounded
+             * wait) without the GIL, so that other threads run meanwhile. */
+            Py_BEGIN_ALLOW_THREADS
+            r = self->fetch_ref(seg, APC_TABLE_USER | peek, k, (uint32_t)kl, now, &ref);
+            Py_END_ALLOW_THREADS
         }
-        break;
-    case T_STR:
-        out = PyUnicode_DecodeUTF8(ref.ptr, n, "surrogatepass");
-        if (!out && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
-            goto undecodable;
-        break;
-    case T_INT:
-        out = PyLong_FromLongLong(ref.ival);
-        break;
-    case T_FLOAT:
-        if (n != 8)
-            goto undecodable;
-        out = PyFloat_FromDouble(PyFloat_Unpack8(ref.ptr, 1));
-        break;
-    case T_TRUE:
-        out = Py_NewRef(Py_True);
-        break;
-    case T_FALSE:
-        out = Py_NewRef(Py_False);
-        break;
-    case T_NONE:
-        out = Py_NewRef(Py_None);
-        break;
-    case T_SER: {
-        /* Copy, release, then let the serializer load it, outside the pin. */
-        PyObject *data = PyBytes_FromStringAndSize(ref.ptr, n);
-        self->release(seg, &ref);
-        if (!data)
-            return NULL;
+        if (r < 0) {
+            if (r == APC_NOTFOUND)
+                return Py_NewRef(dflt);
+            return raise_rc(self, OP_FETCH, r, args[0], 0, 0);
+        }
+        int tag = (int)(r & 0x7F), bad = 0;
+        Py_ssize_t n = (Py_ssize_t)((uint64_t)r >> 8);
+        PyObject *out = NULL;
+        switch (tag) {
+        case T_BYTES:
+        case T_SER:
+            if (n > BIG_COPY) {
+                out = PyBytes_FromStringAndSize(NULL, n);
+                if (out) {
+                    char *dst = PyBytes_AS_STRING(out);
+                    Py_BEGIN_ALLOW_THREADS
+                    memcpy(dst, ref.ptr, (size_t)n);
+                    Py_END_ALLOW_THREADS
+                }
+            } else {
+                out = PyBytes_FromStringAndSize(ref.ptr, n);
+            }
+            break;
+        case T_STR:
+            out = PyUnicode_DecodeUTF8(ref.ptr, n, "surrogatepass");
+            if (!out && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+                bad = 1;
+            break;
+        case T_INT:
+            out = PyLong_FromLongLong(ref.ival);
+            break;
+        case T_FLOAT:
+            if (n != 8)
+                bad = 1;
+            else
+                out = PyFloat_FromDouble(PyFloat_Unpack8(ref.ptr, 1));
+            break;
+        case T_TRUE:
+            out = Py_NewRef(Py_True);
+            break;
+        case T_FALSE:
+            out = Py_NewRef(Py_False);
+            break;
+        case T_NONE:
+            out = Py_NewRef(Py_None);
+            break;
+        default:
+            bad = 1;
+        }
+        if (self->release(seg, &ref) == APC_AGAIN) {
+            /* What was decoded may be half of one value and half of the
+             * next: throw it away, and any error it raised. */
+            Py_XDECREF(out);
+            if (!out)
+                PyErr_Clear();
+            continue;
+        }
+        if (bad) {
+            /* Bytes that are not what their tag says: a miss, counted as
+             * corruption. */
+            PyErr_Clear();
+            self->count_corrupt(seg, APC_TABLE_USER);
+            return Py_NewRef(dflt);
+        }
+        if (tag != T_SER || !out)
+            return out;
+        /* The serializer loads the copy, outside the entry. */
+        PyObject *data = out;
         out = PyObject_CallMethodOneArg(self->ser, str_loads, data);
         Py_DECREF(data);
         if (!out && PyErr_ExceptionMatches(PyExc_Exception)) {
@@ -340,18 +365,6 @@ static PyObject *h_fetch(Handle *self, PyObject *const *args, Py_ssize_t nargs, 
         }
         return out;
     }
-    default:
-        goto undecodable;
-    }
-    self->release(seg, &ref);
-    return out;
-
-undecodable:
-    /* Bytes that are not what their tag says: a miss, counted as corruption. */
-    PyErr_Clear();
-    self->release(seg, &ref);
-    self->count_corrupt(seg, APC_TABLE_USER);
-    return Py_NewRef(dflt);
 }
 
 static PyObject *h_exists(Handle *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)

@@ -95,9 +95,8 @@ uint64_t apc_mono_ns(void)
 /* getpid() and gettid() are system calls; the hot paths ask these instead.
  * A fork handler bumps fork_gen, which makes every thread look itself up
  * again in the child. */
-static int64_t cached_pid;
+int64_t apc_cached_pid; /* what apc_pid() returns (apc_internal.h) */
 static uint64_t fork_gen = 1;
-static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
 /* initial-exec: a few bytes of static TLS, read without a call to
  * __tls_get_addr (which a shared object's thread-locals cost otherwise, on
  * every lock taken). */
@@ -111,20 +110,15 @@ static uint64_t proc_start, proc_start_gen;
 
 static void pid_after_fork(void)
 {
-    cached_pid = (int64_t)getpid();
+    __atomic_store_n(&apc_cached_pid, (int64_t)getpid(), __ATOMIC_RELAXED);
     __atomic_add_fetch(&fork_gen, 1, __ATOMIC_RELAXED);
 }
 
-static void pid_init(void)
+/* At load, before any call into the engine. */
+__attribute__((constructor)) static void pid_init(void)
 {
-    cached_pid = (int64_t)getpid();
+    __atomic_store_n(&apc_cached_pid, (int64_t)getpid(), __ATOMIC_RELAXED);
     pthread_atfork(NULL, NULL, pid_after_fork);
-}
-
-int64_t apc_pid(void)
-{
-    pthread_once(&pid_once, pid_init);
-    return cached_pid;
 }
 
 /* Field 22 (starttime) and field 3 (state) of /proc/<tid>/stat, or of
@@ -235,10 +229,13 @@ apc_stripe *apc_claim_stripe(apc_seg *seg)
             continue;
         if (o == pid || CAS(&s->owner, &o, pid) || o == pid) {
             mine = s;
+            if (o != pid && o != 0)
+                apc_hits_rescue(seg, (int)(s - st)); /* its dead owner's log */
             break;
         }
     }
     STORER(&seg->my_stripe, mine);
+    STORER(&seg->my_log, &seg->hdr->hitlogs[mine - st]);
     STORE(&seg->stripe_pid, pid);
     return mine;
 }

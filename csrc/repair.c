@@ -116,6 +116,7 @@ int apc_repair_wl(apc_seg *seg, uint64_t now)
 {
     APC_ASSERT(apc_wl_held(seg));
     apc_seq_begin_wl(seg, APC_SEQ_ALL);
+    apc_hits_fold_all_wl(seg); /* the rebuild gives entries new versions */
     int rc = repair_wl(seg, now);
     apc_seq_end_wl(seg, APC_SEQ_ALL);
     return rc;

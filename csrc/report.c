@@ -31,7 +31,7 @@ static int do_info_get(apc_seg *seg, int table, apc_info *o)
     o->expired = sum.expired;
     o->start_time = LOADR(&st->start_time);
     for (int i = 0; i < APC_NSTRIPES; i++) {
-        o->num_hits += LOADR(&h->stripes[i].hits[table]);
+        o->num_hits += LOADR(&h->stripes[i].hits[table]) + LOADR(&h->hitlogs[i].hits[table]);
         o->num_misses += LOADR(&h->stripes[i].misses[table]);
         o->num_inserts += LOADR(&h->stripes[i].inserts[table]);
         o->corrupt_reads += LOADR(&h->stripes[i].corrupt[table]);
@@ -134,6 +134,9 @@ static int64_t do_snapshot(apc_seg *seg, int table, uint64_t now, int flags, cha
         return rc;
     apc_header *h = seg->hdr;
     uint64_t used = 0;
+    apc_hitsnap *hs = malloc(sizeof *hs);
+    if (hs)
+        apc_hitsnap_take(seg, hs);
     /* No more records than blocks: a damaged chain that loops is walked
      * (capped) once, not once per bucket that reaches it. */
     uint64_t left = apc_walk_cap(seg);
@@ -143,7 +146,8 @@ static int64_t do_snapshot(apc_seg *seg, int table, uint64_t now, int flags, cha
         uint64_t sz = sizeof r + apc_key_pad((s)->key_len);                  \
         left--;                                                              \
         if (used + sz <= cap) {                                              \
-            apc_rec_of(seg, (s), now, &r);                                       \
+            apc_rec_of(seg, (s), now, &r);                                   \
+            r.hits = hs ? apc_hitsnap_hits(seg, hs, (s)) : apc_hits_of(seg, (s)); \
             memcpy(buf + used, &r, sizeof r);                                \
             memcpy(buf + used + sizeof r, apc_slot_key(s), (s)->key_len);    \
         }                                                                    \
@@ -175,6 +179,7 @@ static int64_t do_snapshot(apc_seg *seg, int table, uint64_t now, int flags, cha
     }
 #undef EMIT
     apc_wl_leave_ro(seg);
+    free(hs);
     if (used > cap) {
         memcpy(buf, &used, sizeof used);
         return APC_E_SMALL;
@@ -240,6 +245,7 @@ typedef struct {
     uint64_t cap, used;
     uint64_t now;
     int full;
+    apc_hitsnap *hs; /* NULL: read each entry's hits exactly (apc_hits_of) */
 } snap_walk;
 
 static void snap_one(apc_seg *seg, apc_slot *s, void *arg)
@@ -251,6 +257,7 @@ static void snap_one(apc_seg *seg, apc_slot *s, void *arg)
         w->full = 1;
     if (!w->full) {
         apc_rec_of(seg, s, w->now, &r);
+        r.hits = w->hs ? apc_hitsnap_hits(seg, w->hs, s) : apc_hits_of(seg, s);
         memcpy(w->buf + w->used, &r, sizeof r);
         memcpy(w->buf + w->used + sizeof r, apc_slot_key(s), s->key_len);
     }
@@ -258,11 +265,13 @@ static void snap_one(apc_seg *seg, apc_slot *s, void *arg)
 }
 
 static int64_t do_snapshot_chunk(apc_seg *seg, int table, uint64_t now, uint64_t cursor[2],
-                                 char *buf, uint64_t cap)
+                                 char *buf, uint64_t cap, apc_hitsnap *hs)
 {
     if (apc_bad_table(table) || !buf || !cursor || cap < 8)
         return APC_E_ARG;
-    snap_walk w = {buf, cap, 0, apc_now(now), 0};
+    snap_walk w = {buf, cap, 0, apc_now(now), 0, hs};
+    if (hs)
+        apc_hitsnap_take(seg, hs);
     uint64_t nslots = seg->geom[table].nslots;
     uint64_t records = 0, need = 0;
     uint64_t i = cursor[0];
@@ -295,7 +304,12 @@ int64_t apc_snapshot_chunk(apc_seg *seg, int table, uint64_t now, uint64_t curso
                            uint64_t cap)
 {
     int rc = apc_seg_enter(seg);
-    return rc ? rc : apc_seg_leave(seg, do_snapshot_chunk(seg, table, now, cursor, buf, cap));
+    if (rc)
+        return rc;
+    apc_hitsnap *hs = malloc(sizeof *hs);
+    int64_t r = do_snapshot_chunk(seg, table, now, cursor, buf, cap, hs);
+    free(hs);
+    return apc_seg_leave(seg, r);
 }
 
 static void count_one(apc_seg *seg, apc_slot *s, void *arg)

@@ -33,7 +33,13 @@ static void moved(apc_seg *seg, apc_off_t *link, apc_off_t payload)
 
 static const apc_mover mover = {take_for_move, moved};
 
-static int compact_wl(apc_seg *seg) { return apc_sma_compact_wl(seg, &mover); }
+/* The hit logs name entries by place and version: fold them before any
+ * entry moves (every stripe is odd here, so no hit is noted meanwhile). */
+static int compact_wl(apc_seg *seg)
+{
+    apc_hits_fold_all_wl(seg);
+    return apc_sma_compact_wl(seg, &mover);
+}
 
 typedef struct cand {
     uint64_t atime;

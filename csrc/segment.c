@@ -72,6 +72,7 @@ const char *apc_strerror(int rc)
     case APC_E_CLOSED: return "operation on a closed cache";
     case APC_E_BUSY: return "another process has held a lock for longer than the lock timeout";
     case APC_WAITED: return "a writer held the entry's bucket for longer than a reader waits";
+    case APC_AGAIN: return "the entry changed while it was read without a pin: read it again";
     default: return "unknown error";
     }
 }

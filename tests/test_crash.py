@@ -54,6 +54,11 @@ SCENARIOS = {
     "compact.before_move": (SETUP_FRAGMENT, "c.store('big', b'B' * 200_000)"),
     "compact.mid_move": (SETUP_FRAGMENT, "c.store('big', b'B' * 200_000)"),
     "compact.after_move": (SETUP_FRAGMENT, "c.store('big', b'B' * 200_000)"),
+    # a reader in its hit log: noting a hit, and folding a full log (a
+    # key read again at once gets a record, and is then read without a pin)
+    "hits.note": ("", "[c.fetch('victim') for _ in range(4)]"),
+    "hits.fold": ("", "[c.fetch(f'k{i}') for i in range(100) for _ in range(3)]"),
+    "hits.fold_added": ("", "[c.fetch(f'k{i}') for i in range(100) for _ in range(3)]"),
 }
 
 
