@@ -77,6 +77,14 @@
  * Since the word includes a per-slot version and a 16-bit tag, a stale
  * reader's CAS on memory that has been reused fails.
  *
+ * An entry that a process reads often (its hit log holds a record of it,
+ * hits.c) is read without a pin, as a seqlock reads: the copy is kept only
+ * if the stripe's seq and the pin word are unchanged after it, checked
+ * under the log's lk, and the hit goes into the record.  Such a read
+ * writes only lines of its own process's.  A log's lk is taken by CAS and
+ * never waited on by a reader (who counts in the entry instead); it is not
+ * in the lock order above, and its holder takes no other lock.
+ *
  * TRUST
  *
  * Nothing read from the segment is trusted before it is checked: every
@@ -103,6 +111,8 @@
  * - A reader that finds seq odd for long takes the stripe's lock without
  *   waiting if it is free or its holder dead (which repairs), and otherwise
  *   takes a miss.
+ * - A reader killed folding its hit log may lose the hits of the one record
+ *   it was at; whoever takes the log over folds the rest.
  */
 #ifndef APC_INTERNAL_H
 #define APC_INTERNAL_H

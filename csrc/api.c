@@ -14,15 +14,18 @@
  * word, and checks that seq has not moved: if it has, everything it saw
  * may be freed memory, and it starts again.
  *
- * A value of at most APC_PEEK_MAX bytes (checksums off, the entry's atime
- * already this second) is then read without a pin, as a seqlock reads: the
- * caller copies it, and the copy holds if the stripe's seq and the slot's
- * pin word are what they were before it; the hit goes into the reader's
- * own hit log (hits.c).  Such a read writes no line that another process
- * reads.  Any other read pins the slot by CAS on exactly the word it saw,
- * so a slot that was retired or reused in the meantime cannot be pinned.
- * With the pin held it copies the value and bumps the entry's hits and
- * atime; then it unpins.  Readers never block each other.
+ * It pins the slot by CAS on exactly the word it saw, so a slot that was
+ * retired or reused in the meantime cannot be pinned.  With the pin held it
+ * copies the value and bumps the entry's hits and atime; then it unpins.
+ *
+ * A hot entry is read without the pin: one that the reader's own hit log
+ * holds a record of (it read it again soon after, hits.c), of at most
+ * APC_PEEK_MAX bytes, checksums off and its atime already this second.
+ * The caller copies the value, and keeps the copy only if the stripe's seq
+ * and the slot's pin word are what they were before it; the hit goes into
+ * the record.  Such a read writes no line that another process reads, so
+ * a key that every worker reads scales with them.  Readers never block
+ * each other.
  *
  * HOW A WRITE WORKS
  *

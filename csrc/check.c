@@ -339,6 +339,12 @@ static const struct {
     FIELD("hdr.", apc_header, elocks),
     FIELD("hdr.", apc_header, pins),
     FIELD("hdr.", apc_header, stripes),
+    FIELD("hdr.", apc_header, hitlogs),
+    FIELD("hitlog.", apc_hitlog, lk),
+    FIELD("hitlog.", apc_hitlog, seq),
+    FIELD("hitlog.", apc_hitlog, n),
+    FIELD("hitlog.", apc_hitlog, done),
+    FIELD("hitlog.", apc_hitlog, rec),
     FIELD("lock.", apc_lock, word),
     FIELD("lock.", apc_lock, tid),
     FIELD("lock.", apc_lock, pid),
@@ -375,6 +381,8 @@ static const struct {
     {"sizeof.apc_table_stats", sizeof(apc_table_stats)},
     {"sizeof.apc_elock", sizeof(apc_elock)},
     {"sizeof.apc_pin_rec", sizeof(apc_pin_rec)},
+    {"sizeof.apc_hitlog", sizeof(apc_hitlog)},
+    {"sizeof.apc_hitrec", sizeof(apc_hitrec)},
 };
 
 int64_t apc_layout_offset(const char *name)

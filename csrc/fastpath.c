@@ -10,7 +10,9 @@
  * CPython methods: it takes the key as given (a str's cached UTF-8 is used
  * in place), encodes and decodes the native value types itself, calls the
  * handle's serializer for the others, calls the engine, and builds the
- * value straight from the pinned entry (one copy).
+ * value straight from the entry (one copy): a pinned one, or a hot one read
+ * without a pin (APC_PEEK), whose value is dropped and read again if the
+ * release says the entry changed under the copy.
  *
  * WHAT IT DOES NOT DO
  *
@@ -23,7 +25,7 @@
  * method it was given, which checks them and says what is wrong.  An
  * engine error goes to the binding's one function that turns a return
  * code into an exception (Table.raise_rc, over _bindings.ERRORS).  No user
- * code runs while an entry is pinned: a serialised value is copied out and
+ * code runs while an entry is held: a serialised value is copied out and
  * released before the serializer sees it.
  *
  * A handle may have a clock (a callable returning seconds, for tests): it

@@ -2,14 +2,19 @@
  * hits.c -- the hit logs: an entry's exact hit count, without a write to
  * the entry on every read.
  *
- * A read of a small value finds its entry, copies the value without a pin
- * and then notes the hit in its process's log (apc_internal.h, "A hit
- * log"): a line no other process writes.  Counting in the entry instead
- * would write the entry's line on every read, and two processes reading
- * the same keys would pass that line back and forth between their cores
- * on nearly every read (see bench/README.md, "multiproc.py").  A full log
- * is folded into its entries, each record with one pin, one add and one
- * unpin, with the lines fetched ahead so that their transfers overlap.
+ * Counting a hit in the entry writes the entry's line on every read, and
+ * processes reading the same key pass that line back and forth between
+ * their cores: a key that every worker reads (a configuration, a flag)
+ * makes them all queue on one line.  So a process that reads an entry a
+ * second time while its first read is still in the process's hints
+ * (apc_hit_seen) gives it a record in its own hit log (apc_internal.h, "A
+ * hit log"), and from then on reads it without a pin and counts its hits
+ * in the record (apc_hit_note): lines no other process writes.  An entry
+ * read once gets no record: a large set read evenly would fill the log
+ * with records of one hit each, and folding them would cost more than
+ * counting in the entries.  A full log is folded into its entries, each
+ * record with one pin, one add and one unpin, with the lines fetched ahead
+ * so that their transfers overlap.
  *
  * An entry's count is then its own plus its records in every log.  The
  * readers of counts (key_info, the listings) read both under the logs'
@@ -253,10 +258,11 @@ int apc_hit_note(apc_seg *seg, apc_slot *s, uint64_t ident, int stripe, uint64_t
 
 /* Take lk of log lg, waiting for a live holder (who holds it for a few
  * instructions) and taking it over from a dead one.  0 if a holder kept it
- * past the read wait (stopped, or a reused pid): the log is passed over. */
-static int take_waiting(apc_seg *seg, apc_hitlog *lg)
+ * past *start + the read wait (stopped, a reused pid, or a scribbled word):
+ * the log is passed over.  One *start for the logs of one pass, so that a
+ * pass waits that long in all. */
+static int take_waiting(apc_seg *seg, apc_hitlog *lg, uint64_t *start)
 {
-    uint64_t start = 0;
     for (unsigned spins = 0;; spins++) {
         int64_t free_ = 0;
         if (CAS(&lg->lk, &free_, apc_pid()))
@@ -264,9 +270,9 @@ static int take_waiting(apc_seg *seg, apc_hitlog *lg)
         if (spins < 64)
             continue;
         uint64_t t = apc_mono_ns();
-        if (!start)
-            start = t;
-        else if (t - start > APC_READ_WAIT_NS)
+        if (!*start)
+            *start = t;
+        else if (t - *start > APC_READ_WAIT_NS)
             return 0;
         if (spins % 64 == 0)
             (void)rescue(seg, lg);
@@ -274,9 +280,9 @@ static int take_waiting(apc_seg *seg, apc_hitlog *lg)
     }
 }
 
-static void fold_log(apc_seg *seg, apc_hitlog *lg)
+static void fold_log(apc_seg *seg, apc_hitlog *lg, uint64_t *start)
 {
-    if (!take_waiting(seg, lg))
+    if (!take_waiting(seg, lg, start))
         return;
     repair(seg, lg);
     if (log_n(lg))
@@ -286,16 +292,18 @@ static void fold_log(apc_seg *seg, apc_hitlog *lg)
 
 void apc_hits_fold_all_wl(apc_seg *seg)
 {
+    uint64_t start = 0;
     for (int j = 0; j < APC_NSTRIPES; j++)
         if (LOAD(&log_at(seg, j)->n) || LOAD(&log_at(seg, j)->lk))
-            fold_log(seg, log_at(seg, j));
+            fold_log(seg, log_at(seg, j), &start);
 }
 
 void apc_hits_reset_wl(apc_seg *seg, int table)
 {
+    uint64_t start = 0;
     for (int j = 0; j < APC_NSTRIPES; j++) {
         apc_hitlog *lg = log_at(seg, j);
-        int held = take_waiting(seg, lg); /* its holder adds to it unlocked */
+        int held = take_waiting(seg, lg, &start); /* its holder adds to it unlocked */
         STORER(&lg->hits[table], 0);
         if (held) {
             repair(seg, lg);
@@ -311,7 +319,8 @@ int apc_hits_fold(apc_seg *seg)
         return rc;
     apc_hitlog *lg = apc_my_log(seg);
     uint32_t n = 0;
-    if (take_waiting(seg, lg)) {
+    uint64_t start = 0;
+    if (take_waiting(seg, lg, &start)) {
         repair(seg, lg);
         n = fold(seg, lg);
         STORE(&lg->lk, 0);

@@ -254,3 +254,45 @@ def test_a_reader_stopped_in_a_fold_stalls_the_counts_briefly_and_nothing_else(s
     # one read each here, two in the child: its fold went on from where it stopped
     assert {k: hits(c, k) for k in keys} == {k: 3 for k in keys}
     assert c.check() == []
+
+
+def _off(name):
+    return B.lib.apc_layout_offset(name.encode())
+
+
+def test_scribbled_hit_logs_neither_crash_hang_nor_change_a_value(segments):
+    import random
+    import struct
+
+    from test_damage import in_child
+
+    c = segments(size=1 << 20)
+    for i in range(100):
+        c.store(f"k{i}", b"v" * (20 + i))
+    base, size = _off("hdr.hitlogs"), _off("sizeof.apc_hitlog")
+    rng = random.Random(7)
+
+    def scribble_then_use():
+        for j in range(64):
+            log = base + j * size
+            c._mv[log:log + size] = bytes(rng.getrandbits(8) for _ in range(size))
+        # a live "holder" that never lets go, a fold forever in progress, and
+        # records naming real entries' offsets with versions they never had
+        struct.pack_into("<qQII", c._mv, base, 1, 3, 64, 5)
+        recs = base + _off("hitlog.rec")
+        for i, e in enumerate(c.records()[:64]):
+            struct.pack_into("<QII", c._mv, recs + 16 * i, e[0].offset, 0xDEADBEEF, 1000)
+        t0 = time.monotonic()
+        for i in range(100):
+            for _ in range(3):
+                assert c.fetch(f"k{i}") == b"v" * (20 + i)
+        assert all(c.key_info(f"k{i}")["hits"] < 1000 for i in range(100))
+        assert len(c.info()["entries"]) == 100
+        c.store("big", b"B" * 400_000)  # compaction, which folds every log
+        c.delete("big")
+        assert all(c.fetch(f"k{i}") == b"v" * (20 + i) for i in range(100))
+        c.clear()
+        assert time.monotonic() - t0 < 3.0
+        assert c.check() == []
+
+    assert in_child(scribble_then_use, timeout=20) == ""
