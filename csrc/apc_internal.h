@@ -783,8 +783,9 @@ uint64_t apc_hits_of(apc_seg *seg, apc_slot *s);
 void apc_hits_fold_all_wl(apc_seg *seg);
 /* clear(): the hits noted in the logs, counted from zero again. */
 void apc_hits_reset_wl(apc_seg *seg, int table);
-/* A log whose holder is dead, taken over and repaired (apc_claim_stripe). */
-void apc_hits_rescue(apc_seg *seg, int log);
+/* A log whose holder is dead, taken over and repaired (apc_claim_stripe,
+ * apc_recover); 1 if it was. */
+int apc_hits_rescue(apc_seg *seg, int log);
 /* Which slots the logs hold records of, sorted, for a walk that reports
  * many entries (report.c): apc_hitsnap_hits() reads a slot's hits exactly
  * (apc_hits_of) only if it has records. */

@@ -1529,6 +1529,9 @@ static int do_recover(apc_seg *seg, int64_t pid, uint64_t now)
             STORE(&r->pid, 0); /* died while claiming: no pin was counted */
         }
     }
+    for (int j = 0; j < APC_NSTRIPES; j++)
+        if (LOAD(&h->hitlogs[j].lk) == pid)
+            n += apc_hits_rescue(seg, j); /* it died in its hit log */
     apc_gc_sweep_al(seg, now);
     apc_wl_leave(seg, APC_SEQ_ALL);
     return n;

@@ -163,7 +163,11 @@ static int rescue(apc_seg *seg, apc_hitlog *lg)
     return 1;
 }
 
-void apc_hits_rescue(apc_seg *seg, int j) { (void)rescue(seg, log_at(seg, j)); }
+int apc_hits_rescue(apc_seg *seg, int j)
+{
+    apc_hitlog *lg = log_at(seg, j);
+    return LOAD(&lg->lk) != 0 && rescue(seg, lg);
+}
 
 static unsigned hint_of(apc_off_t off) { return (unsigned)(((uint64_t)off * 0x9E3779B97F4A7C15ULL) >> 56); }
 
@@ -292,6 +296,7 @@ static void fold_log(apc_seg *seg, apc_hitlog *lg, uint64_t *start)
 
 void apc_hits_fold_all_wl(apc_seg *seg)
 {
+    APC_ASSERT(apc_wl_held(seg));
     uint64_t start = 0;
     for (int j = 0; j < APC_NSTRIPES; j++)
         if (LOAD(&log_at(seg, j)->n) || LOAD(&log_at(seg, j)->lk))
@@ -300,6 +305,7 @@ void apc_hits_fold_all_wl(apc_seg *seg)
 
 void apc_hits_reset_wl(apc_seg *seg, int table)
 {
+    APC_ASSERT(apc_wl_held(seg));
     uint64_t start = 0;
     for (int j = 0; j < APC_NSTRIPES; j++) {
         apc_hitlog *lg = log_at(seg, j);

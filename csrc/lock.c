@@ -230,7 +230,7 @@ apc_stripe *apc_claim_stripe(apc_seg *seg)
         if (o == pid || CAS(&s->owner, &o, pid) || o == pid) {
             mine = s;
             if (o != pid && o != 0)
-                apc_hits_rescue(seg, (int)(s - st)); /* its dead owner's log */
+                (void)apc_hits_rescue(seg, (int)(s - st)); /* its dead owner's log */
             break;
         }
     }

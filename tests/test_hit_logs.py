@@ -296,3 +296,29 @@ def test_scribbled_hit_logs_neither_crash_hang_nor_change_a_value(segments):
         assert c.check() == []
 
     assert in_child(scribble_then_use, timeout=20) == ""
+
+
+def test_recover_finishes_the_fold_a_dead_reader_was_in(segments):
+    import struct
+
+    c = segments(size=4 << 20)
+    keys = [f"key{i}" for i in range(LOG + 10)]
+    for k in keys:
+        c.store(k, b"r" * 30)
+    env = dict(os.environ, APCCACHE_DEBUG="1", APCCACHE_FAULT="hits.fold_added")
+    code = (f"import apccache\nc = apccache.Cache.attach({c.name!r})\n"
+            f"[c.fetch(k) for k in {keys!r} for _ in range(3)]\n")
+    p = subprocess.Popen([sys.executable, "-c", code], env=env)
+    assert p.wait(60) == -signal.SIGKILL
+    base, size = _off("hdr.hitlogs"), _off("sizeof.apc_hitlog")
+    held = [j for j in range(64) if struct.unpack_from("<q", c._mv, base + j * size)[0] == p.pid]
+    assert len(held) == 1  # it died holding its log, in a fold (seq odd)
+    seq = struct.unpack_from("<Q", c._mv, base + held[0] * size + _off("hitlog.seq"))[0]
+    assert seq % 2 == 1
+    assert c.recover(p.pid) >= 1
+    log = base + held[0] * size
+    assert struct.unpack_from("<q", c._mv, log)[0] == 0
+    assert struct.unpack_from("<Q", c._mv, log + _off("hitlog.seq"))[0] % 2 == 0
+    # the record it had added is not added again
+    assert sum(hits(c, k) for k in keys) <= 3 * LOG + 2
+    assert c.check() == []
