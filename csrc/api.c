@@ -231,12 +231,12 @@ static int peekable(apc_seg *seg, apc_slot *s, uint64_t ident, uint64_t now, int
      * Bounded meanwhile, so that a copy of a changing entry stays in the
      * arena. */
     uint64_t type = s->type, len = type == APC_T_INT ? 8 : LOADR(&s->val_len);
-    const char *val = apc_slot_val(s);
-    if (len > APC_PEEK_MAX || !apc_in_arena(seg, (apc_off_t)(val - (const char *)seg->base), len))
+    const char *val = type == APC_T_INT ? (const char *)apc_slot_ival(s) : apc_slot_val(s);
+    if (len > APC_PEEK_MAX || !apc_in_arena(seg, APC_OFF(seg, val), len))
         return 0;
     pk->ptr = val;
     pk->len = len;
-    pk->ival = type == APC_T_INT ? LOAD(apc_slot_ival(s)) : 0;
+    pk->ival = type == APC_T_INT ? LOAD((const int64_t *)val) : 0;
     pk->slot = s;
     pk->ident = ident;
     pk->rec = APC_REF_PEEK;

@@ -21,10 +21,10 @@
  * seq words, so a fold never shows a hit twice or not at all.  What makes
  * a record stale is what makes the count go: the entry deleted, replaced
  * or rewritten gets a new version or none.  What moves an entry and keeps
- * its count (compaction, the rebuild) folds every log first, under the
- * whole lock, and a reader notes a hit only if its entry still has the
- * version it read, checked under the log's lk: so no record outlives the
- * move of its entry.
+ * its count (compaction, the rebuild) makes every stripe odd and then folds
+ * every log, under the whole lock; a reader notes a hit only if its
+ * stripe's seq and its entry's version are still what it read, checked
+ * under the log's lk: so no record outlives the move of its entry.
  *
  * Locks: lk is taken with CAS and never waited on (a reader that finds it
  * taken counts in the entry), so it is outside the lock order; a fold
@@ -64,13 +64,11 @@ static void add_hits(apc_slot *s, uint64_t c)
     }
 }
 
-/* Add c hits to the slot at off if it still has version ver. */
-static void add_to_slot(apc_seg *seg, apc_off_t off, uint32_t ver, uint64_t c)
+/* Add c to the hits of slot s if it still has version ident, pinned
+ * meanwhile (a slot that nobody pins may be freed under us). */
+static void add_if_same(apc_slot *s, uint64_t ident, uint64_t c)
 {
-    apc_slot *s = rec_slot(seg, off);
-    if (!s || !c)
-        return;
-    uint64_t ident = APC_PIN_MAKE(ver), w = LOAD(&s->pin);
+    uint64_t w = LOAD(&s->pin);
     while ((w & ~APC_PIN_REFS) == ident && (w & APC_PIN_REFS) != APC_PIN_REFS) {
         if (CAS(&s->pin, &w, w + 1)) {
             add_hits(s, c);
@@ -80,17 +78,14 @@ static void add_to_slot(apc_seg *seg, apc_off_t off, uint32_t ver, uint64_t c)
     }
 }
 
-void apc_hit_direct(apc_slot *s, uint64_t ident)
+static void add_to_slot(apc_seg *seg, apc_off_t off, uint32_t ver, uint64_t c)
 {
-    uint64_t w = LOAD(&s->pin);
-    while ((w & ~APC_PIN_REFS) == ident && (w & APC_PIN_REFS) != APC_PIN_REFS) {
-        if (CAS(&s->pin, &w, w + 1)) {
-            add_hits(s, 1);
-            apc_unpin(s, ident);
-            return;
-        }
-    }
+    apc_slot *s = rec_slot(seg, off);
+    if (s && c)
+        add_if_same(s, APC_PIN_MAKE(ver), c);
 }
+
+void apc_hit_direct(apc_slot *s, uint64_t ident) { add_if_same(s, ident, 1); }
 
 /* Fold records [from, n) of a log whose lk we hold, seq odd. */
 static void fold_range(apc_seg *seg, apc_hitlog *lg, uint32_t from, uint32_t n)
@@ -169,8 +164,11 @@ int apc_hits_rescue(apc_seg *seg, int j)
     return LOAD(&lg->lk) != 0 && rescue(seg, lg);
 }
 
-static unsigned hint_of(apc_off_t off) { return (unsigned)(((uint64_t)off * 0x9E3779B97F4A7C15ULL) >> 56); }
-
+/* The hint of a slot: the top byte of its offset times the golden ratio. */
+static unsigned hint_of(apc_off_t off)
+{
+    return (unsigned)(((uint64_t)off * 0x9E3779B97F4A7C15ULL) >> 56);
+}
 
 /* Does record pos (1-based) of lg name (off, ver)?  Read racily: what it
  * says is checked again under lk before it is written. */
