@@ -22,6 +22,8 @@
  *                |              alock, allocator roots        |
  *                |              entry() locks, pin records     |
  *                |              striped hit/miss counters     |
+ *                |              hit logs, one per stripe      |
+ *                |                (hits.c)                    |
  *   aux_off      +--------------------------------------------+
  *                | aux area (64 KiB, Python-owned: the        |
  *                |   supervisor's scoreboard)                 |
